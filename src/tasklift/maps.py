@@ -1,0 +1,223 @@
+"""One solver family for linear maps between embedding spaces: least squares, ridge, Procrustes.
+
+Every map is fitted from a `GramStats` (so streaming, sharding and k-fold selection come free);
+`fit(X, Y)` is sugar for `fit_stats(GramStats().update(X, Y))`. Learned state follows
+scikit-learn: `coef_` (d_out, d_in), `intercept_` (d_out,), so `transform(X) = X coef_ᵀ + b`.
+Task matrices use the least-squares/ridge members; BiCo uses the Procrustes member.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from .io import load_tensors, save_tensors
+from .stats import Array, GramStats, as_float64
+
+__all__ = ["NotFittedError", "LinearMap", "LeastSquaresMap", "RidgeMap", "ProcrustesMap",
+           "procrustes", "ridge_path", "cv_errors", "DEFAULT_ALPHAS"]
+
+#: Ridge strengths tried by cross-validation, relative to the mean eigenvalue of XᵀX.
+DEFAULT_ALPHAS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a map or estimator is used before `fit`."""
+
+
+def _centre(stats: GramStats, fit_intercept: bool):
+    """Return (mean_x, mean_y, XᵀX, XᵀY), centred when an intercept is fitted."""
+    if fit_intercept:
+        return stats.centred()
+    return None, None, stats.xx, stats.xy
+
+
+def ridge_path(xx: np.ndarray, xy: np.ndarray, alphas: Sequence[float],
+               rcond: float | None = None) -> list[np.ndarray]:
+    """Solve (XᵀX + λI) W = XᵀY for each relative strength, from one eigendecomposition.
+
+    λ = alpha · trace(XᵀX)/d, so alphas are scale-free. alpha = 0 gives the minimum-norm
+    least-squares solution (numpy.linalg.lstsq's answer, also when N < d): eigenvalues below
+    rcond · max eigenvalue count as zero; rcond defaults to eps · d · 10.
+
+    Shapes: xx (d_in, d_in), xy (d_in, d_out) -> list of W (d_in, d_out).
+    """
+    evals, evecs = np.linalg.eigh(xx)
+    top = max(evals[-1], 0.0)
+    rcond = np.finfo(np.float64).eps * xx.shape[0] * 10 if rcond is None else rcond
+    keep = evals > rcond * top
+    proj = evecs.T @ xy  # (d_in, d_out) in the eigenbasis
+    scale = np.trace(xx) / xx.shape[0]
+    out = []
+    for alpha in alphas:
+        lam = alpha * scale
+        inv = np.where(keep, 1.0 / np.where(keep, evals + lam, 1.0), 0.0)
+        out.append(evecs @ (inv[:, None] * proj))
+    return out
+
+
+def procrustes(xy: np.ndarray) -> np.ndarray:
+    """Orthogonal Procrustes: the R with RᵀR = I (or RRᵀ = I if wider) maximising tr(Rᵀ XᵀY).
+
+    This is argmin ‖X R − Y‖ over (semi-)orthogonal R; semi-orthogonal when d_in ≠ d_out.
+    Shapes: xy (d_in, d_out) -> R (d_in, d_out).
+    """
+    u, _, vt = np.linalg.svd(xy, full_matrices=False)
+    return u @ vt
+
+
+def cv_errors(stats: GramStats, alphas: Sequence[float], *, fit_intercept: bool = False) -> np.ndarray:
+    """Mean squared validation error per alpha, by k-fold CV computed from the fold statistics.
+
+    Raises:
+        ValueError: the statistics were accumulated without folds (GramStats(folds=k), k ≥ 2).
+    """
+    if stats.folds < 2:
+        raise ValueError("cross-validation needs GramStats(folds=k) with k >= 2; "
+                         f"these statistics have folds={stats.folds}")
+    sse = np.zeros(len(alphas))
+    for k in range(stats.folds):
+        train, val = stats.without(k), stats.fold(k)
+        mx, my, xx, xy = _centre(train, fit_intercept)
+        for i, W in enumerate(ridge_path(xx, xy, alphas)):
+            b = None if mx is None else my - mx @ W
+            sse[i] += val.sse(W, b)
+    return sse / (stats.n * stats.dims[1])
+
+
+class LinearMap:
+    """Base of the family: transform, score, save/load; subclasses provide `_solve`."""
+
+    def __init__(self, *, fit_intercept: bool = False) -> None:
+        self.fit_intercept = fit_intercept
+
+    def get_params(self) -> dict:
+        """Hyperparameters as passed to __init__."""
+        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
+
+    def fit(self, X: Array, Y: Array) -> LinearMap:
+        """Fit on in-memory rows X (N, d_in), Y (N, d_out); returns self."""
+        return self.fit_stats(GramStats().update(X, Y))
+
+    def fit_stats(self, stats: GramStats) -> LinearMap:
+        """Fit from accumulated statistics; resets any earlier fit and returns self."""
+        if stats.n == 0:
+            raise ValueError("cannot fit a map on an empty dataset")
+        mx, my, xx, xy = _centre(stats, self.fit_intercept)
+        W = self._solve(xx, xy, stats)  # (d_in, d_out)
+        self.coef_ = W.T.copy()
+        self.intercept_ = np.zeros(W.shape[1]) if mx is None else my - mx @ W
+        self.n_samples_seen_ = stats.n
+        return self
+
+    def _solve(self, xx: np.ndarray, xy: np.ndarray, stats: GramStats) -> np.ndarray:
+        raise NotImplementedError
+
+    def _check(self) -> None:
+        if not hasattr(self, "coef_"):
+            raise NotFittedError(f"this {type(self).__name__} is not fitted yet; call fit() first")
+
+    def transform(self, X: Array) -> Array:
+        """Map rows X (N, d_in) -> (N, d_out); torch in, torch out (same device and dtype)."""
+        self._check()
+        if isinstance(X, torch.Tensor):
+            W = torch.as_tensor(self.coef_, dtype=X.dtype, device=X.device)
+            return X @ W.T + torch.as_tensor(self.intercept_, dtype=X.dtype, device=X.device)
+        X = as_float64(X, "X")
+        if X.shape[1] != self.coef_.shape[1]:
+            raise ValueError(f"X has {X.shape[1]} features but the map expects {self.coef_.shape[1]}")
+        return X @ self.coef_.T + self.intercept_
+
+    def score(self, X: Array, Y: Array) -> float:
+        """Coefficient of determination R² of transform(X) against Y (1 is perfect)."""
+        pred, Y = as_float64(self.transform(X), "prediction"), as_float64(Y, "Y")
+        ss_res = ((Y - pred) ** 2).sum()
+        ss_tot = ((Y - Y.mean(0)) ** 2).sum()
+        return float(1 - ss_res / ss_tot) if ss_tot > 0 else float(ss_res == 0)
+
+    def save(self, path: str | os.PathLike, **meta: object) -> None:
+        """Write coef_/intercept_ and hyperparameters to a safetensors file (atomically)."""
+        self._check()
+        tensors = {"coef": torch.from_numpy(self.coef_), "intercept": torch.from_numpy(self.intercept_)}
+        info = {"class": type(self).__name__, "params": self.get_params(),
+                "n_samples_seen": self.n_samples_seen_, **meta}
+        save_tensors(path, tensors, info)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LinearMap:
+        """Read a map written by `save`; returns an instance of the class that saved it."""
+        tensors, info = load_tensors(path)
+        kind = {c.__name__: c for c in (LeastSquaresMap, RidgeMap, ProcrustesMap)}.get(info.get("class"))
+        if kind is None or not issubclass(kind, cls):
+            raise ValueError(f"{path} holds a {info.get('class')!r}, not a {cls.__name__}")
+        out = kind(**info["params"])
+        out.coef_, out.intercept_ = tensors["coef"].numpy(), tensors["intercept"].numpy()
+        out.n_samples_seen_ = info["n_samples_seen"]
+        return out
+
+
+class LeastSquaresMap(LinearMap):
+    """argmin ‖X W − Y‖², the paper's task matrix; minimum-norm when under-determined (N < d).
+
+    Args:
+        fit_intercept: also fit a bias (affine map); the reference task matrix has none.
+        rcond: eigenvalues of XᵀX below rcond · max count as zero (default eps · d · 10).
+    """
+
+    def __init__(self, *, fit_intercept: bool = False, rcond: float | None = None) -> None:
+        super().__init__(fit_intercept=fit_intercept)
+        self.rcond = rcond
+
+    def _solve(self, xx, xy, stats):
+        return ridge_path(xx, xy, [0.0], self.rcond)[0]
+
+
+class RidgeMap(LinearMap):
+    """argmin ‖X W − Y‖² + λ‖W‖² with λ = alpha · trace(XᵀX)/d (scale-free alpha).
+
+    Args:
+        alpha: one strength, or a sequence to choose from by k-fold CV (then the stats must
+            carry folds; the choice lands in `alpha_` and the errors in `cv_errors_`).
+        fit_intercept: also fit an unpenalised bias.
+    """
+
+    def __init__(self, *, alpha: float | Sequence[float] = 1e-3, fit_intercept: bool = False) -> None:
+        super().__init__(fit_intercept=fit_intercept)
+        self.alpha = alpha
+
+    def _solve(self, xx, xy, stats):
+        if np.ndim(self.alpha) == 0:
+            self.alpha_ = float(self.alpha)
+        else:
+            self.cv_errors_ = cv_errors(stats, self.alpha, fit_intercept=self.fit_intercept)
+            self.alpha_ = float(self.alpha[int(np.argmin(self.cv_errors_))])
+        return ridge_path(xx, xy, [self.alpha_])[0]
+
+    def get_params(self) -> dict:
+        """Hyperparameters; a CV-chosen alpha is saved as the fixed value it resolved to."""
+        params = super().get_params()
+        if hasattr(self, "alpha_"):
+            params["alpha"] = self.alpha_
+        return params
+
+
+class ProcrustesMap(LinearMap):
+    """(Semi-)orthogonal R = argmin ‖X R − Y‖ (optionally centred, optionally scaled).
+
+    Args:
+        fit_intercept: centre X and Y first and fit a bias.
+        scale: also fit one global scale s (similarity Procrustes).
+    """
+
+    def __init__(self, *, fit_intercept: bool = False, scale: bool = False) -> None:
+        super().__init__(fit_intercept=fit_intercept)
+        self.scale = scale
+
+    def _solve(self, xx, xy, stats):
+        R = procrustes(xy)
+        if self.scale:
+            R = R * (np.einsum("ij,ij->", R, xy) / np.trace(xx))
+        return R

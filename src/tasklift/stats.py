@@ -1,0 +1,161 @@
+"""Streamed sufficient statistics of paired rows (X, Y), so any N fits in O(d²) memory.
+
+Least squares, ridge, affine fits, Procrustes and their cross-validation need only
+n, Σx, Σy, XᵀX, XᵀY and Σ‖y‖²; these are accumulated batch by batch in float64 because
+forming XᵀX squares the condition number.
+"""
+
+from __future__ import annotations
+
+from typing import Union
+
+import numpy as np
+import torch
+
+Array = Union[np.ndarray, torch.Tensor]
+
+
+def as_float64(a: Array, name: str) -> np.ndarray:
+    """Return `a` as a 2-D float64 numpy array, refusing NaN/inf with a clear error."""
+    if isinstance(a, torch.Tensor):
+        a = a.detach().to("cpu", torch.float64).numpy()
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, features); got shape {a.shape}")
+    if not np.isfinite(a).all():
+        bad = int((~np.isfinite(a)).any(axis=1).sum())
+        raise ValueError(
+            f"{name} has {bad} row(s) with NaN or inf; check the model's dtype (fp16 overflow?) "
+            "or the inputs that produced them"
+        )
+    return a
+
+
+class GramStats:
+    """Running n, Σx, Σy, XᵀX, XᵀY and Σ‖y‖², optionally split into k folds for cross-validation.
+
+    Rows are dealt to folds round-robin by their global position, so the folds do not depend
+    on how the stream was batched. Totals are sums over folds.
+
+    Args:
+        folds: number of cross-validation folds to keep (0 or 1: totals only).
+
+    Shapes:
+        xx (d_in, d_in), xy (d_in, d_out), sx (d_in,), sy (d_out,); n and yy are scalars.
+
+    Example:
+        >>> s = GramStats(folds=5)
+        >>> for xb, yb in batches: s.update(xb, yb)
+        >>> LeastSquaresMap().fit_stats(s)
+    """
+
+    def __init__(self, *, folds: int = 0) -> None:
+        self.folds = folds
+        self._k = max(int(folds), 1)
+        self._n = np.zeros(self._k, dtype=np.int64)
+        self._sx = self._sy = self._xx = self._xy = None
+        self._yy = np.zeros(self._k)
+
+    @property
+    def dims(self) -> tuple[int, int] | None:
+        """(d_in, d_out), or None before the first update."""
+        return None if self._xy is None else self._xy.shape[1:]
+
+    def update(self, X: Array, Y: Array) -> GramStats:
+        """Add a batch of paired rows X (B, d_in), Y (B, d_out); returns self."""
+        X, Y = as_float64(X, "X"), as_float64(Y, "Y")
+        if X.shape[0] != Y.shape[0]:
+            raise ValueError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}; pair them row by row")
+        if self._xy is None:
+            k, di, do = self._k, X.shape[1], Y.shape[1]
+            self._sx, self._sy = np.zeros((k, di)), np.zeros((k, do))
+            self._xx, self._xy = np.zeros((k, di, di)), np.zeros((k, di, do))
+        elif (X.shape[1], Y.shape[1]) != self.dims:
+            raise ValueError(
+                f"batch has widths (X {X.shape[1]}, Y {Y.shape[1]}) but earlier batches had {self.dims}"
+            )
+        fold = (self.n + np.arange(X.shape[0])) % self._k
+        for k in range(self._k):
+            rows = fold == k
+            if not rows.any():
+                continue
+            xk, yk = X[rows], Y[rows]
+            self._n[k] += xk.shape[0]
+            self._sx[k] += xk.sum(0)
+            self._sy[k] += yk.sum(0)
+            self._xx[k] += xk.T @ xk
+            self._xy[k] += xk.T @ yk
+            self._yy[k] += np.einsum("ij,ij->", yk, yk)
+        return self
+
+    def merge(self, other: GramStats) -> GramStats:
+        """Add another accumulator's counts (e.g. from another shard); returns self."""
+        if other._xy is None:
+            return self
+        if self._xy is None:
+            self.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v)
+                                  for k, v in other.__dict__.items()})
+            return self
+        if other._k != self._k or other.dims != self.dims:
+            raise ValueError(f"cannot merge stats with folds/dims {other._k}/{other.dims} "
+                             f"into {self._k}/{self.dims}")
+        for name in ("_n", "_sx", "_sy", "_xx", "_xy", "_yy"):
+            getattr(self, name).__iadd__(getattr(other, name))
+        return self
+
+    def _pick(self, include: np.ndarray) -> GramStats:
+        out = GramStats()
+        if self._xy is not None:
+            out._n = self._n[include].sum(0, keepdims=True)
+            for name in ("_sx", "_sy", "_xx", "_xy", "_yy"):
+                setattr(out, name, getattr(self, name)[include].sum(0, keepdims=True))
+        return out
+
+    def fold(self, k: int) -> GramStats:
+        """Statistics of fold k alone (the validation part)."""
+        return self._pick(np.arange(self._k) == k)
+
+    def without(self, k: int) -> GramStats:
+        """Statistics of every fold but k (the training part)."""
+        return self._pick(np.arange(self._k) != k)
+
+    def _total(self, name: str) -> np.ndarray:
+        if self._xy is None:
+            raise ValueError("no rows accumulated yet: the dataset is empty; pass at least one batch")
+        return getattr(self, name).sum(0)
+
+    n = property(lambda self: int(self._n.sum()), doc="Number of rows seen.")
+    sx = property(lambda self: self._total("_sx"), doc="Σx (d_in,).")
+    sy = property(lambda self: self._total("_sy"), doc="Σy (d_out,).")
+    xx = property(lambda self: self._total("_xx"), doc="XᵀX (d_in, d_in).")
+    xy = property(lambda self: self._total("_xy"), doc="XᵀY (d_in, d_out).")
+    yy = property(lambda self: float(self._total("_yy")), doc="Σ‖y‖² (scalar).")
+
+    def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Return (mean_x, mean_y, XcᵀXc, XcᵀYc) with the column means removed."""
+        n = self.n
+        mx, my = self.sx / n, self.sy / n
+        return mx, my, self.xx - n * np.outer(mx, mx), self.xy - n * np.outer(mx, my)
+
+    def sse(self, W: np.ndarray, b: np.ndarray | None = None) -> float:
+        """Σ‖x W + b − y‖² over the accumulated rows, computed from the statistics alone."""
+        xx, xy = self.xx, self.xy
+        out = np.einsum("ij,ij->", W, xx @ W) - 2 * np.einsum("ij,ij->", W, xy) + self.yy
+        if b is not None:
+            out += 2 * b @ (W.T @ self.sx) + self.n * (b @ b) - 2 * b @ self.sy
+        return float(max(out, 0.0))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that recreate this accumulator (for saving or all-reducing)."""
+        if self._xy is None:
+            raise ValueError("no rows accumulated yet: nothing to save")
+        return {k.lstrip("_"): torch.from_numpy(getattr(self, k))
+                for k in ("_n", "_sx", "_sy", "_xx", "_xy", "_yy")}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> GramStats:
+        """Inverse of `state_dict`."""
+        out = cls(folds=int(state["n"].shape[0]))
+        for k, v in state.items():
+            setattr(out, "_" + k, v.numpy().copy())
+        return out

@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+import torch
+
+from tasklift.maps import (
+    LeastSquaresMap,
+    LinearMap,
+    NotFittedError,
+    ProcrustesMap,
+    RidgeMap,
+    cv_errors,
+    procrustes,
+    ridge_path,
+)
+from tasklift.stats import GramStats
+
+rng = np.random.default_rng(0)
+
+
+def planted(n=500, d_in=20, d_out=7, noise=0.0, seed=0):
+    r = np.random.default_rng(seed)
+    X = r.normal(size=(n, d_in))
+    W = r.normal(size=(d_in, d_out))
+    return X, W, X @ W + noise * r.normal(size=(n, d_out))
+
+
+def test_planted_map_recovered():
+    X, W, Y = planted()
+    m = LeastSquaresMap().fit(X, Y)
+    np.testing.assert_allclose(m.coef_.T, W, atol=1e-5)
+    assert m.score(X, Y) == pytest.approx(1.0, abs=1e-10)
+
+
+@pytest.mark.parametrize("n,d", [(300, 40), (25, 40)])  # over- and under-determined (min-norm)
+def test_equals_numpy_lstsq(n, d):
+    X, _, Y = planted(n=n, d_in=d, noise=0.5, seed=n)
+    ref = np.linalg.lstsq(X, Y, rcond=None)[0]
+    m = LeastSquaresMap().fit(X, Y)
+    np.testing.assert_allclose(m.coef_.T, ref, atol=1e-6, rtol=1e-6)
+
+
+def test_streamed_equals_one_shot_and_torch_reference():
+    X, _, Y = planted(n=400, noise=0.3)
+    s = GramStats(folds=3)
+    for i in range(0, 400, 37):  # uneven batches
+        s.update(torch.from_numpy(X[i:i + 37]), Y[i:i + 37])
+    assert s.n == 400
+    streamed = LeastSquaresMap().fit_stats(s).coef_
+    one_shot = LeastSquaresMap().fit(X, Y).coef_
+    ref = torch.linalg.lstsq(torch.from_numpy(X), torch.from_numpy(Y)).solution.numpy()
+    np.testing.assert_allclose(streamed, one_shot, atol=1e-10)
+    np.testing.assert_allclose(streamed.T, ref, atol=1e-8)
+
+
+def test_affine_matches_lstsq_with_bias_column():
+    X, _, Y = planted(noise=0.2)
+    Y = Y + np.arange(Y.shape[1])
+    m = LeastSquaresMap(fit_intercept=True).fit(X, Y)
+    ref = np.linalg.lstsq(np.hstack([X, np.ones((len(X), 1))]), Y, rcond=None)[0]
+    np.testing.assert_allclose(m.coef_.T, ref[:-1], atol=1e-8)
+    np.testing.assert_allclose(m.intercept_, ref[-1], atol=1e-8)
+
+
+def test_ridge_closed_form_and_scale_free_alpha():
+    X, _, Y = planted(noise=0.5)
+    alpha = 0.3
+    lam = alpha * np.trace(X.T @ X) / X.shape[1]
+    ref = np.linalg.solve(X.T @ X + lam * np.eye(X.shape[1]), X.T @ Y)
+    np.testing.assert_allclose(RidgeMap(alpha=alpha).fit(X, Y).coef_.T, ref, atol=1e-8)
+    np.testing.assert_allclose(RidgeMap(alpha=alpha).fit(10 * X, Y).coef_.T * 10, ref, atol=1e-8)
+
+
+def test_cv_matches_explicit_folds():
+    X, _, Y = planted(n=120, d_in=30, noise=1.0)
+    s = GramStats(folds=4).update(X, Y)
+    alphas = [0.0, 0.1, 1.0]
+    errs = cv_errors(s, alphas)
+    fold = np.arange(120) % 4
+    ref = np.zeros(3)
+    for k in range(4):
+        tr, va = fold != k, fold == k
+        for i, W in enumerate(ridge_path(X[tr].T @ X[tr], X[tr].T @ Y[tr], alphas)):
+            ref[i] += ((X[va] @ W - Y[va]) ** 2).sum()
+    np.testing.assert_allclose(errs, ref / Y.size, rtol=1e-8)
+    m = RidgeMap(alpha=alphas).fit_stats(s)
+    assert m.alpha_ == alphas[int(np.argmin(errs))]
+
+
+def test_ridge_cv_removes_double_descent():
+    # N close to d: plain least squares interpolates noise; CV picks a ridge that generalises.
+    X, W, Y = planted(n=60, d_in=55, noise=1.0, seed=3)
+    Xt, _, Yt = planted(n=500, d_in=55, noise=1.0, seed=4)
+    Yt = Xt @ W + np.random.default_rng(4).normal(size=Yt.shape)
+    s = GramStats(folds=5).update(X, Y)
+    plain = LeastSquaresMap().fit_stats(s).score(Xt, Yt)
+    cv = RidgeMap(alpha=[0.0, 0.01, 0.1, 1.0]).fit_stats(s).score(Xt, Yt)
+    assert cv > plain + 0.1
+
+
+def test_procrustes_orthogonal_and_recovers_rotation():
+    q, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    X = rng.normal(size=(200, 16))
+    m = ProcrustesMap().fit(X, X @ q)
+    np.testing.assert_allclose(m.coef_ @ m.coef_.T, np.eye(16), atol=1e-10)
+    np.testing.assert_allclose(m.coef_.T, q, atol=1e-8)
+
+
+def test_procrustes_semi_orthogonal_for_width_mismatch():
+    wide = procrustes(rng.normal(size=(8, 12)))   # d_in < d_out: orthonormal rows
+    tall = procrustes(rng.normal(size=(12, 8)))   # d_in > d_out: orthonormal columns
+    np.testing.assert_allclose(wide @ wide.T, np.eye(8), atol=1e-10)
+    np.testing.assert_allclose(tall.T @ tall, np.eye(8), atol=1e-10)
+
+
+def test_save_load_round_trip(tmp_path):
+    X, _, Y = planted(noise=0.1)
+    for m in (LeastSquaresMap(fit_intercept=True), RidgeMap(alpha=[0.0, 0.1]), ProcrustesMap(scale=True)):
+        if isinstance(m, RidgeMap):
+            m.fit_stats(GramStats(folds=3).update(X, Y))
+        else:
+            m.fit(X, Y)
+        m.save(tmp_path / "m.safetensors")
+        back = LinearMap.load(tmp_path / "m.safetensors")
+        assert type(back) is type(m)
+        np.testing.assert_array_equal(back.transform(X), m.transform(X))
+    assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temp file
+
+
+def test_errors_are_clear(tmp_path):
+    with pytest.raises(NotFittedError, match="not fitted"):
+        LeastSquaresMap().transform(np.zeros((2, 3)))
+    with pytest.raises(ValueError, match="NaN or inf"):
+        GramStats().update(np.array([[np.nan, 1.0]]), np.ones((1, 2)))
+    with pytest.raises(ValueError, match="empty"):
+        LeastSquaresMap().fit_stats(GramStats())
+    with pytest.raises(ValueError, match="rows"):
+        GramStats().update(np.ones((3, 2)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="folds"):
+        RidgeMap(alpha=[0.1, 1.0]).fit(np.ones((5, 2)), np.ones((5, 2)))
+    with pytest.raises(ValueError, match="features"):
+        LeastSquaresMap().fit(np.eye(3), np.eye(3)).transform(np.ones((1, 4)))
+    with pytest.raises(FileNotFoundError):
+        LinearMap.load(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="ProcrustesMap"):
+        ProcrustesMap().fit(np.eye(3), np.eye(3)).save(tmp_path / "p.safetensors") or \
+            RidgeMap.load(tmp_path / "p.safetensors")
+
+
+def test_torch_transform_keeps_dtype():
+    X, _, Y = planted()
+    m = LeastSquaresMap().fit(X, Y)
+    out = m.transform(torch.from_numpy(X).float())
+    assert out.dtype == torch.float32
+    np.testing.assert_allclose(out.numpy(), Y, atol=1e-3)

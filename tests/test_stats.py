@@ -1,0 +1,48 @@
+import numpy as np
+import pytest
+
+from tasklift.stats import GramStats
+
+
+def test_merge_of_shards_equals_single_pass():
+    r = np.random.default_rng(1)
+    X, Y = r.normal(size=(90, 5)), r.normal(size=(90, 3))
+    whole = GramStats().update(X, Y)
+    a, b = GramStats().update(X[:40], Y[:40]), GramStats().update(X[40:], Y[40:])
+    merged = a.merge(b)
+    for name in ("xx", "xy", "sx", "sy", "yy", "n"):
+        np.testing.assert_allclose(getattr(merged, name), getattr(whole, name), rtol=1e-12)
+
+
+def test_folds_do_not_depend_on_batching():
+    r = np.random.default_rng(2)
+    X, Y = r.normal(size=(50, 4)), r.normal(size=(50, 2))
+    one = GramStats(folds=3).update(X, Y)
+    many = GramStats(folds=3)
+    for i in range(0, 50, 7):
+        many.update(X[i:i + 7], Y[i:i + 7])
+    for k in range(3):
+        np.testing.assert_allclose(one.fold(k).xx, many.fold(k).xx)
+        np.testing.assert_allclose(one.fold(k).xx + one.without(k).xx, one.xx)
+
+
+def test_sse_from_stats_equals_direct():
+    r = np.random.default_rng(3)
+    X, Y = r.normal(size=(30, 4)), r.normal(size=(30, 2))
+    W, b = r.normal(size=(4, 2)), r.normal(size=2)
+    s = GramStats().update(X, Y)
+    assert s.sse(W, b) == pytest.approx(((X @ W + b - Y) ** 2).sum(), rel=1e-10)
+
+
+def test_state_dict_round_trip():
+    r = np.random.default_rng(4)
+    s = GramStats(folds=2).update(r.normal(size=(10, 3)), r.normal(size=(10, 2)))
+    back = GramStats.from_state_dict(s.state_dict())
+    np.testing.assert_array_equal(back.xy, s.xy)
+    assert back.n == 10 and back.folds == 2
+
+
+def test_width_change_between_batches_is_refused():
+    s = GramStats().update(np.ones((2, 3)), np.ones((2, 2)))
+    with pytest.raises(ValueError, match="earlier batches"):
+        s.update(np.ones((2, 4)), np.ones((2, 2)))
