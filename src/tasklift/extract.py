@@ -1,0 +1,121 @@
+"""Pooled embeddings of every requested layer from ONE forward pass, streamed batch by batch.
+
+Layer i means hidden state i as in HF's `output_hidden_states`: 0 is the input of the first
+block (embeddings), i ≥ 1 the output of block i. Hooks pool inside the forward (memory B × d per
+layer, not B × T × d) and the pass stops after the deepest requested block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .hooks import capture, run
+from .models import blocks, encode
+
+__all__ = ["resolve_layers", "iter_embeddings", "embed", "num_items", "POOLS"]
+
+POOLS = ("cls", "first", "mean")
+
+
+def resolve_layers(model: nn.Module, layers: str | int | Sequence[int] = "all") -> list[int]:
+    """Normalise a layer selector ("all", i, -1, [i, j]) to sorted indices in 0..L.
+
+    Raises:
+        ValueError: an index outside 0..L (or -(L+1)..-1).
+    """
+    n = len(blocks(model))
+    if isinstance(layers, str):
+        if layers != "all":
+            return resolve_layers(model, [int(x) for x in layers.split(",")])
+        return list(range(n + 1))
+    out = []
+    for i in [layers] if isinstance(layers, int) else layers:
+        if not -(n + 1) <= i <= n:
+            raise ValueError(f"layer {i} is out of range: this model has {n} blocks, so layers are "
+                             f"0..{n} (0 = embeddings, -1 = last)")
+        out.append(i % (n + 1))
+    return sorted(set(out))
+
+
+def num_items(inputs) -> int:
+    """Number of examples in a list, array or dict of encoded tensors."""
+    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+
+
+def _slice(inputs, i: int, j: int):
+    return {k: v[i:j] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[i:j]
+
+
+def _pool(h: torch.Tensor, mask: torch.Tensor | None, pool: str) -> torch.Tensor:
+    if pool in ("cls", "first"):
+        return h[:, 0]
+    if mask is None:
+        return h.mean(1)
+    m = mask[..., None].to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def _points(model: nn.Module, layers: list[int]) -> dict[int, tuple[nn.Module, str]]:
+    bl = blocks(model)
+    return {i: (bl[0], "input") if i == 0 else (bl[i - 1], "output") for i in layers}
+
+
+def iter_embeddings(
+    model: nn.Module,
+    inputs,
+    processor=None,
+    *,
+    layers: str | int | Sequence[int] = "all",
+    pool: str = "cls",
+    batch_size: int = 32,
+    max_length: int = 128,
+    progress: bool = False,
+    desc: str = "extract",
+) -> Iterator[dict[int, torch.Tensor]]:
+    """Yield, per batch, {layer: pooled embedding (B, d) float32 on CPU}.
+
+    Args:
+        model: HF encoder or classifier (its device and dtype are used).
+        inputs: list of strings, image array (N, C, H, W), or dict of encoded tensors.
+        processor: tokenizer / image processor for raw inputs.
+        layers: "all", an index, or a list (see `resolve_layers`).
+        pool: "cls" / "first" (token 0) or "mean" (over the attention mask).
+
+    Raises:
+        ValueError: empty inputs, unknown pool, or bad layer index.
+    """
+    if pool not in POOLS:
+        raise ValueError(f"unknown pool {pool!r}; use one of {POOLS}")
+    n = num_items(inputs)
+    if n == 0:
+        raise ValueError("the dataset is empty: nothing to extract")
+    layers = resolve_layers(model, layers)
+    param = next(model.parameters())
+    found: dict[int, torch.Tensor] = {}
+    mask = None
+
+    def store(i, h):
+        found[i] = _pool(h, mask, pool).detach().to("cpu", torch.float32)
+
+    with capture(_points(model, layers), store, stop_after=layers[-1]), torch.inference_mode():
+        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
+            batch = encode(_slice(inputs, start, start + batch_size), processor, max_length=max_length)
+            batch = {k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype)
+                     for k, v in batch.items()}
+            mask = batch.get("attention_mask")
+            found.clear()
+            run(lambda: model(**batch))
+            yield dict(found)
+
+
+def embed(model: nn.Module, inputs, processor=None, **kwargs) -> dict[int, torch.Tensor]:
+    """Like `iter_embeddings` but concatenated: {layer: (N, d)}."""
+    parts: dict[int, list[torch.Tensor]] = {}
+    for out in iter_embeddings(model, inputs, processor, **kwargs):
+        for i, v in out.items():
+            parts.setdefault(i, []).append(v)
+    return {i: torch.cat(v) for i, v in parts.items()}

@@ -1,0 +1,73 @@
+"""Forward hooks that live only inside a context manager, with an optional early exit.
+
+Early exit raises `_Stop` from the hook of the deepest module still needed, so a forward pass
+skips every later block without the model being copied or edited; `run` swallows it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Iterator, Mapping
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+__all__ = ["capture", "run"]
+
+
+class _Stop(Exception):
+    """Raised by a hook to end a forward pass once everything needed has been seen."""
+
+
+def _tensor(value) -> torch.Tensor:
+    """HF blocks return a tensor or a tuple whose first item is the hidden state."""
+    return value[0] if isinstance(value, (tuple, list)) else value
+
+
+@contextmanager
+def capture(
+    points: Mapping[Hashable, tuple[nn.Module, str]],
+    store: Callable[[Hashable, torch.Tensor], None],
+    *,
+    stop_after: Hashable | None = None,
+) -> Iterator[None]:
+    """Call `store(key, tensor)` with each point's module input ("input") or output ("output").
+
+    Args:
+        points: key -> (module, "input" | "output").
+        store: receives the hidden-state tensor (B, T, d) of each point during a forward.
+        stop_after: key whose capture ends the forward pass (via `run`).
+
+    Hooks are removed in `finally`, also when the forward raises.
+    """
+    handles = []
+
+    def make(key, where):
+        def hook(module, args, kwargs_or_out, out=None):
+            value = (args[0] if args else next(iter(kwargs_or_out.values()))) if where == "input" \
+                else kwargs_or_out
+            store(key, _tensor(value))
+            if key == stop_after:
+                raise _Stop
+        return hook
+
+    try:
+        for key, (module, where) in points.items():
+            if where == "input":
+                handles.append(module.register_forward_pre_hook(make(key, where), with_kwargs=True))
+            elif where == "output":
+                handles.append(module.register_forward_hook(make(key, where)))
+            else:
+                raise ValueError(f"capture point {key!r}: where must be 'input' or 'output', not {where!r}")
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def run(forward: Callable[[], object]) -> object | None:
+    """Call `forward()`; return its result, or None if a capture hook stopped it early."""
+    try:
+        return forward()
+    except _Stop:
+        return None

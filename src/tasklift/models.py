@@ -1,0 +1,204 @@
+"""Loading local Hugging Face checkpoints and locating their blocks, final norm and head.
+
+A task matrix needs three things from any encoder: its list of transformer blocks (to read
+layer i and stop there), the final norm applied before the head (ViT's `layernorm`, CLIP's
+`post_layernorm`; BERT-style post-LN models have none), and the head as a function of the
+pooled [CLS] vector. This module finds them by structure, so new HF encoders mostly just work.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._torch import resolve_device, resolve_dtype
+
+__all__ = ["load_model", "blocks", "num_layers", "hidden_size", "final_norm", "Head", "encode",
+           "is_vision"]
+
+_NORM_NAMES = ("layernorm", "post_layernorm", "final_layer_norm", "ln_f", "norm")
+_BLOCK_HINTS = ("encoder.layer", "encoder.layers", "transformer.layer", "transformer.h", "layers", "h")
+
+
+def is_vision(config) -> bool:
+    """True for image encoders (their config has an image size)."""
+    return getattr(config, "image_size", None) is not None or hasattr(config, "vision_config")
+
+
+def _resolve_path(src: str | os.PathLike) -> str:
+    path = Path(src).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} has no config.json; point at a Hugging Face checkpoint folder")
+        return str(path)
+    if os.sep in str(src) or str(src).startswith("."):
+        raise FileNotFoundError(f"no checkpoint folder at {path}")
+    return str(src)  # a hub id: only its local cache is used (local_files_only below)
+
+
+def load_model(
+    src: str | os.PathLike | nn.Module,
+    *,
+    head: bool = False,
+    num_labels: int | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+):
+    """Load a local checkpoint (never downloads) as an encoder or a classifier, with its processor.
+
+    Args:
+        src: checkpoint folder, cached hub id, or an already-built model (returned as is, moved).
+        head: load the *ForSequenceClassification / *ForImageClassification model; the
+            checkpoint must then contain a trained head unless `num_labels` is given (new head).
+        num_labels: create a fresh head with this many classes (for fine-tuning).
+        device, dtype: "auto", "cpu", "cuda", ...; "auto", "fp32", "bf16", ...
+
+    Returns:
+        (model in eval mode, processor or None).
+
+    Raises:
+        FileNotFoundError: no such folder or cached checkpoint.
+        ValueError: `head=True` but the checkpoint has no trained classification head.
+    """
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    if isinstance(src, nn.Module):
+        return src.to(dev, dt).eval(), None
+    import transformers as tf
+
+    path = _resolve_path(src)
+    try:
+        config = tf.AutoConfig.from_pretrained(path, local_files_only=True)
+    except OSError as e:
+        raise FileNotFoundError(f"cannot load {src!r} offline: {e}") from None
+    vision = is_vision(config)
+    if head:
+        cls = tf.AutoModelForImageClassification if vision else tf.AutoModelForSequenceClassification
+        kw = {} if num_labels is None else {"num_labels": num_labels, "ignore_mismatched_sizes": True}
+        model, info = cls.from_pretrained(path, local_files_only=True, output_loading_info=True, **kw)
+        missing = [k for k in info["missing_keys"] if "classifier" in k or "score" in k]
+        if missing and num_labels is None:
+            raise ValueError(f"{src} has no trained classification head (missing {missing[:2]}); "
+                             "pass the fine-tuned checkpoint, or num_labels to start a new head")
+    elif config.model_type == "clip":
+        model = tf.CLIPVisionModel.from_pretrained(path, local_files_only=True)
+    else:
+        model = tf.AutoModel.from_pretrained(path, local_files_only=True)
+    processor = None
+    for auto in (tf.AutoImageProcessor,) if vision else (tf.AutoTokenizer,):
+        try:
+            processor = auto.from_pretrained(path, local_files_only=True)
+        except (OSError, ValueError, TypeError, KeyError):
+            processor = None  # tiny test checkpoints have none: inputs must then be pre-encoded
+    return model.to(dev, dt).eval(), processor
+
+
+def _backbone(model: nn.Module) -> nn.Module:
+    prefix = getattr(model, "base_model_prefix", "")
+    return getattr(model, prefix, model) if prefix else model
+
+
+def blocks(model: nn.Module) -> nn.ModuleList:
+    """The model's transformer blocks, in order (e.g. bert.encoder.layer).
+
+    Raises:
+        ValueError: no ModuleList of config.num_hidden_layers blocks was found.
+    """
+    config = getattr(model, "config", None)
+    n = getattr(getattr(config, "vision_config", config), "num_hidden_layers", None)
+    found = [(name, m) for name, m in model.named_modules()
+             if isinstance(m, nn.ModuleList) and len(m) > 0 and (n is None or len(m) == n)]
+    for hint in _BLOCK_HINTS:
+        for name, m in found:
+            if name == hint or name.endswith("." + hint):
+                return m
+    if found:
+        return found[0][1]
+    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}: no ModuleList "
+                     f"of {n} layers; tasklift supports HF encoders such as BERT, RoBERTa, ViT, CLIP")
+
+
+def num_layers(model: nn.Module) -> int:
+    """Number of transformer blocks L (hidden states are indexed 0..L)."""
+    return len(blocks(model))
+
+
+def hidden_size(model: nn.Module) -> int:
+    """Width of the residual stream."""
+    config = model.config
+    return getattr(getattr(config, "vision_config", config), "hidden_size")
+
+
+def final_norm(model: nn.Module) -> nn.Module | None:
+    """The norm applied to the last hidden state before the head, or None (post-LN BERT)."""
+    backbone = _backbone(model)
+    for owner in (backbone, getattr(backbone, "vision_model", None)):
+        for name in _NORM_NAMES:
+            norm = getattr(owner, name, None) if owner is not None else None
+            if isinstance(norm, nn.Module):
+                return norm
+    return None
+
+
+class Head(nn.Module):
+    """A classifier's head as a function of the pooled, final-normed [CLS] vector.
+
+    Covers the HF heads that read token 0: BERT-style pooler + classifier, RoBERTa's
+    dense-tanh-out head, DistilBERT's pre_classifier, and plain linear heads (ViT, DeiT).
+
+    Shapes: forward (B, d) -> (B, num_classes).
+
+    Raises:
+        ValueError: the model has no classification head tasklift knows how to read.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        classifier = getattr(model, "classifier", None)
+        if classifier is None:
+            raise ValueError(f"{type(model).__name__} has no classification head (no .classifier); "
+                             "load the fine-tuned model with load_model(..., head=True)")
+        pooler = getattr(_backbone(model), "pooler", None)
+        self.pooler = pooler if pooler is not None and hasattr(pooler, "dense") else None
+        self.pre = getattr(model, "pre_classifier", None)
+        self.classifier = classifier
+        self.sequence_head = not isinstance(classifier, nn.Linear)  # RobertaClassificationHead
+        if self.sequence_head and not hasattr(classifier, "out_proj"):
+            raise ValueError(f"unsupported head {type(classifier).__name__} in {type(model).__name__}")
+
+    @property
+    def num_classes(self) -> int:
+        """Number of output classes."""
+        last = self.classifier.out_proj if self.sequence_head else self.classifier
+        return last.out_features
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        if self.pooler is not None:
+            z = self.pooler.activation(self.pooler.dense(z))
+        if self.pre is not None:
+            z = torch.relu(self.pre(z))
+        return self.classifier(z[:, None, :]) if self.sequence_head else self.classifier(z)
+
+
+def encode(items, processor, *, max_length: int = 128) -> dict[str, torch.Tensor]:
+    """Turn a batch of raw inputs into model keyword tensors.
+
+    Accepts a list of strings (tokenised), image arrays (N, C, H, W) floats used as
+    pixel_values, PIL images / HWC arrays (image processor), or an already-encoded dict.
+    """
+    if isinstance(items, dict):
+        return {k: torch.as_tensor(v) for k, v in items.items()}
+    if isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == 4 and items.shape[1] in (1, 3):
+        return {"pixel_values": torch.as_tensor(np.asarray(items, dtype=np.float32))}
+    if processor is None:
+        raise ValueError("this model has no tokenizer/image processor; pass pre-encoded tensors "
+                         "(dict of input_ids/attention_mask, or pixel_values arrays)")
+    if isinstance(items, Sequence) and items and isinstance(items[0], str):
+        return dict(processor(list(items), padding=True, truncation=True, max_length=max_length,
+                              return_tensors="pt"))
+    return dict(processor(images=list(items), return_tensors="pt"))

@@ -1,0 +1,51 @@
+"""Tiny seeded HF models built from configs (hidden 32, 2 layers) and toy data; all offline."""
+
+import pytest
+import torch
+import transformers as tf
+
+H, L, V = 32, 2, 50
+
+
+def tiny_config(kind: str, num_labels: int = 3):
+    common = dict(hidden_size=H, num_hidden_layers=L, num_attention_heads=4, intermediate_size=64,
+                  num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    if kind == "bert":
+        return tf.BertConfig(vocab_size=V, max_position_embeddings=64, **common)
+    if kind == "roberta":
+        return tf.RobertaConfig(vocab_size=V, max_position_embeddings=70, pad_token_id=1, **common)
+    if kind == "vit":
+        return tf.ViTConfig(image_size=16, patch_size=8, num_channels=3, **common)
+    if kind == "distilbert":
+        return tf.DistilBertConfig(vocab_size=V, dim=H, n_layers=L, n_heads=4, hidden_dim=64,
+                                   num_labels=num_labels, dropout=0.0, attention_dropout=0.0)
+    raise KeyError(kind)
+
+
+def tiny_classifier(kind: str, seed: int = 0, num_labels: int = 3):
+    torch.manual_seed(seed)
+    cfg = tiny_config(kind, num_labels)
+    cls = tf.AutoModelForImageClassification if kind == "vit" else tf.AutoModelForSequenceClassification
+    return cls.from_config(cfg).eval()
+
+
+def tiny_text_inputs(n: int = 12, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, V, (n, 9), generator=g)
+    mask = torch.ones_like(ids)
+    mask[::3, 6:] = 0  # some padded rows, so mean pooling is exercised
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def tiny_images(n: int = 12, seed: int = 0):
+    return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.fixture(scope="session")
+def saved_pair(tmp_path_factory):
+    """A tiny BERT base folder and a 'fine-tuned' classifier folder made from it."""
+    root = tmp_path_factory.mktemp("models")
+    ft = tiny_classifier("bert")
+    ft.save_pretrained(root / "ft")
+    ft.bert.save_pretrained(root / "base")
+    return root / "base", root / "ft"

@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from conftest import tiny_classifier, tiny_images, tiny_text_inputs
+from tasklift.extract import embed, iter_embeddings, resolve_layers
+from tasklift.hooks import capture, run
+from tasklift.models import blocks
+
+
+def reference(model, inputs, pool):
+    with torch.no_grad():
+        hs = model(**inputs, output_hidden_states=True).hidden_states
+    mask = inputs.get("attention_mask")
+    if pool == "cls":
+        return [h[:, 0] for h in hs]
+    m = torch.ones(hs[0].shape[:2]) if mask is None else mask
+    m = m[..., None].float()
+    return [(h * m).sum(1) / m.sum(1) for h in hs]
+
+
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert", "vit"])
+@pytest.mark.parametrize("pool", ["cls", "mean"])
+def test_all_layers_equal_output_hidden_states(kind, pool):
+    model = tiny_classifier(kind)
+    inputs = {"pixel_values": tiny_images()} if kind == "vit" else tiny_text_inputs()
+    ref = reference(model, inputs, pool)
+    got = embed(model, inputs, layers="all", pool=pool, batch_size=5)
+    assert sorted(got) == list(range(len(ref)))
+    for i, r in enumerate(ref):
+        torch.testing.assert_close(got[i], r.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_early_stop_gives_same_values_and_skips_later_blocks():
+    model = tiny_classifier("bert")
+    inputs = tiny_text_inputs()
+    calls = []
+    handle = blocks(model)[1].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        got = embed(model, inputs, layers=[1])
+    finally:
+        handle.remove()
+    assert calls == []  # block 2 never ran
+    torch.testing.assert_close(got[1], reference(model, inputs, "cls")[1])
+
+
+def test_streaming_yields_batches():
+    model = tiny_classifier("bert")
+    sizes = [out[2].shape[0] for out in iter_embeddings(model, tiny_text_inputs(11), batch_size=4)]
+    assert sizes == [4, 4, 3]
+
+
+def test_hooks_removed_even_after_exception():
+    model = tiny_classifier("bert")
+    block = blocks(model)[0]
+
+    def boom(key, h):
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        with capture({0: (block, "output")}, boom):
+            run(lambda: model(**tiny_text_inputs(2)))
+    assert not block._forward_hooks and not block._forward_pre_hooks
+
+
+def test_bad_layers_and_inputs():
+    model = tiny_classifier("bert")
+    assert resolve_layers(model, "all") == [0, 1, 2]
+    assert resolve_layers(model, -1) == [2]
+    assert resolve_layers(model, "0,2") == [0, 2]
+    with pytest.raises(ValueError, match="out of range.*0..2"):
+        resolve_layers(model, 3)
+    with pytest.raises(ValueError, match="empty"):
+        next(iter_embeddings(model, []))
+    with pytest.raises(ValueError, match="unknown pool"):
+        next(iter_embeddings(model, tiny_text_inputs(), pool="max"))
+    with pytest.raises(ValueError, match="pre-encoded"):
+        next(iter_embeddings(model, ["some text"]))
