@@ -49,3 +49,29 @@ def saved_pair(tmp_path_factory):
     ft.save_pretrained(root / "ft")
     ft.bert.save_pretrained(root / "base")
     return root / "base", root / "ft"
+
+
+def token_task(n: int, seed: int):
+    """Label = which of the tokens 10/11/12 appears (once, at a random position) in the sequence."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(13, V, (n, 10), generator=g)
+    ids[:, 0] = 2  # a [CLS]-like start token
+    y = torch.randint(0, 3, (n,), generator=g)
+    pos = torch.randint(1, 10, (n,), generator=g)
+    ids[torch.arange(n), pos] = 10 + y
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, y.numpy()
+
+
+@pytest.fixture(scope="session")
+def tiny_task(tmp_path_factory):
+    """A random tiny BERT base, a copy fine-tuned on `token_task`, and train/test data, on disk."""
+    from tasklift.finetune import finetune
+
+    root = tmp_path_factory.mktemp("task")
+    ft = tiny_classifier("bert", seed=1)
+    ft.bert.save_pretrained(root / "base")
+    Xtr, ytr = token_task(400, seed=1)
+    Xte, yte = token_task(300, seed=2)
+    finetune(ft, Xtr, ytr, epochs=6, lr=2e-3, batch_size=16)
+    ft.save_pretrained(root / "ft")
+    return root / "base", root / "ft", (Xtr, ytr), (Xte, yte)

@@ -13,10 +13,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .data import num_items, take
 from .hooks import capture, run
 from .models import blocks, encode
 
-__all__ = ["resolve_layers", "iter_embeddings", "embed", "num_items", "POOLS"]
+__all__ = ["resolve_layers", "iter_embeddings", "embed", "POOLS"]
 
 POOLS = ("cls", "first", "mean")
 
@@ -39,15 +40,6 @@ def resolve_layers(model: nn.Module, layers: str | int | Sequence[int] = "all") 
                              f"0..{n} (0 = embeddings, -1 = last)")
         out.append(i % (n + 1))
     return sorted(set(out))
-
-
-def num_items(inputs) -> int:
-    """Number of examples in a list, array or dict of encoded tensors."""
-    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
-
-
-def _slice(inputs, i: int, j: int):
-    return {k: v[i:j] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[i:j]
 
 
 def _pool(h: torch.Tensor, mask: torch.Tensor | None, pool: str) -> torch.Tensor:
@@ -101,15 +93,18 @@ def iter_embeddings(
     def store(i, h):
         found[i] = _pool(h, mask, pool).detach().to("cpu", torch.float32)
 
-    with capture(_points(model, layers), store, stop_after=layers[-1]), torch.inference_mode():
-        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
-            batch = encode(_slice(inputs, start, start + batch_size), processor, max_length=max_length)
-            batch = {k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype)
-                     for k, v in batch.items()}
-            mask = batch.get("attention_mask")
-            found.clear()
+    points = _points(model, layers)
+    for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
+        batch = encode(take(inputs, slice(start, start + batch_size)), processor, max_length=max_length)
+        batch = {k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype)
+                 for k, v in batch.items()}
+        mask = batch.get("attention_mask")
+        found.clear()
+        # Hooks live for one batch only, so no hook outlives a `yield` (two interleaved
+        # generators over models that share modules would otherwise fire each other's hooks).
+        with capture(points, store, stop_after=layers[-1]), torch.inference_mode():
             run(lambda: model(**batch))
-            yield dict(found)
+        yield dict(found)
 
 
 def embed(model: nn.Module, inputs, processor=None, **kwargs) -> dict[int, torch.Tensor]:

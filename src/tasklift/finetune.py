@@ -1,0 +1,66 @@
+"""Plain full fine-tuning of a HF classifier (AdamW, linear warm-up/decay): the demo's upper bound
+and the model whose skill the task matrix transfers."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ._estimator import as_labels
+from ._torch import seed_everything
+from .data import num_items, take
+from .models import encode
+
+__all__ = ["finetune"]
+
+
+def finetune(model: nn.Module, X, y, processor=None, *, epochs: float = 1.0, lr: float = 5e-5,
+             batch_size: int = 16, max_length: int = 128, weight_decay: float = 0.01,
+             warmup: float = 0.1, seed: int = 0, progress: bool = False) -> list[float]:
+    """Train `model` (a *ForSequence/ImageClassification) in place on (X, y); return step losses.
+
+    Args:
+        epochs: passes over the data (fractions allowed, e.g. 0.5).
+        warmup: fraction of steps with linearly rising learning rate.
+
+    Raises:
+        ValueError: empty data or labels that do not match X.
+    """
+    n = num_items(X)
+    if n == 0:
+        raise ValueError("cannot fine-tune on an empty dataset")
+    y = torch.from_numpy(as_labels(y, n))
+    seed_everything(seed)
+    device = next(model.parameters()).device
+    steps = max(1, math.ceil(epochs * n / batch_size))
+    decay = [p for name, p in model.named_parameters() if p.ndim > 1]
+    rest = [p for name, p in model.named_parameters() if p.ndim <= 1]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                             {"params": rest, "weight_decay": 0.0}], lr=lr)
+    ramp = max(1, int(warmup * steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / ramp, max(0.0, (steps - s) / max(1, steps - ramp))))
+    order = np.concatenate([np.random.default_rng(seed + e).permutation(n)
+                            for e in range(math.ceil(epochs))])
+    losses = []
+    model.train()
+    try:
+        for step in tqdm(range(steps), desc="fine-tune", disable=not progress, leave=False):
+            idx = order[step * batch_size:(step + 1) * batch_size]
+            batch = {k: v.to(device) for k, v in encode(take(X, idx), processor,
+                                                         max_length=max_length).items()}
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                loss = model(**batch, labels=y[idx].to(device)).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+    finally:
+        model.eval()
+    return losses

@@ -1,0 +1,108 @@
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_classifier
+from tasklift.maps import NotFittedError
+from tasklift.models import load_model
+from tasklift.probe import FineTuned, HeadOnly, LinearProbe
+from tasklift.taskmatrix import TaskMatrix
+
+
+def test_identity_when_finetuned_equals_base():
+    ft = tiny_classifier("bert")
+    X = {"input_ids": torch.randint(3, 50, (200, 9)), "attention_mask": torch.ones(200, 9, dtype=torch.long)}
+    # Fresh LayerNorms (bias 0) make every last-layer row zero-mean, so X has rank d - 1 and the
+    # minimum-norm least-squares map is the projector I - 11ᵀ/d, exactly as numpy.lstsq gives.
+    tm = TaskMatrix(ft.bert, ft, layer=-1).fit(X)
+    np.testing.assert_allclose(tm.maps_[2].coef_, np.eye(32) - 1 / 32, atol=1e-4)
+    # With a trained-looking (non-zero) final LayerNorm bias the rows span R^d: W is I.
+    with torch.no_grad():
+        ft.bert.encoder.layer[-1].output.LayerNorm.bias.normal_()
+    tm = TaskMatrix(ft.bert, ft, layer=-1).fit(X)
+    np.testing.assert_allclose(tm.maps_[2].coef_, np.eye(32), atol=1e-4)
+
+
+def test_fit_beats_head_only_and_approaches_finetuned(tiny_task):
+    base, ft, (Xtr, ytr), (Xte, yte) = tiny_task
+    acc_ft = FineTuned(ft).fit().score(Xte, yte)
+    acc_head = HeadOnly(base, ft).fit().score(Xte, yte)
+    tm = TaskMatrix(base, ft, layer="auto", alpha="auto").fit(Xtr)
+    acc_tm = tm.score(Xte, yte)
+    assert acc_ft > 0.9, acc_ft  # the fine-tuning really learned the task
+    assert acc_head < 0.6, acc_head  # the head alone does not transfer
+    assert acc_tm > acc_head + 0.25, (acc_tm, acc_head)
+    assert set(tm.maps_) == {0, 1, 2} and tm.layer_ in tm.maps_
+
+
+def test_score_layers_one_pass_equals_per_layer_scores(tiny_task):
+    base, ft, (Xtr, _), (Xte, yte) = tiny_task
+    tm = TaskMatrix(base, ft, layer="auto").fit(Xtr)
+    per_layer = tm.score_layers(Xte, yte)
+    for i, acc in per_layer.items():
+        assert acc == pytest.approx(tm.score(Xte, yte, layer=i))
+
+
+def test_module_forward_equals_batched_logits_and_finetuned_matches_hf(tiny_task):
+    base, ft, (Xtr, _), (Xte, _) = tiny_task
+    tm = TaskMatrix(base, ft, layer=1).fit(Xtr)
+    batch = {k: v[:20] for k, v in Xte.items()}
+    torch.testing.assert_close(tm.model()(**batch).float(), torch.from_numpy(tm.decision_function(batch)))
+    hf, _ = load_model(ft, head=True)
+    with torch.no_grad():
+        ref = hf(**batch).logits
+    np.testing.assert_allclose(FineTuned(ft).fit().decision_function(batch), ref.numpy(), atol=1e-5)
+
+
+def test_refit_from_stats_without_reextraction(tiny_task):
+    base, ft, (Xtr, _), _ = tiny_task
+    tm = TaskMatrix(base, ft, layer="auto").fit(Xtr)
+    ridge = TaskMatrix(base, ft, layer="auto", alpha=[0.0, 0.1, 1.0]).fit_stats(tm.stats_)
+    assert set(ridge.alphas_.values()) <= {0.0, 0.1, 1.0}
+    assert ridge.cv_errors_[ridge.layer_] <= tm.cv_errors_[ridge.layer_] + 1e-12
+
+
+def test_linear_probe(tiny_task):
+    base, _, (Xtr, ytr), (Xte, yte) = tiny_task
+    probe = LinearProbe(base).fit(Xtr, ytr)
+    assert probe.decision_function(Xte).shape == (len(yte), 3)
+    assert probe.score(Xte, yte) > 0.4
+
+
+def test_save_load_round_trip(tiny_task, tmp_path):
+    base, ft, (Xtr, _), (Xte, _) = tiny_task
+    tm = TaskMatrix(base, ft, layer="auto", fit_intercept=True).fit(Xtr)
+    tm.save(tmp_path / "tm.safetensors")
+    back = TaskMatrix.load(tmp_path / "tm.safetensors")
+    assert back.layer_ == tm.layer_ and back.fit_intercept
+    np.testing.assert_array_equal(back.decision_function(Xte), tm.decision_function(Xte))
+    np.testing.assert_array_equal(back.transform(Xte), tm.transform(Xte))
+
+
+def test_clear_errors(tiny_task, tmp_path):
+    base, ft, (Xtr, _), _ = tiny_task
+    with pytest.raises(NotFittedError):
+        TaskMatrix(base, ft).predict(Xtr)
+    with pytest.raises(ValueError, match="no trained classification head"):
+        TaskMatrix(base, base).fit(Xtr)
+    with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
+        TaskMatrix(tmp_path / "nope", ft).fit(Xtr)
+    with pytest.raises(ValueError, match="out of range"):
+        TaskMatrix(base, ft, layer=7).fit(Xtr)
+    with pytest.raises(ValueError, match="empty"):
+        TaskMatrix(base, ft, layer=1).fit({k: v[:0] for k, v in Xtr.items()})
+    tm = TaskMatrix(base, ft, layer=1).fit(Xtr)
+    tm.save(tmp_path / "tm.safetensors")
+    wide = tiny_classifier("bert").bert.__class__(
+        type(tiny_classifier("bert").config)(hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
+                                             intermediate_size=64, vocab_size=50))
+    with pytest.raises(ValueError, match="width 32 but .* hidden size 48"):
+        TaskMatrix.load(tmp_path / "tm.safetensors", base=wide).predict(Xtr)
+    with pytest.raises(ValueError, match="fitted for layer"):
+        tm.predict(Xtr, layer=2)
+    with pytest.raises(ValueError, match="unknown norm"):
+        TaskMatrix(base, ft, norm="post").fit(Xtr)
+    with pytest.raises(FileNotFoundError):
+        TaskMatrix.load(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="labels have shape"):
+        tm.score(Xtr, [0, 1])
