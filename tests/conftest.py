@@ -29,6 +29,12 @@ def tiny_classifier(kind: str, seed: int = 0, num_labels: int = 3):
     return cls.from_config(cfg).eval()
 
 
+def tiny_tokenizer(words):
+    """A WordPiece tokenizer over `words` (transformers 5 takes the vocab as a dict)."""
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
+    return tf.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+
+
 def tiny_text_inputs(n: int = 12, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, V, (n, 9), generator=g)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from conftest import tiny_classifier, tiny_images, tiny_text_inputs
+from conftest import tiny_classifier, tiny_images, tiny_text_inputs, tiny_tokenizer
 from tasklift.extract import embed, iter_embeddings, resolve_layers
 from tasklift.hooks import capture, run
 from tasklift.models import blocks
@@ -45,7 +45,7 @@ def test_early_stop_gives_same_values_and_skips_later_blocks():
 
 def test_streaming_yields_batches():
     model = tiny_classifier("bert")
-    sizes = [out[2].shape[0] for out in iter_embeddings(model, tiny_text_inputs(11), batch_size=4)]
+    sizes = [out[2].shape[0] for _, out in iter_embeddings(model, tiny_text_inputs(11), batch_size=4)]
     assert sizes == [4, 4, 3]
 
 
@@ -75,3 +75,14 @@ def test_bad_layers_and_inputs():
         next(iter_embeddings(model, tiny_text_inputs(), pool="max"))
     with pytest.raises(ValueError, match="pre-encoded"):
         next(iter_embeddings(model, ["some text"]))
+
+
+def test_text_batches_by_length_come_back_in_input_order():
+    tok = tiny_tokenizer([f"w{i}" for i in range(40)])
+    texts = [" ".join(f"w{(i * 7 + j) % 40}" for j in range(n)) for i, n in enumerate([9, 2, 5, 1, 7, 3])]
+    model = tiny_classifier("bert")
+    got = embed(model, texts, tok, layers=[2], batch_size=2)[2]
+    for i, t in enumerate(texts):  # one at a time: no padding, no reordering
+        torch.testing.assert_close(got[i], embed(model, [t], tok, layers=[2])[2][0], atol=1e-5, rtol=1e-5)
+    idx = [i for i, _ in iter_embeddings(model, texts, tok, layers=[2], batch_size=2)]
+    assert [len(texts[j]) for b in idx for j in b] == sorted(len(t) for t in texts)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
@@ -67,8 +68,12 @@ def iter_embeddings(
     max_length: int = 128,
     progress: bool = False,
     desc: str = "extract",
-) -> Iterator[dict[int, torch.Tensor]]:
-    """Yield, per batch, {layer: pooled embedding (B, d) float32 on CPU}.
+) -> Iterator[tuple[np.ndarray, dict[int, torch.Tensor]]]:
+    """Yield, per batch, (row indices, {layer: pooled embedding (B, d) float32 on CPU}).
+
+    Text is batched in order of length (less padding, about 2x faster on CPU); the indices say
+    which input rows each batch holds. The order depends only on the inputs, so two streams
+    over the same inputs (base and fine-tuned) yield the same rows batch for batch.
 
     Args:
         model: HF encoder or classifier (its device and dtype are used).
@@ -94,8 +99,11 @@ def iter_embeddings(
         found[i] = _pool(h, mask, pool).detach().to("cpu", torch.float32)
 
     points = _points(model, layers)
+    texts = isinstance(inputs, list) and isinstance(inputs[0], str)
+    order = np.argsort([len(t) for t in inputs], kind="stable") if texts else np.arange(n)
     for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
-        batch = encode(take(inputs, slice(start, start + batch_size)), processor, max_length=max_length)
+        idx = order[start:start + batch_size]
+        batch = encode(take(inputs, idx), processor, max_length=max_length)
         batch = {k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype)
                  for k, v in batch.items()}
         mask = batch.get("attention_mask")
@@ -104,13 +112,15 @@ def iter_embeddings(
         # generators over models that share modules would otherwise fire each other's hooks).
         with capture(points, store, stop_after=layers[-1]), torch.inference_mode():
             run(lambda: model(**batch))
-        yield dict(found)
+        yield idx, dict(found)
 
 
 def embed(model: nn.Module, inputs, processor=None, **kwargs) -> dict[int, torch.Tensor]:
-    """Like `iter_embeddings` but concatenated: {layer: (N, d)}."""
-    parts: dict[int, list[torch.Tensor]] = {}
-    for out in iter_embeddings(model, inputs, processor, **kwargs):
-        for i, v in out.items():
-            parts.setdefault(i, []).append(v)
-    return {i: torch.cat(v) for i, v in parts.items()}
+    """Like `iter_embeddings` but gathered in input order: {layer: (N, d)}."""
+    out: dict[int, torch.Tensor] = {}
+    for idx, batch in iter_embeddings(model, inputs, processor, **kwargs):
+        for i, v in batch.items():
+            if i not in out:
+                out[i] = torch.empty(num_items(inputs), v.shape[1])
+            out[i][torch.from_numpy(idx)] = v
+    return out

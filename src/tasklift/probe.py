@@ -43,7 +43,10 @@ class LinearProbe(ClassifierMixin):
 
     def fit(self, X, y) -> LinearProbe:
         """Extract features of X and fit the logistic regression on labels y."""
-        feats = self.features(X)
+        return self.fit_features(self.features(X), y)
+
+    def fit_features(self, feats: np.ndarray, y) -> LinearProbe:
+        """Fit on precomputed frozen embeddings (N, d)."""
         y = as_labels(y, len(feats))
         if len(np.unique(y)) < 2:
             raise ValueError("a linear probe needs examples of at least 2 classes; got only "
@@ -55,7 +58,12 @@ class LinearProbe(ClassifierMixin):
     def decision_function(self, X) -> np.ndarray:
         """Log-probabilities (N, max class + 1); classes unseen in training get -inf."""
         check_fitted(self, "classifier_")
-        logp = self.classifier_.predict_log_proba(self.features(X))
+        return self.decision_features(self.features(X))
+
+    def decision_features(self, feats: np.ndarray) -> np.ndarray:
+        """decision_function on precomputed frozen embeddings (N, d)."""
+        check_fitted(self, "classifier_")
+        logp = self.classifier_.predict_log_proba(feats)
         classes = self.classifier_.classes_
         out = np.full((len(logp), classes.max() + 1), -np.inf)
         out[:, classes] = logp

@@ -77,11 +77,9 @@ class TaskMatrixModel(nn.Module):
     def predict_logits(self, X, *, batch_size: int = 32, max_length: int = 128,
                        progress: bool = False) -> np.ndarray:
         """Logits (N, classes) for raw or encoded inputs, streamed in batches."""
-        out = [self.from_embedding(b[self.layer]).float().cpu()
-               for b in iter_embeddings(self.base, X, self.processor, layers=[self.layer],
-                                        pool=self.pool, batch_size=batch_size,
-                                        max_length=max_length, progress=progress, desc="predict")]
-        return torch.cat(out).numpy()
+        emb = embed(self.base, X, self.processor, layers=[self.layer], pool=self.pool,
+                    batch_size=batch_size, max_length=max_length, progress=progress, desc="predict")
+        return self.from_embedding(emb[self.layer]).float().cpu().numpy()
 
 
 def _identity(d: int) -> LinearMap:
@@ -148,17 +146,22 @@ class TaskMatrix(ClassifierMixin):
         self._load()
         layers = resolve_layers(self.base_model_, "all" if self.layer == "auto" else [self.layer])
         top = num_layers(self.finetuned_model_)
-        folds = self.cv if self._uses_cv() else 0
-        stats = {i: GramStats(folds=folds) for i in layers}
         kw = dict(pool=self.pool, batch_size=self.batch_size, max_length=self.max_length)
         xs = iter_embeddings(self.base_model_, X, self.processor_, layers=layers,
                              progress=self.progress, desc="fit: base", **kw)
         ys = iter_embeddings(self.finetuned_model_, X, self.processor_, layers=[top],
                              **{**kw, "pool": "cls"})
-        for xb, yb in zip(xs, ys):
-            for i in layers:
-                stats[i].update(xb[i], yb[top])
-        return self.fit_stats(stats)
+        return self.fit_stats(self.accumulate((xb, yb[top]) for (_, xb), (_, yb) in zip(xs, ys)))
+
+    def accumulate(self, pairs) -> dict[int, GramStats]:
+        """Per-layer statistics from (base {layer: (B, d)}, fine-tuned (B, d_ft)) batch pairs."""
+        stats: dict[int, GramStats] = {}
+        for xb, yb in pairs:
+            for i, x in xb.items():
+                stats.setdefault(i, GramStats(folds=self.cv if self._uses_cv() else 0)).update(x, yb)
+        if not stats:
+            raise ValueError("the dataset is empty: nothing to fit")
+        return stats
 
     def fit_stats(self, stats: dict[int, GramStats]) -> TaskMatrix:
         """(Re)solve every layer from accumulated statistics, e.g. with another alpha."""
@@ -213,9 +216,14 @@ class TaskMatrix(ClassifierMixin):
         emb = embed(self.base_model_, X, self.processor_, layers=sorted(self.maps_), pool=self.pool,
                     batch_size=self.batch_size, max_length=self.max_length, progress=self.progress,
                     desc="score layers")
+        return self.score_embeddings(emb, y)
+
+    def score_embeddings(self, emb: dict[int, torch.Tensor], y) -> dict[int, float]:
+        """Accuracy per fitted layer from precomputed base embeddings {layer: (N, d)}."""
+        check_fitted(self, "maps_")
         y = as_labels(y, len(next(iter(emb.values()))))
-        return {i: float((self.model(i).from_embedding(x).argmax(-1).cpu().numpy() == y).mean())
-                for i, x in emb.items()}
+        return {i: float((self.model(i).from_embedding(emb[i]).argmax(-1).cpu().numpy() == y).mean())
+                for i in sorted(self.maps_)}
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:

