@@ -8,24 +8,55 @@ H, L, V = 32, 2, 50
 
 
 def tiny_config(kind: str, num_labels: int = 3):
-    common = dict(hidden_size=H, num_hidden_layers=L, num_attention_heads=4, intermediate_size=64,
-                  num_labels=num_labels, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    common = dict(
+        hidden_size=H,
+        num_hidden_layers=L,
+        num_attention_heads=4,
+        intermediate_size=64,
+        num_labels=num_labels,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     if kind == "bert":
         return tf.BertConfig(vocab_size=V, max_position_embeddings=64, **common)
     if kind == "roberta":
         return tf.RobertaConfig(vocab_size=V, max_position_embeddings=70, pad_token_id=1, **common)
     if kind == "vit":
         return tf.ViTConfig(image_size=16, patch_size=8, num_channels=3, **common)
+    if kind == "deit":
+        return tf.DeiTConfig(image_size=16, patch_size=8, num_channels=3, **common)
+    if kind == "clip_vision":
+        return tf.CLIPVisionConfig(
+            hidden_size=H,
+            num_hidden_layers=L,
+            num_attention_heads=4,
+            intermediate_size=64,
+            image_size=16,
+            patch_size=8,
+        )
     if kind == "distilbert":
-        return tf.DistilBertConfig(vocab_size=V, dim=H, n_layers=L, n_heads=4, hidden_dim=64,
-                                   num_labels=num_labels, dropout=0.0, attention_dropout=0.0)
+        return tf.DistilBertConfig(
+            vocab_size=V,
+            dim=H,
+            n_layers=L,
+            n_heads=4,
+            hidden_dim=64,
+            num_labels=num_labels,
+            dropout=0.0,
+            attention_dropout=0.0,
+        )
     raise KeyError(kind)
 
 
 def tiny_classifier(kind: str, seed: int = 0, num_labels: int = 3):
     torch.manual_seed(seed)
     cfg = tiny_config(kind, num_labels)
-    cls = tf.AutoModelForImageClassification if kind == "vit" else tf.AutoModelForSequenceClassification
+    if kind == "clip_vision":  # CLIP's vision tower has no classification head in HF
+        return tf.CLIPVisionModel(cfg).eval()
+    if kind == "deit":  # transformers 5.23's Auto*.from_config misses DeiT; from_pretrained works
+        return tf.DeiTForImageClassification(cfg).eval()
+    vision = kind in ("vit", "deit")
+    cls = tf.AutoModelForImageClassification if vision else tf.AutoModelForSequenceClassification
     return cls.from_config(cfg).eval()
 
 

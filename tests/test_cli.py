@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import pytest
+
 from conftest import tiny_classifier, tiny_tokenizer
 from tasklift.cli import main
 from tasklift.finetune import finetune
@@ -26,11 +27,10 @@ def text_setup(tmp_path_factory):
     with (root / "data.csv").open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["sentence", "label"])
-        w.writerows(zip(texts, ["abc"[y] for y in labels]))
+        w.writerows(zip(texts, ["abc"[y] for y in labels], strict=True))
     ft = tiny_classifier("bert", seed=3)
-    for folder in (root / "base",):
-        ft.bert.save_pretrained(folder)
-        tok.save_pretrained(folder)
+    ft.bert.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
     finetune(ft, texts, labels, tok, epochs=10, lr=5e-3, batch_size=16)
     ft.save_pretrained(root / "ft")
     tok.save_pretrained(root / "ft")
@@ -40,8 +40,24 @@ def text_setup(tmp_path_factory):
 def test_fit_writes_matrix_and_config(text_setup, capsys):
     root = text_setup
     out = root / "tm.safetensors"
-    assert main(["fit", str(root / "base"), str(root / "ft"), str(root / "data.csv"), "--text-key",
-                 "sentence", "-o", str(out), "--alpha", "auto", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                str(root / "base"),
+                str(root / "ft"),
+                str(root / "data.csv"),
+                "--text-key",
+                "sentence",
+                "-o",
+                str(out),
+                "--alpha",
+                "auto",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert out.is_file()
     cfg = json.loads((root / "tm.safetensors.config.json").read_text())
     assert cfg["layer_selected"] in (0, 1, 2) and cfg["test_accuracy"] > 0.6
@@ -51,10 +67,30 @@ def test_fit_writes_matrix_and_config(text_setup, capsys):
 def test_eval_writes_table_plot_and_json(text_setup, capsys):
     root = text_setup
     out = root / "eval"
-    assert main(["eval", str(root / "base"), str(root / "ft"), str(root / "data.csv"), "--text-key",
-                 "sentence", "-o", str(out), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(root / "base"),
+                str(root / "ft"),
+                str(root / "data.csv"),
+                "--text-key",
+                "sentence",
+                "-o",
+                str(out),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
-    for method in ("fine-tuned", "head-only", "linear probe", "task matrix (lstsq)", "task matrix (ridge-CV)"):
+    for method in (
+        "fine-tuned",
+        "head-only",
+        "linear probe",
+        "task matrix (lstsq)",
+        "task matrix (ridge-CV)",
+    ):
         assert method in printed
     rows = json.loads((out / "results.json").read_text())["rows"]
     acc = {r["method"]: r["accuracy"] for r in rows if "selected" not in r}
@@ -72,8 +108,24 @@ def test_vision_eval_on_digits(tmp_path):
     train, _ = split(load_dataset("digits", image_size=16), seed=0)
     finetune(ft, train.X, train.y, epochs=3, lr=3e-3, batch_size=32)
     ft.save_pretrained(tmp_path / "ft")
-    assert main(["eval", str(tmp_path / "base"), str(tmp_path / "ft"), "digits", "--image-size", "16",
-                 "-o", str(tmp_path / "eval"), "--quiet", "--alphas", "auto"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                str(tmp_path / "base"),
+                str(tmp_path / "ft"),
+                "digits",
+                "--image-size",
+                "16",
+                "-o",
+                str(tmp_path / "eval"),
+                "--quiet",
+                "--alphas",
+                "auto",
+            ]
+        )
+        == 0
+    )
     rows = json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
     acc = {r["method"]: r["accuracy"] for r in rows if "selected" not in r}
     assert acc["fine-tuned"] > 0.5
@@ -81,8 +133,22 @@ def test_vision_eval_on_digits(tmp_path):
 
 
 def test_errors_exit_2_with_message(tmp_path, capsys):
-    assert main(["fit", str(tmp_path / "nobase"), str(tmp_path / "noft"), "digits", "-o",
-                 str(tmp_path / "x.safetensors"), "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "fit",
+                str(tmp_path / "nobase"),
+                str(tmp_path / "noft"),
+                "digits",
+                "-o",
+                str(tmp_path / "x.safetensors"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "no checkpoint folder" in capsys.readouterr().err
-    assert main(["eval", "a", "b", str(tmp_path / "missing.csv"), "-o", str(tmp_path), "--quiet"]) == 2
+    assert (
+        main(["eval", "a", "b", str(tmp_path / "missing.csv"), "-o", str(tmp_path), "--quiet"]) == 2
+    )
     assert "no dataset" in capsys.readouterr().err

@@ -18,11 +18,12 @@ def reference(model, inputs, pool):
     return [(h * m).sum(1) / m.sum(1) for h in hs]
 
 
-@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert", "vit"])
+@pytest.mark.parametrize("kind", ["bert", "roberta", "distilbert", "vit", "deit", "clip_vision"])
 @pytest.mark.parametrize("pool", ["cls", "mean"])
 def test_all_layers_equal_output_hidden_states(kind, pool):
     model = tiny_classifier(kind)
-    inputs = {"pixel_values": tiny_images()} if kind == "vit" else tiny_text_inputs()
+    vision = kind in ("vit", "deit", "clip_vision")
+    inputs = {"pixel_values": tiny_images()} if vision else tiny_text_inputs()
     ref = reference(model, inputs, pool)
     got = embed(model, inputs, layers="all", pool=pool, batch_size=5)
     assert sorted(got) == list(range(len(ref)))
@@ -45,7 +46,9 @@ def test_early_stop_gives_same_values_and_skips_later_blocks():
 
 def test_streaming_yields_batches():
     model = tiny_classifier("bert")
-    sizes = [out[2].shape[0] for _, out in iter_embeddings(model, tiny_text_inputs(11), batch_size=4)]
+    sizes = [
+        out[2].shape[0] for _, out in iter_embeddings(model, tiny_text_inputs(11), batch_size=4)
+    ]
     assert sizes == [4, 4, 3]
 
 
@@ -79,10 +82,14 @@ def test_bad_layers_and_inputs():
 
 def test_text_batches_by_length_come_back_in_input_order():
     tok = tiny_tokenizer([f"w{i}" for i in range(40)])
-    texts = [" ".join(f"w{(i * 7 + j) % 40}" for j in range(n)) for i, n in enumerate([9, 2, 5, 1, 7, 3])]
+    texts = [
+        " ".join(f"w{(i * 7 + j) % 40}" for j in range(n)) for i, n in enumerate([9, 2, 5, 1, 7, 3])
+    ]
     model = tiny_classifier("bert")
     got = embed(model, texts, tok, layers=[2], batch_size=2)[2]
     for i, t in enumerate(texts):  # one at a time: no padding, no reordering
-        torch.testing.assert_close(got[i], embed(model, [t], tok, layers=[2])[2][0], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            got[i], embed(model, [t], tok, layers=[2])[2][0], atol=1e-5, rtol=1e-5
+        )
     idx = [i for i, _ in iter_embeddings(model, texts, tok, layers=[2], batch_size=2)]
     assert [len(texts[j]) for b in idx for j in b] == sorted(len(t) for t in texts)

@@ -43,7 +43,7 @@ def test_streamed_equals_one_shot_and_torch_reference():
     X, _, Y = planted(n=400, noise=0.3)
     s = GramStats(folds=3)
     for i in range(0, 400, 37):  # uneven batches
-        s.update(torch.from_numpy(X[i:i + 37]), Y[i:i + 37])
+        s.update(torch.from_numpy(X[i : i + 37]), Y[i : i + 37])
     assert s.n == 400
     streamed = LeastSquaresMap().fit_stats(s).coef_
     one_shot = LeastSquaresMap().fit(X, Y).coef_
@@ -106,15 +106,19 @@ def test_procrustes_orthogonal_and_recovers_rotation():
 
 
 def test_procrustes_semi_orthogonal_for_width_mismatch():
-    wide = procrustes(rng.normal(size=(8, 12)))   # d_in < d_out: orthonormal rows
-    tall = procrustes(rng.normal(size=(12, 8)))   # d_in > d_out: orthonormal columns
+    wide = procrustes(rng.normal(size=(8, 12)))  # d_in < d_out: orthonormal rows
+    tall = procrustes(rng.normal(size=(12, 8)))  # d_in > d_out: orthonormal columns
     np.testing.assert_allclose(wide @ wide.T, np.eye(8), atol=1e-10)
     np.testing.assert_allclose(tall.T @ tall, np.eye(8), atol=1e-10)
 
 
 def test_save_load_round_trip(tmp_path):
     X, _, Y = planted(noise=0.1)
-    for m in (LeastSquaresMap(fit_intercept=True), RidgeMap(alpha=[0.0, 0.1]), ProcrustesMap(scale=True)):
+    for m in (
+        LeastSquaresMap(fit_intercept=True),
+        RidgeMap(alpha=[0.0, 0.1]),
+        ProcrustesMap(scale=True),
+    ):
         if isinstance(m, RidgeMap):
             m.fit_stats(GramStats(folds=3).update(X, Y))
         else:
@@ -142,8 +146,9 @@ def test_errors_are_clear(tmp_path):
     with pytest.raises(FileNotFoundError):
         LinearMap.load(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="ProcrustesMap"):
-        ProcrustesMap().fit(np.eye(3), np.eye(3)).save(tmp_path / "p.safetensors") or \
-            RidgeMap.load(tmp_path / "p.safetensors")
+        ProcrustesMap().fit(np.eye(3), np.eye(3)).save(tmp_path / "p.safetensors") or RidgeMap.load(
+            tmp_path / "p.safetensors"
+        )
 
 
 def test_torch_transform_keeps_dtype():

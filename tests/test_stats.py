@@ -20,7 +20,7 @@ def test_folds_do_not_depend_on_batching():
     one = GramStats(folds=3).update(X, Y)
     many = GramStats(folds=3)
     for i in range(0, 50, 7):
-        many.update(X[i:i + 7], Y[i:i + 7])
+        many.update(X[i : i + 7], Y[i : i + 7])
     for k in range(3):
         np.testing.assert_allclose(one.fold(k).xx, many.fold(k).xx)
         np.testing.assert_allclose(one.fold(k).xx + one.without(k).xx, one.xx)

@@ -11,7 +11,10 @@ from tasklift.taskmatrix import TaskMatrix
 
 def test_identity_when_finetuned_equals_base():
     ft = tiny_classifier("bert")
-    X = {"input_ids": torch.randint(3, 50, (200, 9)), "attention_mask": torch.ones(200, 9, dtype=torch.long)}
+    X = {
+        "input_ids": torch.randint(3, 50, (200, 9)),
+        "attention_mask": torch.ones(200, 9, dtype=torch.long),
+    }
     # Fresh LayerNorms (bias 0) make every last-layer row zero-mean, so X has rank d - 1 and the
     # minimum-norm least-squares map is the projector I - 11ᵀ/d, exactly as numpy.lstsq gives.
     tm = TaskMatrix(ft.bert, ft, layer=-1).fit(X)
@@ -47,7 +50,9 @@ def test_module_forward_equals_batched_logits_and_finetuned_matches_hf(tiny_task
     base, ft, (Xtr, _), (Xte, _) = tiny_task
     tm = TaskMatrix(base, ft, layer=1).fit(Xtr)
     batch = {k: v[:20] for k, v in Xte.items()}
-    torch.testing.assert_close(tm.model()(**batch).float(), torch.from_numpy(tm.decision_function(batch)))
+    torch.testing.assert_close(
+        tm.model()(**batch).float(), torch.from_numpy(tm.decision_function(batch))
+    )
     hf, _ = load_model(ft, head=True)
     with torch.no_grad():
         ref = hf(**batch).logits
@@ -94,8 +99,14 @@ def test_clear_errors(tiny_task, tmp_path):
     tm = TaskMatrix(base, ft, layer=1).fit(Xtr)
     tm.save(tmp_path / "tm.safetensors")
     wide = tiny_classifier("bert").bert.__class__(
-        type(tiny_classifier("bert").config)(hidden_size=48, num_hidden_layers=2, num_attention_heads=4,
-                                             intermediate_size=64, vocab_size=50))
+        type(tiny_classifier("bert").config)(
+            hidden_size=48,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=64,
+            vocab_size=50,
+        )
+    )
     with pytest.raises(ValueError, match="width 32 but .* hidden size 48"):
         TaskMatrix.load(tmp_path / "tm.safetensors", base=wide).predict(Xtr)
     with pytest.raises(ValueError, match="fitted for layer"):
@@ -104,5 +115,8 @@ def test_clear_errors(tiny_task, tmp_path):
         TaskMatrix(base, ft, norm="post").fit(Xtr)
     with pytest.raises(FileNotFoundError):
         TaskMatrix.load(tmp_path / "missing.safetensors")
+    bad = {0: torch.ones(4, 32), 1: torch.full((4, 32), float("nan"))}
+    with pytest.raises(ValueError, match="base layer 1 .* NaN or inf"):
+        tm.accumulate([(bad, torch.ones(4, 32))])
     with pytest.raises(ValueError, match="labels have shape"):
         tm.score(Xtr, [0, 1])

@@ -8,9 +8,14 @@ import numpy as np
 import torch
 
 _DTYPES = {
-    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32,
-    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
-    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp32": torch.float32,
+    "float32": torch.float32,
+    "float": torch.float32,
+    "fp16": torch.float16,
+    "float16": torch.float16,
+    "half": torch.float16,
+    "bf16": torch.bfloat16,
+    "bfloat16": torch.bfloat16,
 }
 
 
@@ -27,7 +32,9 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device("cpu")
 
 
-def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None = None) -> torch.dtype:
+def resolve_dtype(
+    dtype: str | torch.dtype = "auto", device: torch.device | None = None
+) -> torch.dtype:
     """Turn "auto" into bf16 on a bf16-capable GPU and fp32 elsewhere; accept names like "bf16".
 
     Raises:
@@ -41,7 +48,9 @@ def resolve_dtype(dtype: str | torch.dtype = "auto", device: torch.device | None
     try:
         return _DTYPES[dtype.lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(_DTYPES)}") from None
+        raise ValueError(
+            f"unknown dtype {dtype!r}; use one of auto, {', '.join(_DTYPES)}"
+        ) from None
 
 
 def seed_everything(seed: int) -> None:

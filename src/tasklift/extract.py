@@ -7,6 +7,7 @@ layer, not B × T × d) and the pass stops after the deepest requested block.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -37,8 +38,10 @@ def resolve_layers(model: nn.Module, layers: str | int | Sequence[int] = "all") 
     out = []
     for i in [layers] if isinstance(layers, int) else layers:
         if not -(n + 1) <= i <= n:
-            raise ValueError(f"layer {i} is out of range: this model has {n} blocks, so layers are "
-                             f"0..{n} (0 = embeddings, -1 = last)")
+            raise ValueError(
+                f"layer {i} is out of range: this model has {n} blocks, so layers are "
+                f"0..{n} (0 = embeddings, -1 = last)"
+            )
         out.append(i % (n + 1))
     return sorted(set(out))
 
@@ -102,16 +105,18 @@ def iter_embeddings(
     texts = isinstance(inputs, list) and isinstance(inputs[0], str)
     order = np.argsort([len(t) for t in inputs], kind="stable") if texts else np.arange(n)
     for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
-        idx = order[start:start + batch_size]
+        idx = order[start : start + batch_size]
         batch = encode(take(inputs, idx), processor, max_length=max_length)
-        batch = {k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype)
-                 for k, v in batch.items()}
+        batch = {
+            k: v.to(param.device, param.dtype if v.is_floating_point() else v.dtype)
+            for k, v in batch.items()
+        }
         mask = batch.get("attention_mask")
         found.clear()
         # Hooks live for one batch only, so no hook outlives a `yield` (two interleaved
         # generators over models that share modules would otherwise fire each other's hooks).
         with capture(points, store, stop_after=layers[-1]), torch.inference_mode():
-            run(lambda: model(**batch))
+            run(functools.partial(model, **batch))
         yield idx, dict(found)
 
 

@@ -18,9 +18,21 @@ from .models import encode
 __all__ = ["finetune"]
 
 
-def finetune(model: nn.Module, X, y, processor=None, *, epochs: float = 1.0, lr: float = 5e-5,
-             batch_size: int = 16, max_length: int = 128, weight_decay: float = 0.01,
-             warmup: float = 0.1, seed: int = 0, progress: bool = False) -> list[float]:
+def finetune(
+    model: nn.Module,
+    X,
+    y,
+    processor=None,
+    *,
+    epochs: float = 1.0,
+    lr: float = 5e-5,
+    batch_size: int = 16,
+    max_length: int = 128,
+    weight_decay: float = 0.01,
+    warmup: float = 0.1,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[float]:
     """Train `model` (a *ForSequence/ImageClassification) in place on (X, y); return step losses.
 
     Args:
@@ -39,20 +51,26 @@ def finetune(model: nn.Module, X, y, processor=None, *, epochs: float = 1.0, lr:
     steps = max(1, math.ceil(epochs * n / batch_size))
     decay = [p for name, p in model.named_parameters() if p.ndim > 1]
     rest = [p for name, p in model.named_parameters() if p.ndim <= 1]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                             {"params": rest, "weight_decay": 0.0}], lr=lr)
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
+        lr=lr,
+    )
     ramp = max(1, int(warmup * steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min((s + 1) / ramp, max(0.0, (steps - s) / max(1, steps - ramp))))
-    order = np.concatenate([np.random.default_rng(seed + e).permutation(n)
-                            for e in range(math.ceil(epochs))])
+        opt, lambda s: min((s + 1) / ramp, max(0.0, (steps - s) / max(1, steps - ramp)))
+    )
+    order = np.concatenate(
+        [np.random.default_rng(seed + e).permutation(n) for e in range(math.ceil(epochs))]
+    )
     losses = []
     model.train()
     try:
         for step in tqdm(range(steps), desc="fine-tune", disable=not progress, leave=False):
-            idx = order[step * batch_size:(step + 1) * batch_size]
-            batch = {k: v.to(device) for k, v in encode(take(X, idx), processor,
-                                                         max_length=max_length).items()}
+            idx = order[step * batch_size : (step + 1) * batch_size]
+            batch = {
+                k: v.to(device)
+                for k, v in encode(take(X, idx), processor, max_length=max_length).items()
+            }
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 loss = model(**batch, labels=y[idx].to(device)).loss
             loss.backward()

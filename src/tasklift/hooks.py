@@ -44,11 +44,15 @@ def capture(
 
     def make(key, where):
         def hook(module, args, kwargs_or_out, out=None):
-            value = (args[0] if args else next(iter(kwargs_or_out.values()))) if where == "input" \
+            value = (
+                (args[0] if args else next(iter(kwargs_or_out.values())))
+                if where == "input"
                 else kwargs_or_out
+            )
             store(key, _tensor(value))
             if key == stop_after:
                 raise _Stop
+
         return hook
 
     try:
@@ -58,7 +62,9 @@ def capture(
             elif where == "output":
                 handles.append(module.register_forward_hook(make(key, where)))
             else:
-                raise ValueError(f"capture point {key!r}: where must be 'input' or 'output', not {where!r}")
+                raise ValueError(
+                    f"capture point {key!r}: where must be 'input' or 'output', not {where!r}"
+                )
         yield
     finally:
         for h in handles:

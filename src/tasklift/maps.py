@@ -17,8 +17,17 @@ import torch
 from .io import load_tensors, save_tensors
 from .stats import Array, GramStats, as_float64
 
-__all__ = ["NotFittedError", "LinearMap", "LeastSquaresMap", "RidgeMap", "ProcrustesMap",
-           "procrustes", "ridge_path", "cv_errors", "DEFAULT_ALPHAS"]
+__all__ = [
+    "NotFittedError",
+    "LinearMap",
+    "LeastSquaresMap",
+    "RidgeMap",
+    "ProcrustesMap",
+    "procrustes",
+    "ridge_path",
+    "cv_errors",
+    "DEFAULT_ALPHAS",
+]
 
 #: Ridge strengths tried by cross-validation, relative to the mean eigenvalue of XᵀX.
 DEFAULT_ALPHAS = (0.0, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
@@ -35,8 +44,9 @@ def _centre(stats: GramStats, fit_intercept: bool):
     return None, None, stats.xx, stats.xy
 
 
-def ridge_path(xx: np.ndarray, xy: np.ndarray, alphas: Sequence[float],
-               rcond: float | None = None) -> list[np.ndarray]:
+def ridge_path(
+    xx: np.ndarray, xy: np.ndarray, alphas: Sequence[float], rcond: float | None = None
+) -> list[np.ndarray]:
     """Solve (XᵀX + λI) W = XᵀY for each relative strength, from one eigendecomposition.
 
     λ = alpha · trace(XᵀX)/d, so alphas are scale-free. alpha = 0 gives the minimum-norm
@@ -69,15 +79,19 @@ def procrustes(xy: np.ndarray) -> np.ndarray:
     return u @ vt
 
 
-def cv_errors(stats: GramStats, alphas: Sequence[float], *, fit_intercept: bool = False) -> np.ndarray:
+def cv_errors(
+    stats: GramStats, alphas: Sequence[float], *, fit_intercept: bool = False
+) -> np.ndarray:
     """Mean squared validation error per alpha, by k-fold CV computed from the fold statistics.
 
     Raises:
         ValueError: the statistics were accumulated without folds (GramStats(folds=k), k ≥ 2).
     """
     if stats.folds < 2:
-        raise ValueError("cross-validation needs GramStats(folds=k) with k >= 2; "
-                         f"these statistics have folds={stats.folds}")
+        raise ValueError(
+            "cross-validation needs GramStats(folds=k) with k >= 2; "
+            f"these statistics have folds={stats.folds}"
+        )
     sse = np.zeros(len(alphas))
     for k in range(stats.folds):
         train, val = stats.without(k), stats.fold(k)
@@ -128,7 +142,9 @@ class LinearMap:
             return X @ W.T + torch.as_tensor(self.intercept_, dtype=X.dtype, device=X.device)
         X = as_float64(X, "X")
         if X.shape[1] != self.coef_.shape[1]:
-            raise ValueError(f"X has {X.shape[1]} features but the map expects {self.coef_.shape[1]}")
+            raise ValueError(
+                f"X has {X.shape[1]} features but the map expects {self.coef_.shape[1]}"
+            )
         return X @ self.coef_.T + self.intercept_
 
     def score(self, X: Array, Y: Array) -> float:
@@ -141,16 +157,25 @@ class LinearMap:
     def save(self, path: str | os.PathLike, **meta: object) -> None:
         """Write coef_/intercept_ and hyperparameters to a safetensors file (atomically)."""
         self._check()
-        tensors = {"coef": torch.from_numpy(self.coef_), "intercept": torch.from_numpy(self.intercept_)}
-        info = {"class": type(self).__name__, "params": self.get_params(),
-                "n_samples_seen": self.n_samples_seen_, **meta}
+        tensors = {
+            "coef": torch.from_numpy(self.coef_),
+            "intercept": torch.from_numpy(self.intercept_),
+        }
+        info = {
+            "class": type(self).__name__,
+            "params": self.get_params(),
+            "n_samples_seen": self.n_samples_seen_,
+            **meta,
+        }
         save_tensors(path, tensors, info)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LinearMap:
         """Read a map written by `save`; returns an instance of the class that saved it."""
         tensors, info = load_tensors(path)
-        kind = {c.__name__: c for c in (LeastSquaresMap, RidgeMap, ProcrustesMap)}.get(info.get("class"))
+        kind = {c.__name__: c for c in (LeastSquaresMap, RidgeMap, ProcrustesMap)}.get(
+            info.get("class")
+        )
         if kind is None or not issubclass(kind, cls):
             raise ValueError(f"{path} holds a {info.get('class')!r}, not a {cls.__name__}")
         out = kind(**info["params"])
@@ -184,7 +209,9 @@ class RidgeMap(LinearMap):
         fit_intercept: also fit an unpenalised bias.
     """
 
-    def __init__(self, *, alpha: float | Sequence[float] = 1e-3, fit_intercept: bool = False) -> None:
+    def __init__(
+        self, *, alpha: float | Sequence[float] = 1e-3, fit_intercept: bool = False
+    ) -> None:
         super().__init__(fit_intercept=fit_intercept)
         self.alpha = alpha
 

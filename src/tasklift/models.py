@@ -18,11 +18,26 @@ from torch import nn
 
 from ._torch import resolve_device, resolve_dtype
 
-__all__ = ["load_model", "blocks", "num_layers", "hidden_size", "final_norm", "Head", "encode",
-           "is_vision"]
+__all__ = [
+    "load_model",
+    "blocks",
+    "num_layers",
+    "hidden_size",
+    "final_norm",
+    "Head",
+    "encode",
+    "is_vision",
+]
 
 _NORM_NAMES = ("layernorm", "post_layernorm", "final_layer_norm", "ln_f", "norm")
-_BLOCK_HINTS = ("encoder.layer", "encoder.layers", "transformer.layer", "transformer.h", "layers", "h")
+_BLOCK_HINTS = (
+    "encoder.layer",
+    "encoder.layers",
+    "transformer.layer",
+    "transformer.h",
+    "layers",
+    "h",
+)
 
 
 def is_vision(config) -> bool:
@@ -34,7 +49,9 @@ def _resolve_path(src: str | os.PathLike) -> str:
     path = Path(src).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise FileNotFoundError(f"{path} has no config.json; point at a Hugging Face checkpoint folder")
+            raise FileNotFoundError(
+                f"{path} has no config.json; point at a Hugging Face checkpoint folder"
+            )
         return str(path)
     if os.sep in str(src) or str(src).startswith("."):
         raise FileNotFoundError(f"no checkpoint folder at {path}")
@@ -78,13 +95,23 @@ def load_model(
         raise FileNotFoundError(f"cannot load {src!r} offline: {e}") from None
     vision = is_vision(config)
     if head:
-        cls = tf.AutoModelForImageClassification if vision else tf.AutoModelForSequenceClassification
-        kw = {} if num_labels is None else {"num_labels": num_labels, "ignore_mismatched_sizes": True}
-        model, info = cls.from_pretrained(path, local_files_only=True, output_loading_info=True, **kw)
+        cls = (
+            tf.AutoModelForImageClassification if vision else tf.AutoModelForSequenceClassification
+        )
+        kw = (
+            {}
+            if num_labels is None
+            else {"num_labels": num_labels, "ignore_mismatched_sizes": True}
+        )
+        model, info = cls.from_pretrained(
+            path, local_files_only=True, output_loading_info=True, **kw
+        )
         missing = [k for k in info["missing_keys"] if "classifier" in k or "score" in k]
         if missing and num_labels is None:
-            raise ValueError(f"{src} has no trained classification head (missing {missing[:2]}); "
-                             "pass the fine-tuned checkpoint, or num_labels to start a new head")
+            raise ValueError(
+                f"{src} has no trained classification head (missing {missing[:2]}); "
+                "pass the fine-tuned checkpoint, or num_labels to start a new head"
+            )
     elif config.model_type == "clip":
         model = tf.CLIPVisionModel.from_pretrained(path, local_files_only=True)
     else:
@@ -111,16 +138,21 @@ def blocks(model: nn.Module) -> nn.ModuleList:
     """
     config = getattr(model, "config", None)
     n = getattr(getattr(config, "vision_config", config), "num_hidden_layers", None)
-    found = [(name, m) for name, m in model.named_modules()
-             if isinstance(m, nn.ModuleList) and len(m) > 0 and (n is None or len(m) == n)]
+    found = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, nn.ModuleList) and len(m) > 0 and (n is None or len(m) == n)
+    ]
     for hint in _BLOCK_HINTS:
         for name, m in found:
             if name == hint or name.endswith("." + hint):
                 return m
     if found:
         return found[0][1]
-    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__}: no ModuleList "
-                     f"of {n} layers; tasklift supports HF encoders such as BERT, RoBERTa, ViT, CLIP")
+    raise ValueError(
+        f"cannot find the transformer blocks of {type(model).__name__}: no ModuleList "
+        f"of {n} layers; tasklift supports HF encoders such as BERT, RoBERTa, ViT, CLIP"
+    )
 
 
 def num_layers(model: nn.Module) -> int:
@@ -131,7 +163,7 @@ def num_layers(model: nn.Module) -> int:
 def hidden_size(model: nn.Module) -> int:
     """Width of the residual stream."""
     config = model.config
-    return getattr(getattr(config, "vision_config", config), "hidden_size")
+    return getattr(config, "vision_config", config).hidden_size
 
 
 def final_norm(model: nn.Module) -> nn.Module | None:
@@ -161,15 +193,19 @@ class Head(nn.Module):
         super().__init__()
         classifier = getattr(model, "classifier", None)
         if classifier is None:
-            raise ValueError(f"{type(model).__name__} has no classification head (no .classifier); "
-                             "load the fine-tuned model with load_model(..., head=True)")
+            raise ValueError(
+                f"{type(model).__name__} has no classification head (no .classifier); "
+                "load the fine-tuned model with load_model(..., head=True)"
+            )
         pooler = getattr(_backbone(model), "pooler", None)
         self.pooler = pooler if pooler is not None and hasattr(pooler, "dense") else None
         self.pre = getattr(model, "pre_classifier", None)
         self.classifier = classifier
         self.sequence_head = not isinstance(classifier, nn.Linear)  # RobertaClassificationHead
         if self.sequence_head and not hasattr(classifier, "out_proj"):
-            raise ValueError(f"unsupported head {type(classifier).__name__} in {type(model).__name__}")
+            raise ValueError(
+                f"unsupported head {type(classifier).__name__} in {type(model).__name__}"
+            )
 
     @property
     def num_classes(self) -> int:
@@ -193,12 +229,25 @@ def encode(items, processor, *, max_length: int = 128) -> dict[str, torch.Tensor
     """
     if isinstance(items, dict):
         return {k: torch.as_tensor(v) for k, v in items.items()}
-    if isinstance(items, (np.ndarray, torch.Tensor)) and items.ndim == 4 and items.shape[1] in (1, 3):
+    if (
+        isinstance(items, (np.ndarray, torch.Tensor))
+        and items.ndim == 4
+        and items.shape[1] in (1, 3)
+    ):
         return {"pixel_values": torch.as_tensor(np.asarray(items, dtype=np.float32))}
     if processor is None:
-        raise ValueError("this model has no tokenizer/image processor; pass pre-encoded tensors "
-                         "(dict of input_ids/attention_mask, or pixel_values arrays)")
+        raise ValueError(
+            "this model has no tokenizer/image processor; pass pre-encoded tensors "
+            "(dict of input_ids/attention_mask, or pixel_values arrays)"
+        )
     if isinstance(items, Sequence) and items and isinstance(items[0], str):
-        return dict(processor(list(items), padding=True, truncation=True, max_length=max_length,
-                              return_tensors="pt"))
+        return dict(
+            processor(
+                list(items),
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            )
+        )
     return dict(processor(images=list(items), return_tensors="pt"))

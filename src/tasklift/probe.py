@@ -25,9 +25,20 @@ class LinearProbe(ClassifierMixin):
         C: inverse L2 strength of the logistic regression.
     """
 
-    def __init__(self, base, *, layer: int = -1, pool: str = "cls", C: float = 1.0,
-                 max_iter: int = 2000, batch_size: int = 32, max_length: int = 128,
-                 device: str = "auto", dtype: str = "auto", progress: bool = False) -> None:
+    def __init__(
+        self,
+        base,
+        *,
+        layer: int = -1,
+        pool: str = "cls",
+        C: float = 1.0,
+        max_iter: int = 2000,
+        batch_size: int = 32,
+        max_length: int = 128,
+        device: str = "auto",
+        dtype: str = "auto",
+        progress: bool = False,
+    ) -> None:
         self.base, self.layer, self.pool, self.C, self.max_iter = base, layer, pool, C, max_iter
         self.batch_size, self.max_length = batch_size, max_length
         self.device, self.dtype, self.progress = device, dtype, progress
@@ -35,11 +46,21 @@ class LinearProbe(ClassifierMixin):
     def features(self, X) -> np.ndarray:
         """The frozen embeddings the probe reads, (N, d)."""
         if not hasattr(self, "base_model_"):
-            self.base_model_, self.processor_ = load_model(self.base, device=self.device, dtype=self.dtype)
+            self.base_model_, self.processor_ = load_model(
+                self.base, device=self.device, dtype=self.dtype
+            )
         layer = resolve_layers(self.base_model_, [self.layer])[0]
-        return embed(self.base_model_, X, self.processor_, layers=[layer], pool=self.pool,
-                     batch_size=self.batch_size, max_length=self.max_length,
-                     progress=self.progress, desc="probe")[layer].numpy()
+        return embed(
+            self.base_model_,
+            X,
+            self.processor_,
+            layers=[layer],
+            pool=self.pool,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            progress=self.progress,
+            desc="probe",
+        )[layer].numpy()
 
     def fit(self, X, y) -> LinearProbe:
         """Extract features of X and fit the logistic regression on labels y."""
@@ -49,9 +70,13 @@ class LinearProbe(ClassifierMixin):
         """Fit on precomputed frozen embeddings (N, d)."""
         y = as_labels(y, len(feats))
         if len(np.unique(y)) < 2:
-            raise ValueError("a linear probe needs examples of at least 2 classes; got only "
-                             f"class {np.unique(y).tolist()}")
-        self.classifier_ = make_pipeline(StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter))
+            raise ValueError(
+                "a linear probe needs examples of at least 2 classes; got only "
+                f"class {np.unique(y).tolist()}"
+            )
+        self.classifier_ = make_pipeline(
+            StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter)
+        )
         self.classifier_.fit(feats, y)
         return self
 
@@ -73,19 +98,19 @@ class LinearProbe(ClassifierMixin):
 class HeadOnly(TaskMatrix):
     """Baseline W = I: the fine-tuned head applied to the base's final [CLS]. Needs no data."""
 
-    def __init__(self, base, finetuned, *, norm: str = "base", pool: str = "cls",
-                 batch_size: int = 32, max_length: int = 128, device: str = "auto",
-                 dtype: str = "auto", progress: bool = False) -> None:
-        super().__init__(base, finetuned, layer=-1, norm=norm, pool=pool, batch_size=batch_size,
-                         max_length=max_length, device=device, dtype=dtype, progress=progress)
+    def __init__(self, base, finetuned, **kwargs) -> None:
+        """Same keywords as TaskMatrix; the layer is always the last one."""
+        super().__init__(base, finetuned, layer=-1, **kwargs)
 
     def fit(self, X=None, y=None) -> HeadOnly:
         """Set W = I at the last layer (inputs are ignored)."""
         self._load()
         d, d_ft = hidden_size(self.base_model_), hidden_size(self.finetuned_model_)
         if d != d_ft:
-            raise ValueError(f"head-only needs equal widths, but the base has hidden size {d} and "
-                             f"the fine-tuned model {d_ft}; fit a TaskMatrix instead")
+            raise ValueError(
+                f"head-only needs equal widths, but the base has hidden size {d} and "
+                f"the fine-tuned model {d_ft}; fit a TaskMatrix instead"
+            )
         top = num_layers(self.base_model_)
         self.stats_, self.maps_, self.layer_ = {}, {top: _identity(d)}, top
         self.alphas_, self.cv_errors_ = {top: 0.0}, {top: float("nan")}
@@ -101,5 +126,6 @@ class FineTuned(HeadOnly):
     def _load(self) -> None:
         if not hasattr(self, "finetuned_model_"):
             self.finetuned_model_, self.processor_ = load_model(
-                self.finetuned, head=True, device=self.device, dtype=self.dtype)
+                self.finetuned, head=True, device=self.device, dtype=self.dtype
+            )
             self.base_model_, self.head_ = self.finetuned_model_, Head(self.finetuned_model_)

@@ -44,15 +44,27 @@ def plot_layer_sweep(rows: Sequence[dict], path: str | os.PathLike, *, title: st
     sweeps = dict.fromkeys(r["method"] for r in rows if "selected" in r)
     for method in sweeps:
         pts = sorted((r["layer"], r["accuracy"]) for r in rows if r["method"] == method)
-        ax.plot(*zip(*pts), marker="o", label=method)
+        ax.plot(*zip(*pts, strict=True), marker="o", label=method)
         chosen = [r for r in rows if r["method"] == method and r["selected"]]
-        ax.scatter([r["layer"] for r in chosen], [r["accuracy"] for r in chosen], s=140,
-                   facecolors="none", edgecolors="black", zorder=3)
-    styles = {"fine-tuned": ("black", "--"), "linear probe": ("tab:red", ":"), "head-only": ("gray", "-.")}
+        ax.scatter(
+            [r["layer"] for r in chosen],
+            [r["accuracy"] for r in chosen],
+            s=140,
+            facecolors="none",
+            edgecolors="black",
+            zorder=3,
+        )
+    styles = {
+        "fine-tuned": ("black", "--"),
+        "linear probe": ("tab:red", ":"),
+        "head-only": ("gray", "-."),
+    }
     for r in rows:
         if r["method"] in styles:
             color, ls = styles[r["method"]]
-            ax.axhline(r["accuracy"], color=color, ls=ls, label=f"{r['method']} ({r['accuracy']:.3f})")
+            ax.axhline(
+                r["accuracy"], color=color, ls=ls, label=f"{r['method']} ({r['accuracy']:.3f})"
+            )
     ax.set_xlabel("base layer i (0 = embeddings); circled: chosen by CV on train")
     ax.set_ylabel("test accuracy")
     ax.set_title(title)

@@ -7,12 +7,10 @@ forming XᵀX squares the condition number.
 
 from __future__ import annotations
 
-from typing import Union
-
 import numpy as np
 import torch
 
-Array = Union[np.ndarray, torch.Tensor]
+Array = np.ndarray | torch.Tensor
 
 
 def as_float64(a: Array, name: str) -> np.ndarray:
@@ -65,14 +63,17 @@ class GramStats:
         """Add a batch of paired rows X (B, d_in), Y (B, d_out); returns self."""
         X, Y = as_float64(X, "X"), as_float64(Y, "Y")
         if X.shape[0] != Y.shape[0]:
-            raise ValueError(f"X has {X.shape[0]} rows but Y has {Y.shape[0]}; pair them row by row")
+            raise ValueError(
+                f"X has {X.shape[0]} rows but Y has {Y.shape[0]}; pair them row by row"
+            )
         if self._xy is None:
             k, di, do = self._k, X.shape[1], Y.shape[1]
             self._sx, self._sy = np.zeros((k, di)), np.zeros((k, do))
             self._xx, self._xy = np.zeros((k, di, di)), np.zeros((k, di, do))
         elif (X.shape[1], Y.shape[1]) != self.dims:
             raise ValueError(
-                f"batch has widths (X {X.shape[1]}, Y {Y.shape[1]}) but earlier batches had {self.dims}"
+                f"batch has widths (X {X.shape[1]}, Y {Y.shape[1]}) "
+                f"but earlier batches had {self.dims}"
             )
         fold = (self.n + np.arange(X.shape[0])) % self._k
         for k in range(self._k):
@@ -93,12 +94,18 @@ class GramStats:
         if other._xy is None:
             return self
         if self._xy is None:
-            self.__dict__.update({k: (v.copy() if isinstance(v, np.ndarray) else v)
-                                  for k, v in other.__dict__.items()})
+            self.__dict__.update(
+                {
+                    k: (v.copy() if isinstance(v, np.ndarray) else v)
+                    for k, v in other.__dict__.items()
+                }
+            )
             return self
         if other._k != self._k or other.dims != self.dims:
-            raise ValueError(f"cannot merge stats with folds/dims {other._k}/{other.dims} "
-                             f"into {self._k}/{self.dims}")
+            raise ValueError(
+                f"cannot merge stats with folds/dims {other._k}/{other.dims} "
+                f"into {self._k}/{self.dims}"
+            )
         for name in ("_n", "_sx", "_sy", "_xx", "_xy", "_yy"):
             getattr(self, name).__iadd__(getattr(other, name))
         return self
@@ -121,7 +128,9 @@ class GramStats:
 
     def _total(self, name: str) -> np.ndarray:
         if self._xy is None:
-            raise ValueError("no rows accumulated yet: the dataset is empty; pass at least one batch")
+            raise ValueError(
+                "no rows accumulated yet: the dataset is empty; pass at least one batch"
+            )
         return getattr(self, name).sum(0)
 
     n = property(lambda self: int(self._n.sum()), doc="Number of rows seen.")
@@ -149,8 +158,10 @@ class GramStats:
         """Tensors that recreate this accumulator (for saving or all-reducing)."""
         if self._xy is None:
             raise ValueError("no rows accumulated yet: nothing to save")
-        return {k.lstrip("_"): torch.from_numpy(getattr(self, k))
-                for k in ("_n", "_sx", "_sy", "_xx", "_xy", "_yy")}
+        return {
+            k.lstrip("_"): torch.from_numpy(getattr(self, k))
+            for k in ("_n", "_sx", "_sy", "_xx", "_xy", "_yy")
+        }
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> GramStats:

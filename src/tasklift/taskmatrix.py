@@ -43,14 +43,25 @@ class TaskMatrixModel(nn.Module):
     Shapes: forward(**batch) -> logits (B, classes); from_embedding (B, d_in) -> (B, classes).
     """
 
-    def __init__(self, base: nn.Module, head: Head, *, layer: int, weight: torch.Tensor,
-                 bias: torch.Tensor | None = None, norm: nn.Module | None = None,
-                 pool: str = "cls", processor=None) -> None:
+    def __init__(
+        self,
+        base: nn.Module,
+        head: Head,
+        *,
+        layer: int,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        norm: nn.Module | None = None,
+        pool: str = "cls",
+        processor=None,
+    ) -> None:
         super().__init__()
         d_base = hidden_size(base)
         if weight.shape[1] != d_base:
-            raise ValueError(f"the task matrix expects a base of width {weight.shape[1]} but "
-                             f"{type(base).__name__} has hidden size {d_base}; was it fitted on another base?")
+            raise ValueError(
+                f"the task matrix expects a base of width {weight.shape[1]} but "
+                f"{type(base).__name__} has hidden size {d_base}; was it fitted on another base?"
+            )
         self.base, self.head, self.norm = base, head, norm
         self.layer, self.pool, self.processor = layer, pool, processor
         ref = next(head.parameters())
@@ -70,15 +81,30 @@ class TaskMatrixModel(nn.Module):
         return self.head(z)
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
-        x = embed(self.base, batch, layers=[self.layer], pool=self.pool,
-                  batch_size=len(next(iter(batch.values()))))[self.layer]
+        x = embed(
+            self.base,
+            batch,
+            layers=[self.layer],
+            pool=self.pool,
+            batch_size=len(next(iter(batch.values()))),
+        )[self.layer]
         return self.from_embedding(x)
 
-    def predict_logits(self, X, *, batch_size: int = 32, max_length: int = 128,
-                       progress: bool = False) -> np.ndarray:
+    def predict_logits(
+        self, X, *, batch_size: int = 32, max_length: int = 128, progress: bool = False
+    ) -> np.ndarray:
         """Logits (N, classes) for raw or encoded inputs, streamed in batches."""
-        emb = embed(self.base, X, self.processor, layers=[self.layer], pool=self.pool,
-                    batch_size=batch_size, max_length=max_length, progress=progress, desc="predict")
+        emb = embed(
+            self.base,
+            X,
+            self.processor,
+            layers=[self.layer],
+            pool=self.pool,
+            batch_size=batch_size,
+            max_length=max_length,
+            progress=progress,
+            desc="predict",
+        )
         return self.from_embedding(emb[self.layer]).float().cpu().numpy()
 
 
@@ -109,11 +135,23 @@ class TaskMatrix(ClassifierMixin):
         >>> tm.save("task.safetensors")
     """
 
-    def __init__(self, base, finetuned, *, layer: int | str = "auto",
-                 alpha: float | Sequence[float] | str = 0.0, fit_intercept: bool = False,
-                 cv: int = 5, pool: str = "cls", norm: str = "base", batch_size: int = 32,
-                 max_length: int = 128, device: str = "auto", dtype: str = "auto",
-                 progress: bool = False) -> None:
+    def __init__(
+        self,
+        base,
+        finetuned,
+        *,
+        layer: int | str = "auto",
+        alpha: float | Sequence[float] | str = 0.0,
+        fit_intercept: bool = False,
+        cv: int = 5,
+        pool: str = "cls",
+        norm: str = "base",
+        batch_size: int = 32,
+        max_length: int = 128,
+        device: str = "auto",
+        dtype: str = "auto",
+        progress: bool = False,
+    ) -> None:
         self.base, self.finetuned = base, finetuned
         self.layer, self.alpha, self.fit_intercept, self.cv = layer, alpha, fit_intercept, cv
         self.pool, self.norm, self.batch_size, self.max_length = pool, norm, batch_size, max_length
@@ -125,8 +163,9 @@ class TaskMatrix(ClassifierMixin):
             raise ValueError(f"unknown norm {self.norm!r}; use one of {NORMS}")
         if not hasattr(self, "base_model_"):
             self.base_model_, proc = load_model(self.base, device=self.device, dtype=self.dtype)
-            self.finetuned_model_, ft_proc = load_model(self.finetuned, head=True,
-                                                        device=self.device, dtype=self.dtype)
+            self.finetuned_model_, ft_proc = load_model(
+                self.finetuned, head=True, device=self.device, dtype=self.dtype
+            )
             self.processor_ = proc if proc is not None else ft_proc
             self.head_ = Head(self.finetuned_model_)
 
@@ -147,18 +186,34 @@ class TaskMatrix(ClassifierMixin):
         layers = resolve_layers(self.base_model_, "all" if self.layer == "auto" else [self.layer])
         top = num_layers(self.finetuned_model_)
         kw = dict(pool=self.pool, batch_size=self.batch_size, max_length=self.max_length)
-        xs = iter_embeddings(self.base_model_, X, self.processor_, layers=layers,
-                             progress=self.progress, desc="fit: base", **kw)
-        ys = iter_embeddings(self.finetuned_model_, X, self.processor_, layers=[top],
-                             **{**kw, "pool": "cls"})
-        return self.fit_stats(self.accumulate((xb, yb[top]) for (_, xb), (_, yb) in zip(xs, ys)))
+        xs = iter_embeddings(
+            self.base_model_,
+            X,
+            self.processor_,
+            layers=layers,
+            progress=self.progress,
+            desc="fit: base",
+            **kw,
+        )
+        ys = iter_embeddings(
+            self.finetuned_model_, X, self.processor_, layers=[top], **{**kw, "pool": "cls"}
+        )
+        return self.fit_stats(
+            self.accumulate((xb, yb[top]) for (_, xb), (_, yb) in zip(xs, ys, strict=True))
+        )
 
     def accumulate(self, pairs) -> dict[int, GramStats]:
         """Per-layer statistics from (base {layer: (B, d)}, fine-tuned (B, d_ft)) batch pairs."""
         stats: dict[int, GramStats] = {}
         for xb, yb in pairs:
             for i, x in xb.items():
-                stats.setdefault(i, GramStats(folds=self.cv if self._uses_cv() else 0)).update(x, yb)
+                stat = stats.setdefault(i, GramStats(folds=self.cv if self._uses_cv() else 0))
+                try:
+                    stat.update(x, yb)
+                except ValueError as e:
+                    raise ValueError(
+                        f"base layer {i} (X) vs fine-tuned final layer (Y): {e}"
+                    ) from None
         if not stats:
             raise ValueError("the dataset is empty: nothing to fit")
         return stats
@@ -173,11 +228,17 @@ class TaskMatrix(ClassifierMixin):
             best = int(np.argmin(errs)) if use_cv else 0
             a = alphas[best]
             self.alphas_[i], self.cv_errors_[i] = a, float(errs[best])
-            m = RidgeMap(alpha=a, fit_intercept=self.fit_intercept) if a else \
-                LeastSquaresMap(fit_intercept=self.fit_intercept)
+            m = (
+                RidgeMap(alpha=a, fit_intercept=self.fit_intercept)
+                if a
+                else LeastSquaresMap(fit_intercept=self.fit_intercept)
+            )
             self.maps_[i] = m.fit_stats(s)
-        self.layer_ = (min(self.cv_errors_, key=self.cv_errors_.get) if self.layer == "auto"
-                       else resolve_layers(self.base_model_, [self.layer])[0])
+        self.layer_ = (
+            min(self.cv_errors_, key=self.cv_errors_.get)
+            if self.layer == "auto"
+            else resolve_layers(self.base_model_, [self.layer])[0]
+        )
         return self
 
     # -- inference ------------------------------------------------------------------------------
@@ -186,44 +247,79 @@ class TaskMatrix(ClassifierMixin):
         check_fitted(self, "maps_")
         layer = self.layer_ if layer is None else resolve_layers(self.base_model_, [layer])[0]
         if layer not in self.maps_:
-            raise ValueError(f"no task matrix was fitted for layer {layer}; fitted: {sorted(self.maps_)}")
+            raise ValueError(
+                f"no task matrix was fitted for layer {layer}; fitted: {sorted(self.maps_)}"
+            )
         m = self.maps_[layer]
-        norm = {"base": final_norm(self.base_model_), "finetuned": final_norm(self.finetuned_model_),
-                "none": None}[self.norm]
-        if norm is not None and getattr(norm, "normalized_shape", (m.coef_.shape[0],))[0] != m.coef_.shape[0]:
-            raise ValueError(f"norm={self.norm!r} has width {norm.normalized_shape[0]} but the map outputs "
-                             f"{m.coef_.shape[0]}; use norm='finetuned' or 'none'")
+        norm = {
+            "base": final_norm(self.base_model_),
+            "finetuned": final_norm(self.finetuned_model_),
+            "none": None,
+        }[self.norm]
+        if (
+            norm is not None
+            and getattr(norm, "normalized_shape", (m.coef_.shape[0],))[0] != m.coef_.shape[0]
+        ):
+            raise ValueError(
+                f"norm={self.norm!r} has width {norm.normalized_shape[0]} but the map outputs "
+                f"{m.coef_.shape[0]}; use norm='finetuned' or 'none'"
+            )
         bias = torch.from_numpy(m.intercept_).float() if self.fit_intercept else None
-        return TaskMatrixModel(self.base_model_, self.head_, layer=layer, pool=self.pool,
-                               weight=torch.from_numpy(m.coef_).float(), bias=bias, norm=norm,
-                               processor=self.processor_)
+        return TaskMatrixModel(
+            self.base_model_,
+            self.head_,
+            layer=layer,
+            pool=self.pool,
+            weight=torch.from_numpy(m.coef_).float(),
+            bias=bias,
+            norm=norm,
+            processor=self.processor_,
+        )
 
     def transform(self, X, layer: int | None = None) -> np.ndarray:
         """Mapped embeddings (N, d_ft): base layer-i [CLS] times W, before the norm and head."""
         tm = self.model(layer)
-        x = embed(self.base_model_, X, self.processor_, layers=[tm.layer], pool=self.pool,
-                  batch_size=self.batch_size, max_length=self.max_length)[tm.layer]
+        x = embed(
+            self.base_model_,
+            X,
+            self.processor_,
+            layers=[tm.layer],
+            pool=self.pool,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+        )[tm.layer]
         return self.maps_[tm.layer].transform(x.double().numpy())
 
     def decision_function(self, X, layer: int | None = None) -> np.ndarray:
         """Logits (N, classes) of base + W + fine-tuned head."""
-        return self.model(layer).predict_logits(X, batch_size=self.batch_size,
-                                                max_length=self.max_length, progress=self.progress)
+        return self.model(layer).predict_logits(
+            X, batch_size=self.batch_size, max_length=self.max_length, progress=self.progress
+        )
 
     def score_layers(self, X, y) -> dict[int, float]:
         """Accuracy of every fitted layer from ONE base pass over X."""
         check_fitted(self, "maps_")
-        emb = embed(self.base_model_, X, self.processor_, layers=sorted(self.maps_), pool=self.pool,
-                    batch_size=self.batch_size, max_length=self.max_length, progress=self.progress,
-                    desc="score layers")
+        emb = embed(
+            self.base_model_,
+            X,
+            self.processor_,
+            layers=sorted(self.maps_),
+            pool=self.pool,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            progress=self.progress,
+            desc="score layers",
+        )
         return self.score_embeddings(emb, y)
 
     def score_embeddings(self, emb: dict[int, torch.Tensor], y) -> dict[int, float]:
         """Accuracy per fitted layer from precomputed base embeddings {layer: (N, d)}."""
         check_fitted(self, "maps_")
         y = as_labels(y, len(next(iter(emb.values()))))
-        return {i: float((self.model(i).from_embedding(emb[i]).argmax(-1).cpu().numpy() == y).mean())
-                for i in sorted(self.maps_)}
+        return {
+            i: float((self.model(i).from_embedding(emb[i]).argmax(-1).cpu().numpy() == y).mean())
+            for i in sorted(self.maps_)
+        }
 
     # -- persistence ----------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
@@ -233,14 +329,29 @@ class TaskMatrix(ClassifierMixin):
         for i, m in self.maps_.items():
             tensors[f"{i}.coef"] = torch.from_numpy(m.coef_)
             tensors[f"{i}.intercept"] = torch.from_numpy(m.intercept_)
-        source = {k: (str(v) if isinstance(v, (str, os.PathLike)) else None)
-                  for k, v in (("base", self.base), ("finetuned", self.finetuned))}
-        params = {k: v for k, v in vars(self).items()
-                  if not k.endswith("_") and k not in ("base", "finetuned")}
-        save_tensors(path, tensors, {
-            "class": "TaskMatrix", "version": __version__, "params": params, **source,
-            "layer": self.layer_, "alphas": self.alphas_, "cv_errors": self.cv_errors_,
-            "n_samples": {i: m.n_samples_seen_ for i, m in self.maps_.items()}})
+        source = {
+            k: (str(v) if isinstance(v, (str, os.PathLike)) else None)
+            for k, v in (("base", self.base), ("finetuned", self.finetuned))
+        }
+        params = {
+            k: v
+            for k, v in vars(self).items()
+            if not k.endswith("_") and k not in ("base", "finetuned")
+        }
+        save_tensors(
+            path,
+            tensors,
+            {
+                "class": "TaskMatrix",
+                "version": __version__,
+                "params": params,
+                **source,
+                "layer": self.layer_,
+                "alphas": self.alphas_,
+                "cv_errors": self.cv_errors_,
+                "n_samples": {i: m.n_samples_seen_ for i, m in self.maps_.items()},
+            },
+        )
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, base=None, finetuned=None, **overrides) -> TaskMatrix:
@@ -250,8 +361,10 @@ class TaskMatrix(ClassifierMixin):
             raise ValueError(f"{path} holds a {info.get('class')!r}, not a TaskMatrix")
         base, finetuned = base or info["base"], finetuned or info["finetuned"]
         if base is None or finetuned is None:
-            raise ValueError(f"{path} does not record model folders (they were passed as objects); "
-                             "pass base= and finetuned= to load()")
+            raise ValueError(
+                f"{path} does not record model folders (they were passed as objects); "
+                "pass base= and finetuned= to load()"
+            )
         tm = cls(base, finetuned, **{**info["params"], **overrides})
         tm._load()
         layers = sorted(int(k.split(".")[0]) for k in tensors if k.endswith(".coef"))
