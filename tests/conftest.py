@@ -1,5 +1,8 @@
 """Tiny seeded HF models built from configs (hidden 32, 2 layers) and toy data; all offline."""
 
+import csv
+
+import numpy as np
 import pytest
 import torch
 import transformers as tf
@@ -112,3 +115,34 @@ def tiny_task(tmp_path_factory):
     finetune(ft, Xtr, ytr, epochs=6, lr=2e-3, batch_size=16)
     ft.save_pretrained(root / "ft")
     return root / "base", root / "ft", (Xtr, ytr), (Xte, yte)
+
+
+WORDS = ["alpha", "beta", "gamma"] + [f"w{i}" for i in range(40)]
+
+
+@pytest.fixture(scope="session")
+def text_task(tmp_path_factory):
+    """A tiny BERT with a real WordPiece tokenizer, fine-tuned on a word task, plus a CSV."""
+    from tasklift.finetune import finetune
+
+    root = tmp_path_factory.mktemp("cli")
+    tok = tiny_tokenizer(WORDS)
+    rng = np.random.default_rng(0)
+    texts, labels = [], []
+    for _ in range(360):
+        words = list(rng.choice(WORDS[3:], size=7))
+        label = int(rng.integers(3))
+        words.insert(int(rng.integers(8)), WORDS[label])
+        texts.append(" ".join(words))
+        labels.append(label)
+    with (root / "data.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["sentence", "label"])
+        w.writerows(zip(texts, ["abc"[y] for y in labels], strict=True))
+    ft = tiny_classifier("bert", seed=3)
+    ft.bert.save_pretrained(root / "base")
+    tok.save_pretrained(root / "base")
+    finetune(ft, texts, labels, tok, epochs=10, lr=5e-3, batch_size=16)
+    ft.save_pretrained(root / "ft")
+    tok.save_pretrained(root / "ft")
+    return root

@@ -1,44 +1,12 @@
-import csv
 import json
 
-import numpy as np
-import pytest
-
-from conftest import tiny_classifier, tiny_tokenizer
+from conftest import tiny_classifier
 from tasklift.cli import main
 from tasklift.finetune import finetune
 
-WORDS = ["alpha", "beta", "gamma"] + [f"w{i}" for i in range(40)]
 
-
-@pytest.fixture(scope="module")
-def text_setup(tmp_path_factory):
-    """A tiny BERT with a real WordPiece tokenizer, fine-tuned on a word task, plus a CSV."""
-    root = tmp_path_factory.mktemp("cli")
-    tok = tiny_tokenizer(WORDS)
-    rng = np.random.default_rng(0)
-    texts, labels = [], []
-    for _ in range(360):
-        words = list(rng.choice(WORDS[3:], size=7))
-        label = int(rng.integers(3))
-        words.insert(int(rng.integers(8)), WORDS[label])
-        texts.append(" ".join(words))
-        labels.append(label)
-    with (root / "data.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["sentence", "label"])
-        w.writerows(zip(texts, ["abc"[y] for y in labels], strict=True))
-    ft = tiny_classifier("bert", seed=3)
-    ft.bert.save_pretrained(root / "base")
-    tok.save_pretrained(root / "base")
-    finetune(ft, texts, labels, tok, epochs=10, lr=5e-3, batch_size=16)
-    ft.save_pretrained(root / "ft")
-    tok.save_pretrained(root / "ft")
-    return root
-
-
-def test_fit_writes_matrix_and_config(text_setup, capsys):
-    root = text_setup
+def test_fit_writes_matrix_and_config(text_task, capsys):
+    root = text_task
     out = root / "tm.safetensors"
     assert (
         main(
@@ -64,8 +32,8 @@ def test_fit_writes_matrix_and_config(text_setup, capsys):
     assert "test accuracy" in capsys.readouterr().out
 
 
-def test_eval_writes_table_plot_and_json(text_setup, capsys):
-    root = text_setup
+def test_eval_writes_table_plot_and_json(text_task, capsys):
+    root = text_task
     out = root / "eval"
     assert (
         main(

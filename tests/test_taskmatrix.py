@@ -117,6 +117,6 @@ def test_clear_errors(tiny_task, tmp_path):
         TaskMatrix.load(tmp_path / "missing.safetensors")
     bad = {0: torch.ones(4, 32), 1: torch.full((4, 32), float("nan"))}
     with pytest.raises(ValueError, match="base layer 1 .* NaN or inf"):
-        tm.accumulate([(bad, torch.ones(4, 32))])
+        tm.accumulate([(None, bad, torch.ones(4, 32))], [0, 1])
     with pytest.raises(ValueError, match="labels have shape"):
         tm.score(Xtr, [0, 1])

@@ -114,6 +114,7 @@ def _write_report(
 
 
 def cmd_fit(args) -> None:
+    from .distributed import is_main
     from .io import write_text
     from .taskmatrix import TaskMatrix
 
@@ -126,6 +127,8 @@ def cmd_fit(args) -> None:
         fit_intercept=args.intercept,
         **_runtime(args),
     ).fit(train.X)
+    if not is_main():
+        return  # every process solved the same W; one writes it
     acc = tm.score(test.X, test.y)
     tm.save(args.output)
     write_text(
@@ -331,6 +334,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     try:
+        from .distributed import init_from_env
+
+        device = init_from_env()  # under torchrun: join the group, pick this rank's device
+        if device is not None:
+            if args.command != "fit":
+                raise ValueError(f"only `tasklift fit` runs distributed, not `{args.command}`")
+            args.device = device if args.device == "auto" else args.device
         args.func(args)
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"tasklift {args.command}: error: {e}", file=sys.stderr)

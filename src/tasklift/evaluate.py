@@ -125,7 +125,7 @@ def compare(
             "accuracy": _accuracy(probe.decision_features(xte[top_b].numpy()), y),
         }
     )
-    stats = ref.accumulate([(xtr, ytr)])
+    stats = ref.accumulate([(np.arange(n), xtr, ytr)], sorted(xtr))
     for alpha in alphas:
         tm = TaskMatrix(bm, fm, layer="auto", alpha=alpha, norm=norm, cv=cv, **common).fit_stats(
             stats

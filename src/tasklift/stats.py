@@ -59,8 +59,14 @@ class GramStats:
         """(d_in, d_out), or None before the first update."""
         return None if self._xy is None else self._xy.shape[1:]
 
-    def update(self, X: Array, Y: Array) -> GramStats:
-        """Add a batch of paired rows X (B, d_in), Y (B, d_out); returns self."""
+    def update(self, X: Array, Y: Array, index: np.ndarray | None = None) -> GramStats:
+        """Add a batch of paired rows X (B, d_in), Y (B, d_out); returns self.
+
+        Args:
+            index: the rows' global positions in the dataset, which decide their folds; pass it
+                when batches arrive out of order or from several processes, so folds match a
+                single in-order pass. Default: the running row count.
+        """
         X, Y = as_float64(X, "X"), as_float64(Y, "Y")
         if X.shape[0] != Y.shape[0]:
             raise ValueError(
@@ -75,7 +81,10 @@ class GramStats:
                 f"batch has widths (X {X.shape[1]}, Y {Y.shape[1]}) "
                 f"but earlier batches had {self.dims}"
             )
-        fold = (self.n + np.arange(X.shape[0])) % self._k
+        pos = self.n + np.arange(X.shape[0]) if index is None else np.asarray(index)
+        if pos.shape != (X.shape[0],):
+            raise ValueError(f"index has shape {pos.shape} but the batch has {X.shape[0]} rows")
+        fold = pos % self._k
         for k in range(self._k):
             rows = fold == k
             if not rows.any():
@@ -108,6 +117,33 @@ class GramStats:
             )
         for name in ("_n", "_sx", "_sy", "_xx", "_xy", "_yy"):
             getattr(self, name).__iadd__(getattr(other, name))
+        return self
+
+    def all_reduce(self, group=None) -> GramStats:
+        """Sum the statistics over every process of torch.distributed (a no-op when not running
+        distributed); afterwards each process holds the statistics of the whole dataset.
+
+        Processes that saw no rows still take part (with zeros of the right shape).
+        """
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+            return self
+        device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if dist.get_backend(group) == "nccl"
+            else torch.device("cpu")
+        )
+        dims = torch.tensor(self.dims or (0, 0), device=device)
+        dist.all_reduce(dims, op=dist.ReduceOp.MAX, group=group)
+        if self._xy is None:  # an empty shard: join with zeros
+            di, do = (int(v) for v in dims)
+            self._sx, self._sy = np.zeros((self._k, di)), np.zeros((self._k, do))
+            self._xx, self._xy = np.zeros((self._k, di, di)), np.zeros((self._k, di, do))
+        for name in ("_n", "_sx", "_sy", "_xx", "_xy", "_yy"):
+            t = torch.from_numpy(getattr(self, name)).to(device)
+            dist.all_reduce(t, group=group)
+            setattr(self, name, t.cpu().numpy())
         return self
 
     def _pick(self, include: np.ndarray) -> GramStats:

@@ -17,6 +17,8 @@ from torch import nn
 
 from . import __version__
 from ._estimator import ClassifierMixin, as_labels, check_fitted
+from .data import num_items, take
+from .distributed import shard
 from .extract import embed, iter_embeddings, resolve_layers
 from .io import load_tensors, save_tensors
 from .maps import DEFAULT_ALPHAS, LeastSquaresMap, LinearMap, RidgeMap, cv_errors
@@ -185,37 +187,44 @@ class TaskMatrix(ClassifierMixin):
         self._load()
         layers = resolve_layers(self.base_model_, "all" if self.layer == "auto" else [self.layer])
         top = num_layers(self.finetuned_model_)
+        if num_items(X) == 0:
+            raise ValueError("the dataset is empty: nothing to fit")
+        part = shard(num_items(X))  # everything, unless running under torchrun
+        mine = take(X, part)
         kw = dict(pool=self.pool, batch_size=self.batch_size, max_length=self.max_length)
-        xs = iter_embeddings(
-            self.base_model_,
-            X,
-            self.processor_,
-            layers=layers,
-            progress=self.progress,
-            desc="fit: base",
-            **kw,
-        )
-        ys = iter_embeddings(
-            self.finetuned_model_, X, self.processor_, layers=[top], **{**kw, "pool": "cls"}
-        )
-        return self.fit_stats(
-            self.accumulate((xb, yb[top]) for (_, xb), (_, yb) in zip(xs, ys, strict=True))
-        )
+        pairs = []
+        if num_items(mine):
+            xs = iter_embeddings(
+                self.base_model_,
+                mine,
+                self.processor_,
+                layers=layers,
+                progress=self.progress,
+                desc="fit: base",
+                **kw,
+            )
+            ys = iter_embeddings(
+                self.finetuned_model_, mine, self.processor_, layers=[top], **{**kw, "pool": "cls"}
+            )
+            pairs = ((part.start + i, xb, yb[top]) for (i, xb), (_, yb) in zip(xs, ys, strict=True))
+        stats = self.accumulate(pairs, layers)
+        for s in stats.values():
+            s.all_reduce()
+        return self.fit_stats(stats)
 
-    def accumulate(self, pairs) -> dict[int, GramStats]:
-        """Per-layer statistics from (base {layer: (B, d)}, fine-tuned (B, d_ft)) batch pairs."""
-        stats: dict[int, GramStats] = {}
-        for xb, yb in pairs:
-            for i, x in xb.items():
-                stat = stats.setdefault(i, GramStats(folds=self.cv if self._uses_cv() else 0))
+    def accumulate(self, batches, layers) -> dict[int, GramStats]:
+        """Per-layer statistics from (row index, base {layer: (B, d)}, fine-tuned (B, d_ft))
+        batches; the global row indices fix the CV folds whatever the batch order or sharding."""
+        folds = self.cv if self._uses_cv() else 0
+        stats = {i: GramStats(folds=folds) for i in layers}
+        for index, xb, yb in batches:
+            for i in layers:
                 try:
-                    stat.update(x, yb)
+                    stats[i].update(xb[i], yb, index)
                 except ValueError as e:
                     raise ValueError(
                         f"base layer {i} (X) vs fine-tuned final layer (Y): {e}"
                     ) from None
-        if not stats:
-            raise ValueError("the dataset is empty: nothing to fit")
         return stats
 
     def fit_stats(self, stats: dict[int, GramStats]) -> TaskMatrix:
