@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 from . import __version__
+from .experiments import PER_CLASS
 
 log = logging.getLogger("tasklift")
 
@@ -71,11 +72,16 @@ def _layer(text: str):
     return text if text == "auto" else int(text)
 
 
-def _splits(args):
+def _splits(args, data: str | None = None):
+    """Seeded stratified train/test split of `data` (default args.data), train capped by
+    --train-limit; every command splits the same way, so test rows stay held out."""
     from .data import load_dataset, split, subsample
 
     ds = load_dataset(
-        args.data, text_key=args.text_key, label_key=args.label_key, image_size=args.image_size
+        data or args.data,
+        text_key=args.text_key,
+        label_key=args.label_key,
+        image_size=args.image_size,
     )
     size = args.test_size if args.test_size < 1 else int(args.test_size)
     train, test = split(ds, test_size=size, seed=args.seed)
@@ -93,7 +99,7 @@ def _write_report(
 ) -> str:
     from .evaluate import summarise
     from .io import write_text
-    from .report import markdown_table, plot_layer_sweep, write_json
+    from .report import markdown_table, plot_layer_sweep, write_csv, write_json
 
     summary = markdown_table(
         summarise(rows), ["method", "layer", "accuracy", "trained_params", "n_train"]
@@ -103,6 +109,7 @@ def _write_report(
         ["method", "layer", "accuracy", "alpha", "cv_mse", "selected"],
     )
     write_json(out / "results.json", {"settings": settings, "rows": rows})
+    write_csv(out / "results.csv", rows)
     plot_layer_sweep(rows, out / "layer_sweep.png", title=title)
     md = (
         f"# {title}\n\n{notes}\n## Summary\n\n{summary}\n\n## Layer sweep\n\n"
@@ -179,6 +186,177 @@ def cmd_eval(args) -> None:
     print(f"\nwrote {args.output}/report.md, results.json, layer_sweep.png")
 
 
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def cmd_scaling(args) -> None:
+    from .experiments import data_scarce, scaling
+    from .io import write_text
+    from .models import hidden_size, load_model
+    from .report import markdown_table, plot_scaling, write_csv, write_json
+
+    train, test = _splits(args)
+    t0, out = time.time(), Path(args.output)
+    rows = scaling(
+        args.base,
+        args.finetuned,
+        train,
+        test,
+        layer=_layer(args.layer),
+        per_class=[int(k) for k in _floats(args.per_class)],
+        fractions=_floats(args.fractions),
+        alphas=[_alpha(a) for a in args.alphas.split(";")],
+        seed=args.seed,
+        **_runtime(args),
+    )
+    scarce = data_scarce(
+        [r for r in rows if r["regime"] != "fraction" or r["size"] in (0.01, 0.05, 0.2)]
+    )
+    d = hidden_size(load_model(args.base, device="cpu")[0])
+    settings = _config(
+        args, seconds=round(time.time() - t0, 1), n_train=len(train), n_test=len(test)
+    )
+    write_json(out / "results.json", {"settings": settings, "rows": rows, "data_scarce": scarce})
+    write_csv(out / "scaling.csv", rows)
+    title = f"Data scaling: {Path(args.finetuned).name} on {train.name}"
+    plot_scaling(rows, out / "scaling.png", d=d, title=title)
+    table = markdown_table(rows, ["regime", "size", "n", "method", "layer", "accuracy"])
+    scarce_md = markdown_table(
+        scarce, ["fraction", "n", "method", "task matrix", "linear probe", "gain %"]
+    )
+    md = (
+        f"# {title}\n\nTask matrix at a fixed base layer vs linear probe as the training set grows "
+        f"(embedding width d = {d}: plain least squares is least stable near N = d).\n\n"
+        f"![scaling](scaling.png)\n\n## Data-scarce\n\n{scarce_md}\n\n## All sizes\n\n{table}\n\n"
+        f"## Settings\n\n```json\n{json.dumps(settings, indent=2, default=str)}\n```\n"
+    )
+    write_text(out / "report.md", md)
+    print(scarce_md + f"\n\nwrote {out}/report.md, results.json, scaling.csv, scaling.png")
+
+
+def cmd_multitask(args) -> None:
+    from .experiments import multitask
+    from .io import write_text
+    from .report import markdown_table, write_json
+
+    tasks = {name: (ft, *_splits(args, data)) for name, ft, data in args.task}
+    runtime = {k: v for k, v in _runtime(args).items() if k != "cv"}
+    rows = multitask(args.base, tasks, alpha=_alpha(args.alpha), cv=args.cv, **runtime)
+    out = Path(args.output)
+    settings = _config(
+        args, tasks={k: [str(v[0]), v[1].source, len(v[1]), len(v[2])] for k, v in tasks.items()}
+    )
+    write_json(out / "results.json", {"settings": settings, "rows": rows})
+    table = markdown_table(rows, ["task", "method", "layer", "accuracy"])
+    write_text(
+        out / "report.md",
+        f"# Multi-task matrix\n\nOne W shared by {len(tasks)} tasks "
+        f"(each keeps its fine-tuned head) vs one W per task.\n\n{table}\n\n## Settings\n\n"
+        f"```json\n{json.dumps(settings, indent=2, default=str)}\n```\n",
+    )
+    print(table + f"\n\nwrote {out}/report.md, results.json")
+
+
+def cmd_report(args) -> None:
+    import shutil
+
+    from .io import write_text
+    from .report import markdown_to_html
+
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [
+        f"# {args.title}\n",
+        f"tasklift {__version__}; sections below are the runs' own reports.\n",
+    ]
+    for run in map(Path, args.runs):
+        md = (run / "report.md").read_text() if (run / "report.md").is_file() else None
+        if md is None:
+            raise FileNotFoundError(f"{run} has no report.md; pass folders written by tasklift")
+        for png in run.glob("*.png"):
+            shutil.copyfile(png, out / f"{run.name}_{png.name}")
+            md = md.replace(f"]({png.name})", f"]({run.name}_{png.name})")
+        parts.append(
+            "\n".join(("#" + line) if line.startswith("#") else line for line in md.splitlines())
+        )
+    text = "\n\n".join(parts) + "\n"
+    write_text(out / "report.md", text)
+    write_text(out / "report.html", markdown_to_html(text, out, title=args.title))
+    print(f"wrote {out}/report.md and {out}/report.html ({len(args.runs)} runs)")
+
+
+def _finetune_cached(base, train, out: Path, args) -> None:
+    """Fully fine-tune `base` on `train` into `out`, unless `out` holds the same recipe already."""
+    import numpy as np
+    import torch
+
+    from .finetune import finetune
+    from .io import atomic_dir
+    from .models import load_model
+
+    recipe = {
+        "base": str(base),
+        "data": train.source or train.name,
+        "n_train": len(train),
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "seed": args.seed,
+        "max_length": args.max_length,
+    }
+    stamp = out / "tasklift_finetune.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == recipe and not args.refit:
+        print(f"reusing the fine-tuned model in {out} (same recipe; --refit to redo)")
+        return
+    print(
+        f"fine-tuning {Path(base).name} on {len(train)} examples of {train.name} "
+        f"({args.epochs} epoch(s), {torch.get_num_threads()} CPU threads) ..."
+    )
+    t0 = time.time()
+    model, tok = load_model(
+        base, head=True, num_labels=len(train.classes), device=args.device, dtype="fp32"
+    )
+    model.config.id2label = dict(enumerate(train.classes))
+    model.config.label2id = {c: i for i, c in enumerate(train.classes)}
+    losses = finetune(
+        model,
+        train.X,
+        train.y,
+        tok,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=16,
+        max_length=args.max_length,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        (tmp / stamp.name).write_text(json.dumps(recipe))
+    print(f"  done in {time.time() - t0:.0f}s, final loss {np.mean(losses[-20:]):.3f}")
+
+
+def cmd_finetune(args) -> None:
+    from .probe import FineTuned
+
+    train, test = _splits(args)
+    _finetune_cached(args.base, train, Path(args.output), args)
+    acc = (
+        FineTuned(
+            args.output,
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            device=args.device,
+            dtype=args.dtype,
+        )
+        .fit()
+        .score(test.X, test.y)
+    )
+    print(f"fine-tuned test accuracy {acc:.4f} (n_test={len(test)}) -> {args.output}")
+
+
 def _demo_model() -> Path:
     import importlib.util
 
@@ -192,15 +370,11 @@ def _demo_model() -> Path:
 
 
 def cmd_demo(args) -> None:
-    import numpy as np
-    import torch
 
     from ._torch import seed_everything
     from .data import load_dataset, split, subsample
     from .evaluate import compare
-    from .finetune import finetune
-    from .io import atomic_dir, write_text
-    from .models import load_model
+    from .io import write_text
 
     seed_everything(args.seed)
     out = Path(args.output)
@@ -208,46 +382,8 @@ def cmd_demo(args) -> None:
     ds = load_dataset("rotten_tomatoes")
     rest, test = split(ds, test_size=args.test, seed=args.seed)
     train = subsample(rest, fraction=min(1.0, args.train / len(rest)), seed=args.seed)
-    recipe = {
-        "base": str(base),
-        "data": ds.source,
-        "n_train": len(train),
-        "epochs": args.epochs,
-        "lr": args.lr,
-        "seed": args.seed,
-        "max_length": args.max_length,
-    }
     ft_dir, t0 = out / "finetuned", time.time()
-    stamp = ft_dir / "tasklift_demo.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == recipe and not args.refit:
-        print(f"reusing the fine-tuned model in {ft_dir} (same recipe; --refit to redo)")
-    else:
-        print(
-            f"fine-tuning {base.parent.name} on {len(train)} Rotten Tomatoes snippets "
-            f"({args.epochs} epoch(s), CPU threads {torch.get_num_threads()}) ..."
-        )
-        model, tok = load_model(base, head=True, num_labels=2, device=args.device, dtype="fp32")
-        model.config.id2label, model.config.label2id = (
-            dict(enumerate(ds.classes)),
-            {c: i for i, c in enumerate(ds.classes)},
-        )
-        losses = finetune(
-            model,
-            train.X,
-            train.y,
-            tok,
-            epochs=args.epochs,
-            lr=args.lr,
-            batch_size=16,
-            max_length=args.max_length,
-            seed=args.seed,
-            progress=not args.quiet,
-        )
-        with atomic_dir(ft_dir) as tmp:
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            (tmp / "tasklift_demo.json").write_text(json.dumps(recipe))
-        print(f"  done in {time.time() - t0:.0f}s, final loss {np.mean(losses[-20:]):.3f}")
+    _finetune_cached(base, train, ft_dir, args)
     t1 = time.time()
     rows = compare(
         base,
@@ -304,7 +440,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser(
-        "eval", help="compare head-only, linear probe, task matrix per layer, fine-tuned"
+        "eval",
+        aliases=["sweep"],
+        help="layer sweep: head-only, linear probe, task matrix per layer, fine-tuned",
     )
     p.add_argument("base")
     p.add_argument("finetuned")
@@ -313,6 +451,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alphas", default="0;auto", help="task-matrix solvers, ';'-separated (0;auto)")
     _common(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("finetune", help="fully fine-tune a model on a dataset's train split")
+    p.add_argument("base")
+    _data_args(p)
+    p.add_argument("-o", "--output", required=True, help="output checkpoint folder")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--refit", action="store_true", help="fine-tune again even if cached")
+    _common(p)
+    p.set_defaults(func=cmd_finetune, max_length=64)
+
+    p = sub.add_parser("scaling", help="accuracy vs training size: task matrix vs linear probe")
+    p.add_argument("base")
+    p.add_argument("finetuned")
+    _data_args(p)
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--layer", default="auto", help="base layer, or auto (CV on all of train)")
+    p.add_argument("--per-class", default=",".join(map(str, PER_CLASS)), help="k values")
+    p.add_argument("--fractions", default="0.01,0.05,0.2,0.4,0.6,0.8,1.0")
+    p.add_argument("--alphas", default="0;auto", help="task-matrix solvers, ';'-separated")
+    _common(p)
+    p.set_defaults(func=cmd_scaling)
+
+    p = sub.add_parser("multitask", help="one task matrix shared by several tasks vs one per task")
+    p.add_argument("base")
+    p.add_argument(
+        "-t",
+        "--task",
+        nargs=3,
+        action="append",
+        required=True,
+        metavar=("NAME", "FINETUNED", "DATA"),
+        help="repeat for each task",
+    )
+    p.add_argument("--text-key", default="text")
+    p.add_argument("--label-key", default="label")
+    p.add_argument("--test-size", type=float, default=0.2)
+    p.add_argument("--train-limit", type=int, default=None)
+    p.add_argument("--image-size", type=int, default=224)
+    p.add_argument("--alpha", default="0")
+    p.add_argument("-o", "--output", required=True)
+    _common(p)
+    p.set_defaults(func=cmd_multitask)
+
+    p = sub.add_parser("report", help="merge run folders into one report.md + report.html")
+    p.add_argument("runs", nargs="+", help="folders written by eval/sweep/scaling/multitask/demo")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--title", default="tasklift report")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "demo", help="offline demo: fine-tune real MiniLM on Rotten Tomatoes, compare"

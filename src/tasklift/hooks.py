@@ -43,12 +43,12 @@ def capture(
     handles = []
 
     def make(key, where):
-        def hook(module, args, kwargs_or_out, out=None):
-            value = (
-                (args[0] if args else next(iter(kwargs_or_out.values())))
-                if where == "input"
-                else kwargs_or_out
-            )
+        def hook(module, args, third):
+            # pre-hooks get (module, args, kwargs); forward hooks (module, args, output)
+            if where == "output":
+                value = third
+            else:  # the hidden state is the first positional or keyword argument
+                value = args[0] if args else next(iter(third.values()))
             store(key, _tensor(value))
             if key == stop_after:
                 raise _Stop

@@ -23,6 +23,7 @@ class LinearProbe(ClassifierMixin):
         layer: hidden state to read (default -1, the final layer).
         pool: "cls" or "mean".
         C: inverse L2 strength of the logistic regression.
+        processor: tokenizer / image processor, when `base` is passed as a model object.
     """
 
     def __init__(
@@ -38,17 +39,18 @@ class LinearProbe(ClassifierMixin):
         device: str = "auto",
         dtype: str = "auto",
         progress: bool = False,
+        processor=None,
     ) -> None:
         self.base, self.layer, self.pool, self.C, self.max_iter = base, layer, pool, C, max_iter
         self.batch_size, self.max_length = batch_size, max_length
         self.device, self.dtype, self.progress = device, dtype, progress
+        self.processor = processor
 
     def features(self, X) -> np.ndarray:
         """The frozen embeddings the probe reads, (N, d)."""
         if not hasattr(self, "base_model_"):
-            self.base_model_, self.processor_ = load_model(
-                self.base, device=self.device, dtype=self.dtype
-            )
+            self.base_model_, proc = load_model(self.base, device=self.device, dtype=self.dtype)
+            self.processor_ = self.processor if self.processor is not None else proc
         layer = resolve_layers(self.base_model_, [self.layer])[0]
         return embed(
             self.base_model_,
@@ -125,7 +127,8 @@ class FineTuned(HeadOnly):
 
     def _load(self) -> None:
         if not hasattr(self, "finetuned_model_"):
-            self.finetuned_model_, self.processor_ = load_model(
+            self.finetuned_model_, proc = load_model(
                 self.finetuned, head=True, device=self.device, dtype=self.dtype
             )
+            self.processor_ = self.processor if self.processor is not None else proc
             self.base_model_, self.head_ = self.finetuned_model_, Head(self.finetuned_model_)

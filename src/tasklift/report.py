@@ -5,16 +5,26 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 from .io import write_text, write_with
 
-__all__ = ["markdown_table", "write_json", "plot_layer_sweep"]
+__all__ = [
+    "markdown_table",
+    "write_json",
+    "write_csv",
+    "plot_layer_sweep",
+    "plot_scaling",
+    "markdown_to_html",
+]
 
 
 def _fmt(v) -> str:
     if isinstance(v, bool):
         return "yes" if v else ""
     if isinstance(v, float):
+        if v != 0 and abs(v) < 1e-3:
+            return f"{v:.1e}"
         return f"{v:.4f}" if abs(v) < 1 else f"{v:.4g}"
     if isinstance(v, int) and abs(v) >= 10_000:
         return f"{v:,}"
@@ -73,3 +83,107 @@ def plot_layer_sweep(rows: Sequence[dict], path: str | os.PathLike, *, title: st
     fig.tight_layout()
     write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
     plt.close(fig)
+
+
+def plot_scaling(
+    rows: Sequence[dict], path: str | os.PathLike, *, d: int | None = None, title: str = ""
+) -> None:
+    """Accuracy vs training examples: per-class sizes (log x, N = d marked) and fractions (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = [g for g in ("per class", "fraction") if any(r["regime"] == g for r in rows)]
+    fig, axes = plt.subplots(
+        1, len(regimes), figsize=(6 * len(regimes), 4.2), dpi=120, squeeze=False
+    )
+    for ax, regime in zip(axes[0], regimes, strict=True):
+        mine = [r for r in rows if r["regime"] == regime]
+        for method in dict.fromkeys(r["method"] for r in mine):
+            pts = sorted((r["n"], r["accuracy"]) for r in mine if r["method"] == method)
+            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=method)
+        if regime == "per class":
+            ax.set_xscale("log")
+            if d is not None:
+                ax.axvline(d, color="gray", ls=":", label=f"N = d = {d}")
+        ax.set_xlabel(
+            "training examples N"
+            + (" (first k per class)" if regime == "per class" else " (stratified fraction)")
+        )
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
+    """Rows as CSV (union of keys as columns), atomically."""
+    import csv
+    import io
+
+    columns = list(dict.fromkeys(k for r in rows for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns)
+    w.writeheader()
+    w.writerows(rows)
+    write_text(path, buf.getvalue())
+
+
+def _inline(text: str) -> str:
+    import html
+    import re
+
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", text)
+
+
+def markdown_to_html(md: str, images: Path, *, title: str = "tasklift report") -> str:
+    """A self-contained HTML page from the markdown tasklift writes (headings, tables, code,
+    paragraphs, images inlined as base64 from `images`)."""
+    import base64
+    import html
+    import re
+
+    out, table, code = [], [], None
+    for line in md.splitlines() + [""]:
+        if code is not None:
+            if line.startswith("```"):
+                out.append(f"<pre>{html.escape(chr(10).join(code))}</pre>")
+                code = None
+            else:
+                code.append(line)
+            continue
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if not all(set(c) <= set("-: ") for c in cells):
+                tag = "th" if not table else "td"
+                table.append(
+                    "<tr>" + "".join(f"<{tag}>{_inline(c)}</{tag}>" for c in cells) + "</tr>"
+                )
+            continue
+        if table:
+            out.append("<table>" + "".join(table) + "</table>")
+            table = []
+        if line.startswith("```"):
+            code = []
+        elif m := re.match(r"^(#+) (.*)", line):
+            out.append(f"<h{len(m[1])}>{_inline(m[2])}</h{len(m[1])}>")
+        elif m := re.match(r"^!\[(.*)\]\((.+)\)$", line):
+            data = base64.b64encode((images / m[2]).read_bytes()).decode()
+            out.append(f'<img alt="{html.escape(m[1])}" src="data:image/png;base64,{data}">')
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:"
+        "collapse}td,th{border:1px solid #ccc;padding:.2em .5em}img{max-width:100%}"
+        "pre{background:#f5f5f5;padding:.5em;overflow-x:auto}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>\n" + "\n".join(out) + "\n</body></html>\n"
+    )

@@ -130,6 +130,7 @@ class TaskMatrix(ClassifierMixin):
         pool: base pooling, "cls" or "mean" (targets are always the fine-tuned [CLS], where its
             head reads).
         norm: final norm after the map: "base" (the reference), "finetuned", or "none".
+        processor: tokenizer / image processor, when the models are passed as objects.
 
     Example:
         >>> tm = TaskMatrix("base/", "finetuned/", layer="auto").fit(train_texts)
@@ -153,11 +154,13 @@ class TaskMatrix(ClassifierMixin):
         device: str = "auto",
         dtype: str = "auto",
         progress: bool = False,
+        processor=None,
     ) -> None:
         self.base, self.finetuned = base, finetuned
         self.layer, self.alpha, self.fit_intercept, self.cv = layer, alpha, fit_intercept, cv
         self.pool, self.norm, self.batch_size, self.max_length = pool, norm, batch_size, max_length
         self.device, self.dtype, self.progress = device, dtype, progress
+        self.processor = processor
 
     # -- models ---------------------------------------------------------------------------------
     def _load(self) -> None:
@@ -168,7 +171,9 @@ class TaskMatrix(ClassifierMixin):
             self.finetuned_model_, ft_proc = load_model(
                 self.finetuned, head=True, device=self.device, dtype=self.dtype
             )
-            self.processor_ = proc if proc is not None else ft_proc
+            self.processor_ = next(
+                (p for p in (self.processor, proc, ft_proc) if p is not None), None
+            )
             self.head_ = Head(self.finetuned_model_)
 
     def _alphas(self) -> list[float]:
@@ -322,12 +327,12 @@ class TaskMatrix(ClassifierMixin):
         return self.score_embeddings(emb, y)
 
     def score_embeddings(self, emb: dict[int, torch.Tensor], y) -> dict[int, float]:
-        """Accuracy per fitted layer from precomputed base embeddings {layer: (N, d)}."""
+        """Accuracy of each fitted layer present in precomputed base embeddings {layer: (N, d)}."""
         check_fitted(self, "maps_")
         y = as_labels(y, len(next(iter(emb.values()))))
         return {
             i: float((self.model(i).from_embedding(emb[i]).argmax(-1).cpu().numpy() == y).mean())
-            for i in sorted(self.maps_)
+            for i in sorted(set(emb) & set(self.maps_))
         }
 
     # -- persistence ----------------------------------------------------------------------------
@@ -345,7 +350,7 @@ class TaskMatrix(ClassifierMixin):
         params = {
             k: v
             for k, v in vars(self).items()
-            if not k.endswith("_") and k not in ("base", "finetuned")
+            if not k.endswith("_") and k not in ("base", "finetuned", "processor")
         }
         save_tensors(
             path,

@@ -1,0 +1,124 @@
+import json
+
+import numpy as np
+
+from tasklift.cli import main
+from tasklift.data import load_dataset, split
+from tasklift.experiments import data_scarce, multitask, scaling
+
+
+def test_scaling_rows_and_double_descent_guard(text_task):
+    root = text_task
+    train, test = split(load_dataset(root / "data.csv", text_key="sentence"), seed=0)
+    rows = scaling(
+        root / "base",
+        root / "ft",
+        train,
+        test,
+        per_class=(1, 4, 16, 64),
+        fractions=(0.05, 0.2, 1.0),
+        max_length=16,
+    )
+    methods = {r["method"] for r in rows}
+    assert methods == {"task matrix (lstsq)", "task matrix (ridge-CV)", "linear probe"}
+    per_class = [r for r in rows if r["regime"] == "per class" and r["method"] == "linear probe"]
+    assert [r["n"] for r in per_class] == [3, 12, 48, 192]  # 3 classes
+    full = {
+        r["method"]: r["accuracy"] for r in rows if r["regime"] == "fraction" and r["size"] == 1.0
+    }
+    assert full["task matrix (lstsq)"] > 0.8
+    scarce = data_scarce(rows)
+    assert {r["fraction"] for r in scarce} == {0.05, 0.2, 1.0}
+    r = scarce[0]
+    assert np.isclose(r["gain %"], 100 * (r["task matrix"] - r["linear probe"]) / r["linear probe"])
+
+
+def test_multitask_joint_map_serves_every_task(text_task):
+    root = text_task
+    ds = load_dataset(root / "data.csv", text_key="sentence")
+    train, test = split(ds, seed=0)
+    flipped = type(ds)(ds.X, 2 - ds.y, ds.classes, "flipped")  # same inputs, permuted labels
+    tr2, te2 = split(flipped, seed=0)
+    rows = multitask(
+        root / "base",
+        {"a": (root / "ft", train, test), "b": (root / "ft", tr2, te2)},
+        max_length=16,
+    )
+    acc = {(r["task"], r["method"]): r["accuracy"] for r in rows}
+    # Both tasks share the same fine-tuned model, so the joint map equals the single ones ...
+    assert np.isclose(acc[("a", "multi-task matrix")], acc[("a", "single-task matrix")], atol=0.02)
+    # ... and task b's labels are permuted, so its head's predictions are wrong in a known way.
+    assert acc[("a", "single-task matrix")] > 0.8 and acc[("b", "single-task matrix")] < 0.5
+    assert ("average", "multi-task matrix") in acc
+
+
+def test_scaling_multitask_sweep_and_report_cli(text_task, tmp_path):
+    root = text_task
+    data = ["--text-key", "sentence", "--quiet", "--max-length", "16"]
+    assert (
+        main(
+            [
+                "scaling",
+                str(root / "base"),
+                str(root / "ft"),
+                str(root / "data.csv"),
+                "-o",
+                str(tmp_path / "scaling"),
+                "--per-class",
+                "1,8",
+                "--fractions",
+                "0.2,1.0",
+                *data,
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "scaling" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    assert (
+        main(
+            [
+                "sweep",
+                str(root / "base"),
+                str(root / "ft"),
+                str(root / "data.csv"),
+                "-o",
+                str(tmp_path / "sweep"),
+                *data,
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "sweep" / "results.csv").read_text().startswith("method,")
+    assert (
+        main(
+            [
+                "multitask",
+                str(root / "base"),
+                "-t",
+                "words",
+                str(root / "ft"),
+                str(root / "data.csv"),
+                "-o",
+                str(tmp_path / "multi"),
+                *data,
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "multi" / "results.json").read_text())["rows"]
+    assert (
+        main(
+            [
+                "report",
+                str(tmp_path / "sweep"),
+                str(tmp_path / "scaling"),
+                str(tmp_path / "multi"),
+                "-o",
+                str(tmp_path / "report"),
+            ]
+        )
+        == 0
+    )
+    html = (tmp_path / "report" / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 2 and "<table>" in html
+    assert "sweep_layer_sweep.png" in (tmp_path / "report" / "report.md").read_text()
