@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .experiments import PER_CLASS
+from .experiments import FRACTIONS, PER_CLASS
 
 log = logging.getLogger("tasklift")
 
@@ -469,7 +469,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     p.add_argument("--layer", default="auto", help="base layer, or auto (CV on all of train)")
     p.add_argument("--per-class", default=",".join(map(str, PER_CLASS)), help="k values")
-    p.add_argument("--fractions", default="0.01,0.05,0.2,0.4,0.6,0.8,1.0")
+    p.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
     p.add_argument("--alphas", default="0;auto", help="task-matrix solvers, ';'-separated")
     _common(p)
     p.set_defaults(func=cmd_scaling)

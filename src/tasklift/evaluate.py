@@ -18,10 +18,11 @@ from .models import hidden_size, num_layers
 from .probe import FineTuned, HeadOnly, LinearProbe
 from .taskmatrix import TaskMatrix
 
-__all__ = ["Split", "embed_split", "compare", "summarise"]
+__all__ = ["Split", "embed_split", "compare", "summarise", "solver_name"]
 
 
-def _label(alpha) -> str:
+def solver_name(alpha) -> str:
+    """How a task-matrix solver is named in tables: lstsq, ridge-CV or ridge <alpha>."""
     return (
         "lstsq"
         if alpha == 0
@@ -172,7 +173,7 @@ def compare(
         for i, acc in tm.score_embeddings(xte, y).items():
             rows.append(
                 {
-                    "method": f"task matrix ({_label(alpha)})",
+                    "method": f"task matrix ({solver_name(alpha)})",
                     "layer": i,
                     "accuracy": acc,
                     "n_train": n,

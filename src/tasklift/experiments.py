@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .data import Dataset, subsample
-from .evaluate import Split, _label, embed_split
+from .evaluate import Split, embed_split, solver_name
 from .models import load_model, num_layers
 from .probe import LinearProbe
 from .stats import GramStats
@@ -17,7 +17,7 @@ from .taskmatrix import TaskMatrix
 __all__ = ["scaling", "data_scarce", "multitask", "PER_CLASS", "FRACTIONS"]
 
 PER_CLASS = (1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 512, 768, 1024)
-FRACTIONS = (0.2, 0.4, 0.6, 0.8, 1.0)
+FRACTIONS = (0.01, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0)  # the paper's 20% chunks, plus 1% and 5%
 
 
 def _indices(
@@ -93,7 +93,7 @@ def scaling(
             rows.append(
                 {
                     **common,
-                    "method": f"task matrix ({_label(alpha)})",
+                    "method": f"task matrix ({solver_name(alpha)})",
                     "layer": layer,
                     "accuracy": _tm_accuracy(ref, layer, alpha, sub, te),
                 }

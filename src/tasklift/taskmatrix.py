@@ -9,7 +9,7 @@ k-fold cross-validation on those statistics.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -217,7 +217,11 @@ class TaskMatrix(ClassifierMixin):
             s.all_reduce()
         return self.fit_stats(stats)
 
-    def accumulate(self, batches, layers) -> dict[int, GramStats]:
+    def accumulate(
+        self,
+        batches: Iterable[tuple[np.ndarray | None, dict[int, torch.Tensor], torch.Tensor]],
+        layers: Sequence[int],
+    ) -> dict[int, GramStats]:
         """Per-layer statistics from (row index, base {layer: (B, d)}, fine-tuned (B, d_ft))
         batches; the global row indices fix the CV folds whatever the batch order or sharding."""
         folds = self.cv if self._uses_cv() else 0
