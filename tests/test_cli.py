@@ -5,27 +5,16 @@ from tasklift.cli import main
 from tasklift.finetune import finetune
 
 
+def on_words(root, command: str, *extra: str) -> int:
+    """Run a tasklift command on the word-task fixture's base, fine-tuned model and CSV."""
+    data = [str(root / "base"), str(root / "ft"), str(root / "data.csv"), "--text-key", "sentence"]
+    return main([command, *data, "--quiet", *extra])
+
+
 def test_fit_writes_matrix_and_config(text_task, capsys):
     root = text_task
     out = root / "tm.safetensors"
-    assert (
-        main(
-            [
-                "fit",
-                str(root / "base"),
-                str(root / "ft"),
-                str(root / "data.csv"),
-                "--text-key",
-                "sentence",
-                "-o",
-                str(out),
-                "--alpha",
-                "auto",
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert on_words(root, "fit", "-o", str(out), "--alpha", "auto") == 0
     assert out.is_file()
     cfg = json.loads((root / "tm.safetensors.config.json").read_text())
     assert cfg["layer_selected"] in (0, 1, 2) and cfg["test_accuracy"] > 0.6
@@ -35,22 +24,7 @@ def test_fit_writes_matrix_and_config(text_task, capsys):
 def test_eval_writes_table_plot_and_json(text_task, capsys):
     root = text_task
     out = root / "eval"
-    assert (
-        main(
-            [
-                "eval",
-                str(root / "base"),
-                str(root / "ft"),
-                str(root / "data.csv"),
-                "--text-key",
-                "sentence",
-                "-o",
-                str(out),
-                "--quiet",
-            ]
-        )
-        == 0
-    )
+    assert on_words(root, "eval", "-o", str(out)) == 0
     printed = capsys.readouterr().out
     for method in (
         "fine-tuned",

@@ -34,7 +34,7 @@ def capture(
     """Call `store(key, tensor)` with each point's module input ("input") or output ("output").
 
     Args:
-        points: key -> (module, "input" | "output").
+        points: key -> (module, "input" | "output" | "grad_output").
         store: receives the hidden-state tensor (B, T, d) of each point during a forward.
         stop_after: key whose capture ends the forward pass (via `run`).
 
@@ -61,9 +61,16 @@ def capture(
                 handles.append(module.register_forward_pre_hook(make(key, where), with_kwargs=True))
             elif where == "output":
                 handles.append(module.register_forward_hook(make(key, where)))
+            elif where == "grad_output":  # dL/d(output), during backward
+                handles.append(
+                    module.register_full_backward_hook(
+                        lambda m, grad_in, grad_out, key=key: store(key, grad_out[0])
+                    )
+                )
             else:
                 raise ValueError(
-                    f"capture point {key!r}: where must be 'input' or 'output', not {where!r}"
+                    f"capture point {key!r}: where must be 'input', 'output' or "
+                    f"'grad_output', not {where!r}"
                 )
         yield
     finally:

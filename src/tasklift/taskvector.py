@@ -1,0 +1,125 @@
+"""Task vectors τ = θ_ft − θ_base: a dict of per-parameter deltas with +, −, scalar ×, apply_to.
+
+The basis of task arithmetic and of BiCo transfer (arXiv 2605.28444), which moves a τ
+computed on one model onto another.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from . import __version__
+from .io import load_tensors, save_tensors
+
+__all__ = ["TaskVector"]
+
+
+class TaskVector:
+    """Per-parameter deltas {name: tensor}, kept in float32 on CPU.
+
+    Example:
+        >>> tv = TaskVector.from_state_dicts(base.state_dict(), finetuned.state_dict())
+        >>> merged = (0.5 * tv + other).apply_to(base)          # a new model; base is untouched
+    """
+
+    def __init__(self, deltas: Mapping[str, torch.Tensor]) -> None:
+        self.deltas = {k: v.detach().to("cpu", torch.float32) for k, v in deltas.items()}
+
+    @classmethod
+    def from_state_dicts(
+        cls,
+        base: Mapping[str, torch.Tensor],
+        finetuned: Mapping[str, torch.Tensor],
+        *,
+        strict: bool = False,
+    ) -> TaskVector:
+        """θ_ft − θ_base over the floating-point parameters both hold with the same shape.
+
+        Parameters only one side has (e.g. a new classifier head) are left out; with
+        `strict=True` they are an error. A shared name with different shapes is always an error.
+
+        Raises:
+            ValueError: shapes differ for a shared name, or (strict) the key sets differ.
+        """
+        shared = [k for k in base if k in finetuned and base[k].is_floating_point()]
+        bad = [
+            f"{k}: {tuple(base[k].shape)} vs {tuple(finetuned[k].shape)}"
+            for k in shared
+            if base[k].shape != finetuned[k].shape
+        ]
+        if bad:
+            raise ValueError(
+                f"base and fine-tuned shapes differ for {len(bad)} parameter(s): "
+                + "; ".join(bad[:3])
+            )
+        only = sorted(set(base) ^ set(finetuned))
+        if strict and only:
+            raise ValueError(f"parameters in only one model: {only[:5]}")
+        return cls({k: finetuned[k].float() - base[k].float() for k in shared})
+
+    def _check_keys(self, other: TaskVector) -> None:
+        if self.deltas.keys() != other.deltas.keys():
+            diff = sorted(set(self.deltas) ^ set(other.deltas))
+            raise KeyError(f"task vectors cover different parameters, e.g. {diff[:3]}")
+
+    def __add__(self, other: TaskVector) -> TaskVector:
+        self._check_keys(other)
+        return TaskVector({k: v + other.deltas[k] for k, v in self.deltas.items()})
+
+    def __sub__(self, other: TaskVector) -> TaskVector:
+        return self + (-other)
+
+    def __neg__(self) -> TaskVector:
+        return -1.0 * self
+
+    def __mul__(self, scale: float) -> TaskVector:
+        return TaskVector({k: scale * v for k, v in self.deltas.items()})
+
+    __rmul__ = __mul__
+
+    def norm(self) -> float:
+        """Global L2 norm over every delta."""
+        return float(torch.sqrt(sum((v.double() ** 2).sum() for v in self.deltas.values())))
+
+    def apply_to(self, model: nn.Module, *, alpha: float = 1.0, inplace: bool = False) -> nn.Module:
+        """θ + α τ. Returns a copy unless `inplace`.
+
+        Raises:
+            KeyError: the model lacks a parameter the vector holds.
+            ValueError: a parameter's shape differs from its delta's.
+        """
+        import copy
+
+        target = model if inplace else copy.deepcopy(model)
+        state = target.state_dict()
+        missing = [k for k in self.deltas if k not in state]
+        if missing:
+            raise KeyError(
+                f"the model has no parameter(s) {missing[:3]}; was the task vector "
+                "made for another architecture? (transfer it first)"
+            )
+        with torch.no_grad():
+            for k, v in self.deltas.items():
+                if state[k].shape != v.shape:
+                    raise ValueError(
+                        f"{k}: model shape {tuple(state[k].shape)} but delta "
+                        f"{tuple(v.shape)}; transfer the task vector first"
+                    )
+                state[k].add_(alpha * v.to(state[k].device, state[k].dtype))
+        return target
+
+    def save(self, path: str | os.PathLike, **meta: object) -> None:
+        """Write the deltas to a safetensors file (atomically)."""
+        save_tensors(path, self.deltas, {"class": "TaskVector", "version": __version__, **meta})
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> TaskVector:
+        """Read what `save` wrote."""
+        tensors, info = load_tensors(path)
+        if info.get("class") != "TaskVector":
+            raise ValueError(f"{path} holds a {info.get('class')!r}, not a TaskVector")
+        return cls(tensors)

@@ -1,0 +1,60 @@
+import pytest
+import torch
+
+from conftest import tiny_classifier
+from tasklift.taskvector import TaskVector
+
+
+def pair():
+    base = tiny_classifier("bert", seed=0)
+    ft = tiny_classifier("bert", seed=0)
+    with torch.no_grad():
+        for p in ft.parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    return base, ft
+
+
+def test_apply_from_recovers_finetuned_and_leaves_base_untouched():
+    base, ft = pair()
+    before = {k: v.clone() for k, v in base.state_dict().items()}
+    tv = TaskVector.from_state_dicts(base.state_dict(), ft.state_dict())
+    out = tv.apply_to(base)
+    for k, v in ft.state_dict().items():
+        torch.testing.assert_close(out.state_dict()[k], v, atol=1e-6, rtol=0)
+        torch.testing.assert_close(base.state_dict()[k], before[k], atol=0, rtol=0)
+
+
+def test_arithmetic():
+    base, ft = pair()
+    tv = TaskVector.from_state_dicts(base.state_dict(), ft.state_dict())
+    assert (tv + tv - 2 * tv).norm() == pytest.approx(0.0, abs=1e-7)
+    assert (0.5 * tv).norm() == pytest.approx(tv.norm() / 2, rel=1e-6)
+    assert (-tv).norm() == pytest.approx(tv.norm(), rel=1e-6)
+
+
+def test_save_load_round_trip(tmp_path):
+    base, ft = pair()
+    tv = TaskVector.from_state_dicts(base.state_dict(), ft.state_dict())
+    tv.save(tmp_path / "tv.safetensors", source="tiny")
+    back = TaskVector.load(tmp_path / "tv.safetensors")
+    assert back.deltas.keys() == tv.deltas.keys()
+    assert (back - tv).norm() == 0.0
+
+
+def test_mismatches_are_errors():
+    base, ft = pair()
+    sd = ft.state_dict()
+    wide = dict(sd, **{"classifier.weight": torch.zeros(5, 32)})
+    with pytest.raises(ValueError, match="shapes differ.*classifier.weight"):
+        TaskVector.from_state_dicts(base.state_dict(), wide)
+    tv = TaskVector.from_state_dicts(base.state_dict(), sd)
+    small = TaskVector.from_state_dicts({"a": torch.zeros(2)}, {"a": torch.ones(2)})
+    with pytest.raises(KeyError, match="different parameters"):
+        tv + small
+    with pytest.raises(KeyError, match="no parameter"):
+        small.apply_to(base)
+    with pytest.raises(ValueError, match="only one model"):
+        TaskVector.from_state_dicts({"a": torch.zeros(2)}, {"b": torch.ones(2)}, strict=True)
+    other = tiny_classifier("vit")
+    with pytest.raises((KeyError, ValueError)):
+        tv.apply_to(other)
