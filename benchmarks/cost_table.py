@@ -139,7 +139,8 @@ def main() -> None:
         f"{args.n_test} test snippets, CPU ({rows[0]['threads']} threads), fp32. The task "
         "matrix is fitted from the demo's already fine-tuned model (no labels used); its cost "
         "excludes that fine-tuning, which it transfers rather than repeats. Full fine-tuning and "
-        "LoRA: 1 epoch, batch 16, AdamW (lr 1e-4 full, 2e-3 LoRA). Peak RSS includes Python + torch "
+        "LoRA: 1 epoch, batch 16, AdamW (lr 1e-4 full, 2e-3 LoRA). Peak RSS includes Python + "
+        "torch "
         "(see 'RSS after load')."
     )
     write("cost", rows, list(rows[0]), title="Cost table", notes=notes)

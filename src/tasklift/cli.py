@@ -309,7 +309,7 @@ def _finetune_cached(base, train, out: Path, args) -> None:
         print(f"reusing the fine-tuned model in {out} (same recipe; --refit to redo)")
         return
     print(
-        f"fine-tuning {Path(base).name} on {len(train)} examples of {train.name} "
+        f"fine-tuning {base} on {len(train)} examples of {train.name} "
         f"({args.epochs} epoch(s), {torch.get_num_threads()} CPU threads) ..."
     )
     t0 = time.time()
