@@ -18,7 +18,7 @@ from .models import hidden_size, num_layers
 from .probe import FineTuned, HeadOnly, LinearProbe
 from .taskmatrix import TaskMatrix
 
-__all__ = ["Split", "embed_split", "compare", "summarise", "solver_name"]
+__all__ = ["Split", "embed_split", "compare", "summarise", "solver_name", "accuracy"]
 
 
 def solver_name(alpha) -> str:
@@ -30,7 +30,8 @@ def solver_name(alpha) -> str:
     )
 
 
-def _accuracy(logits: np.ndarray | torch.Tensor, y: np.ndarray) -> float:
+def accuracy(logits: np.ndarray | torch.Tensor, y: np.ndarray) -> float:
+    """Share of rows whose arg-max logit is the label."""
     logits = logits.float().cpu().numpy() if isinstance(logits, torch.Tensor) else logits
     return float((logits.argmax(-1) == y).mean())
 
@@ -138,7 +139,7 @@ def compare(
         {
             "method": "fine-tuned",
             "layer": top_f,
-            "accuracy": _accuracy(ft.model().from_embedding(yte), y),
+            "accuracy": accuracy(ft.model().from_embedding(yte), y),
             "trained_params": sum(p.numel() for p in fm.parameters()),
             "n_train": n,
         },
@@ -151,7 +152,7 @@ def compare(
                 "layer": top_b,
                 "n_train": 0,
                 "trained_params": 0,
-                "accuracy": _accuracy(head.model().from_embedding(xte[top_b]), y),
+                "accuracy": accuracy(head.model().from_embedding(xte[top_b]), y),
             }
         )
     probe = LinearProbe(bm, pool=pool).fit_features(xtr[top_b].numpy(), train.y)
@@ -162,7 +163,7 @@ def compare(
             "layer": top_b,
             "n_train": n,
             "trained_params": int(lr.coef_.size + lr.intercept_.size),
-            "accuracy": _accuracy(probe.decision_features(xte[top_b].numpy()), y),
+            "accuracy": accuracy(probe.decision_features(xte[top_b].numpy()), y),
         }
     )
     stats = ref.accumulate([(np.arange(n), xtr, ytr)], sorted(xtr))

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .data import Dataset, subsample
-from .evaluate import Split, embed_split, solver_name
+from .evaluate import Split, accuracy, embed_split, solver_name
 from .models import load_model, num_layers
 from .probe import LinearProbe
 from .stats import GramStats
@@ -48,7 +48,7 @@ def _probe_accuracy(ref: TaskMatrix, train: Split, test: Split) -> float | None:
     if len(np.unique(train.y)) < 2:
         return None
     probe = LinearProbe(ref.base_model_).fit_features(train.base[top].numpy(), train.y)
-    return float((probe.decision_features(test.base[top].numpy()).argmax(-1) == test.y).mean())
+    return accuracy(probe.decision_features(test.base[top].numpy()), test.y)
 
 
 def scaling(
