@@ -4,6 +4,9 @@ PyPI wheel, so this pretrains a small ViT here, on real data: scikit-learn's dig
 fine-tuned on (all 10 digits) includes 5 classes it never saw labelled.
 
     python scripts/pretrain_vit_digits.py -o runs/vit_digits_base
+
+The BiCo transfer pairs vary one thing at a time: --seed (same architecture, another
+initialisation and data order), --hidden (width) or --layers (depth).
 """
 
 from __future__ import annotations
@@ -25,24 +28,30 @@ def main() -> None:
     ap.add_argument("-o", "--output", default="runs/vit_digits_base")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--epochs", type=float, default=20)
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--layers", type=int, default=6)
+    ap.add_argument("--heads", type=int, default=4)
+    ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    seed_everything(0)
+    seed_everything(args.seed)
     train, _ = split(load_dataset("digits", image_size=args.image_size), test_size=0.2, seed=0)
     seen = train.subset(np.flatnonzero(train.y < 5))
     cfg = tf.ViTConfig(
         image_size=args.image_size,
         patch_size=4,
         num_channels=3,
-        hidden_size=128,
-        num_hidden_layers=6,
-        num_attention_heads=4,
-        intermediate_size=256,
+        hidden_size=args.hidden,
+        num_hidden_layers=args.layers,
+        num_attention_heads=args.heads,
+        intermediate_size=2 * args.hidden,
         num_labels=5,
         hidden_dropout_prob=0.0,
         attention_probs_dropout_prob=0.0,
     )
     model = tf.ViTForImageClassification(cfg)
-    losses = finetune(model, seen.X, seen.y, epochs=args.epochs, lr=1e-3, batch_size=32)
+    losses = finetune(
+        model, seen.X, seen.y, epochs=args.epochs, lr=1e-3, batch_size=32, seed=args.seed
+    )
     with torch.no_grad():
         pred = model(pixel_values=torch.as_tensor(seen.X[:256])).logits.argmax(-1).numpy()
     acc = (pred == seen.y[:256]).mean()

@@ -77,6 +77,75 @@ def tiny_text_inputs(n: int = 12, seed: int = 0):
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def _perm(n, seed):
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+
+
+def permuted(model, kind):
+    """The same function as `model` with its residual stream, heads and MLP units permuted.
+
+    The rules name, per parameter, which of its axes live in the residual stream ("r"), in the
+    head-blocked attention space ("h", heads reordered as blocks), in the MLP units ("m") or in
+    the fused q|k|v space ("3"); everything else (vocab, positions, classes) stays.
+    """
+    d, heads = model.config.hidden_size, model.config.num_attention_heads
+    r, m = _perm(d, 1), _perm(4 * d if kind == "gpt2" else model.config.intermediate_size, 2)
+    h = (_perm(heads, 3)[:, None] * (d // heads) + torch.arange(d // heads)).flatten()
+    index = {"r": r, "h": h, "m": m, "3": torch.cat([h, h + d, h + 2 * d])}
+    rules = {  # name suffix -> axes of the weight (Linear: out, in; GPT-2 Conv1D: in, out)
+        "bert": {
+            "_embeddings.weight": ".r",
+            "LayerNorm.weight": "r",
+            "LayerNorm.bias": "r",
+            "self.query.weight": "hr",
+            "self.key.weight": "hr",
+            "self.value.weight": "hr",
+            "self.query.bias": "h",
+            "self.key.bias": "h",
+            "self.value.bias": "h",
+            "attention.output.dense.weight": "rh",
+            "attention.output.dense.bias": "r",
+            "intermediate.dense.weight": "mr",
+            "intermediate.dense.bias": "m",
+            "layer.0.output.dense.weight": "rm",
+            "layer.1.output.dense.weight": "rm",
+            "output.dense.bias": "r",
+            "pooler.dense.weight": "rr",
+            "pooler.dense.bias": "r",
+            "classifier.weight": ".r",
+        },
+        "gpt2": {
+            "wte.weight": ".r",
+            "wpe.weight": ".r",
+            "ln_1.weight": "r",
+            "ln_1.bias": "r",
+            "ln_2.weight": "r",
+            "ln_2.bias": "r",
+            "ln_f.weight": "r",
+            "ln_f.bias": "r",
+            "c_attn.weight": "r3",
+            "c_attn.bias": "3",
+            "attn.c_proj.weight": "hr",
+            "attn.c_proj.bias": "r",
+            "c_fc.weight": "rm",
+            "c_fc.bias": "m",
+            "mlp.c_proj.weight": "mr",
+            "mlp.c_proj.bias": "r",
+            "score.weight": ".r",
+        },
+    }[kind]
+    state = {}
+    for key, t in model.state_dict().items():
+        axes = next((v for k, v in rules.items() if key.endswith(k)), "")
+        for dim, ax in enumerate(axes):
+            if ax != ".":
+                t = t.index_select(dim, index[ax])
+        state[key] = t
+    out = type(model)(model.config).eval()
+    out.load_state_dict(state)
+    return out
+
+
 def tiny_images(n: int = 12, seed: int = 0):
     return torch.randn(n, 3, 16, 16, generator=torch.Generator().manual_seed(seed))
 

@@ -94,3 +94,27 @@ def test_errors_exit_2_with_message(tmp_path, capsys):
         main(["eval", "a", "b", str(tmp_path / "missing.csv"), "-o", str(tmp_path), "--quiet"]) == 2
     )
     assert "no dataset" in capsys.readouterr().err
+
+
+def test_transfer_onto_a_permuted_base_matches_the_fine_tuned_source(text_task, tmp_path, capsys):
+    """B = A's base with its units permuted (saved with the tokenizer): BiCo carries A_ft's skill
+    over exactly, so B reaches A_ft's accuracy; the report, plot and JSON are written."""
+    import transformers as tf
+
+    from conftest import permuted
+
+    root = text_task
+    base = tf.BertForSequenceClassification.from_pretrained(root / "ft").eval()
+    base.bert.load_state_dict(tf.BertModel.from_pretrained(root / "base").state_dict())
+    permuted(base, "bert").bert.save_pretrained(tmp_path / "b")
+    tf.AutoTokenizer.from_pretrained(root / "base").save_pretrained(tmp_path / "b")
+    out = tmp_path / "transfer"
+    argv = [str(root / "base"), str(root / "ft"), str(tmp_path / "b"), str(root / "data.csv")]
+    opts = ["--text-key", "sentence", "--calib", "64", "--val", "48", "--quiet", "-o", str(out)]
+    assert main(["transfer", *argv, "--methods", "bico,naive", *opts]) == 0
+    assert "bico" in capsys.readouterr().out
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert abs(rows["bico"]["accuracy"] - rows["A fine-tuned"]["accuracy"]) < 0.02
+    assert rows["bico"]["accuracy"] > rows["B + carried head"]["accuracy"]
+    assert (out / "transfer.png").read_bytes()[:4] == b"\x89PNG"
+    assert main(["transfer", *argv, *opts, "--calib", "5000"]) == 2  # clear error, no traceback

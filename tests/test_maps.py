@@ -9,6 +9,7 @@ from tasklift.maps import (
     ProcrustesMap,
     RidgeMap,
     cv_errors,
+    permutation,
     procrustes,
     ridge_path,
 )
@@ -157,3 +158,23 @@ def test_torch_transform_keeps_dtype():
     out = m.transform(torch.from_numpy(X).float())
     assert out.dtype == torch.float32
     np.testing.assert_allclose(out.numpy(), Y, atol=1e-3)
+
+
+def test_permutation_recovers_a_permutation_and_is_partial_when_rectangular():
+    X = rng.normal(size=(200, 6))
+    perm = np.eye(6)[rng.permutation(6)]
+    np.testing.assert_array_equal(permutation(X.T @ (X @ perm)), perm)
+    P = permutation(rng.normal(size=(4, 7)))  # every source unit used once, 3 target units unused
+    np.testing.assert_array_equal(P.sum(1), np.ones(4))
+    assert P.sum() == 4 and P.max() == 1
+
+
+def test_permutation_matches_heads_then_units():
+    """Heads (groups of 3 units) are permuted as blocks and units inside each head: both found."""
+    X = rng.normal(size=(300, 6))
+    heads = np.kron(np.eye(2)[[1, 0]], np.eye(3))  # swap the two heads
+    units = np.kron(np.eye(2), np.eye(3)[[2, 0, 1]])  # rotate units inside each head
+    perm = heads @ units
+    np.testing.assert_array_equal(permutation(X.T @ (X @ perm), groups=(2, 2)), perm)
+    with pytest.raises(ValueError, match="groups"):
+        permutation(np.eye(6), groups=(4, 2))

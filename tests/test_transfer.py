@@ -1,14 +1,26 @@
-"""BiCo on models whose spaces are exact (semi-)orthogonal images of each other."""
+"""BiCo and its baselines on models whose spaces are exact (semi-)orthogonal or permuted images."""
+
+import json
 
 import numpy as np
 import pytest
 import torch
+import transformers as tf
 from torch import nn
 
-from conftest import tiny_classifier
-from tasklift.maps import procrustes
+from conftest import permuted, tiny_classifier
 from tasklift.taskvector import TaskVector
-from tasklift.transfer import bico_transport, calibrate, match_layers
+from tasklift.transfer import (
+    FUSED,
+    METHODS,
+    SIGNALS,
+    Transfer,
+    calibrate,
+    match_modules,
+    needed_signals,
+    solve_maps,
+    transport,
+)
 
 D_IN, HID, OUT = 6, 5, 8
 
@@ -36,9 +48,9 @@ def mlp(w0, w1, b1, w2, b2):
     return net
 
 
-def pair(hid_b):
+def mlp_pair(hid_b):
     """A, A fine-tuned, and B = A with input rotated by Q0, hidden embedded by E (HID -> hid_b),
-    output rotated by Q2; returns the maps too."""
+    output rotated by Q2; B fine-tuned as expected, and Q2."""
     g = torch.Generator().manual_seed(0)
     w1, b1 = torch.randn(HID, D_IN, generator=g), torch.randn(HID, generator=g)
     w2, b2 = torch.randn(OUT, HID, generator=g), torch.randn(OUT, generator=g)
@@ -47,15 +59,15 @@ def pair(hid_b):
     a = mlp(torch.eye(D_IN), w1, b1, w2, b2)
     a_ft = mlp(torch.eye(D_IN), w1 + d[0], b1 + d[1], w2 + d[2], b2 + d[3])
     b = mlp(q0, e @ w1 @ q0.T, e @ b1, q2 @ w2 @ e.T, q2 @ b2)
-    b_ft_expected = mlp(
+    b_ft = mlp(
         q0, e @ (w1 + d[0]) @ q0.T, e @ (b1 + d[1]), q2 @ (w2 + d[2]) @ e.T, q2 @ (b2 + d[3])
     )
-    return a, a_ft, b, b_ft_expected, q2
+    return a, a_ft, b, b_ft, q2
 
 
 @pytest.mark.parametrize("hid_b", [HID, HID + 3], ids=["rotation", "wider"])
 def test_bico_recovers_the_transported_task_vector_exactly(hid_b):
-    a, a_ft, b, b_ft_expected, q2 = pair(hid_b)
+    a, a_ft, b, b_ft, q2 = mlp_pair(hid_b)
     g = torch.Generator().manual_seed(5)
     batches = [
         (torch.randn(64, D_IN, generator=g), torch.randn(64, OUT, generator=g)) for _ in range(3)
@@ -66,77 +78,222 @@ def test_bico_recovers_the_transported_task_vector_exactly(hid_b):
         t = t if model is a else t @ q2.T
         return 0.5 * ((model(x) - t) ** 2).sum()
 
-    pairs = match_layers(a, b)
+    pairs = match_modules(a, b)
     assert pairs == {"0": "0", "1": "1", "2": "2"}
-    stats = calibrate(a, b, pairs, batches, loss)
-    tv_b = bico_transport(
-        TaskVector.from_state_dicts(a.state_dict(), a_ft.state_dict()), pairs, stats
+    maps = solve_maps(a, b, pairs, calibrate(a, b, pairs, batches, loss), "bico")
+    for r_in, r_out in maps.values():  # the maps BiCo used are (semi-)orthogonal
+        for r in (r_in, r_out):
+            small = r.T @ r if r.shape[0] >= r.shape[1] else r @ r.T
+            torch.testing.assert_close(small, torch.eye(len(small)), atol=1e-5, rtol=0)
+    tv_b = transport(
+        TaskVector.from_state_dicts(a.state_dict(), a_ft.state_dict()), a, b, pairs, maps
     )
-    expected = TaskVector.from_state_dicts(b.state_dict(), b_ft_expected.state_dict())
+    expected = TaskVector.from_state_dicts(b.state_dict(), b_ft.state_dict())
+    assert tv_b.deltas.keys() == expected.deltas.keys()
     for k, v in expected.deltas.items():
         torch.testing.assert_close(tv_b.deltas[k], v, atol=1e-5, rtol=0)
     x = torch.randn(10, D_IN)
     with torch.no_grad():
         torch.testing.assert_close(tv_b.apply_to(b)(x), a_ft(x) @ q2.T, atol=1e-5, rtol=0)
-    for s_in, s_out in stats.values():  # the maps BiCo used are (semi-)orthogonal
-        for r in (procrustes(s_in.xy), procrustes(s_out.xy)):
-            small = r.T @ r if r.shape[0] >= r.shape[1] else r @ r.T
-            np.testing.assert_allclose(small, np.eye(len(small)), atol=1e-10)
 
 
-def test_match_layers_maps_depth_proportionally():
-    a, b = tiny_classifier("bert"), tiny_classifier("bert")
-    pairs = match_layers(a, b)
-    assert (
-        pairs["bert.encoder.layer.1.attention.self.query"]
-        == "bert.encoder.layer.1.attention.self.query"
-    )
-    import transformers as tf
-
-    deep = tf.BertForSequenceClassification(
-        tf.BertConfig(
-            vocab_size=50,
-            hidden_size=32,
-            num_hidden_layers=5,
-            num_attention_heads=4,
-            intermediate_size=64,
-        )
-    )
-    pairs = match_layers(a, deep)  # 2 blocks onto 5: 0 -> 0, 1 -> 4
-    assert pairs["bert.encoder.layer.1.output.dense"] == "bert.encoder.layer.4.output.dense"
-    assert pairs["classifier"] == "classifier"
+def gpt2_classifier(seed=0):
+    torch.manual_seed(seed)
+    cfg = tf.GPT2Config(
+        vocab_size=50, n_positions=16, n_embd=32, n_layer=2, n_head=4, num_labels=3,
+        pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+    )  # fmt: skip
+    return tf.GPT2ForSequenceClassification(cfg).eval()
 
 
-def test_bico_on_a_transformer_runs_and_errors_are_clear():
-    a, b = tiny_classifier("bert", seed=0), tiny_classifier("bert", seed=1)
-    ids = torch.randint(5, 50, (8, 7))
-    batch = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "labels": torch.randint(0, 3, (8,)),
-    }
-    pairs = match_layers(a, b)
-    stats = calibrate(a, b, pairs, [batch], lambda m, bt: m(**bt).loss, token="mean")
-    a_ft = tiny_classifier("bert", seed=0)
+def nudged(model, seed=7, scale=0.05):
+    """A 'fine-tuned' copy: every parameter moved by seeded noise."""
+    out = type(model)(model.config).eval()
+    out.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for p in a_ft.parameters():
-            p.add_(0.01)
-    tv_b = bico_transport(
-        TaskVector.from_state_dicts(a.state_dict(), a_ft.state_dict()), pairs, stats
+        for p in out.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return out
+
+
+def text_batches(n_batches=4, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(n_batches):
+        ids = torch.randint(1, 50, (size, 8), generator=g)
+        yield {"input_ids": ids, "labels": torch.randint(0, 3, (size,), generator=g)}
+
+
+def trained_like(model):
+    """Base weights moved off their initialisation (LayerNorm shifts, biases), as when trained."""
+    return nudged(model, seed=3, scale=0.2)
+
+
+@pytest.mark.parametrize("method", ["bico", "permutation"])
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_bico_and_rebasin_undo_a_permuted_copy(kind, method):
+    """B is A with residual stream, heads and units permuted (GPT-2: fused q|k|v, Conv1D): τ_B =
+    P(τ_A) is recovered exactly, norms and embeddings included, and B + τ_B computes A_ft."""
+    a = trained_like(tiny_classifier("bert") if kind == "bert" else gpt2_classifier())
+    a_ft = nudged(a)
+    b, b_ft = permuted(a, kind), permuted(a_ft, kind)
+    pairs = match_modules(a, b)
+    loss = lambda model, batch: model(**batch).loss  # noqa: E731
+    # 160 inputs: the last block's MLP sees a gradient at one token per input, 128 units wide
+    cov = calibrate(a, b, pairs, text_batches(10), loss, signals=needed_signals(method))
+    tv_b = transport(
+        TaskVector.from_state_dicts(a.state_dict(), a_ft.state_dict()),
+        a,
+        b,
+        pairs,
+        solve_maps(a, b, pairs, cov, method),
     )
-    assert set(tv_b.deltas) >= {f"{n}.weight" for n in pairs.values()}
-    tv_b.apply_to(b)  # shapes fit B
-    with pytest.raises(KeyError, match="no layer"):
-        calibrate(a, b, {"bert.nope": "bert.nope"}, [batch], lambda m, bt: m(**bt).loss)
-    with pytest.raises(ValueError, match="token alignment"):
-        calibrate(a, b, pairs, [batch], lambda m, bt: m(**bt).loss, token="max")
-    with pytest.raises(ValueError, match="token counts differ"):
-        ids2 = torch.randint(5, 50, (8, 9))
-        calibrate(
-            a,
-            b,
-            pairs,
-            [(batch, dict(batch, input_ids=ids2, attention_mask=torch.ones_like(ids2)))],
-            lambda m, bt: m(**bt[0 if m is a else 1]).loss,
-            token="all",
+    expected = TaskVector.from_state_dicts(b.state_dict(), b_ft.state_dict())
+    assert tv_b.deltas.keys() == expected.deltas.keys()  # every parameter has moved
+    for k, v in expected.deltas.items():
+        torch.testing.assert_close(tv_b.deltas[k], v, atol=1e-4, rtol=0, msg=k)
+    ids = next(text_batches(seed=9))["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(
+            tv_b.apply_to(b)(input_ids=ids).logits, a_ft(input_ids=ids).logits, atol=1e-4, rtol=0
         )
+
+
+def test_fused_qkv_is_aligned_projection_by_projection():
+    """The output map of a fused q|k|v layer is block-diagonal: q only with q, k with k, v with v,
+    each block orthogonal, also when the widths differ."""
+    a, b = nn.Module(), nn.Module()
+    a.c_attn, b.c_attn = nn.Linear(4, 12), nn.Linear(4, 18)
+    assert FUSED.search("transformer.h.0.attn.c_attn")
+    cov = {
+        ("c_attn", "input"): torch.eye(4, dtype=torch.float64),
+        ("c_attn", "grad_output"): torch.randn(12, 18, dtype=torch.float64),
+    }
+    _, r_out = solve_maps(a, b, {"c_attn": "c_attn"}, cov, "bico")["c_attn"]
+    for i in range(3):
+        for j in range(3):
+            block = r_out[4 * i : 4 * i + 4, 6 * j : 6 * j + 6]
+            if i == j:
+                torch.testing.assert_close(block @ block.T, torch.eye(4), atol=1e-5, rtol=0)
+            else:
+                assert block.abs().max() == 0
+
+
+def deeper_bert(layers):
+    cfg = tiny_classifier("bert").config
+    cfg = tf.BertConfig(**{**cfg.to_dict(), "num_hidden_layers": layers})
+    return tf.BertForSequenceClassification(cfg).eval()
+
+
+def test_match_modules_maps_depth_proportionally_or_by_a_given_map():
+    a = tiny_classifier("bert")
+    pairs = match_modules(a, tiny_classifier("bert", seed=1))
+    assert pairs["bert.encoder.layer.1.attention.self.query"] == (
+        "bert.encoder.layer.1.attention.self.query"
+    )
+    assert pairs["bert.embeddings.LayerNorm"] == "bert.embeddings.LayerNorm"
+    deep = deeper_bert(5)
+    pairs = match_modules(a, deep)  # 5 target blocks take 2 source blocks: 0,0,0|1,1 by position
+    src = [
+        pairs[f"bert.encoder.layer.{j}.output.dense"][len("bert.encoder.layer.")] for j in range(5)
+    ]
+    assert src == ["0", "0", "0", "1", "1"]  # round(j/4): 0, 0.25, 0.5, 0.75, 1
+    pairs = match_modules(a, deep, block_map={0: 0, 4: 1})
+    assert "bert.encoder.layer.2.output.dense" not in pairs
+    assert pairs["bert.encoder.layer.4.output.dense"] == "bert.encoder.layer.1.output.dense"
+
+
+def test_naive_and_gradfix_move_equal_shapes_only_and_gradfix_keeps_agreeing_signs():
+    a, b = tiny_classifier("bert"), tiny_classifier("bert", seed=1)
+    tv = TaskVector.from_state_dicts(a.state_dict(), nudged(a).state_dict())
+    pairs = match_modules(a, b)
+    naive = transport(tv, a, b, pairs, solve_maps(a, b, pairs, None, "naive"))
+    for k, v in naive.deltas.items():
+        torch.testing.assert_close(v, tv.deltas[k])
+    from tasklift.transfer import gradient_sign_mask
+
+    loss = lambda model, batch: model(**batch).loss  # noqa: E731
+    fixed = gradient_sign_mask(naive, b, text_batches(), loss)
+    b.zero_grad()
+    sum(loss(b, bt) for bt in text_batches()).backward()
+    g = b.bert.encoder.layer[0].intermediate.dense.weight.grad
+    v = fixed.deltas["bert.encoder.layer.0.intermediate.dense.weight"]
+    assert ((v * -g)[v != 0] > 0).all() and 0 < (v != 0).float().mean() < 1
+    wide = tf.BertForSequenceClassification(
+        tf.BertConfig(**{**a.config.to_dict(), "hidden_size": 48})
+    )
+    with pytest.raises(ValueError, match="no delta"):  # nothing has A's shapes
+        transport(
+            tv,
+            a,
+            wide,
+            match_modules(a, wide),
+            solve_maps(a, wide, match_modules(a, wide), None, "naive"),
+        )
+
+
+def test_calibration_errors_name_the_bad_input():
+    a, b = tiny_classifier("bert"), tiny_classifier("bert", seed=1)
+    loss = lambda model, batch: model(**batch).loss  # noqa: E731
+    pairs = match_modules(a, b)
+    with pytest.raises(KeyError, match="no module 'bert.nope'"):
+        calibrate(a, b, {"bert.nope": "bert.nope"}, text_batches(1), loss)
+    with pytest.raises(ValueError, match="token alignment"):
+        calibrate(a, b, pairs, text_batches(1), loss, token="max")
+    with pytest.raises(ValueError, match="calibration signal"):
+        calibrate(a, b, pairs, text_batches(1), loss, signals=("input", "weights"))
+    assert needed_signals("bico") == ["grad_output", "input", "output"]
+    assert needed_signals("naive") == [] and set(SIGNALS) < set(METHODS)
+    with pytest.raises(ValueError, match="unknown transfer method"):
+        solve_maps(a, b, pairs, None, "magic")
+    short = {"input_ids": torch.randint(1, 50, (4, 7)), "labels": torch.zeros(4, dtype=torch.long)}
+    long = dict(short, input_ids=torch.randint(1, 50, (4, 9)))
+    with pytest.raises(ValueError, match="token='cls' or 'mean'"):
+        calibrate(a, b, pairs, [(short, long)], lambda m, bt: m(**bt[m is b]).loss)
+    deep = deeper_bert(3)
+    cov = calibrate(
+        a,
+        deep,
+        match_modules(a, deep),
+        [(short, long)],
+        lambda m, bt: m(**bt[m is deep]).loss,
+        token="mean",
+    )
+    assert cov[("bert.encoder.layer.2.output.dense", "grad_output")].shape == (32, 32)
+
+
+def test_patch_grids_of_another_size_are_resampled():
+    from tasklift.transfer import _align
+
+    a, b = torch.randn(2, 1 + 16, 5), torch.randn(2, 1 + 64, 7)  # 4x4 vs 8x8 patches + [CLS]
+    xa, xb = _align(a, b, "all", "x")
+    assert xa.shape == (34, 5) and xb.shape == (34, 7)
+    torch.testing.assert_close(xb[0], b[0, 0])  # the class token stays paired with itself
+
+
+def test_transfer_estimator_carries_the_head_and_task_onto_a_permuted_model(tmp_path):
+    """End to end: A's base, A fine-tuned, and B = permuted A as a bare backbone; the result
+    predicts exactly like A_ft, is saved as a loadable checkpoint, and α is chosen on validation."""
+    a = trained_like(tiny_classifier("bert"))
+    a_ft = nudged(a)
+    b = permuted(a, "bert").bert  # a backbone: the head comes from A_ft
+    X = {"input_ids": torch.randint(1, 50, (48, 8), generator=torch.Generator().manual_seed(1))}
+    y = a_ft(**X).logits.argmax(-1).detach().numpy()
+    t = Transfer("bico", batch_size=16).fit(a, a_ft, b, X, y, X_val=X, y_val=y)
+    assert t.val_scores_[1.0] == 1.0 and t.val_scores_[0.0] < 1.0 and t.alpha_ == 1.0
+    np.testing.assert_allclose(t.decision_function(X), a_ft(**X).logits.detach(), atol=1e-4)
+    assert t.score(X, y) == 1.0 and t.moved_params_ == t.source_params_
+    t.save(tmp_path / "out")
+    info = json.loads((tmp_path / "out" / "tasklift_transfer.json").read_text())
+    assert info["method"] == "bico" and info["alpha"] == 1.0
+    again = tf.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
+    np.testing.assert_allclose(again(**X).logits.detach(), a_ft(**X).logits.detach(), atol=1e-4)
+    assert TaskVector.load(tmp_path / "out" / "task_vector.safetensors").deltas.keys() == (
+        t.task_vector_.deltas.keys()
+    )
+    with pytest.raises(ValueError, match="unknown transfer method"):
+        Transfer("magic")
+    with pytest.raises(ValueError, match="calibration set is empty"):
+        Transfer().fit(a, a_ft, b, {"input_ids": torch.zeros(0, 8, dtype=torch.long)})
+    with pytest.raises(ValueError, match="expected a head"):
+        Transfer().fit(a, a_ft.bert, b, X, y)  # A_ft must be a classifier

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import __version__
 from .experiments import FRACTIONS, PER_CLASS
+from .transfer import METHODS, TOKENS
 
 log = logging.getLogger("tasklift")
 
@@ -286,6 +287,66 @@ def cmd_report(args) -> None:
     print(f"wrote {out}/report.md and {out}/report.html ({len(args.runs)} runs)")
 
 
+def cmd_transfer(args) -> None:
+    from .data import split
+    from .experiments import transfer_table
+    from .io import write_text
+    from .report import markdown_table, plot_transfer, write_json
+
+    train, test = _splits(args)
+    size = args.val + args.calib
+    if size >= len(train):
+        raise ValueError(
+            f"--calib {args.calib} + --val {args.val} leave nothing of a train split of "
+            f"{len(train)}; lower them"
+        )
+    rest, held = split(train, test_size=size, seed=args.seed)
+    calib, val = split(held, test_size=args.val, seed=args.seed)
+    t0, out = time.time(), Path(args.output)
+    rows = transfer_table(
+        args.source,
+        args.finetuned,
+        args.target,
+        calib,
+        val,
+        test,
+        train=train if args.probe else None,
+        methods=args.methods.split(","),
+        target_finetuned=args.target_finetuned,
+        token=args.token,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+    )
+    settings = _config(
+        args,
+        seconds=round(time.time() - t0, 1),
+        n_calib=len(calib),
+        n_val=len(val),
+        n_test=len(test),
+    )
+    write_json(out / "results.json", {"settings": settings, "rows": rows})
+    title = args.title or f"{Path(args.finetuned).name} -> {Path(args.target).name}"
+    plot_transfer(rows, out / "transfer.png", title=title)
+    table = markdown_table(
+        rows, ["method", "accuracy", "alpha", "val_accuracy", "moved", "seconds"]
+    )
+    notes = "\n".join(
+        f"- {r['method']}: not applicable ({r['note']})" for r in rows if r.get("note")
+    )
+    write_text(
+        out / "report.md",
+        f"# Task-vector transfer: {title}\n\nA = {args.source}, A_ft = {args.finetuned}, "
+        f"B = {args.target}; {len(calib)} calibration and {len(val)} validation inputs (for "
+        f"α) from the train split, {len(test)} test inputs.\n\n![transfer](transfer.png)\n\n"
+        f"{table}\n\n{notes}\n\n## Settings\n\n```json\n"
+        f"{json.dumps(settings, indent=2, default=str)}\n```\n",
+    )
+    print(table + f"\n\nwrote {out}/report.md, results.json, transfer.png")
+
+
 def _finetune_cached(base, train, out: Path, args) -> None:
     """Fully fine-tune `base` on `train` into `out`, unless `out` holds the same recipe already."""
     import numpy as np
@@ -461,6 +522,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refit", action="store_true", help="fine-tune again even if cached")
     _common(p)
     p.set_defaults(func=cmd_finetune, max_length=64)
+
+    p = sub.add_parser(
+        "transfer", help="move A's fine-tuning onto model B without training (BiCo, baselines)"
+    )
+    p.add_argument("source", help="A: the base model that was fine-tuned")
+    p.add_argument("finetuned", help="A_ft: A fine-tuned (a classifier)")
+    p.add_argument("target", help="B: the base model to receive the task")
+    _data_args(p)
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated, of {METHODS}")
+    p.add_argument("--calib", type=int, default=128, help="calibration inputs (from train)")
+    p.add_argument("--val", type=int, default=200, help="validation inputs for α (from train)")
+    p.add_argument("--token", default="all", choices=TOKENS, help="calibration token alignment")
+    p.add_argument("--target-finetuned", default=None, help="B fine-tuned, the upper bound")
+    p.add_argument("--probe", action="store_true", help="also fit a linear probe on B (train)")
+    p.add_argument("--title", default=None)
+    _common(p)
+    p.set_defaults(func=cmd_transfer, batch_size=16)
 
     p = sub.add_parser("scaling", help="accuracy vs training size: task matrix vs linear probe")
     p.add_argument("base")

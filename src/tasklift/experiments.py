@@ -1,8 +1,10 @@
-"""The Task Matrices paper's experiments on embeddings extracted once per split: data scaling
-(with the double descent near N ≈ d), the data-scarce table, and multi-task matrices."""
+"""The papers' experiments. Task matrices, on embeddings extracted once per split: data scaling
+(with the double descent near N ≈ d), the data-scarce table, and multi-task matrices. BiCo: the
+transfer table (the target with the carried head alone, a probe, each method, fine-tuned)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 
 import numpy as np
@@ -10,11 +12,12 @@ import numpy as np
 from .data import Dataset, subsample
 from .evaluate import Split, accuracy, embed_split, solver_name
 from .models import load_model, num_layers
-from .probe import LinearProbe
+from .probe import FineTuned, LinearProbe
 from .stats import GramStats
 from .taskmatrix import TaskMatrix
+from .transfer import METHODS, Transfer
 
-__all__ = ["scaling", "data_scarce", "multitask", "PER_CLASS", "FRACTIONS"]
+__all__ = ["scaling", "data_scarce", "multitask", "transfer_table", "PER_CLASS", "FRACTIONS"]
 
 PER_CLASS = (1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 512, 768, 1024)
 FRACTIONS = (0.01, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0)  # the paper's 20% chunks, plus 1% and 5%
@@ -181,4 +184,65 @@ def multitask(
         rows.append(
             {"task": "average", "method": method, "layer": None, "accuracy": float(np.mean(accs))}
         )
+    return rows
+
+
+def transfer_table(
+    source,
+    finetuned,
+    target,
+    calib: Dataset,
+    val: Dataset,
+    test: Dataset,
+    *,
+    train: Dataset | None = None,
+    methods: Sequence[str] = METHODS,
+    target_finetuned=None,
+    token: str = "all",
+    batch_size: int = 16,
+    max_length: int = 128,
+    device: str = "auto",
+    dtype: str = "auto",
+    progress: bool = False,
+) -> list[dict]:
+    """Test accuracy of the target B after each transfer method, beside its references.
+
+    Rows: "B + carried head" (α = 0: A_ft's head on B's features, no task vector), a linear probe
+    on B trained on `train` (if given), each method (α chosen on `val`, calibrated on `calib`),
+    and the fine-tuned A and B (if `target_finetuned` is given). A method that cannot run on
+    this pair (naive on other widths) gets accuracy None and the reason.
+    """
+    rt = dict(batch_size=batch_size, max_length=max_length, device=device, dtype=dtype)
+    rows = []
+    for method in methods:
+        t0 = time.time()
+        try:
+            t = Transfer(method, token=token, progress=progress, **rt).fit(
+                source, finetuned, target, calib.X, calib.y, X_val=val.X, y_val=val.y
+            )
+        except ValueError as e:
+            rows.append({"method": method, "accuracy": None, "note": str(e)})
+            continue
+        seconds = time.time() - t0
+        if not rows:
+            head = accuracy(t.decision_function(test.X, alpha=0.0), test.y)
+            rows.append({"method": "B + carried head", "accuracy": head, "alpha": 0.0})
+        rows.append(
+            {
+                "method": method,
+                "accuracy": t.score(test.X, test.y),
+                "alpha": t.alpha_,
+                "val_accuracy": t.val_scores_[t.alpha_],
+                "moved": f"{t.moved_params_}/{t.source_params_}",
+                "seconds": round(seconds, 1),
+            }
+        )
+    if train is not None:
+        probe = LinearProbe(target, progress=progress, **rt).fit(train.X, train.y)
+        rows.append({"method": "linear probe on B", "accuracy": probe.score(test.X, test.y)})
+    refs = {"A fine-tuned": finetuned, "B fine-tuned": target_finetuned}
+    for name, model in refs.items():
+        if model is not None:
+            acc = FineTuned(model, **rt).fit().score(test.X, test.y)
+            rows.append({"method": name, "accuracy": acc})
     return rows

@@ -31,11 +31,12 @@ def capture(
     *,
     stop_after: Hashable | None = None,
 ) -> Iterator[None]:
-    """Call `store(key, tensor)` with each point's module input ("input") or output ("output").
+    """Call `store(key, tensor)` with each point's module input or output, or their gradients.
 
     Args:
-        points: key -> (module, "input" | "output" | "grad_output").
-        store: receives the hidden-state tensor (B, T, d) of each point during a forward.
+        points: key -> (module, "input" | "output" | "grad_input" | "grad_output").
+        store: receives the hidden-state tensor (B, T, d) of each point during a forward, or its
+            gradient dL/d(tensor) during the backward (only where that tensor requires grad).
         stop_after: key whose capture ends the forward pass (via `run`).
 
     Hooks are removed in `finally`, also when the forward raises.
@@ -45,11 +46,15 @@ def capture(
     def make(key, where):
         def hook(module, args, third):
             # pre-hooks get (module, args, kwargs); forward hooks (module, args, output)
-            if where == "output":
-                value = third
+            if where in ("output", "grad_output"):
+                value = _tensor(third)
             else:  # the hidden state is the first positional or keyword argument
-                value = args[0] if args else next(iter(third.values()))
-            store(key, _tensor(value))
+                value = _tensor(args[0] if args else next(iter(third.values())))
+            if where.startswith("grad_"):  # dL/d(value), delivered during backward
+                if value.requires_grad:
+                    value.register_hook(lambda grad: store(key, grad))
+            else:
+                store(key, value)
             if key == stop_after:
                 raise _Stop
 
@@ -57,19 +62,13 @@ def capture(
 
     try:
         for key, (module, where) in points.items():
-            if where == "input":
+            if where in ("input", "grad_input"):
                 handles.append(module.register_forward_pre_hook(make(key, where), with_kwargs=True))
-            elif where == "output":
+            elif where in ("output", "grad_output"):
                 handles.append(module.register_forward_hook(make(key, where)))
-            elif where == "grad_output":  # dL/d(output), during backward
-                handles.append(
-                    module.register_full_backward_hook(
-                        lambda m, grad_in, grad_out, key=key: store(key, grad_out[0])
-                    )
-                )
             else:
                 raise ValueError(
-                    f"capture point {key!r}: where must be 'input', 'output' or "
+                    f"capture point {key!r}: where must be 'input', 'output', 'grad_input' or "
                     f"'grad_output', not {where!r}"
                 )
         yield

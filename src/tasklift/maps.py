@@ -3,7 +3,8 @@
 Every map is fitted from a `GramStats` (so streaming, sharding and k-fold selection come free);
 `fit(X, Y)` is sugar for `fit_stats(GramStats().update(X, Y))`. Learned state follows
 scikit-learn: `coef_` (d_out, d_in), `intercept_` (d_out,), so `transform(X) = X coef_ᵀ + b`.
-Task matrices use the least-squares/ridge members; BiCo uses the Procrustes member.
+Task matrices use the least-squares/ridge members; BiCo uses the Procrustes member and the
+permutation re-basin baseline its 0/1 special case.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "RidgeMap",
     "ProcrustesMap",
     "procrustes",
+    "permutation",
     "ridge_path",
     "cv_errors",
     "DEFAULT_ALPHAS",
@@ -77,6 +79,42 @@ def procrustes(xy: np.ndarray) -> np.ndarray:
     """
     u, _, vt = np.linalg.svd(xy, full_matrices=False)
     return u @ vt
+
+
+def _assign(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hungarian assignment maximising the summed score (rectangular: the smaller side is used)."""
+    from scipy.optimize import linear_sum_assignment
+
+    return linear_sum_assignment(score, maximize=True)
+
+
+def permutation(xy: np.ndarray, groups: tuple[int, int] | None = None) -> np.ndarray:
+    """The 0/1 (partial) permutation P maximising tr(Pᵀ XᵀY): Procrustes restricted to permutations.
+
+    With `groups=(g_in, g_out)` (e.g. attention heads of A and B) the coordinates are split into
+    that many contiguous groups, groups are matched first (each pair scored by its best unit
+    matching), then units inside every matched pair: heads, then units.
+    Shapes: xy (d_in, d_out) -> P (d_in, d_out), one 1 per row or column (whichever is fewer).
+    """
+    P = np.zeros_like(xy, dtype=np.float64)
+    if groups is None:
+        rows, cols = _assign(xy)
+        P[rows, cols] = 1.0
+        return P
+    (ga, gb), (da, db) = groups, xy.shape
+    if da % ga or db % gb:
+        raise ValueError(f"cannot split a {xy.shape} map into {groups} groups of equal size")
+    sa, sb = da // ga, db // gb
+    block = lambda i, j: xy[i * sa : (i + 1) * sa, j * sb : (j + 1) * sb]  # noqa: E731
+    best = np.zeros((ga, gb))
+    for i in range(ga):
+        for j in range(gb):
+            r, c = _assign(block(i, j))
+            best[i, j] = block(i, j)[r, c].sum()
+    for i, j in zip(*_assign(best), strict=True):
+        r, c = _assign(block(i, j))
+        P[i * sa + r, j * sb + c] = 1.0
+    return P
 
 
 def cv_errors(

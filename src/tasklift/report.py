@@ -85,6 +85,36 @@ def plot_layer_sweep(rows: Sequence[dict], path: str | os.PathLike, *, title: st
     plt.close(fig)
 
 
+def plot_transfer(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """Target accuracy per transfer method as bars, fine-tuned references as lines (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bars = [r for r in rows if r.get("accuracy") is not None and "fine-tuned" not in r["method"]]
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    ax.bar(
+        [r["method"] for r in bars],
+        [r["accuracy"] for r in bars],
+        color=["tab:green" if r["method"] == "bico" else "tab:blue" for r in bars],
+    )
+    for i, r in enumerate(bars):
+        ax.text(i, r["accuracy"], f"{r['accuracy']:.3f}", ha="center", va="bottom", fontsize=8)
+    for r, ls in zip([r for r in rows if "fine-tuned" in r["method"]], ("--", ":"), strict=False):
+        ax.axhline(
+            r["accuracy"], color="black", ls=ls, label=f"{r['method']} ({r['accuracy']:.3f})"
+        )
+    ax.set_ylabel("test accuracy of the target model")
+    ax.set_title(title)
+    ax.tick_params(axis="x", labelrotation=30)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
 def plot_scaling(
     rows: Sequence[dict], path: str | os.PathLike, *, d: int | None = None, title: str = ""
 ) -> None:
