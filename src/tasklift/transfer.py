@@ -290,10 +290,11 @@ def solve_maps(
             if method in ("naive", "gradfix") or not cs:
                 if da != db:
                     if method in ("naive", "gradfix"):
-                        break
+                        break  # identity maps need equal widths: leave this module out
                     raise ValueError(f"no calibration signal for the {side}put side of {b}")
                 rs.append(torch.eye(da))
                 continue
+            # fused q|k|v: three blocks; re-basin matches heads, then units, where heads live
             fused = side == "out" and FUSED.search(b) is not None
             named = _HEADS_OUT if side == "out" else _HEADS_IN
             grouped = method == "permutation" and None not in heads
@@ -552,6 +553,7 @@ class Transfer(ClassifierMixin):
                 **{k: v.to(dev) for k, v in batch.items()}, labels=labels[idx].to(dev)
             ).loss
 
+        # A_ft's head onto B first, so B's calibration gradients flow through the task's head
         cov = calibrate(
             a_cal,
             b_cls,
@@ -561,9 +563,8 @@ class Transfer(ClassifierMixin):
             signals=("input",),
             token="cls",
         )
-        transport_head(
-            a_ft, b_cls, torch.from_numpy(procrustes(cov[(head[0], "input")].numpy())).float(), head
-        )
+        r_head = torch.from_numpy(procrustes(cov[(head[0], "input")].numpy())).float()
+        transport_head(a_ft, b_cls, r_head, head)
         tv = TaskVector.from_state_dicts(a_cal.state_dict(), a_ft.state_dict())
         tv = TaskVector({k: v for k, v in tv.deltas.items() if k.rsplit(".", 1)[0] not in head})
         pairs = {
@@ -592,11 +593,9 @@ class Transfer(ClassifierMixin):
             for alpha in self.alphas:
                 model = tv_b.apply_to(b_cls, alpha=alpha)
                 self.val_scores_[float(alpha)] = accuracy(self._logits(model, X_val, proc_b), yv)
-        self.alpha_ = (
-            max(self.val_scores_, key=lambda al: (self.val_scores_[al], -abs(al - 1.0)))
-            if self.val_scores_
-            else 1.0
-        )
+        # the best validation accuracy; ties go to the α nearest 1 (the plain transfer)
+        scores = self.val_scores_ or {1.0: 0.0}
+        self.alpha_ = max(scores, key=lambda al: (scores[al], -abs(al - 1.0)))
         self.model_ = tv_b.apply_to(b_cls, alpha=self.alpha_)
         return self
 
