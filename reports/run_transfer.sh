@@ -9,10 +9,11 @@ Q=--quiet
 V="--image-size 32 --test-size 0.2"
 R=runs/bico
 
-python scripts/pretrain_vit_digits.py -o $R/vit_a                                      # 6 x 128
-python scripts/pretrain_vit_digits.py -o $R/vit_b_seed --seed 1                        # same shape
-python scripts/pretrain_vit_digits.py -o $R/vit_b_wide --hidden 192 --heads 6 --seed 2 # wider
-python scripts/pretrain_vit_digits.py -o $R/vit_b_deep --layers 9 --seed 3             # deeper
+pretrain() { [ -d "$R/$1" ] || python scripts/pretrain_vit_digits.py -o "$R/$1" "${@:2}"; }
+pretrain vit_a                                       # 6 blocks x 128
+pretrain vit_b_seed --seed 1                         # the same shape, another seed
+pretrain vit_b_wide --hidden 192 --heads 6 --seed 2  # wider
+pretrain vit_b_deep --layers 9 --seed 3              # deeper
 
 # The task: all 10 digits (5 never seen labelled in pre-training). A is fine-tuned; each B too,
 # as the upper bound a transfer tries to reach without training.

@@ -300,7 +300,7 @@ def cmd_transfer(args) -> None:
             f"--calib {args.calib} + --val {args.val} leave nothing of a train split of "
             f"{len(train)}; lower them"
         )
-    rest, held = split(train, test_size=size, seed=args.seed)
+    _, held = split(train, test_size=size, seed=args.seed)
     calib, val = split(held, test_size=args.val, seed=args.seed)
     t0, out = time.time(), Path(args.output)
     rows = transfer_table(
@@ -310,15 +310,11 @@ def cmd_transfer(args) -> None:
         calib,
         val,
         test,
-        train=train if args.probe else None,
+        train=held if args.probe else None,  # the same labelled inputs the transfer sees
         methods=args.methods.split(","),
         target_finetuned=args.target_finetuned,
         token=args.token,
-        batch_size=args.batch_size,
-        max_length=args.max_length,
-        device=args.device,
-        dtype=args.dtype,
-        progress=not args.quiet,
+        **{k: v for k, v in _runtime(args).items() if k not in ("pool", "norm", "cv")},
     )
     settings = _config(
         args,
@@ -340,7 +336,8 @@ def cmd_transfer(args) -> None:
         out / "report.md",
         f"# Task-vector transfer: {title}\n\nA = {args.source}, A_ft = {args.finetuned}, "
         f"B = {args.target}; {len(calib)} calibration and {len(val)} validation inputs (for "
-        f"α) from the train split, {len(test)} test inputs.\n\n![transfer](transfer.png)\n\n"
+        f"α) from the train split, {len(test)} test inputs. The linear probe (with --probe) "
+        f"is trained on those same {len(held)} labelled inputs.\n\n![transfer](transfer.png)\n\n"
         f"{table}\n\n{notes}\n\n## Settings\n\n```json\n"
         f"{json.dumps(settings, indent=2, default=str)}\n```\n",
     )
@@ -536,7 +533,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val", type=int, default=200, help="validation inputs for α (from train)")
     p.add_argument("--token", default="all", choices=TOKENS, help="calibration token alignment")
     p.add_argument("--target-finetuned", default=None, help="B fine-tuned, the upper bound")
-    p.add_argument("--probe", action="store_true", help="also fit a linear probe on B (train)")
+    p.add_argument(
+        "--probe", action="store_true", help="also a linear probe on B (calib + val labels)"
+    )
     p.add_argument("--title", default=None)
     _common(p)
     p.set_defaults(func=cmd_transfer, batch_size=16)
@@ -599,6 +598,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tasklift never downloads
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):  # also hush transformers' per-load reports
+        import transformers
+
+        transformers.logging.set_verbosity_error()
     try:
         from .distributed import init_from_env
 
