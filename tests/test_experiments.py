@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import torch
 
 from tasklift.cli import main
 from tasklift.data import load_dataset, split
@@ -122,3 +123,55 @@ def test_scaling_multitask_sweep_and_report_cli(text_task, tmp_path):
     html = (tmp_path / "report" / "report.html").read_text()
     assert html.count("data:image/png;base64,") == 2 and "<table>" in html
     assert "sweep_layer_sweep.png" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_transfer_table_onto_wider_and_deeper_targets(text_task, tmp_path):
+    """Width and depth mismatches run end to end; naive arithmetic, which needs equal shapes, is
+    reported as not applicable to the wider target instead of failing the table."""
+    import transformers as tf
+
+    from tasklift.experiments import transfer_table
+
+    root = text_task
+    ds = load_dataset(root / "data.csv", text_key="sentence")
+    calib, rest = split(ds, test_size=0.7, seed=0)
+    val, test = split(rest, test_size=0.5, seed=0)
+    cfg = tf.BertConfig.from_pretrained(root / "base").to_dict()
+    for change in ({"hidden_size": 48, "intermediate_size": 96}, {"num_hidden_layers": 3}):
+        torch.manual_seed(0)
+        target = tmp_path / str(len(change))
+        tf.BertModel(tf.BertConfig(**{**cfg, **change})).save_pretrained(target)
+        tf.AutoTokenizer.from_pretrained(root / "base").save_pretrained(target)
+        rows = transfer_table(
+            root / "base",
+            root / "ft",
+            target,
+            calib,
+            val,
+            test,
+            train=calib,
+            methods=("bico", "naive"),
+            target_finetuned=root / "ft",
+            batch_size=32,
+            max_length=16,
+        )
+        got = {r["method"]: r for r in rows}
+        assert list(got) == [
+            "B + carried head", "bico", "naive", "linear probe on B", "A fine-tuned", "B fine-tuned"
+        ]  # fmt: skip
+        assert 0 <= got["bico"]["accuracy"] <= 1 and got["bico"]["alpha"] in (
+            0,
+            0.25,
+            0.5,
+            0.75,
+            1,
+            1.25,
+            1.5,
+            2,
+        )
+        n_moved, n_source = map(int, got["bico"]["moved"].split("/"))
+        assert n_moved >= n_source  # every delta found a place in B (deeper: some twice)
+        if "hidden_size" in change:
+            assert got["naive"]["accuracy"] is None and "no delta" in got["naive"]["note"]
+        else:  # 3 target blocks take source blocks 0, 1, 1 (proportional depth)
+            assert got["naive"]["accuracy"] is not None
