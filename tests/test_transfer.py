@@ -295,5 +295,9 @@ def test_transfer_estimator_carries_the_head_and_task_onto_a_permuted_model(tmp_
         Transfer("magic")
     with pytest.raises(ValueError, match="calibration set is empty"):
         Transfer().fit(a, a_ft, b, {"input_ids": torch.zeros(0, 8, dtype=torch.long)})
+    from tasklift.transfer import transport_head
+
+    with pytest.raises(ValueError, match="head layout"):
+        transport_head(a_ft, tiny_classifier("roberta"), torch.eye(32), ["classifier"])
     with pytest.raises(ValueError, match="expected a head"):
         Transfer().fit(a, a_ft.bert, b, X, y)  # A_ft must be a classifier

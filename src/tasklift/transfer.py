@@ -399,6 +399,12 @@ def transport_head(
     commute; the class outputs are shared.
     """
     mods_a, mods_b = dict(finetuned.named_modules()), dict(target.named_modules())
+    missing = [n for n in names if not isinstance(mods_b.get(n), nn.Linear)]
+    if missing:
+        raise ValueError(
+            f"the target classifier has no head layer(s) {missing}; source and target must share "
+            "a head layout (the same model family, e.g. ViT -> ViT)"
+        )
     classes = mods_a[names[-1]].out_features, mods_b[names[-1]].out_features
     if classes[0] != classes[1]:
         raise ValueError(
