@@ -61,7 +61,9 @@ def main() -> None:
         out.with_suffix(".md"),
         f"# BiCo ablations: {args.finetuned} -> {args.target}\n\nDefaults: 128 labelled "
         "calibration inputs, all tokens paired, tie-break 1e-4; α chosen on the same 200 "
-        f"validation inputs; {len(test)} test inputs.\n\n{table}\n",
+        f"validation inputs; {len(test)} test inputs. Calibration and validation inputs come "
+        "from a larger held-out pool than in the main table, so its 128-input row differs from "
+        f"the table's.\n\n{table}\n",
     )
 
 
