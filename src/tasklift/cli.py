@@ -1,4 +1,4 @@
-"""Command line: `tasklift fit | eval | demo` (thin wrappers over the library)."""
+"""Command line: `tasklift fit|eval|sweep|finetune|transfer|scaling|multitask|report|demo`."""
 
 from __future__ import annotations
 
@@ -11,8 +11,7 @@ import time
 from pathlib import Path
 
 from . import __version__
-from .experiments import FRACTIONS, PER_CLASS
-from .transfer import METHODS, TOKENS
+from .defaults import FRACTIONS, METHODS, PER_CLASS, TOKENS
 
 log = logging.getLogger("tasklift")
 

@@ -10,17 +10,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from .data import Dataset, subsample
+from .defaults import FRACTIONS, METHODS, PER_CLASS
 from .evaluate import Split, accuracy, embed_split, solver_name
 from .models import load_model, num_layers
 from .probe import FineTuned, LinearProbe
 from .stats import GramStats
 from .taskmatrix import TaskMatrix
-from .transfer import METHODS, Transfer
+from .transfer import Transfer
 
 __all__ = ["scaling", "data_scarce", "multitask", "transfer_table", "PER_CLASS", "FRACTIONS"]
-
-PER_CLASS = (1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 512, 768, 1024)
-FRACTIONS = (0.01, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0)  # the paper's 20% chunks, plus 1% and 5%
 
 
 def _indices(

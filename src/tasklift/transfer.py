@@ -31,6 +31,7 @@ from transformers.pytorch_utils import Conv1D
 from ._estimator import ClassifierMixin, as_labels, check_fitted
 from ._torch import resolve_device, resolve_dtype
 from .data import num_items, take
+from .defaults import METHODS, TOKENS
 from .evaluate import accuracy
 from .hooks import capture
 from .io import atomic_dir, write_text
@@ -54,8 +55,6 @@ __all__ = [
     "ALPHAS",
 ]
 
-METHODS = ("bico", "activation", "gradient", "permutation", "naive", "gradfix")
-TOKENS = ("cls", "mean", "all")
 #: per method, the calibration signals aligning a module's input side and its output side
 SIGNALS = {
     "bico": (("input",), ("grad_output", "output")),
