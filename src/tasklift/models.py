@@ -101,7 +101,11 @@ def load_model(
         kw = (
             {}
             if num_labels is None
-            else {"num_labels": num_labels, "ignore_mismatched_sizes": True}
+            else {  # the class count via fresh names: a base may keep its pre-training labels
+                "id2label": {i: f"LABEL_{i}" for i in range(num_labels)},
+                "label2id": {f"LABEL_{i}": i for i in range(num_labels)},
+                "ignore_mismatched_sizes": True,
+            }
         )
         model, info = cls.from_pretrained(
             path, local_files_only=True, output_loading_info=True, **kw
