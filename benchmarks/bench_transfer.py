@@ -11,7 +11,7 @@ import time
 
 from _common import write
 
-from tasklift.data import load_dataset, split
+from tasklift.data import calibration_split, load_dataset, split
 from tasklift.finetune import finetune
 from tasklift.models import load_model
 from tasklift.probe import FineTuned
@@ -26,8 +26,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, default=5)
     args = ap.parse_args()
     train, test = split(load_dataset("digits", image_size=32), test_size=0.2, seed=0)
-    _, held = split(train, test_size=328, seed=0)  # as `tasklift transfer` carves it
-    calib, val = split(held, test_size=200, seed=0)
+    calib, val, held = calibration_split(train, calib=128, val=200)
 
     t0 = time.perf_counter()
     t = Transfer("bico").fit(

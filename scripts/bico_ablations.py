@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from tasklift import transfer
-from tasklift.data import load_dataset, split
+from tasklift.data import calibration_split, load_dataset, split
 from tasklift.io import write_text
 from tasklift.report import markdown_table, write_json
 from tasklift.transfer import Transfer
@@ -25,8 +25,7 @@ def main() -> None:
     ap.add_argument("-o", "--output", default="reports/transfer/ablations")
     args = ap.parse_args()
     train, test = split(load_dataset("digits", image_size=32), test_size=0.2, seed=0)
-    _, held = split(train, test_size=712, seed=0)  # 512 calibration candidates + 200 validation
-    pool, val = split(held, test_size=200, seed=0)
+    pool, val, _ = calibration_split(train, calib=512, val=200)  # 512 calibration candidates
     runs = [("calibration inputs", n, dict(n=n)) for n in (16, 32, 128, 512)]
     runs += [("labels", "A_ft's predictions", dict(labels=False))]
     runs += [("token alignment", tok, dict(token=tok)) for tok in ("cls", "mean")]

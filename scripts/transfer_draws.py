@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasklift.data import load_dataset, split
+from tasklift.data import calibration_split, load_dataset, split
 from tasklift.io import write_text
 from tasklift.report import markdown_table, write_json
 from tasklift.transfer import Transfer
@@ -30,8 +30,7 @@ def main() -> None:
         for method in args.methods.split(","):
             accs = []
             for draw in range(args.draws):
-                _, held = split(train, test_size=328, seed=draw)
-                calib, val = split(held, test_size=200, seed=draw)
+                calib, val, _ = calibration_split(train, calib=128, val=200, seed=draw)
                 r = args.runs
                 t = Transfer(method).fit(
                     f"{r}/vit_a", f"{r}/vit_a_ft", f"{r}/vit_b_{pair}", calib.X, calib.y,

@@ -287,20 +287,13 @@ def cmd_report(args) -> None:
 
 
 def cmd_transfer(args) -> None:
-    from .data import split
+    from .data import calibration_split
     from .experiments import transfer_table
     from .io import write_text
     from .report import markdown_table, plot_transfer, write_json
 
     train, test = _splits(args)
-    size = args.val + args.calib
-    if size >= len(train):
-        raise ValueError(
-            f"--calib {args.calib} + --val {args.val} leave nothing of a train split of "
-            f"{len(train)}; lower them"
-        )
-    _, held = split(train, test_size=size, seed=args.seed)
-    calib, val = split(held, test_size=args.val, seed=args.seed)
+    calib, val, held = calibration_split(train, calib=args.calib, val=args.val, seed=args.seed)
     t0, out = time.time(), Path(args.output)
     rows = transfer_table(
         args.source,

@@ -20,7 +20,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["Dataset", "load_dataset", "take", "num_items", "split", "subsample", "BUILTIN"]
+__all__ = [
+    "Dataset",
+    "load_dataset",
+    "take",
+    "num_items",
+    "split",
+    "calibration_split",
+    "subsample",
+    "BUILTIN",
+]
 
 BUILTIN = ("rotten_tomatoes", "rt_subjectivity", "debates_party", "digits")
 
@@ -226,6 +235,25 @@ def split(ds: Dataset, *, test_size: float | int = 0.2, seed: int = 0) -> tuple[
     idx = np.arange(len(ds))
     train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=ds.y)
     return ds.subset(np.sort(train)), ds.subset(np.sort(test))
+
+
+def calibration_split(
+    train: Dataset, *, calib: int, val: int, seed: int = 0
+) -> tuple[Dataset, Dataset, Dataset]:
+    """`calib` calibration and `val` validation rows held out of `train` (seeded, stratified), and
+    the two together: how every transfer run carves its labelled inputs.
+
+    Raises:
+        ValueError: they would take all of `train`.
+    """
+    if calib + val >= len(train):
+        raise ValueError(
+            f"{calib} calibration + {val} validation inputs leave nothing of a train split of "
+            f"{len(train)}; lower them"
+        )
+    _, held = split(train, test_size=calib + val, seed=seed)
+    calib_ds, val_ds = split(held, test_size=val, seed=seed)
+    return calib_ds, val_ds, held
 
 
 def subsample(

@@ -226,10 +226,10 @@ def calibrate(
         for b in pairs
     }
     backward = any(s.startswith("grad") for s in signals)
+    pts_a = {(pairs[b], sig) for b in pairs for sig in sigs[b]}
+    pts_b = {(b, sig) for b in pairs for sig in sigs[b]}
     out: dict[tuple[str, str], torch.Tensor] = {}
     for batch in batches:
-        pts_a = {(pairs[b], sig) for b in pairs for sig in sigs[b]}
-        pts_b = {(b, sig) for b in pairs for sig in sigs[b]}
         got_a = _capture_pass(source, pts_a, batch, loss_fn, backward)
         got_b = _capture_pass(target, pts_b, batch, loss_fn, backward)
         for b, a in pairs.items():
