@@ -118,3 +118,32 @@ def test_transfer_onto_a_permuted_base_matches_the_fine_tuned_source(text_task, 
     assert rows["bico"]["accuracy"] > rows["B + carried head"]["accuracy"]
     assert (out / "transfer.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["transfer", *argv, *opts, "--calib", "5000"]) == 2  # clear error, no traceback
+
+
+def test_labels_are_matched_to_the_model_by_name(text_task, tmp_path, capsys):
+    """A file holding only classes 'c' and 'b' (in that order of first appearance) must score
+    the fine-tuned model by name, not by the position of the sorted file labels."""
+    import csv
+
+    root = text_task
+    rows = list(csv.DictReader((root / "data.csv").open()))
+    sub = tmp_path / "cb.csv"
+    with sub.open("w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["sentence", "label"])
+        w.writeheader()
+        w.writerows(r for r in rows if r["label"] in "cb")
+    args = [str(root / "base"), str(root / "ft"), str(sub), "--text-key", "sentence", "--quiet"]
+    assert main(["eval", *args, "-o", str(tmp_path / "eval")]) == 0
+    acc = {
+        r["method"]: r["accuracy"]
+        for r in json.loads((tmp_path / "eval" / "results.json").read_text())["rows"]
+        if "selected" not in r
+    }
+    assert acc["fine-tuned"] > 0.9  # by position ('b' -> 0, 'c' -> 1) it would be about 0
+    capsys.readouterr()
+    bad = tmp_path / "bad.csv"
+    bad.write_text("sentence,label\nalpha w1,a\nbeta w2,zebra\n")
+    args[2] = str(bad)
+    assert main(["eval", *args, "-o", str(tmp_path / "bad")]) == 2
+    err = capsys.readouterr().err
+    assert "'zebra'" in err and "not classes of" in err and not (tmp_path / "bad").exists()

@@ -48,3 +48,28 @@ def test_file_errors(tmp_path):
         load_dataset(tmp_path / "nope.csv")
     ds = load_dataset(tmp_path / "d.csv", text_key="txt")
     assert ds.X == ["hello"] and ds.classes == ["a"]
+
+
+def test_align_labels_by_name_numeric_ids_and_unknown_labels():
+    import numpy as np
+    import pytest
+
+    from tasklift.data import Dataset, align_labels
+
+    ds = Dataset(["x", "y", "z"], np.array([0, 1, 0]), ["neg", "pos"], "toy")
+    out = align_labels(ds, {0: "pos", 1: "neutral", 2: "neg"})
+    assert out.y.tolist() == [2, 0, 2] and out.classes == ["pos", "neutral", "neg"]
+    numeric = Dataset(["x", "y"], np.array([0, 1]), ["2", "10"], "num")
+    assert align_labels(numeric, {i: f"LABEL_{i}" for i in range(11)}).y.tolist() == [2, 10]
+    with pytest.raises(ValueError, match=r"\['neg', 'pos'\] are not classes of m.*ids 0..2"):
+        align_labels(ds, {i: f"LABEL_{i}" for i in range(3)}, model="m")
+    with pytest.raises(ValueError, match=r"\['neg'\] are not classes"):
+        align_labels(ds, {0: "pos", 1: "other"})
+
+
+def test_numeric_file_labels_sort_as_numbers(tmp_path):
+    from tasklift.data import load_dataset
+
+    (tmp_path / "d.csv").write_text("text,label\na,10\nb,2\nc,2\n")
+    ds = load_dataset(tmp_path / "d.csv")
+    assert ds.classes == ["2", "10"] and ds.y.tolist() == [1, 0, 0]

@@ -72,10 +72,12 @@ def _layer(text: str):
     return text if text == "auto" else int(text)
 
 
-def _splits(args, data: str | None = None):
+def _splits(args, data: str | None = None, classifier=None):
     """Seeded stratified train/test split of `data` (default args.data), train capped by
-    --train-limit; every command splits the same way, so test rows stay held out."""
-    from .data import load_dataset, split, subsample
+    --train-limit; every command splits the same way, so test rows stay held out. With a
+    `classifier`, labels are matched by name to its classes."""
+    from .data import align_labels, load_dataset, split, subsample
+    from .models import label_names
 
     ds = load_dataset(
         data or args.data,
@@ -83,6 +85,8 @@ def _splits(args, data: str | None = None):
         label_key=args.label_key,
         image_size=args.image_size,
     )
+    if classifier is not None:
+        ds = align_labels(ds, label_names(classifier), model=str(classifier))
     size = args.test_size if args.test_size < 1 else int(args.test_size)
     train, test = split(ds, test_size=size, seed=args.seed)
     if args.train_limit is not None and args.train_limit < len(train):
@@ -125,7 +129,7 @@ def cmd_fit(args) -> None:
     from .io import write_text
     from .taskmatrix import TaskMatrix
 
-    train, test = _splits(args)
+    train, test = _splits(args, classifier=args.finetuned)
     tm = TaskMatrix(
         args.base,
         args.finetuned,
@@ -162,7 +166,7 @@ def cmd_fit(args) -> None:
 def cmd_eval(args) -> None:
     from .evaluate import compare
 
-    train, test = _splits(args)
+    train, test = _splits(args, classifier=args.finetuned)
     t0 = time.time()
     rows = compare(
         args.base,
@@ -196,7 +200,7 @@ def cmd_scaling(args) -> None:
     from .models import hidden_size, load_model
     from .report import markdown_table, plot_scaling, write_csv, write_json
 
-    train, test = _splits(args)
+    train, test = _splits(args, classifier=args.finetuned)
     t0, out = time.time(), Path(args.output)
     rows = scaling(
         args.base,
@@ -240,7 +244,7 @@ def cmd_multitask(args) -> None:
     from .io import write_text
     from .report import markdown_table, write_json
 
-    tasks = {name: (ft, *_splits(args, data)) for name, ft, data in args.task}
+    tasks = {name: (ft, *_splits(args, data, ft)) for name, ft, data in args.task}
     runtime = {k: v for k, v in _runtime(args).items() if k != "cv"}
     rows = multitask(args.base, tasks, alpha=_alpha(args.alpha), cv=args.cv, **runtime)
     out = Path(args.output)
@@ -270,13 +274,19 @@ def cmd_report(args) -> None:
         f"# {args.title}\n",
         f"tasklift {__version__}; sections below are the runs' own reports.\n",
     ]
+    used: set[str] = set()
     for run in map(Path, args.runs):
         md = (run / "report.md").read_text() if (run / "report.md").is_file() else None
         if md is None:
             raise FileNotFoundError(f"{run} has no report.md; pass folders written by tasklift")
+        prefix = next(  # runs in folders of the same name must not overwrite each other's plots
+            p for p in (run.name, *(f"{run.name}-{k}" for k in range(2, len(args.runs) + 2)))
+            if p not in used
+        )
+        used.add(prefix)
         for png in run.glob("*.png"):
-            shutil.copyfile(png, out / f"{run.name}_{png.name}")
-            md = md.replace(f"]({png.name})", f"]({run.name}_{png.name})")
+            shutil.copyfile(png, out / f"{prefix}_{png.name}")
+            md = md.replace(f"]({png.name})", f"]({prefix}_{png.name})")
         parts.append(
             "\n".join(("#" + line) if line.startswith("#") else line for line in md.splitlines())
         )
@@ -292,7 +302,16 @@ def cmd_transfer(args) -> None:
     from .io import write_text
     from .report import markdown_table, plot_transfer, write_json
 
-    train, test = _splits(args)
+    train, test = _splits(args, classifier=args.finetuned)
+    if args.target_finetuned is not None:
+        from .models import label_names
+
+        names = label_names(args.finetuned), label_names(args.target_finetuned)
+        if names[0] != names[1]:
+            raise ValueError(
+                f"{args.target_finetuned} has labels {names[1]} but {args.finetuned} has "
+                f"{names[0]}; the upper bound must be fine-tuned on the same classes"
+            )
     calib, val, held = calibration_split(train, calib=args.calib, val=args.val, seed=args.seed)
     t0, out = time.time(), Path(args.output)
     rows = transfer_table(

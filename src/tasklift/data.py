@@ -28,6 +28,7 @@ __all__ = [
     "split",
     "calibration_split",
     "subsample",
+    "align_labels",
     "BUILTIN",
 ]
 
@@ -187,7 +188,7 @@ def _from_file(path: Path, text_key: str, label_key: str) -> Dataset:
             f"{path} has no column(s) {missing}; columns are {sorted(rows[0])}. "
             "Pass --text-key/--label-key"
         )
-    names = sorted({str(r[label_key]) for r in rows})
+    names = _sorted_labels({str(r[label_key]) for r in rows})
     index = {c: i for i, c in enumerate(names)}
     return Dataset(
         [str(r[text_key]) for r in rows],
@@ -196,6 +197,48 @@ def _from_file(path: Path, text_key: str, label_key: str) -> Dataset:
         path.stem,
         str(path),
     )
+
+
+def _sorted_labels(names: set[str]) -> list[str]:
+    """Label names in order: numerically when every name is an integer ("2" before "10")."""
+    if all(re.fullmatch(r"-?\d+", n) for n in names):
+        return sorted(names, key=int)
+    return sorted(names)
+
+
+_DEFAULT_NAME = re.compile(r"LABEL_(\d+)")
+
+
+def align_labels(ds: Dataset, id2label: dict, *, model: str = "the model") -> Dataset:
+    """`ds` with its labels re-numbered as the model's class ids, matched by NAME.
+
+    A model whose labels are all transformers' defaults (LABEL_0, LABEL_1, ...) has no names:
+    then the dataset's labels must be the ids themselves (0, 1, ... or LABEL_i). A dataset may
+    hold a subset of the model's classes; a label the model does not know is an error.
+
+    Raises:
+        ValueError: a label of the dataset is not one of the model's, naming it and the fix.
+    """
+    names = {int(i): str(n) for i, n in id2label.items()}
+    unnamed = all(_DEFAULT_NAME.fullmatch(n) for n in names.values())
+    if unnamed:
+        lookup = {f"LABEL_{i}": i for i in names} | {str(i): i for i in names}
+    else:
+        lookup = {n: i for i, n in names.items()}
+    unknown = [c for c in ds.classes if c not in lookup]
+    if unknown:
+        known = (
+            f"ids 0..{len(names) - 1} (it has no label names: its config says LABEL_0, ...)"
+            if unnamed
+            else sorted(lookup)
+        )
+        raise ValueError(
+            f"{ds.name}: label(s) {unknown[:5]} are not classes of {model}, whose labels are "
+            f"{known}; relabel the data, or set id2label in the model's config.json"
+        )
+    remap = np.array([lookup[c] for c in ds.classes], dtype=np.int64)
+    classes = [names[i] for i in range(len(names))]
+    return Dataset(ds.X, remap[ds.y], classes, ds.name, ds.source, ds.meta)
 
 
 def load_dataset(

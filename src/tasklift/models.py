@@ -27,6 +27,7 @@ __all__ = [
     "Head",
     "encode",
     "is_vision",
+    "label_names",
 ]
 
 _NORM_NAMES = ("layernorm", "post_layernorm", "final_layer_norm", "ln_f", "norm")
@@ -56,6 +57,19 @@ def _resolve_path(src: str | os.PathLike) -> str:
     if os.sep in str(src) or str(src).startswith("."):
         raise FileNotFoundError(f"no checkpoint folder at {path}")
     return str(src)  # a hub id: only its local cache is used (local_files_only below)
+
+
+def label_names(src: str | os.PathLike | nn.Module) -> dict[int, str]:
+    """A classifier's {class id: label name}, read from its config alone (no weights loaded)."""
+    if isinstance(src, nn.Module):
+        return dict(src.config.id2label)
+    import transformers as tf
+
+    try:
+        config = tf.AutoConfig.from_pretrained(_resolve_path(src), local_files_only=True)
+    except OSError as e:
+        raise FileNotFoundError(f"cannot load {src!r} offline: {e}") from None
+    return dict(config.id2label)
 
 
 def load_model(
