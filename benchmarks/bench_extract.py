@@ -36,7 +36,7 @@ def hf_hidden_states(model, batches):
 
 
 def main() -> None:
-    from tasklift.cli import _demo_model
+    from tasklift.models import demo_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="encoder folder (default: the packaged MiniLM)")
@@ -46,7 +46,7 @@ def main() -> None:
     ap.add_argument("--dtype", default="auto")
     ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
-    model, tok = load_model(args.model or _demo_model(), device=args.device, dtype=args.dtype)
+    model, tok = load_model(args.model or demo_model(), device=args.device, dtype=args.dtype)
     dev = next(model.parameters()).device
     texts = load_dataset("rotten_tomatoes").X[: args.n]
     batches = [

@@ -20,7 +20,7 @@ from tasklift.taskmatrix import TaskMatrix
 
 
 def main() -> None:
-    from tasklift.cli import _demo_model
+    from tasklift.models import demo_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default=None, help="base folder (default: the packaged MiniLM)")
@@ -32,9 +32,9 @@ def main() -> None:
     if not Path(args.finetuned).is_dir():
         raise SystemExit(f"no fine-tuned model at {args.finetuned}: run `tasklift demo` first")
     kw = dict(device=args.device, dtype=args.dtype, batch_size=32, max_length=64)
-    base, _ = load_model(args.base or _demo_model(), device=args.device, dtype=args.dtype)
+    base, _ = load_model(args.base or demo_model(), device=args.device, dtype=args.dtype)
     ft, _ = load_model(args.finetuned, head=True, device=args.device, dtype=args.dtype)
-    base_dir = args.base or _demo_model()
+    base_dir = args.base or demo_model()
     X = load_dataset("rotten_tomatoes").X[: args.n]
     layers = num_layers(base) + 1
 

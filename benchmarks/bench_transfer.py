@@ -29,8 +29,8 @@ def main() -> None:
     calib, val, held = calibration_split(train, calib=128, val=200)
 
     t0 = time.perf_counter()
-    t = Transfer("bico").fit(
-        args.source, args.finetuned, args.target, calib.X, calib.y, X_val=val.X, y_val=val.y
+    t = Transfer(args.source, args.finetuned, args.target, method="bico").fit(
+        calib.X, calib.y, X_val=val.X, y_val=val.y
     )
     bico_s = time.perf_counter() - t0
 

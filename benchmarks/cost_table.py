@@ -32,17 +32,16 @@ def run(method: str, finetuned: str, n_train: int, n_test: int) -> dict:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from tasklift.cli import _demo_model
     from tasklift.data import load_dataset, split, subsample
     from tasklift.finetune import finetune
-    from tasklift.models import hidden_size, load_model, num_layers
+    from tasklift.models import demo_model, hidden_size, load_model, num_layers
     from tasklift.probe import FineTuned, LinearProbe
     from tasklift.taskmatrix import TaskMatrix
 
     ds = load_dataset("rotten_tomatoes")
     rest, test = split(ds, test_size=n_test, seed=0)
     train = subsample(rest, fraction=min(1.0, n_train / len(rest)), seed=0)
-    base_dir = _demo_model()
+    base_dir = demo_model()
     base, tok = load_model(base_dir, dtype="fp32")
     loaded = _rss_mb()
     counter = FlopCounterMode(display=False)

@@ -10,7 +10,6 @@ import argparse
 import time
 from pathlib import Path
 
-from tasklift import transfer
 from tasklift.data import calibration_split, load_dataset, split
 from tasklift.io import write_text
 from tasklift.report import markdown_table, write_json
@@ -33,11 +32,15 @@ def main() -> None:
     rows = []
     for factor, value, kw in runs:
         calib = pool.subset(range(kw.get("n", 128)))
-        transfer.TIE_BREAK, t0 = kw.get("tie", 1e-4), time.time()
-        t = Transfer("bico", token=kw.get("token", "all")).fit(
+        t0 = time.time()
+        t = Transfer(
             args.source,
             args.finetuned,
             args.target,
+            method="bico",
+            token=kw.get("token", "all"),
+            tie_break=kw.get("tie", 1e-4),
+        ).fit(
             calib.X,
             calib.y if kw.get("labels", True) else None,
             X_val=val.X,
@@ -48,18 +51,19 @@ def main() -> None:
                 "factor": factor,
                 "value": value,
                 "accuracy": t.score(test.X, test.y),
-                "alpha": t.alpha_,
+                "scale": t.scale_,
                 "seconds": round(time.time() - t0, 1),
             }
         )
         print(rows[-1], flush=True)
     out = Path(args.output)
     write_json(out.with_suffix(".json"), {"settings": vars(args), "rows": rows})
-    table = markdown_table(rows, ["factor", "value", "accuracy", "alpha", "seconds"])
+    table = markdown_table(rows, ["factor", "value", "accuracy", "scale", "seconds"])
     write_text(
         out.with_suffix(".md"),
         f"# BiCo ablations: {args.finetuned} -> {args.target}\n\nDefaults: 128 labelled "
-        "calibration inputs, all tokens paired, tie-break 1e-4; α chosen on the same 200 "
+        "calibration inputs, all tokens paired, tie-break 1e-4; the task-vector scale chosen "
+        "on the same 200 "
         f"validation inputs; {len(test)} test inputs. Calibration and validation inputs come "
         "from a larger held-out pool than in the main table, so its 128-input row differs from "
         f"the table's.\n\n{table}\n",

@@ -32,10 +32,9 @@ def main() -> None:
             for draw in range(args.draws):
                 calib, val, _ = calibration_split(train, calib=128, val=200, seed=draw)
                 r = args.runs
-                t = Transfer(method).fit(
-                    f"{r}/vit_a", f"{r}/vit_a_ft", f"{r}/vit_b_{pair}", calib.X, calib.y,
-                    X_val=val.X, y_val=val.y,
-                )  # fmt: skip
+                t = Transfer(f"{r}/vit_a", f"{r}/vit_a_ft", f"{r}/vit_b_{pair}", method=method).fit(
+                    calib.X, calib.y, X_val=val.X, y_val=val.y
+                )
                 accs.append(t.score(test.X, test.y))
             rows.append(
                 {

@@ -212,7 +212,10 @@ def text_task(tmp_path_factory):
     ft.bert.save_pretrained(root / "base")
     tok.save_pretrained(root / "base")
     finetune(ft, texts, labels, tok, epochs=10, lr=5e-3, batch_size=16)
-    ft.config.id2label, ft.config.label2id = dict(enumerate("abc")), {c: i for i, c in enumerate("abc")}
+    ft.config.id2label, ft.config.label2id = (
+        dict(enumerate("abc")),
+        {c: i for i, c in enumerate("abc")},
+    )
     ft.save_pretrained(root / "ft")
     tok.save_pretrained(root / "ft")
     return root

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tasklift.maps import RidgeMap
+from tasklift.maps import RidgeCVMap
 from tasklift.stats import GramStats
 from tasklift.taskmatrix import TaskMatrix
 
@@ -40,8 +40,8 @@ def test_all_reduce_equals_single_pass_even_with_an_empty_shard(tmp_path):
     for k in range(3):
         np.testing.assert_allclose(got.fold(k).xx, ref.fold(k).xx, rtol=1e-12)
     np.testing.assert_allclose(
-        RidgeMap(alpha=[0.0, 0.1]).fit_stats(got).coef_,
-        RidgeMap(alpha=[0.0, 0.1]).fit_stats(ref).coef_,
+        RidgeCVMap(alphas=[0.0, 0.1]).fit_stats(got).coef_,
+        RidgeCVMap(alphas=[0.0, 0.1]).fit_stats(ref).coef_,
         rtol=1e-10,
     )
 

@@ -4,11 +4,13 @@ import torch
 
 from tasklift.maps import (
     LeastSquaresMap,
-    LinearMap,
     NotFittedError,
+    PermutationMap,
     ProcrustesMap,
+    RidgeCVMap,
     RidgeMap,
     cv_errors,
+    load_map,
     permutation,
     procrustes,
     ridge_path,
@@ -83,7 +85,7 @@ def test_cv_matches_explicit_folds():
         for i, W in enumerate(ridge_path(X[tr].T @ X[tr], X[tr].T @ Y[tr], alphas)):
             ref[i] += ((X[va] @ W - Y[va]) ** 2).sum()
     np.testing.assert_allclose(errs, ref / Y.size, rtol=1e-8)
-    m = RidgeMap(alpha=alphas).fit_stats(s)
+    m = RidgeCVMap(alphas=alphas).fit_stats(s)
     assert m.alpha_ == alphas[int(np.argmin(errs))]
 
 
@@ -94,7 +96,7 @@ def test_ridge_cv_removes_double_descent():
     Yt = Xt @ W + np.random.default_rng(4).normal(size=Yt.shape)
     s = GramStats(folds=5).update(X, Y)
     plain = LeastSquaresMap().fit_stats(s).score(Xt, Yt)
-    cv = RidgeMap(alpha=[0.0, 0.01, 0.1, 1.0]).fit_stats(s).score(Xt, Yt)
+    cv = RidgeCVMap(alphas=[0.0, 0.01, 0.1, 1.0]).fit_stats(s).score(Xt, Yt)
     assert cv > plain + 0.1
 
 
@@ -113,21 +115,27 @@ def test_procrustes_semi_orthogonal_for_width_mismatch():
     np.testing.assert_allclose(tall.T @ tall, np.eye(8), atol=1e-10)
 
 
-def test_save_load_round_trip(tmp_path):
-    X, _, Y = planted(noise=0.1)
-    for m in (
-        LeastSquaresMap(fit_intercept=True),
-        RidgeMap(alpha=[0.0, 0.1]),
+@pytest.mark.parametrize(
+    "m",
+    [
+        LeastSquaresMap(fit_intercept=True, rcond=1e-12),
+        RidgeMap(alpha=0.1),
+        RidgeCVMap(alphas=(0.0, 0.1), cv=3),
         ProcrustesMap(scale=True),
-    ):
-        if isinstance(m, RidgeMap):
-            m.fit_stats(GramStats(folds=3).update(X, Y))
-        else:
-            m.fit(X, Y)
-        m.save(tmp_path / "m.safetensors")
-        back = LinearMap.load(tmp_path / "m.safetensors")
-        assert type(back) is type(m)
-        np.testing.assert_array_equal(back.transform(X), m.transform(X))
+        PermutationMap(),
+    ],
+    ids=lambda m: type(m).__name__,
+)
+def test_save_load_round_trip_keeps_class_parameters_and_learned_values(m, tmp_path):
+    """One format for the whole family: the same class, parameters and learned state come back."""
+    X, _, Y = planted(noise=0.1)
+    m.fit(X, Y)
+    m.save(tmp_path / "m.safetensors")
+    back = load_map(tmp_path / "m.safetensors")
+    assert type(back) is type(m) and back.get_params() == m.get_params()
+    np.testing.assert_array_equal(back.transform(X), m.transform(X))
+    if isinstance(m, RidgeCVMap):
+        assert back.alpha_ == m.alpha_ and np.array_equal(back.cv_errors_, m.cv_errors_)
     assert not list(tmp_path.glob(".*tmp"))  # atomic write leaves no temp file
 
 
@@ -141,15 +149,15 @@ def test_errors_are_clear(tmp_path):
     with pytest.raises(ValueError, match="rows"):
         GramStats().update(np.ones((3, 2)), np.ones((2, 2)))
     with pytest.raises(ValueError, match="folds"):
-        RidgeMap(alpha=[0.1, 1.0]).fit(np.ones((5, 2)), np.ones((5, 2)))
+        RidgeCVMap(alphas=[0.1, 1.0]).fit_stats(
+            GramStats().update(np.ones((5, 2)), np.ones((5, 2)))
+        )
     with pytest.raises(ValueError, match="features"):
         LeastSquaresMap().fit(np.eye(3), np.eye(3)).transform(np.ones((1, 4)))
     with pytest.raises(FileNotFoundError):
-        LinearMap.load(tmp_path / "missing.safetensors")
-    with pytest.raises(ValueError, match="ProcrustesMap"):
-        ProcrustesMap().fit(np.eye(3), np.eye(3)).save(tmp_path / "p.safetensors") or RidgeMap.load(
-            tmp_path / "p.safetensors"
-        )
+        load_map(tmp_path / "missing.safetensors")
+    with pytest.raises(ValueError, match="gram=False"):
+        LeastSquaresMap().fit_stats(GramStats(gram=False).update(np.eye(3), np.eye(3)))
 
 
 def test_torch_transform_keeps_dtype():

@@ -60,11 +60,20 @@ def test_module_forward_equals_batched_logits_and_finetuned_matches_hf(tiny_task
 
 
 def test_refit_from_stats_without_reextraction(tiny_task):
+    """Refitting with a ridge grid from saved statistics picks, per layer, the alpha with the
+    least CV error over the WHOLE grid (the grid starts with a poor, strong alpha on purpose)."""
+    from tasklift.maps import cv_errors
+
     base, ft, (Xtr, _), _ = tiny_task
     tm = TaskMatrix(base, ft, layer="auto").fit(Xtr)
-    ridge = TaskMatrix(base, ft, layer="auto", alpha=[0.0, 0.1, 1.0]).fit_stats(tm.stats_)
-    assert set(ridge.alphas_.values()) <= {0.0, 0.1, 1.0}
-    assert ridge.cv_errors_[ridge.layer_] <= tm.cv_errors_[ridge.layer_] + 1e-12
+    grid = [10.0, 0.0, 0.1]
+    ridge = TaskMatrix(base, ft, layer="auto", alpha=grid).fit_stats(tm.stats_)
+    for i, s in tm.stats_.items():
+        errs = cv_errors(s, grid)
+        assert ridge.alphas_[i] == grid[int(np.argmin(errs))]
+        assert ridge.cv_errors_[i] == pytest.approx(errs.min())
+    assert set(ridge.alphas_.values()) != {grid[0]}  # the first alpha alone would not do
+    assert ridge.layer_ == min(ridge.cv_errors_, key=ridge.cv_errors_.get)
 
 
 def test_linear_probe(tiny_task):

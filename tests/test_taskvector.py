@@ -30,6 +30,12 @@ def test_arithmetic():
     assert (tv + tv - 2 * tv).norm() == pytest.approx(0.0, abs=1e-7)
     assert (0.5 * tv).norm() == pytest.approx(tv.norm() / 2, rel=1e-6)
     assert (-tv).norm() == pytest.approx(tv.norm(), rel=1e-6)
+    assert (sum([tv, tv, tv]) - 3 * tv).norm() == pytest.approx(0.0, abs=1e-6)  # __radd__
+    half = tv.apply_to(base, scale=0.5)
+    for k, v in half.state_dict().items():
+        if k in tv.deltas:
+            expected = base.state_dict()[k] + 0.5 * tv.deltas[k]
+            torch.testing.assert_close(v, expected, atol=1e-6, rtol=0)
 
 
 def test_save_load_round_trip(tmp_path):

@@ -9,15 +9,15 @@ import transformers as tf
 from torch import nn
 
 from conftest import permuted, tiny_classifier
+from tasklift.stats import GramStats
 from tasklift.taskvector import TaskVector
 from tasklift.transfer import (
     FUSED,
     METHODS,
-    SIGNALS,
     Transfer,
     calibrate,
+    get_method,
     match_modules,
-    needed_signals,
     solve_maps,
     transport,
 )
@@ -140,7 +140,7 @@ def test_bico_and_rebasin_undo_a_permuted_copy(kind, method):
     pairs = match_modules(a, b)
     loss = lambda model, batch: model(**batch).loss  # noqa: E731
     # 160 inputs: the last block's MLP sees a gradient at one token per input, 128 units wide
-    cov = calibrate(a, b, pairs, text_batches(10), loss, signals=needed_signals(method))
+    cov = calibrate(a, b, pairs, text_batches(10), loss, signals=get_method(method).signals)
     tv_b = transport(
         TaskVector.from_state_dicts(a.state_dict(), a_ft.state_dict()),
         a,
@@ -165,11 +165,14 @@ def test_fused_qkv_is_aligned_projection_by_projection():
     a, b = nn.Module(), nn.Module()
     a.c_attn, b.c_attn = nn.Linear(4, 12), nn.Linear(4, 18)
     assert FUSED.search("transformer.h.0.attn.c_attn")
-    cov = {
-        ("c_attn", "input"): torch.eye(4, dtype=torch.float64),
-        ("c_attn", "grad_output"): torch.randn(12, 18, dtype=torch.float64),
+    g = np.random.default_rng(0)
+    stats = {
+        ("c_attn", "input"): GramStats(gram=False).update(np.eye(4), np.eye(4)),
+        ("c_attn", "grad_output"): GramStats(gram=False).update(
+            g.normal(size=(30, 12)), g.normal(size=(30, 18))
+        ),
     }
-    _, r_out = solve_maps(a, b, {"c_attn": "c_attn"}, cov, "bico")["c_attn"]
+    _, r_out = solve_maps(a, b, {"c_attn": "c_attn"}, stats, "bico")["c_attn"]
     for i in range(3):
         for j in range(3):
             block = r_out[4 * i : 4 * i + 4, 6 * j : 6 * j + 6]
@@ -242,8 +245,8 @@ def test_calibration_errors_name_the_bad_input():
         calibrate(a, b, pairs, text_batches(1), loss, token="max")
     with pytest.raises(ValueError, match="calibration signal"):
         calibrate(a, b, pairs, text_batches(1), loss, signals=("input", "weights"))
-    assert needed_signals("bico") == ["grad_output", "input", "output"]
-    assert needed_signals("naive") == [] and set(SIGNALS) < set(METHODS)
+    assert get_method("bico").signals == ["grad_output", "input", "output"]
+    assert get_method("naive").signals == [] and "gradfix" in METHODS
     with pytest.raises(ValueError, match="unknown transfer method"):
         solve_maps(a, b, pairs, None, "magic")
     short = {"input_ids": torch.randint(1, 50, (4, 7)), "labels": torch.zeros(4, dtype=torch.long)}
@@ -259,14 +262,14 @@ def test_calibration_errors_name_the_bad_input():
         lambda m, bt: m(**bt[m is deep]).loss,
         token="mean",
     )
-    assert cov[("bert.encoder.layer.2.output.dense", "grad_output")].shape == (32, 32)
+    assert cov[("bert.encoder.layer.2.output.dense", "grad_output")].xy.shape == (32, 32)
 
 
 def test_patch_grids_of_another_size_are_resampled():
-    from tasklift.transfer import _align
+    from tasklift.transfer import align_tokens
 
     a, b = torch.randn(2, 1 + 16, 5), torch.randn(2, 1 + 64, 7)  # 4x4 vs 8x8 patches + [CLS]
-    xa, xb = _align(a, b, "all", "x")
+    xa, xb = align_tokens(a, b, "all", "x")
     assert xa.shape == (34, 5) and xb.shape == (34, 7)
     torch.testing.assert_close(xb[0], b[0, 0])  # the class token stays paired with itself
 
@@ -279,25 +282,31 @@ def test_transfer_estimator_carries_the_head_and_task_onto_a_permuted_model(tmp_
     b = permuted(a, "bert").bert  # a backbone: the head comes from A_ft
     X = {"input_ids": torch.randint(1, 50, (48, 8), generator=torch.Generator().manual_seed(1))}
     y = a_ft(**X).logits.argmax(-1).detach().numpy()
-    t = Transfer("bico", batch_size=16).fit(a, a_ft, b, X, y, X_val=X, y_val=y)
-    assert t.val_scores_[1.0] == 1.0 and t.val_scores_[0.0] < 1.0 and t.alpha_ == 1.0
+    t = Transfer(a, a_ft, b, method="bico", batch_size=16).fit(X, y, X_val=X, y_val=y)
+    assert t.val_scores_[1.0] == 1.0 and t.val_scores_[0.0] < 1.0 and t.scale_ == 1.0
     np.testing.assert_allclose(t.decision_function(X), a_ft(**X).logits.detach(), atol=1e-4)
     assert t.score(X, y) == 1.0 and t.moved_params_ == t.source_params_
+    assert list(t.classes_) == [0, 1, 2] and (t.predict(X) == y).all()
     t.save(tmp_path / "out")
     info = json.loads((tmp_path / "out" / "tasklift_transfer.json").read_text())
-    assert info["method"] == "bico" and info["alpha"] == 1.0
+    assert info["params"]["method"] == "bico" and info["scale"] == 1.0
+    assert info["params"]["scales"] == list(t.scales) and info["params"]["tie_break"] == 1e-4
     again = tf.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     np.testing.assert_allclose(again(**X).logits.detach(), a_ft(**X).logits.detach(), atol=1e-4)
-    assert TaskVector.load(tmp_path / "out" / "task_vector.safetensors").deltas.keys() == (
-        t.task_vector_.deltas.keys()
+    back = Transfer.load(tmp_path / "out")  # one call: model, τ_B, settings, scores
+    np.testing.assert_array_equal(back.decision_function(X), t.decision_function(X))
+    np.testing.assert_allclose(
+        back.decision_function(X, scale=0.0), t.decision_function(X, scale=0.0), atol=1e-5
     )
+    assert back.val_scores_ == t.val_scores_ and back.get_params()["method"] == "bico"
+    assert back.task_vector_.deltas.keys() == t.task_vector_.deltas.keys()
     with pytest.raises(ValueError, match="unknown transfer method"):
-        Transfer("magic")
+        Transfer(a, a_ft, b, method="magic").fit(X, y)
     with pytest.raises(ValueError, match="calibration set is empty"):
-        Transfer().fit(a, a_ft, b, {"input_ids": torch.zeros(0, 8, dtype=torch.long)})
+        Transfer(a, a_ft, b).fit({"input_ids": torch.zeros(0, 8, dtype=torch.long)})
     from tasklift.transfer import transport_head
 
     with pytest.raises(ValueError, match="head layout"):
         transport_head(a_ft, tiny_classifier("roberta"), torch.eye(32), ["classifier"])
     with pytest.raises(ValueError, match="expected a head"):
-        Transfer().fit(a, a_ft.bert, b, X, y)  # A_ft must be a classifier
+        Transfer(a, a_ft.bert, b).fit(X, y)  # A_ft must be a classifier

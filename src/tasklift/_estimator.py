@@ -1,9 +1,12 @@
-"""The shared classifier contract: predict = argmax of decision_function, score = accuracy."""
+"""What every tasklift estimator shares: the fitted check, label checks and the model cache."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import torch
+from torch import nn
 
 from .maps import NotFittedError
 
@@ -22,17 +25,36 @@ def as_labels(y, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
-class ClassifierMixin:
-    """predict / score for anything with decision_function(X) -> (N, classes) logits array."""
+def model_key(*sources: object) -> tuple:
+    """A key that changes when any model parameter (folder, object) or runtime setting does, so a
+    cached load is reused only for the very same parameters."""
+    return tuple(
+        id(s) if isinstance(s, nn.Module) or (s is not None and not _plain(s)) else _norm(s)
+        for s in sources
+    )
 
-    def decision_function(self, X, **kwargs) -> np.ndarray:
-        raise NotImplementedError
 
-    def predict(self, X, **kwargs) -> np.ndarray:
-        """Predicted class index per input (kwargs go to decision_function, e.g. layer=)."""
-        return self.decision_function(X, **kwargs).argmax(-1)
+def _plain(s: object) -> bool:
+    return isinstance(s, (str, os.PathLike, int, float, bool))
 
-    def score(self, X, y, **kwargs) -> float:
-        """Accuracy on (X, y)."""
-        pred = self.predict(X, **kwargs)
-        return float((pred == as_labels(y, len(pred))).mean())
+
+def _norm(s: object) -> object:
+    return os.path.abspath(s) if isinstance(s, os.PathLike) else s
+
+
+def cached(est: object, key: tuple, load):
+    """`load()`'s result, reused while `key` stays the same (stored outside the learned state)."""
+    if getattr(est, "_cache_key", None) != key:
+        est._cache = load()
+        est._cache_key = key
+    return est._cache
+
+
+def recorded(value: object) -> object:
+    """A parameter as saved files record it: existing paths made absolute (so a file loads from
+    any directory), model objects as None (they cannot be saved by reference)."""
+    if isinstance(value, nn.Module):
+        return None
+    if isinstance(value, (str, os.PathLike)) and os.path.exists(value):
+        return os.path.abspath(value)
+    return str(value) if isinstance(value, os.PathLike) else value

@@ -1,11 +1,7 @@
-"""Grids and choices shared by the library and the command line; torch-free, so that building
-the `tasklift` argument parser (and `--help`) imports nothing heavy."""
+"""Grids shared by the library and the command line; torch-free, so that building the `tasklift`
+argument parser (and `--help`) imports nothing heavy."""
 
 #: per-class training sizes of the data-scaling experiment
 PER_CLASS = (1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 512, 768, 1024)
 #: training fractions: the paper's 20% chunks, plus 1% and 5%
 FRACTIONS = (0.01, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0)
-#: task-vector transfer methods: BiCo and its baselines
-METHODS = ("bico", "activation", "gradient", "permutation", "naive", "gradfix")
-#: calibration token alignments
-TOKENS = ("cls", "mean", "all")

@@ -1,198 +1,43 @@
-"""Side-by-side comparison: head-only, linear probe, task matrix per layer, fine-tuned.
-
-Each model runs once per split (the base with all layers in one pass); every method is then
-scored from those embeddings, so the comparison costs four extraction passes in all.
-"""
+"""Classification metrics from logits or predictions: accuracy, per-class precision / recall /
+F1 and the confusion matrix. Light on purpose: no model code is imported here."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .data import Dataset
-from .extract import embed
-from .models import hidden_size, num_layers
-from .probe import FineTuned, HeadOnly, LinearProbe
-from .taskmatrix import TaskMatrix
-
-__all__ = ["Split", "embed_split", "compare", "summarise", "solver_name", "accuracy"]
+__all__ = ["accuracy", "confusion", "per_class"]
 
 
-def solver_name(alpha) -> str:
-    """How a task-matrix solver is named in tables: lstsq, ridge-CV or ridge <alpha>."""
-    return (
-        "lstsq"
-        if alpha == 0
-        else ("ridge-CV" if alpha == "auto" or np.ndim(alpha) else f"ridge {alpha}")
-    )
+def _pred(logits_or_pred) -> np.ndarray:
+    """Arg-max of (N, classes) logits, or predictions (N,) as they are."""
+    a = logits_or_pred
+    a = a.float().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+    return a.argmax(-1) if a.ndim == 2 else a
 
 
-def accuracy(logits: np.ndarray | torch.Tensor, y: np.ndarray) -> float:
-    """Share of rows whose arg-max logit is the label."""
-    logits = logits.float().cpu().numpy() if isinstance(logits, torch.Tensor) else logits
-    return float((logits.argmax(-1) == y).mean())
+def accuracy(logits_or_pred, y) -> float:
+    """Share of rows whose arg-max logit (or prediction) is the label."""
+    return float((_pred(logits_or_pred) == np.asarray(y)).mean())
 
 
-@dataclass
-class Split:
-    """One extraction of a labelled split, reused by every method scored on it.
-
-    Shapes: base {layer: (N, d)}, finetuned (N, d_ft) (its final [CLS]), y (N,).
-    """
-
-    base: dict[int, torch.Tensor]
-    finetuned: torch.Tensor
-    y: np.ndarray
-
-    def subset(self, idx: np.ndarray) -> Split:
-        """Rows `idx` of every array."""
-        t = torch.as_tensor(idx)
-        return Split({i: v[t] for i, v in self.base.items()}, self.finetuned[t], self.y[idx])
-
-
-def embed_split(tm: TaskMatrix, ds: Dataset, progress: bool = False) -> Split:
-    """Run the base (all layers, one pass) and the fine-tuned model (final layer) over `ds`."""
-    tm._load()
-    top = num_layers(tm.finetuned_model_)
-    kw = dict(batch_size=tm.batch_size, max_length=tm.max_length, progress=progress)
-    base = embed(
-        tm.base_model_,
-        ds.X,
-        tm.processor_,
-        layers="all",
-        pool=tm.pool,
-        desc=f"base: {ds.name}",
-        **kw,
-    )
-    ft = embed(
-        tm.finetuned_model_,
-        ds.X,
-        tm.processor_,
-        layers=[top],
-        pool="cls",
-        desc=f"fine-tuned: {ds.name}",
-        **kw,
-    )[top]
-    return Split(base, ft, ds.y)
-
-
-def compare(
-    base,
-    finetuned,
-    train: Dataset,
-    test: Dataset,
-    *,
-    alphas: Sequence[float | str] = (0.0, "auto"),
-    pool: str = "cls",
-    norm: str = "base",
-    cv: int = 5,
-    batch_size: int = 32,
-    max_length: int = 128,
-    device: str = "auto",
-    dtype: str = "auto",
-    progress: bool = False,
-) -> list[dict]:
-    """Accuracy rows {method, layer, accuracy, trained_params, ...} for every method on `test`.
-
-    Args:
-        base, finetuned: folders or models, as for `TaskMatrix`.
-        train: fits the task matrices (inputs only) and the linear probe (inputs and labels).
-        alphas: task-matrix solvers to compare: 0 (paper's least squares), "auto" (ridge, CV),
-            or a fixed relative ridge strength.
-
-    Holds (L+1) × N × d embeddings per split in memory; for very large N stream with
-    `TaskMatrix.fit` instead.
-    """
-    ref = TaskMatrix(
-        base,
-        finetuned,
-        layer="auto",
-        pool=pool,
-        norm=norm,
-        cv=cv,
-        batch_size=batch_size,
-        max_length=max_length,
-        device=device,
-        dtype=dtype,
-    )
-    tr, te = embed_split(ref, train, progress), embed_split(ref, test, progress)
-    xtr, ytr, xte = tr.base, tr.finetuned, te.base
-    bm, fm = ref.base_model_, ref.finetuned_model_
-    top_b, top_f = num_layers(bm), num_layers(fm)
-    yte = te.finetuned
-    n, y = len(train), test.y
-    common = dict(pool=pool, batch_size=batch_size, max_length=max_length)
-
-    majority = int(np.bincount(train.y).argmax())
-    ft = FineTuned(fm, **common).fit()
-    rows = [
-        {
-            "method": "majority class",
-            "layer": None,
-            "accuracy": float((y == majority).mean()),
-            "trained_params": 0,
-            "n_train": n,
-        },
-        {
-            "method": "fine-tuned",
-            "layer": top_f,
-            "accuracy": accuracy(ft.model().from_embedding(yte), y),
-            "trained_params": sum(p.numel() for p in fm.parameters()),
-            "n_train": n,
-        },
-    ]
-    if hidden_size(bm) == hidden_size(fm):
-        head = HeadOnly(bm, fm, norm=norm, **common).fit()
-        rows.append(
-            {
-                "method": "head-only",
-                "layer": top_b,
-                "n_train": 0,
-                "trained_params": 0,
-                "accuracy": accuracy(head.model().from_embedding(xte[top_b]), y),
-            }
-        )
-    probe = LinearProbe(bm, pool=pool).fit_features(xtr[top_b].numpy(), train.y)
-    lr = probe.classifier_[-1]
-    rows.append(
-        {
-            "method": "linear probe",
-            "layer": top_b,
-            "n_train": n,
-            "trained_params": int(lr.coef_.size + lr.intercept_.size),
-            "accuracy": accuracy(probe.decision_features(xte[top_b].numpy()), y),
-        }
-    )
-    stats = ref.accumulate([(np.arange(n), xtr, ytr)], sorted(xtr))
-    for alpha in alphas:
-        tm = TaskMatrix(bm, fm, layer="auto", alpha=alpha, norm=norm, cv=cv, **common).fit_stats(
-            stats
-        )
-        for i, acc in tm.score_embeddings(xte, y).items():
-            rows.append(
-                {
-                    "method": f"task matrix ({solver_name(alpha)})",
-                    "layer": i,
-                    "accuracy": acc,
-                    "n_train": n,
-                    "trained_params": int(tm.maps_[i].coef_.size),
-                    "alpha": tm.alphas_[i],
-                    "cv_mse": tm.cv_errors_[i],
-                    "selected": i == tm.layer_,
-                }
-            )
-    return rows
-
-
-def summarise(rows: list[dict]) -> list[dict]:
-    """One row per method: baselines as they are; task matrices at the CV-selected layer and at
-    the best test layer (the paper reports the latter, which peeks at test labels)."""
-    out = [r for r in rows if "selected" not in r]
-    for method in dict.fromkeys(r["method"] for r in rows if "selected" in r):
-        mine = [r for r in rows if r["method"] == method]
-        out.append({**next(r for r in mine if r["selected"]), "method": f"{method}, CV layer"})
-        out.append({**max(mine, key=lambda r: r["accuracy"]), "method": f"{method}, best layer"})
+def confusion(logits_or_pred, y, n_classes: int) -> np.ndarray:
+    """Counts (n_classes, n_classes): row = true class, column = predicted class."""
+    out = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(out, (np.asarray(y), _pred(logits_or_pred)), 1)
     return out
+
+
+def per_class(logits_or_pred, y, names: Sequence[str]) -> list[dict]:
+    """Rows {class, support, precision, recall, f1} per class (None where undefined)."""
+    cm = confusion(logits_or_pred, y, len(names))
+    rows = []
+    for i, name in enumerate(names):
+        tp, predicted, support = cm[i, i], cm[:, i].sum(), cm[i].sum()
+        p = tp / predicted if predicted else None
+        r = tp / support if support else None
+        f1 = 2 * p * r / (p + r) if p and r else (0.0 if p is not None and r is not None else None)
+        rows.append({"class": name, "support": int(support), "precision": p, "recall": r, "f1": f1})
+    return rows

@@ -3,7 +3,11 @@ and the model whose skill the task matrix transfers."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,7 +19,7 @@ from ._torch import seed_everything
 from .data import num_items, take
 from .models import encode
 
-__all__ = ["finetune"]
+__all__ = ["finetune", "finetune_cached"]
 
 
 def finetune(
@@ -82,3 +86,70 @@ def finetune(
     finally:
         model.eval()
     return losses
+
+
+def finetune_cached(
+    base,
+    train,
+    out: str | os.PathLike,
+    *,
+    epochs: float = 1.0,
+    lr: float = 1e-4,
+    seed: int = 0,
+    max_length: int = 128,
+    batch_size: int = 16,
+    device: str = "auto",
+    refit: bool = False,
+    progress: bool = False,
+) -> dict:
+    """Fully fine-tune `base` on the Dataset `train` into the folder `out` (atomically), unless
+    `out` already holds a model made by the same recipe.
+
+    The new head's labels are the dataset's class names. Returns the recipe with `reused` (True
+    when nothing was trained), `seconds` and `final_loss`.
+    """
+    from .io import atomic_dir
+    from .models import load_model
+
+    out = Path(out)
+    recipe = {
+        "base": str(base),
+        "data": train.source or train.name,
+        "n_train": len(train),
+        "epochs": epochs,
+        "lr": lr,
+        "seed": seed,
+        "max_length": max_length,
+    }
+    stamp = out / "tasklift_finetune.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) == recipe and not refit:
+        return {**recipe, "reused": True}
+    t0 = time.time()
+    model, tok = load_model(
+        base, head=True, num_labels=len(train.classes), device=device, dtype="fp32"
+    )
+    model.config.id2label = dict(enumerate(train.classes))
+    model.config.label2id = {c: i for i, c in enumerate(train.classes)}
+    losses = finetune(
+        model,
+        train.X,
+        train.y,
+        tok,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        max_length=max_length,
+        seed=seed,
+        progress=progress,
+    )
+    with atomic_dir(out) as tmp:
+        model.save_pretrained(tmp)
+        if tok is not None:
+            tok.save_pretrained(tmp)
+        (tmp / stamp.name).write_text(json.dumps(recipe))
+    return {
+        **recipe,
+        "reused": False,
+        "seconds": round(time.time() - t0, 1),
+        "final_loss": float(np.mean(losses[-20:])),
+    }

@@ -1,10 +1,12 @@
-"""One solver family for linear maps between embedding spaces: least squares, ridge, Procrustes.
+"""One solver family for linear maps between embedding spaces: least squares, ridge, ridge-CV,
+Procrustes and permutation.
 
-Every map is fitted from a `GramStats` (so streaming, sharding and k-fold selection come free);
-`fit(X, Y)` is sugar for `fit_stats(GramStats().update(X, Y))`. Learned state follows
-scikit-learn: `coef_` (d_out, d_in), `intercept_` (d_out,), so `transform(X) = X coef_ᵀ + b`.
-Task matrices use the least-squares/ridge members; BiCo uses the Procrustes member and the
-permutation re-basin baseline its 0/1 special case.
+Every map is a scikit-learn estimator fitted from a `GramStats` (so streaming, sharding and
+k-fold selection come free); `fit(X, Y)` is sugar for `fit_stats(GramStats().update(X, Y))`.
+Learned state: `coef_` (d_out, d_in), `intercept_` (d_out,), so `transform(X) = X coef_ᵀ + b`.
+Task matrices use the least-squares/ridge members; BiCo the Procrustes member, and the
+permutation re-basin baseline its 0/1 special case. All of them save to one safetensors format
+(`save` / `load_map`), and a saved map loads back as the same class with the same parameters.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, RegressorMixin
 
 from .io import load_tensors, save_tensors
 from .stats import Array, GramStats, as_float64
@@ -23,7 +26,12 @@ __all__ = [
     "LinearMap",
     "LeastSquaresMap",
     "RidgeMap",
+    "RidgeCVMap",
     "ProcrustesMap",
+    "PermutationMap",
+    "MAPS",
+    "load_map",
+    "identity_map",
     "procrustes",
     "permutation",
     "ridge_path",
@@ -39,21 +47,15 @@ class NotFittedError(ValueError, AttributeError):
     """Raised when a map or estimator is used before `fit`."""
 
 
-def _centre(stats: GramStats, fit_intercept: bool):
-    """Return (mean_x, mean_y, XᵀX, XᵀY), centred when an intercept is fitted."""
-    if fit_intercept:
-        return stats.centred()
-    return None, None, stats.xx, stats.xy
-
-
 def ridge_path(
     xx: np.ndarray, xy: np.ndarray, alphas: Sequence[float], rcond: float | None = None
 ) -> list[np.ndarray]:
     """Solve (XᵀX + λI) W = XᵀY for each relative strength, from one eigendecomposition.
 
     λ = alpha · trace(XᵀX)/d, so alphas are scale-free. alpha = 0 gives the minimum-norm
-    least-squares solution (numpy.linalg.lstsq's answer, also when N < d): eigenvalues below
-    rcond · max eigenvalue count as zero; rcond defaults to eps · d · 10.
+    least-squares solution: eigenvalues below rcond · max eigenvalue count as zero; rcond
+    defaults to eps · d · 10. Forming XᵀX squares X's condition number, so directions with
+    σ_min/σ_max below about 1e-7 are dropped where `numpy.linalg.lstsq` keeps them.
 
     Shapes: xx (d_in, d_in), xy (d_in, d_out) -> list of W (d_in, d_out).
     """
@@ -117,6 +119,19 @@ def permutation(xy: np.ndarray, groups: tuple[int, int] | None = None) -> np.nda
     return P
 
 
+def _moments(stats: GramStats, fit_intercept: bool, gram: bool = True):
+    """(mean_x, mean_y, XᵀX, XᵀY), centred when an intercept is fitted (means None otherwise);
+    XᵀX is None unless `gram` (reading it from gram=False statistics raises a clear error)."""
+    if gram and not stats.gram:
+        raise ValueError(
+            "these statistics were accumulated with gram=False (no XᵀX); least squares and "
+            "ridge need GramStats(gram=True)"
+        )
+    if fit_intercept:
+        return stats.centred()
+    return None, None, (stats.xx if gram else None), stats.xy
+
+
 def cv_errors(
     stats: GramStats, alphas: Sequence[float], *, fit_intercept: bool = False
 ) -> np.ndarray:
@@ -133,40 +148,51 @@ def cv_errors(
     sse = np.zeros(len(alphas))
     for k in range(stats.folds):
         train, val = stats.without(k), stats.fold(k)
-        mx, my, xx, xy = _centre(train, fit_intercept)
+        mx, my, xx, xy = _moments(train, fit_intercept)
         for i, W in enumerate(ridge_path(xx, xy, alphas)):
             b = None if mx is None else my - mx @ W
             sse[i] += val.sse(W, b)
     return sse / (stats.n * stats.dims[1])
 
 
-class LinearMap:
-    """Base of the family: transform, score, save/load; subclasses provide `_solve`."""
+class LinearMap(RegressorMixin, BaseEstimator):
+    """Base of the family: fit / fit_stats, transform, score (R²), save; subclasses give `_solve`.
+
+    Learned: `coef_` (d_out, d_in), `intercept_` (d_out,), `n_samples_seen_`; subclasses may
+    add scalars (e.g. `alpha_`) listed in `_learned`.
+    """
+
+    _learned: tuple[str, ...] = ()
 
     def __init__(self, *, fit_intercept: bool = False) -> None:
         self.fit_intercept = fit_intercept
 
-    def get_params(self) -> dict:
-        """Hyperparameters as passed to __init__."""
-        return {k: v for k, v in vars(self).items() if not k.endswith("_")}
-
     def fit(self, X: Array, Y: Array) -> LinearMap:
         """Fit on in-memory rows X (N, d_in), Y (N, d_out); returns self."""
-        return self.fit_stats(GramStats().update(X, Y))
+        return self.fit_stats(GramStats(folds=self._folds()).update(X, Y))
+
+    def _folds(self) -> int:
+        return 0
+
+    def _needs_gram(self) -> bool:
+        return True
 
     def fit_stats(self, stats: GramStats) -> LinearMap:
         """Fit from accumulated statistics; resets any earlier fit and returns self."""
         if stats.n == 0:
             raise ValueError("cannot fit a map on an empty dataset")
-        mx, my, xx, xy = _centre(stats, self.fit_intercept)
+        mx, my, xx, xy = _moments(stats, self.fit_intercept, self._needs_gram())
         W = self._solve(xx, xy, stats)  # (d_in, d_out)
         self.coef_ = W.T.copy()
         self.intercept_ = np.zeros(W.shape[1]) if mx is None else my - mx @ W
         self.n_samples_seen_ = stats.n
         return self
 
-    def _solve(self, xx: np.ndarray, xy: np.ndarray, stats: GramStats) -> np.ndarray:
+    def _solve(self, xx: np.ndarray | None, xy: np.ndarray, stats: GramStats) -> np.ndarray:
         raise NotImplementedError
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "coef_")
 
     def _check(self) -> None:
         if not hasattr(self, "coef_"):
@@ -185,6 +211,8 @@ class LinearMap:
             )
         return X @ self.coef_.T + self.intercept_
 
+    predict = transform
+
     def score(self, X: Array, Y: Array) -> float:
         """Coefficient of determination R² of transform(X) against Y (1 is perfect)."""
         pred, Y = as_float64(self.transform(X), "prediction"), as_float64(Y, "Y")
@@ -192,34 +220,50 @@ class LinearMap:
         ss_tot = ((Y - Y.mean(0)) ** 2).sum()
         return float(1 - ss_res / ss_tot) if ss_tot > 0 else float(ss_res == 0)
 
-    def save(self, path: str | os.PathLike, **meta: object) -> None:
-        """Write coef_/intercept_ and hyperparameters to a safetensors file (atomically)."""
+    def state(self) -> tuple[dict[str, torch.Tensor], dict]:
+        """(tensors, metadata) that rebuild this fitted map: the one format of the family."""
         self._check()
         tensors = {
-            "coef": torch.from_numpy(self.coef_),
-            "intercept": torch.from_numpy(self.intercept_),
+            "coef": torch.from_numpy(np.ascontiguousarray(self.coef_)),
+            "intercept": torch.from_numpy(np.ascontiguousarray(self.intercept_)),
         }
-        info = {
-            "class": type(self).__name__,
-            "params": self.get_params(),
-            "n_samples_seen": self.n_samples_seen_,
-            **meta,
-        }
-        save_tensors(path, tensors, info)
+        learned = {k: getattr(self, k) for k in ("n_samples_seen_", *self._learned)}
+        if hasattr(self, "cv_errors_"):
+            tensors["cv_errors"] = torch.from_numpy(np.asarray(self.cv_errors_, dtype=np.float64))
+        return tensors, {"class": type(self).__name__, "params": self.get_params(), **learned}
 
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> LinearMap:
-        """Read a map written by `save`; returns an instance of the class that saved it."""
-        tensors, info = load_tensors(path)
-        kind = {c.__name__: c for c in (LeastSquaresMap, RidgeMap, ProcrustesMap)}.get(
-            info.get("class")
-        )
-        if kind is None or not issubclass(kind, cls):
-            raise ValueError(f"{path} holds a {info.get('class')!r}, not a {cls.__name__}")
-        out = kind(**info["params"])
+    @staticmethod
+    def from_state(tensors: dict[str, torch.Tensor], meta: dict) -> LinearMap:
+        """Inverse of `state`: the same class, parameters and learned values."""
+        kind = MAPS.get(meta.get("class"))
+        if kind is None:
+            raise ValueError(f"unknown map class {meta.get('class')!r}; known: {sorted(MAPS)}")
+        params = {k: tuple(v) if isinstance(v, list) else v for k, v in meta["params"].items()}
+        out = kind(**params)
         out.coef_, out.intercept_ = tensors["coef"].numpy(), tensors["intercept"].numpy()
-        out.n_samples_seen_ = info["n_samples_seen"]
+        for k in ("n_samples_seen_", *kind._learned):
+            setattr(out, k, meta[k])
+        if "cv_errors" in tensors:
+            out.cv_errors_ = tensors["cv_errors"].numpy()
         return out
+
+    def save(self, path: str | os.PathLike, **meta: object) -> None:
+        """Write the fitted map and its parameters to a safetensors file (atomically)."""
+        tensors, info = self.state()
+        save_tensors(path, tensors, {**info, **meta})
+
+
+def load_map(path: str | os.PathLike) -> LinearMap:
+    """Read a map written by `LinearMap.save`, as the class that saved it."""
+    tensors, info = load_tensors(path)
+    return LinearMap.from_state(tensors, info)
+
+
+def identity_map(d: int) -> LinearMap:
+    """The map W = I (what least squares gives when X = Y): the head-only baseline's map."""
+    m = LeastSquaresMap()
+    m.coef_, m.intercept_, m.n_samples_seen_ = np.eye(d), np.zeros(d), 0
+    return m
 
 
 class LeastSquaresMap(LinearMap):
@@ -231,46 +275,61 @@ class LeastSquaresMap(LinearMap):
     """
 
     def __init__(self, *, fit_intercept: bool = False, rcond: float | None = None) -> None:
-        super().__init__(fit_intercept=fit_intercept)
-        self.rcond = rcond
+        self.fit_intercept, self.rcond = fit_intercept, rcond
 
     def _solve(self, xx, xy, stats):
         return ridge_path(xx, xy, [0.0], self.rcond)[0]
 
 
 class RidgeMap(LinearMap):
-    """argmin ‖X W − Y‖² + λ‖W‖² with λ = alpha · trace(XᵀX)/d (scale-free alpha).
+    """argmin ‖X W − Y‖² + λ‖W‖² with λ = alpha · trace(XᵀX)/d (a scale-free alpha).
 
     Args:
-        alpha: one strength, or a sequence to choose from by k-fold CV (then the stats must
-            carry folds; the choice lands in `alpha_` and the errors in `cv_errors_`).
+        alpha: relative ridge strength (0 is least squares).
         fit_intercept: also fit an unpenalised bias.
     """
 
-    def __init__(
-        self, *, alpha: float | Sequence[float] = 1e-3, fit_intercept: bool = False
-    ) -> None:
-        super().__init__(fit_intercept=fit_intercept)
-        self.alpha = alpha
+    def __init__(self, *, alpha: float = 1e-3, fit_intercept: bool = False) -> None:
+        self.alpha, self.fit_intercept = alpha, fit_intercept
 
     def _solve(self, xx, xy, stats):
-        if np.ndim(self.alpha) == 0:
-            self.alpha_ = float(self.alpha)
-        else:
-            self.cv_errors_ = cv_errors(stats, self.alpha, fit_intercept=self.fit_intercept)
-            self.alpha_ = float(self.alpha[int(np.argmin(self.cv_errors_))])
-        return ridge_path(xx, xy, [self.alpha_])[0]
+        return ridge_path(xx, xy, [float(self.alpha)])[0]
 
-    def get_params(self) -> dict:
-        """Hyperparameters; a CV-chosen alpha is saved as the fixed value it resolved to."""
-        params = super().get_params()
-        if hasattr(self, "alpha_"):
-            params["alpha"] = self.alpha_
-        return params
+
+class RidgeCVMap(LinearMap):
+    """Ridge with alpha chosen by k-fold cross-validation on the statistics alone.
+
+    Args:
+        alphas: relative strengths to choose from; the choice lands in `alpha_`, the mean
+            squared validation errors in `cv_errors_`.
+        cv: folds used by `fit(X, Y)`; `fit_stats` uses the folds its statistics carry.
+        fit_intercept: also fit an unpenalised bias.
+    """
+
+    _learned = ("alpha_",)
+
+    def __init__(
+        self,
+        *,
+        alphas: Sequence[float] = DEFAULT_ALPHAS,
+        cv: int = 5,
+        fit_intercept: bool = False,
+    ) -> None:
+        self.alphas, self.cv, self.fit_intercept = alphas, cv, fit_intercept
+
+    def _folds(self) -> int:
+        return self.cv
+
+    def _solve(self, xx, xy, stats):
+        self.cv_errors_ = cv_errors(stats, self.alphas, fit_intercept=self.fit_intercept)
+        self.alpha_ = float(self.alphas[int(np.argmin(self.cv_errors_))])
+        return ridge_path(xx, xy, [self.alpha_])[0]
 
 
 class ProcrustesMap(LinearMap):
-    """(Semi-)orthogonal R = argmin ‖X R − Y‖ (optionally centred, optionally scaled).
+    """(Semi-)orthogonal R = argmax tr(Rᵀ XᵀY), i.e. argmin ‖X R − Y‖ (optionally centred, scaled).
+
+    Needs only XᵀY (GramStats(gram=False) suffices) unless `scale` is set.
 
     Args:
         fit_intercept: centre X and Y first and fit a bias.
@@ -278,11 +337,39 @@ class ProcrustesMap(LinearMap):
     """
 
     def __init__(self, *, fit_intercept: bool = False, scale: bool = False) -> None:
-        super().__init__(fit_intercept=fit_intercept)
-        self.scale = scale
+        self.fit_intercept, self.scale = fit_intercept, scale
+
+    def _needs_gram(self) -> bool:
+        return self.scale
 
     def _solve(self, xx, xy, stats):
         R = procrustes(xy)
         if self.scale:
             R = R * (np.einsum("ij,ij->", R, xy) / np.trace(xx))
         return R
+
+
+class PermutationMap(LinearMap):
+    """The 0/1 (partial) permutation maximising tr(Pᵀ XᵀY): re-basin by Hungarian matching.
+
+    Args:
+        groups: (g_in, g_out) contiguous groups (attention heads) matched first, then units.
+        fit_intercept: centre X and Y first and fit a bias.
+    """
+
+    def __init__(
+        self, *, groups: tuple[int, int] | None = None, fit_intercept: bool = False
+    ) -> None:
+        self.groups, self.fit_intercept = groups, fit_intercept
+
+    def _needs_gram(self) -> bool:
+        return False
+
+    def _solve(self, xx, xy, stats):
+        return permutation(xy, self.groups)
+
+
+#: every member of the family, by class name (how saved maps are rebuilt)
+MAPS: dict[str, type[LinearMap]] = {
+    c.__name__: c for c in (LeastSquaresMap, RidgeMap, RidgeCVMap, ProcrustesMap, PermutationMap)
+}

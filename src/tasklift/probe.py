@@ -1,21 +1,22 @@
-"""Baselines with the task matrix's API: linear probe, head-only (W = I), and fine-tuned."""
+"""Baselines under the same estimator contract: linear probe, head-only (W = I) and fine-tuned."""
 
 from __future__ import annotations
 
 import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ._estimator import ClassifierMixin, as_labels, check_fitted
+from ._estimator import cached, check_fitted, model_key
 from .extract import embed, resolve_layers
-from .models import Head, hidden_size, load_model, num_layers
-from .taskmatrix import TaskMatrix, _identity
+from .inference import HeadClassifier
+from .models import load_model
 
 __all__ = ["LinearProbe", "HeadOnly", "FineTuned"]
 
 
-class LinearProbe(ClassifierMixin):
+class LinearProbe(ClassifierMixin, BaseEstimator):
     """Logistic regression on the frozen base model's pooled embedding (standardised).
 
     Args:
@@ -24,11 +25,13 @@ class LinearProbe(ClassifierMixin):
         pool: "cls" or "mean".
         C: inverse L2 strength of the logistic regression.
         processor: tokenizer / image processor, when `base` is passed as a model object.
+
+    Learned: `classes_` (the labels seen in fit, sorted), `classifier_`.
     """
 
     def __init__(
         self,
-        base,
+        base=None,
         *,
         layer: int = -1,
         pool: str = "cls",
@@ -46,16 +49,21 @@ class LinearProbe(ClassifierMixin):
         self.device, self.dtype, self.progress = device, dtype, progress
         self.processor = processor
 
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "classifier_")
+
     def features(self, X) -> np.ndarray:
         """The frozen embeddings the probe reads, (N, d)."""
-        if not hasattr(self, "base_model_"):
-            self.base_model_, proc = load_model(self.base, device=self.device, dtype=self.dtype)
-            self.processor_ = self.processor if self.processor is not None else proc
-        layer = resolve_layers(self.base_model_, [self.layer])[0]
+        if self.base is None:
+            raise ValueError("LinearProbe needs its model: pass base= (a folder or a model)")
+        key = model_key(self.base, self.device, self.dtype, self.processor)
+        load = lambda: load_model(self.base, device=self.device, dtype=self.dtype)  # noqa: E731
+        model, proc = cached(self, key, load)
+        layer = resolve_layers(model, [self.layer])[0]
         return embed(
-            self.base_model_,
+            model,
             X,
-            self.processor_,
+            self.processor if self.processor is not None else proc,
             layers=[layer],
             pool=self.pool,
             batch_size=self.batch_size,
@@ -70,7 +78,9 @@ class LinearProbe(ClassifierMixin):
 
     def fit_features(self, feats: np.ndarray, y) -> LinearProbe:
         """Fit on precomputed frozen embeddings (N, d)."""
-        y = as_labels(y, len(feats))
+        y = np.asarray(y)
+        if y.shape != (len(feats),):
+            raise ValueError(f"labels have shape {y.shape} but there are {len(feats)} inputs")
         if len(np.unique(y)) < 2:
             raise ValueError(
                 "a linear probe needs examples of at least 2 classes; got only "
@@ -80,55 +90,93 @@ class LinearProbe(ClassifierMixin):
             StandardScaler(), LogisticRegression(C=self.C, max_iter=self.max_iter)
         )
         self.classifier_.fit(feats, y)
+        self.classes_ = self.classifier_.classes_
         return self
 
     def decision_function(self, X) -> np.ndarray:
-        """Log-probabilities (N, max class + 1); classes unseen in training get -inf."""
+        """Class scores (N, len(classes_)): the logistic regression's logits."""
         check_fitted(self, "classifier_")
         return self.decision_features(self.features(X))
 
     def decision_features(self, feats: np.ndarray) -> np.ndarray:
         """decision_function on precomputed frozen embeddings (N, d)."""
         check_fitted(self, "classifier_")
-        logp = self.classifier_.predict_log_proba(feats)
-        classes = self.classifier_.classes_
-        out = np.full((len(logp), classes.max() + 1), -np.inf)
-        out[:, classes] = logp
-        return out
+        z = self.classifier_.decision_function(feats)
+        return np.stack([-z / 2, z / 2], 1) if z.ndim == 1 else z  # binary: one logit, centred
+
+    def predict_features(self, feats: np.ndarray) -> np.ndarray:
+        """Predicted labels (from `classes_`) for precomputed frozen embeddings (N, d)."""
+        check_fitted(self, "classifier_")
+        return self.classes_[self.decision_features(feats).argmax(-1)]
+
+    def predict(self, X) -> np.ndarray:
+        """Predicted label (from `classes_`) per input."""
+        check_fitted(self, "classifier_")
+        return self.predict_features(self.features(X))
+
+    def predict_proba(self, X) -> np.ndarray:
+        """Class probabilities (N, len(classes_))."""
+        check_fitted(self, "classifier_")
+        return self.classifier_.predict_proba(self.features(X))
 
 
-class HeadOnly(TaskMatrix):
-    """Baseline W = I: the fine-tuned head applied to the base's final [CLS]. Needs no data."""
+class HeadOnly(HeadClassifier):
+    """Baseline W = I: the fine-tuned head applied to the base's final [CLS]. Needs no data.
 
-    def __init__(self, base, finetuned, **kwargs) -> None:
-        """Same keywords as TaskMatrix; the layer is always the last one."""
-        super().__init__(base, finetuned, layer=-1, **kwargs)
+    Args: as `TaskMatrix` (the layer is always the last one, the map the identity).
+    """
+
+    def __init__(
+        self,
+        base=None,
+        finetuned=None,
+        *,
+        norm: str = "base",
+        pool: str = "cls",
+        batch_size: int = 32,
+        max_length: int = 128,
+        device: str = "auto",
+        dtype: str = "auto",
+        progress: bool = False,
+        processor=None,
+    ) -> None:
+        self.base, self.finetuned, self.norm, self.pool = base, finetuned, norm, pool
+        self.batch_size, self.max_length = batch_size, max_length
+        self.device, self.dtype, self.progress = device, dtype, progress
+        self.processor = processor
 
     def fit(self, X=None, y=None) -> HeadOnly:
         """Set W = I at the last layer (inputs are ignored)."""
-        self._load()
-        d, d_ft = hidden_size(self.base_model_), hidden_size(self.finetuned_model_)
-        if d != d_ft:
-            raise ValueError(
-                f"head-only needs equal widths, but the base has hidden size {d} and "
-                f"the fine-tuned model {d_ft}; fit a TaskMatrix instead"
-            )
-        top = num_layers(self.base_model_)
-        self.stats_, self.maps_, self.layer_ = {}, {top: _identity(d)}, top
-        self.alphas_, self.cv_errors_ = {top: 0.0}, {top: float("nan")}
-        return self
+        self._models(self.base, self.finetuned)
+        return self._fit_identity()
 
 
-class FineTuned(HeadOnly):
-    """The fine-tuned model itself, run through the same inference path (the upper bound)."""
+class FineTuned(HeadClassifier):
+    """The fine-tuned model itself, run through the same inference path (the upper bound).
 
-    def __init__(self, finetuned, **kwargs) -> None:
-        super().__init__(finetuned, finetuned, norm="finetuned", **kwargs)
+    Args: as `TaskMatrix`, less the base (the fine-tuned model is its own base and norm).
+    """
 
-    def _load(self) -> None:
-        if not hasattr(self, "finetuned_model_"):
-            self.finetuned_model_, proc = load_model(
-                self.finetuned, head=True, device=self.device, dtype=self.dtype
-            )
-            self.processor_ = self.processor if self.processor is not None else proc
-            self.base_model_, self.head_ = self.finetuned_model_, Head(self.finetuned_model_)
+    norm = "finetuned"
+
+    def __init__(
+        self,
+        finetuned=None,
+        *,
+        pool: str = "cls",
+        batch_size: int = 32,
+        max_length: int = 128,
+        device: str = "auto",
+        dtype: str = "auto",
+        progress: bool = False,
+        processor=None,
+    ) -> None:
+        self.finetuned, self.pool = finetuned, pool
+        self.batch_size, self.max_length = batch_size, max_length
+        self.device, self.dtype, self.progress = device, dtype, progress
+        self.processor = processor
+
+    def fit(self, X=None, y=None) -> FineTuned:
+        """Use the fine-tuned model's own final [CLS] (W = I; inputs are ignored)."""
+        self._models(self.finetuned, self.finetuned)
+        return self._fit_identity()

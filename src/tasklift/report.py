@@ -10,6 +10,11 @@ from pathlib import Path
 from .io import write_text, write_with
 
 __all__ = [
+    "write_report",
+    "merge_reports",
+    "sweep_sections",
+    "scaling_sections",
+    "transfer_sections",
     "markdown_table",
     "write_json",
     "write_csv",
@@ -17,6 +22,106 @@ __all__ = [
     "plot_scaling",
     "markdown_to_html",
 ]
+
+
+def write_report(
+    out: str | os.PathLike,
+    *,
+    title: str,
+    sections: Sequence[tuple[str, str]],
+    settings: dict,
+    results: dict,
+    intro: str = "",
+) -> None:
+    """The one report layout every command writes: `report.md` (title, intro, sections, the
+    settings that reproduce the run), `results.json` (settings and results) and, when results
+    hold "rows", `results.csv`. Plots are written by the section builders beside them."""
+    out = Path(out)
+    write_json(out / "results.json", {"settings": settings, **results})
+    if results.get("rows"):
+        write_csv(out / "results.csv", results["rows"])
+    body = "".join(f"## {head}\n\n{text}\n\n" for head, text in sections)
+    settings_md = json.dumps(settings, indent=2, default=str)
+    write_text(
+        out / "report.md",
+        f"# {title}\n\n{intro}\n\n{body}## Settings\n\n```json\n{settings_md}\n```\n",
+    )
+
+
+def merge_reports(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, title: str) -> None:
+    """One report.md + self-contained report.html from several run folders' reports, their
+    headings pushed one level down and their plots copied beside under per-run names."""
+    import shutil
+
+    from . import __version__
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [f"# {title}\n", f"tasklift {__version__}; sections below are the runs' own reports.\n"]
+    used: set[str] = set()
+    for run in map(Path, runs):
+        if not (run / "report.md").is_file():
+            raise FileNotFoundError(f"{run} has no report.md; pass folders written by tasklift")
+        md = (run / "report.md").read_text()
+        prefix = next(  # runs in folders of the same name must not overwrite each other's plots
+            p
+            for p in (run.name, *(f"{run.name}-{k}" for k in range(2, len(runs) + 2)))
+            if p not in used
+        )
+        used.add(prefix)
+        for png in run.glob("*.png"):
+            shutil.copyfile(png, out / f"{prefix}_{png.name}")
+            md = md.replace(f"]({png.name})", f"]({prefix}_{png.name})")
+        parts.append(
+            "\n".join(("#" + line) if line.startswith("#") else line for line in md.splitlines())
+        )
+    text = "\n\n".join(parts) + "\n"
+    write_text(out / "report.md", text)
+    write_text(out / "report.html", markdown_to_html(text, out, title=title))
+
+
+def sweep_sections(rows: list[dict], out: str | os.PathLike, *, title: str) -> list[tuple]:
+    """Summary table and layer sweep (plot + per-layer table) of `experiments.compare` rows."""
+    from .experiments.sweep import summarise
+
+    plot_layer_sweep(rows, Path(out) / "layer_sweep.png", title=title)
+    summary = markdown_table(
+        summarise(rows), ["method", "layer", "accuracy", "trained_params", "n_train"]
+    )
+    sweep = markdown_table(
+        [r for r in rows if "selected" in r],
+        ["method", "layer", "accuracy", "alpha", "cv_mse", "selected"],
+    )
+    return [("Summary", summary), ("Layer sweep", f"![layer sweep](layer_sweep.png)\n\n{sweep}")]
+
+
+def scaling_sections(
+    rows: list[dict], scarce: list[dict], out: str | os.PathLike, *, title: str, d: int
+) -> list[tuple]:
+    """Scaling plot, data-scarce table and every size, from `experiments.scaling` rows."""
+    plot_scaling(rows, Path(out) / "scaling.png", d=d, title=title)
+    intro = (
+        "Task matrix at a fixed base layer vs linear probe as the training set grows (embedding "
+        f"width d = {d}: plain least squares is least stable near N = d).\n\n"
+        "![scaling](scaling.png)"
+    )
+    scarce_md = markdown_table(
+        scarce, ["fraction", "n", "method", "task matrix", "linear probe", "gain %"]
+    )
+    table = markdown_table(rows, ["regime", "size", "n", "method", "layer", "accuracy"])
+    return [("Scaling", intro), ("Data-scarce", scarce_md), ("All sizes", table)]
+
+
+def transfer_sections(rows: list[dict], out: str | os.PathLike, *, title: str) -> list[tuple]:
+    """Bar plot and table of `experiments.transfer_table` rows (and what could not run)."""
+    plot_transfer(rows, Path(out) / "transfer.png", title=title)
+    table = markdown_table(
+        rows, ["method", "accuracy", "scale", "val_accuracy", "moved", "seconds"]
+    )
+    notes = "\n".join(
+        f"- {r['method']}: not applicable ({r['note']})" for r in rows if r.get("note")
+    )
+    return [("Results", f"![transfer](transfer.png)\n\n{table}\n\n{notes}")]
 
 
 def _fmt(v) -> str:
@@ -94,10 +199,13 @@ def plot_transfer(rows: Sequence[dict], path: str | os.PathLike, *, title: str =
 
     bars = [r for r in rows if r.get("accuracy") is not None and "fine-tuned" not in r["method"]]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
+    from .transfer.methods import METHODS
+
+    ours = {name for name, m in METHODS.items() if not m.baseline}
     ax.bar(
         [r["method"] for r in bars],
         [r["accuracy"] for r in bars],
-        color=["tab:green" if r["method"] == "bico" else "tab:blue" for r in bars],
+        color=["tab:green" if r["method"] in ours else "tab:blue" for r in bars],
     )
     for i, r in enumerate(bars):
         ax.text(i, r["accuracy"], f"{r['accuracy']:.3f}", ha="center", va="bottom", fontsize=8)

@@ -37,6 +37,8 @@ class GramStats:
 
     Args:
         folds: number of cross-validation folds to keep (0 or 1: totals only).
+        gram: also keep XᵀX and Σ‖y‖² (least squares and ridge need them; Procrustes and
+            permutation maps, as in BiCo's calibration, need only XᵀY and the sums).
 
     Shapes:
         xx (d_in, d_in), xy (d_in, d_out), sx (d_in,), sy (d_out,); n and yy are scalars.
@@ -47,12 +49,22 @@ class GramStats:
         >>> LeastSquaresMap().fit_stats(s)
     """
 
-    def __init__(self, *, folds: int = 0) -> None:
-        self.folds = folds
+    def __init__(self, *, folds: int = 0, gram: bool = True) -> None:
+        self.folds, self.gram = folds, gram
         self._k = max(int(folds), 1)
         self._n = np.zeros(self._k, dtype=np.int64)
         self._sx = self._sy = self._xx = self._xy = None
         self._yy = np.zeros(self._k)
+
+    def _fields(self) -> tuple[str, ...]:
+        """Names of the per-fold arrays this accumulator keeps."""
+        return ("_n", "_sx", "_sy", "_xy") + (("_xx", "_yy") if self.gram else ())
+
+    def _allocate(self, di: int, do: int) -> None:
+        k = self._k
+        self._sx, self._sy, self._xy = np.zeros((k, di)), np.zeros((k, do)), np.zeros((k, di, do))
+        if self.gram:
+            self._xx = np.zeros((k, di, di))
 
     @property
     def dims(self) -> tuple[int, int] | None:
@@ -73,9 +85,7 @@ class GramStats:
                 f"X has {X.shape[0]} rows but Y has {Y.shape[0]}; pair them row by row"
             )
         if self._xy is None:
-            k, di, do = self._k, X.shape[1], Y.shape[1]
-            self._sx, self._sy = np.zeros((k, di)), np.zeros((k, do))
-            self._xx, self._xy = np.zeros((k, di, di)), np.zeros((k, di, do))
+            self._allocate(X.shape[1], Y.shape[1])
         elif (X.shape[1], Y.shape[1]) != self.dims:
             raise ValueError(
                 f"batch has widths (X {X.shape[1]}, Y {Y.shape[1]}) "
@@ -93,9 +103,10 @@ class GramStats:
             self._n[k] += xk.shape[0]
             self._sx[k] += xk.sum(0)
             self._sy[k] += yk.sum(0)
-            self._xx[k] += xk.T @ xk
             self._xy[k] += xk.T @ yk
-            self._yy[k] += np.einsum("ij,ij->", yk, yk)
+            if self.gram:
+                self._xx[k] += xk.T @ xk
+                self._yy[k] += np.einsum("ij,ij->", yk, yk)
         return self
 
     def merge(self, other: GramStats) -> GramStats:
@@ -110,14 +121,35 @@ class GramStats:
                 }
             )
             return self
-        if other._k != self._k or other.dims != self.dims:
+        if (other._k, other.dims, other.gram) != (self._k, self.dims, self.gram):
             raise ValueError(
-                f"cannot merge stats with folds/dims {other._k}/{other.dims} "
-                f"into {self._k}/{self.dims}"
+                f"cannot merge stats with folds/dims/gram {other._k}/{other.dims}/{other.gram} "
+                f"into {self._k}/{self.dims}/{self.gram}"
             )
-        for name in ("_n", "_sx", "_sy", "_xx", "_xy", "_yy"):
+        for name in self._fields():
             getattr(self, name).__iadd__(getattr(other, name))
         return self
+
+    def normalised(self, weight: float = 1.0) -> GramStats:
+        """A copy whose sums are multiplied by weight / ‖XᵀY‖_F (counts kept), so that signals
+        of different scale can be merged with chosen relative weights."""
+        norm = max(float(torch.from_numpy(self.xy).norm()), 1e-300)
+        out = GramStats(folds=self.folds, gram=self.gram)
+        out.merge(self)
+        for name in self._fields()[1:]:
+            setattr(out, name, weight * getattr(out, name) / norm)
+        return out
+
+    def select(self, x_cols: slice, y_cols: slice) -> GramStats:
+        """The statistics of the column blocks X[:, x_cols] and Y[:, y_cols] alone."""
+        out = GramStats(folds=self.folds, gram=self.gram)
+        out._n = self._n.copy()
+        if self._xy is not None:
+            out._sx, out._sy = self._sx[:, x_cols].copy(), self._sy[:, y_cols].copy()
+            out._xy = self._xy[:, x_cols, y_cols].copy()
+            if self.gram:
+                out._xx, out._yy = self._xx[:, x_cols, x_cols].copy(), self._yy.copy()
+        return out
 
     def all_reduce(self, group=None) -> GramStats:
         """Sum the statistics over every process of torch.distributed (a no-op when not running
@@ -137,20 +169,18 @@ class GramStats:
         dims = torch.tensor(self.dims or (0, 0), device=device)
         dist.all_reduce(dims, op=dist.ReduceOp.MAX, group=group)
         if self._xy is None:  # an empty shard: join with zeros
-            di, do = (int(v) for v in dims)
-            self._sx, self._sy = np.zeros((self._k, di)), np.zeros((self._k, do))
-            self._xx, self._xy = np.zeros((self._k, di, di)), np.zeros((self._k, di, do))
-        for name in ("_n", "_sx", "_sy", "_xx", "_xy", "_yy"):
+            self._allocate(*(int(v) for v in dims))
+        for name in self._fields():
             t = torch.from_numpy(getattr(self, name)).to(device)
             dist.all_reduce(t, group=group)
             setattr(self, name, t.cpu().numpy())
         return self
 
     def _pick(self, include: np.ndarray) -> GramStats:
-        out = GramStats()
+        out = GramStats(gram=self.gram)
         if self._xy is not None:
             out._n = self._n[include].sum(0, keepdims=True)
-            for name in ("_sx", "_sy", "_xx", "_xy", "_yy"):
+            for name in self._fields()[1:]:
                 setattr(out, name, getattr(self, name)[include].sum(0, keepdims=True))
         return out
 
@@ -167,6 +197,11 @@ class GramStats:
             raise ValueError(
                 "no rows accumulated yet: the dataset is empty; pass at least one batch"
             )
+        if name not in self._fields():
+            raise ValueError(
+                f"these statistics were accumulated with gram=False: no {name.lstrip('_')}; "
+                "use GramStats(gram=True) for least squares or ridge"
+            )
         return getattr(self, name).sum(0)
 
     n = property(lambda self: int(self._n.sum()), doc="Number of rows seen.")
@@ -176,11 +211,13 @@ class GramStats:
     xy = property(lambda self: self._total("_xy"), doc="XᵀY (d_in, d_out).")
     yy = property(lambda self: float(self._total("_yy")), doc="Σ‖y‖² (scalar).")
 
-    def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Return (mean_x, mean_y, XcᵀXc, XcᵀYc) with the column means removed."""
+    def centred(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray]:
+        """Return (mean_x, mean_y, XcᵀXc, XcᵀYc) with the column means removed (XcᵀXc is None
+        for gram=False statistics)."""
         n = self.n
         mx, my = self.sx / n, self.sy / n
-        return mx, my, self.xx - n * np.outer(mx, mx), self.xy - n * np.outer(mx, my)
+        xx = self.xx - n * np.outer(mx, mx) if self.gram else None
+        return mx, my, xx, self.xy - n * np.outer(mx, my)
 
     def sse(self, W: np.ndarray, b: np.ndarray | None = None) -> float:
         """Σ‖x W + b − y‖² over the accumulated rows, computed from the statistics alone."""
@@ -194,15 +231,12 @@ class GramStats:
         """Tensors that recreate this accumulator (for saving or all-reducing)."""
         if self._xy is None:
             raise ValueError("no rows accumulated yet: nothing to save")
-        return {
-            k.lstrip("_"): torch.from_numpy(getattr(self, k))
-            for k in ("_n", "_sx", "_sy", "_xx", "_xy", "_yy")
-        }
+        return {k.lstrip("_"): torch.from_numpy(getattr(self, k)) for k in self._fields()}
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> GramStats:
         """Inverse of `state_dict`."""
-        out = cls(folds=int(state["n"].shape[0]))
+        out = cls(folds=int(state["n"].shape[0]), gram="xx" in state)
         for k, v in state.items():
             setattr(out, "_" + k, v.numpy().copy())
         return out

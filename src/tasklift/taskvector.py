@@ -70,6 +70,12 @@ class TaskVector:
         self._check_keys(other)
         return TaskVector({k: v + other.deltas[k] for k, v in self.deltas.items()})
 
+    def __radd__(self, other: TaskVector | int) -> TaskVector:
+        """`0 + tv` is tv, so `sum([tv1, tv2, ...])` works."""
+        if isinstance(other, (int, float)) and other == 0:
+            return self * 1.0
+        return self + other
+
     def __sub__(self, other: TaskVector) -> TaskVector:
         return self + (-other)
 
@@ -85,8 +91,8 @@ class TaskVector:
         """Global L2 norm over every delta."""
         return float(torch.sqrt(sum((v.double() ** 2).sum() for v in self.deltas.values())))
 
-    def apply_to(self, model: nn.Module, *, alpha: float = 1.0, inplace: bool = False) -> nn.Module:
-        """θ + α τ. Returns a copy unless `inplace`.
+    def apply_to(self, model: nn.Module, *, scale: float = 1.0, inplace: bool = False) -> nn.Module:
+        """θ + scale · τ. Returns a copy unless `inplace`.
 
         Raises:
             KeyError: the model lacks a parameter the vector holds.
@@ -109,7 +115,7 @@ class TaskVector:
                         f"{k}: model shape {tuple(state[k].shape)} but delta "
                         f"{tuple(v.shape)}; transfer the task vector first"
                     )
-                state[k].add_(alpha * v.to(state[k].device, state[k].dtype))
+                state[k].add_(scale * v.to(state[k].device, state[k].dtype))
         return target
 
     def save(self, path: str | os.PathLike, **meta: object) -> None:

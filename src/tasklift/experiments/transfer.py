@@ -1,0 +1,77 @@
+"""The task-vector transfer table: the target B with the carried head alone, a linear probe on B,
+each transfer method, and the fine-tuned A and B as references."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from ..data import Dataset
+from ..probe import FineTuned, LinearProbe
+from ..transfer import METHODS, SCALES, Transfer
+
+__all__ = ["transfer_table"]
+
+
+def transfer_table(
+    source,
+    finetuned,
+    target,
+    calib: Dataset,
+    val: Dataset,
+    test: Dataset,
+    *,
+    train: Dataset | None = None,
+    methods: Sequence[str] = tuple(METHODS),
+    target_finetuned=None,
+    token: str = "all",
+    scales: Sequence[float] = SCALES,
+    batch_size: int = 16,
+    max_length: int = 128,
+    device: str = "auto",
+    dtype: str = "auto",
+    progress: bool = False,
+) -> list[dict]:
+    """Test accuracy of the target B after each transfer method, beside its references.
+
+    Rows: "B + carried head" (scale 0: A_ft's head on B's features, no task vector), each method
+    (scale chosen on `val`, calibrated on `calib`), a linear probe on B trained on `train` (if
+    given), and the fine-tuned A and B (if `target_finetuned` is given). A method that cannot
+    run on this pair (naive on other widths) gets accuracy None and the reason.
+    """
+    rt = dict(batch_size=batch_size, max_length=max_length, device=device, dtype=dtype)
+    rows = []
+    for method in methods:
+        t0 = time.time()
+        t = Transfer(
+            source, finetuned, target, method=method, token=token, scales=scales,
+            progress=progress, **rt,
+        )  # fmt: skip
+        try:
+            t.fit(calib.X, calib.y, X_val=val.X, y_val=val.y)
+        except ValueError as e:
+            rows.append({"method": method, "accuracy": None, "note": str(e)})
+            continue
+        seconds = time.time() - t0
+        if not rows:
+            head = t.score(test.X, test.y, scale=0.0)
+            rows.append({"method": "B + carried head", "accuracy": head, "scale": 0.0})
+        rows.append(
+            {
+                "method": method,
+                "accuracy": t.score(test.X, test.y),
+                "scale": t.scale_,
+                "val_accuracy": t.val_scores_[t.scale_],
+                "moved": f"{t.moved_params_}/{t.source_params_}",
+                "seconds": round(seconds, 1),
+            }
+        )
+    if train is not None:
+        probe = LinearProbe(target, progress=progress, **rt).fit(train.X, train.y)
+        rows.append({"method": "linear probe on B", "accuracy": probe.score(test.X, test.y)})
+    refs = {"A fine-tuned": finetuned, "B fine-tuned": target_finetuned}
+    for name, model in refs.items():
+        if model is not None:
+            acc = FineTuned(model, **rt).fit().score(test.X, test.y)
+            rows.append({"method": name, "accuracy": acc})
+    return rows

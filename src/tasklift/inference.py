@@ -1,0 +1,231 @@
+"""Task-matrix inference: base up to layer i → pool → W → final norm → the fine-tuned head.
+
+`TaskMatrixModel` is the nn.Module; `HeadClassifier` the scikit-learn side every head-based
+estimator shares (TaskMatrix, HeadOnly, FineTuned): model loading, predict, score, layer scores.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from torch import nn
+
+from ._estimator import as_labels, cached, check_fitted, model_key
+from .extract import embed, resolve_layers
+from .maps import identity_map
+from .models import Head, final_norm, hidden_size, load_model, num_layers
+
+__all__ = ["TaskMatrixModel", "HeadClassifier", "NORMS"]
+
+NORMS = ("base", "finetuned", "none")
+
+
+class TaskMatrixModel(nn.Module):
+    """Inference module: base up to layer i → pool → W → final norm → fine-tuned head.
+
+    The forward pass stops after block i of the base, so a mid-layer matrix is also cheaper.
+
+    Args:
+        base: HF encoder (its device/dtype are used for the base pass).
+        head: the fine-tuned model's `Head`.
+        layer: base hidden-state index read (0..L).
+        weight, bias: the map, (d_out, d_in) and (d_out,).
+        norm: final norm applied after the map, or None.
+
+    Shapes: forward(**batch) -> logits (B, classes); from_embedding (B, d_in) -> (B, classes).
+    """
+
+    def __init__(
+        self,
+        base: nn.Module,
+        head: Head,
+        *,
+        layer: int,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        norm: nn.Module | None = None,
+        pool: str = "cls",
+        processor=None,
+    ) -> None:
+        super().__init__()
+        d_base = hidden_size(base)
+        if weight.shape[1] != d_base:
+            raise ValueError(
+                f"the task matrix expects a base of width {weight.shape[1]} but "
+                f"{type(base).__name__} has hidden size {d_base}; was it fitted on another base?"
+            )
+        self.base, self.head, self.norm = base, head, norm
+        self.layer, self.pool, self.processor = layer, pool, processor
+        ref = next(head.parameters())
+        self.map = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+        self.map.to(ref.device, ref.dtype)
+        with torch.no_grad():
+            self.map.weight.copy_(weight)
+            if bias is not None:
+                self.map.bias.copy_(bias)
+
+    @torch.inference_mode()
+    def from_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits from base layer-i pooled embeddings (B, d_in)."""
+        z = self.map(x.to(self.map.weight.device, self.map.weight.dtype))
+        if self.norm is not None:
+            z = self.norm(z)
+        return self.head(z)
+
+    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
+        x = embed(
+            self.base,
+            batch,
+            layers=[self.layer],
+            pool=self.pool,
+            batch_size=len(next(iter(batch.values()))),
+        )[self.layer]
+        return self.from_embedding(x)
+
+    def predict_logits(
+        self, X, *, batch_size: int = 32, max_length: int = 128, progress: bool = False
+    ) -> np.ndarray:
+        """Logits (N, classes) for raw or encoded inputs, streamed in batches."""
+        emb = embed(
+            self.base,
+            X,
+            self.processor,
+            layers=[self.layer],
+            pool=self.pool,
+            batch_size=batch_size,
+            max_length=max_length,
+            progress=progress,
+            desc="predict",
+        )
+        return self.from_embedding(emb[self.layer]).float().cpu().numpy()
+
+
+class HeadClassifier(ClassifierMixin, BaseEstimator):
+    """Shared inference of the estimators that end in a fine-tuned model's head: a map W per base
+    layer (`maps_`), the final norm, then the head. Subclasses store their parameters and fit
+    `maps_` and `layer_`; predictions are class ids of the head (`classes_`), whose names are
+    in `class_names_`."""
+
+    def _models(self, base, finetuned) -> None:
+        """Load (or reuse, while the parameters are unchanged) both models into the fitted state."""
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; use one of {NORMS}")
+        if base is None or finetuned is None:
+            raise ValueError(
+                f"{type(self).__name__} needs its models: pass base= and finetuned= (a folder "
+                "or a model object)"
+            )
+
+        def load():
+            kw = dict(device=self.device, dtype=self.dtype)
+            ft, ft_proc = load_model(finetuned, head=True, **kw)
+            bm, proc = (ft, None) if base is finetuned else load_model(base, **kw)
+            return bm, ft, next((p for p in (self.processor, proc, ft_proc) if p is not None), None)
+
+        key = model_key(base, finetuned, self.device, self.dtype, self.processor)
+        self.base_model_, self.finetuned_model_, self.processor_ = cached(self, key, load)
+        self.head_ = Head(self.finetuned_model_)
+        self.classes_ = np.arange(self.head_.num_classes)
+        names = self.finetuned_model_.config.id2label
+        self.class_names_ = [str(names.get(i, i)) for i in self.classes_]
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "maps_")
+
+    def _fit_identity(self):
+        """W = I at the last layer: the head on the base's own final embedding."""
+        d, d_ft = hidden_size(self.base_model_), hidden_size(self.finetuned_model_)
+        if d != d_ft:
+            raise ValueError(
+                f"head-only needs equal widths, but the base has hidden size {d} and "
+                f"the fine-tuned model {d_ft}; fit a TaskMatrix instead"
+            )
+        self.layer_ = num_layers(self.base_model_)
+        self.maps_ = {self.layer_: identity_map(d)}
+        return self
+
+    def model(self, layer: int | None = None) -> TaskMatrixModel:
+        """The inference module for `layer` (default: the selected `layer_`)."""
+        check_fitted(self, "maps_")
+        layer = self.layer_ if layer is None else resolve_layers(self.base_model_, [layer])[0]
+        if layer not in self.maps_:
+            raise ValueError(
+                f"no task matrix was fitted for layer {layer}; fitted: {sorted(self.maps_)}"
+            )
+        m = self.maps_[layer]
+        norm = {
+            "base": final_norm(self.base_model_),
+            "finetuned": final_norm(self.finetuned_model_),
+            "none": None,
+        }[self.norm]
+        width = getattr(norm, "normalized_shape", (m.coef_.shape[0],))[0]
+        if norm is not None and width != m.coef_.shape[0]:
+            raise ValueError(
+                f"norm={self.norm!r} has width {width} but the map outputs "
+                f"{m.coef_.shape[0]}; use norm='finetuned' or 'none'"
+            )
+        bias = torch.from_numpy(m.intercept_).float() if m.fit_intercept else None
+        return TaskMatrixModel(
+            self.base_model_,
+            self.head_,
+            layer=layer,
+            pool=self.pool,
+            weight=torch.from_numpy(m.coef_).float(),
+            bias=bias,
+            norm=norm,
+            processor=self.processor_,
+        )
+
+    def _embed(self, X, layers: list[int], desc: str) -> dict[int, torch.Tensor]:
+        return embed(
+            self.base_model_,
+            X,
+            self.processor_,
+            layers=layers,
+            pool=self.pool,
+            batch_size=self.batch_size,
+            max_length=self.max_length,
+            progress=self.progress,
+            desc=desc,
+        )
+
+    def transform(self, X, layer: int | None = None) -> np.ndarray:
+        """Mapped embeddings (N, d_ft): base layer-i pooled embedding times W, before the head."""
+        i = self.model(layer).layer
+        return self.maps_[i].transform(self._embed(X, [i], "transform")[i].double().numpy())
+
+    def decision_function(self, X, layer: int | None = None) -> np.ndarray:
+        """Logits (N, classes) of base + W + fine-tuned head."""
+        return self.model(layer).predict_logits(
+            X, batch_size=self.batch_size, max_length=self.max_length, progress=self.progress
+        )
+
+    def predict(self, X, layer: int | None = None) -> np.ndarray:
+        """The head's class id (from `classes_`) per input."""
+        check_fitted(self, "maps_")
+        return self.classes_[self.decision_function(X, layer).argmax(-1)]
+
+    def predict_proba(self, X, layer: int | None = None) -> np.ndarray:
+        """Softmax of the logits, (N, classes)."""
+        return torch.softmax(torch.from_numpy(self.decision_function(X, layer)), -1).numpy()
+
+    def score(self, X, y, sample_weight=None, layer: int | None = None) -> float:
+        """Accuracy on (X, y); y holds class ids of the fine-tuned head."""
+        pred = self.predict(X, layer)
+        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+        return float(np.average(pred == as_labels(y, len(pred)), weights=w))
+
+    def score_layers(self, X, y) -> dict[int, float]:
+        """Accuracy of every fitted layer from ONE base pass over X."""
+        check_fitted(self, "maps_")
+        return self.score_embeddings(self._embed(X, sorted(self.maps_), "score layers"), y)
+
+    def score_embeddings(self, emb: dict[int, torch.Tensor], y) -> dict[int, float]:
+        """Accuracy of each fitted layer present in precomputed base embeddings {layer: (N, d)}."""
+        check_fitted(self, "maps_")
+        y = as_labels(y, len(next(iter(emb.values()))))
+        return {
+            i: float((self.model(i).from_embedding(emb[i]).argmax(-1).cpu().numpy() == y).mean())
+            for i in sorted(set(emb) & set(self.maps_))
+        }

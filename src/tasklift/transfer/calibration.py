@@ -1,0 +1,138 @@
+"""Calibration: one forward-backward pass of A and of B over the same inputs, recording each
+matched module's input, output and their gradients, with token rows paired between the models
+and the A-vs-B cross-covariances streamed into `GramStats` (so they all-reduce like any other
+statistics under torch.distributed)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..hooks import capture
+from ..stats import GramStats
+from .methods import TOKENS
+from .pairing import is_matrix
+
+__all__ = ["calibrate", "align_tokens", "SIGNALS"]
+
+#: what a hook can record per module
+SIGNALS = ("input", "output", "grad_input", "grad_output")
+
+
+def _tokens(t: torch.Tensor, module: nn.Module) -> torch.Tensor:
+    """Any captured tensor as (B, T, d): conv maps (B, C, *grid) become (B, grid, C)."""
+    t = t.detach().float()
+    if isinstance(module, nn.modules.conv._ConvNd):
+        return t.flatten(2).transpose(1, 2)
+    return t[:, None] if t.ndim == 2 else t.reshape(t.shape[0], -1, t.shape[-1])
+
+
+def _grid(t: torch.Tensor) -> tuple[int, int] | None:
+    """(prefix tokens, grid side) when the tokens are 0 or 1 prefix tokens then a square grid."""
+    for prefix in (1, 0):
+        side = math.isqrt(t.shape[1] - prefix)
+        if side > 0 and side * side == t.shape[1] - prefix:
+            return prefix, side
+    return None
+
+
+def align_tokens(a: torch.Tensor, b: torch.Tensor, token: str, where: str):
+    """Pair token rows of A (B, T_a, d_a) with B's (B, T_b, d_b): (N, d_a), (N, d_b).
+
+    token: "cls" (token 0), "mean", or "all" (one to one; patch grids of another size are
+    resampled onto A's grid).
+    """
+    if token == "cls":
+        return a[:, 0], b[:, 0]
+    if token == "mean":
+        return a.mean(1), b.mean(1)
+    if a.shape[1] != b.shape[1]:  # patch grids of another size: resample B's grid onto A's
+        ga, gb = _grid(a), _grid(b)
+        if ga is None or gb is None or ga[0] != gb[0]:
+            raise ValueError(
+                f"{where}: {a.shape[1]} tokens in A but {b.shape[1]} in B and they are not "
+                "square patch grids; use token='cls' or 'mean'"
+            )
+        p, side = ga
+        grid = b[:, p:].transpose(1, 2).reshape(b.shape[0], b.shape[2], gb[1], gb[1])
+        grid = F.interpolate(grid, size=(side, side), mode="bilinear", align_corners=False)
+        b = torch.cat([b[:, :p], grid.flatten(2).transpose(1, 2)], 1)
+    return a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
+
+
+def _capture_pass(
+    model: nn.Module, points: dict, batch, loss_fn, backward: bool
+) -> dict[tuple, torch.Tensor]:
+    """One forward (and backward) pass: {(module name, signal): (B, T, d)} for every point."""
+    modules = dict(model.named_modules())
+    got = {}
+    store = lambda key, t: got.__setitem__(key, _tokens(t, modules[key[0]]).cpu())  # noqa: E731
+    with capture(points, store), torch.set_grad_enabled(backward):
+        loss = loss_fn(model, batch)
+        if backward:
+            loss.backward()
+    model.zero_grad(set_to_none=True)
+    return got
+
+
+def calibrate(
+    source: nn.Module,
+    target: nn.Module,
+    pairs: Mapping[str, str],
+    batches: Iterable,
+    loss_fn: Callable[[nn.Module, object], torch.Tensor],
+    *,
+    signals: Sequence[str] = ("input", "grad_output", "output"),
+    token: str = "all",
+) -> dict[tuple[str, str], GramStats]:
+    """Cross-covariance statistics A vs B of each calibration signal of every matched module.
+
+    Args:
+        pairs: target module -> source module (see `match_modules`).
+        batches: calibration batches, each given to `loss_fn` for both models.
+        loss_fn: (model, batch) -> scalar loss, e.g. the task loss through the model's head.
+        signals: which of `SIGNALS` to record; vector modules (norms, embeddings) have only an
+            output side, so no input signals.
+        token: row pairing: "all", "cls" or "mean" (see `align_tokens`).
+
+    Returns:
+        {(target module, signal): GramStats(gram=False) of rows (x_A, x_B)}: `.xy` is
+        X_Aᵀ X_B (d_A, d_B). A signal that never arrives (the input gradient of the first
+        layer) is absent.
+
+    Raises:
+        KeyError: a module named in `pairs` does not exist.
+        ValueError: unknown token pairing or signal; token counts that cannot be paired.
+    """
+    if token not in TOKENS:
+        raise ValueError(f"unknown token alignment {token!r}; use one of {TOKENS}")
+    bad = [s for s in signals if s not in SIGNALS]
+    if bad:
+        raise ValueError(f"unknown calibration signal(s) {bad}; use of {SIGNALS}")
+    mods_a, mods_b = dict(source.named_modules()), dict(target.named_modules())
+    for b, a in pairs.items():
+        for name, mods, model in ((a, mods_a, source), (b, mods_b, target)):
+            if name not in mods:
+                raise KeyError(f"{type(model).__name__} has no module {name!r}")
+    sigs = {
+        b: [s for s in signals if is_matrix(mods_b[b]) or not s.endswith("input")] for b in pairs
+    }
+    backward = any(s.startswith("grad") for s in signals)
+    pts_a = {(pairs[b], sig): (mods_a[pairs[b]], sig) for b in pairs for sig in sigs[b]}
+    pts_b = {(b, sig): (mods_b[b], sig) for b in pairs for sig in sigs[b]}
+    out: dict[tuple[str, str], GramStats] = {}
+    for batch in batches:
+        got_a = _capture_pass(source, pts_a, batch, loss_fn, backward)
+        got_b = _capture_pass(target, pts_b, batch, loss_fn, backward)
+        for b, a in pairs.items():
+            for sig in sigs[b]:
+                if (a, sig) not in got_a or (b, sig) not in got_b:
+                    continue  # e.g. no gradient reaches the model's raw inputs
+                where = f"{a} -> {b} ({sig})"
+                xa, xb = align_tokens(got_a[(a, sig)], got_b[(b, sig)], token, where)
+                out.setdefault((b, sig), GramStats(gram=False)).update(xa, xb)
+    return out

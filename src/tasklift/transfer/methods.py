@@ -1,0 +1,90 @@
+"""The registry of task-vector transfer methods: BiCo and its baselines, one declarative entry each.
+
+An entry says which calibration signals align each side of a layer (the first decides, later
+ones only settle the directions it leaves open), which member of the map family solves each
+side (`tasklift.maps`: "ProcrustesMap", "PermutationMap"; None for identities), and any step
+after transport (GradFix's sign mask). Adding a method is one entry here plus its test. This
+module imports nothing heavy, so the command line can list the methods instantly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Method", "METHODS", "get_method", "TOKENS", "SCALES"]
+
+#: calibration token pairings between A and B
+TOKENS = ("all", "cls", "mean")
+#: scales of τ_B tried on the validation split (0 is B with the carried-over head alone)
+SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
+
+
+@dataclass(frozen=True)
+class Method:
+    """How one transfer method aligns A's and B's coordinates.
+
+    Args:
+        name: registry key.
+        inputs, outputs: calibration signals ("input", "output", "grad_input", "grad_output")
+            aligning a layer's input and output side, in order of precedence.
+        solver: map class of `tasklift.maps` fitted to the cross-covariances, or None for
+            identity maps (which need equal widths).
+        heads_first: permutation solvers match attention heads, then units inside them.
+        post: step applied to τ_B after transport ("gradfix": keep entries whose sign agrees
+            with −∇L_B), or None.
+        baseline: False for the method tasklift is about (BiCo), True for comparisons.
+        summary: one line for tables and --help.
+    """
+
+    name: str
+    inputs: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    solver: str | None = "ProcrustesMap"
+    heads_first: bool = False
+    post: str | None = None
+    baseline: bool = True
+    summary: str = ""
+
+    @property
+    def signals(self) -> list[str]:
+        """Every calibration signal this method reads (none for identity methods)."""
+        return sorted(set(self.inputs) | set(self.outputs)) if self.solver else []
+
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (
+        Method(
+            "bico",
+            ("input",),
+            ("grad_output", "output"),
+            baseline=False,
+            summary="inputs by activations, outputs by gradients (Procrustes)",
+        ),
+        Method("activation", ("input",), ("output",), summary="activations only (Theseus)"),
+        Method("gradient", ("grad_input",), ("grad_output",), summary="gradients only"),
+        Method(
+            "permutation",
+            ("input",),
+            ("output",),
+            solver="PermutationMap",
+            heads_first=True,
+            summary="re-basin: heads, then units (TransFusion)",
+        ),
+        Method("naive", solver=None, summary="task arithmetic, equal shapes only"),
+        Method("gradfix", solver=None, post="gradfix", summary="naive + sign agreement with −∇L_B"),
+    )
+}
+
+
+def get_method(name: str | Method) -> Method:
+    """The registry entry for `name` (an entry passes through).
+
+    Raises:
+        ValueError: unknown name, listing the known ones.
+    """
+    if isinstance(name, Method):
+        return name
+    if name not in METHODS:
+        raise ValueError(f"unknown transfer method {name!r}; use one of {tuple(METHODS)}")
+    return METHODS[name]

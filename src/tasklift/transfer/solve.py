@@ -1,0 +1,175 @@
+"""From calibration statistics to τ_B: per-module maps (by the method's registry entry), transport
+of every delta of τ_A, and GradFix's sign mask.
+
+For a linear layer ∂L/∂W = g xᵀ, so a task vector is a sum of products of output gradients g and
+input activations x; maps R_in, R_out (semi-orthogonal when widths differ) fitted to A-vs-B
+cross-covariances carry it across: ΔW_B = R_outᵀ ΔW_A R_in, δ_B = δ_A R_out for biases, norms
+and embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import numpy as np
+import torch
+from scipy.linalg import block_diag
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from ..maps import MAPS
+from ..stats import GramStats
+from ..taskvector import TaskVector
+from .methods import Method, get_method
+from .pairing import FUSED, HEADS_IN, HEADS_OUT, is_matrix, module_dims
+
+__all__ = ["solve_maps", "transport", "gradient_sign_mask", "POST_STEPS", "TIE_BREAK"]
+
+#: default weight of a side's later signals, which only settle directions its first leaves
+#: open: the residual-stream gradient is blind to the all-ones direction (every reader is a
+#: LayerNorm) and the final norm's gradient spans at most as many directions as there are classes
+TIE_BREAK = 1e-4
+
+
+def _heads(model: nn.Module) -> int | None:
+    config = getattr(model, "config", None)
+    return getattr(getattr(config, "vision_config", config), "num_attention_heads", None)
+
+
+def _combined(stats: list[GramStats], tie_break: float) -> GramStats:
+    """The first signal's statistics plus the later ones at weight `tie_break`, each normalised
+    by the Frobenius norm of its cross-covariance so the weights compare like with like."""
+    out = GramStats(gram=False)
+    for k, s in enumerate(stats):
+        out.merge(s.normalised(1.0 if k == 0 else tie_break))
+    return out
+
+
+def _fit(method: Method, stats: GramStats, chunks: int, groups) -> np.ndarray:
+    """R (d_A, d_B) by the method's solver; fused q|k|v: each projection with its counterpart."""
+    if chunks > 1:
+        a, b = stats.dims[0] // chunks, stats.dims[1] // chunks
+        parts = [
+            stats.select(slice(i * a, (i + 1) * a), slice(i * b, (i + 1) * b))
+            for i in range(chunks)
+        ]
+        return block_diag(*(_fit(method, p, 1, groups) for p in parts))
+    solver = MAPS[method.solver]
+    solver = solver(groups=groups) if method.heads_first else solver()
+    return solver.fit_stats(stats).coef_.T
+
+
+def solve_maps(
+    source: nn.Module,
+    target: nn.Module,
+    pairs: Mapping[str, str],
+    stats: Mapping[tuple[str, str], GramStats] | None,
+    method: str | Method = "bico",
+    *,
+    tie_break: float = TIE_BREAK,
+) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
+    """R_in (d_in_A, d_in_B) and R_out (d_out_A, d_out_B) per target module, for `method`.
+
+    Identity stands in where a side has no calibration signal and the widths agree; methods
+    without a solver (naive, GradFix) use identities throughout and skip modules whose widths
+    differ.
+
+    Args:
+        stats: `calibrate`'s output for (at least) the method's signals.
+        tie_break: weight of each side's later signals (see `TIE_BREAK`).
+    """
+    method = get_method(method)
+    mods_a, mods_b = dict(source.named_modules()), dict(target.named_modules())
+    heads = (_heads(source), _heads(target))
+    stats = stats or {}
+    maps = {}
+    for b, a in pairs.items():
+        (ia, oa), (ib, ob) = module_dims(mods_a[a]), module_dims(mods_b[b])
+        rs = []
+        for side, da, db, sigs in (("in", ia, ib, method.inputs), ("out", oa, ob, method.outputs)):
+            if side == "in" and da == 0:
+                rs.append(None)
+                continue
+            got = [stats[(b, sig)] for sig in sigs if (b, sig) in stats]
+            if method.solver is None or not got:
+                if da != db:
+                    if method.solver is None:
+                        break  # identity maps need equal widths: leave this module out
+                    raise ValueError(f"no calibration signal for the {side}put side of {b}")
+                rs.append(torch.eye(da))
+                continue
+            fused = side == "out" and FUSED.search(b) is not None
+            named = (HEADS_OUT if side == "out" else HEADS_IN).search(b) is not None
+            grouped = method.heads_first and None not in heads and (fused or named)
+            r = _fit(
+                method, _combined(got, tie_break), 3 if fused else 1, heads if grouped else None
+            )
+            rs.append(torch.from_numpy(r).float())
+        else:
+            maps[b] = (rs[0], rs[1])
+    return maps
+
+
+def _move(delta: torch.Tensor, module: nn.Module, r_in, r_out, param: str) -> torch.Tensor:
+    """One parameter's delta in B's coordinates."""
+    if param == "weight" and isinstance(module, Conv1D):  # (d_in, d_out)
+        return r_in.T @ delta @ r_out
+    if param == "weight" and is_matrix(module):  # (d_out, d_in, *kernel)
+        return torch.einsum("oi...,ob,ic->bc...", delta, r_out, r_in)
+    return delta @ r_out  # biases, norms, embeddings, position and class tokens: (..., d_out)
+
+
+def transport(
+    tv: TaskVector,
+    source: nn.Module,
+    target: nn.Module,
+    pairs: Mapping[str, str],
+    maps: Mapping[str, tuple[torch.Tensor | None, torch.Tensor]],
+) -> TaskVector:
+    """τ_B: every delta of τ_A on a matched module moved by that module's maps.
+
+    Deltas whose leading shape differs from B's parameter (e.g. position tables of another
+    length) and modules without maps are left out; `len(result.deltas)` says what was covered.
+
+    Raises:
+        ValueError: no delta of τ_A could be moved (wrong pairs or task vector).
+    """
+    mods_a, params_b = dict(source.named_modules()), dict(target.named_parameters())
+    out = {}
+    for b, a in pairs.items():
+        if b not in maps:
+            continue
+        r_in, r_out = maps[b]
+        for param, _ in mods_a[a].named_parameters(recurse=False):
+            key = f"{a}.{param}"
+            if key not in tv.deltas:
+                continue
+            moved = _move(tv.deltas[key], mods_a[a], r_in, r_out, param)
+            if moved.shape == params_b[f"{b}.{param}"].shape:
+                out[f"{b}.{param}"] = moved
+    if not out:
+        raise ValueError(
+            "no delta of the task vector could be moved: do the module pairs and maps come "
+            "from these models, and does the task vector hold their parameters?"
+        )
+    return TaskVector(out)
+
+
+def gradient_sign_mask(
+    tv: TaskVector, target: nn.Module, batches: Iterable, loss_fn: Callable
+) -> TaskVector:
+    """GradFix: keep the entries of τ (already in B's shapes) whose sign agrees with −∇L_B(θ_B)."""
+    params = dict(target.named_parameters())
+    target.zero_grad(set_to_none=True)
+    for batch in batches:
+        loss_fn(target, batch).backward()
+    kept = {}
+    for k, v in tv.deltas.items():
+        g = params[k].grad
+        kept[k] = v if g is None else v * (v * -g.detach().float().cpu() > 0)
+    target.zero_grad(set_to_none=True)
+    return TaskVector(kept)
+
+
+#: steps a registry entry's `post` names, applied to τ_B after transport
+POST_STEPS = {"gradfix": gradient_sign_mask}
