@@ -147,3 +147,28 @@ def test_labels_are_matched_to_the_model_by_name(text_task, tmp_path, capsys):
     assert main(["eval", *args, "-o", str(tmp_path / "bad")]) == 2
     err = capsys.readouterr().err
     assert "'zebra'" in err and "not classes of" in err and not (tmp_path / "bad").exists()
+
+
+def test_unavailable_or_unknown_devices_and_ctrl_c_are_one_line(text_task, tmp_path, capsys):
+    import pytest
+    import torch
+
+    import tasklift.cli
+
+    args = ["-o", str(tmp_path / "tm.safetensors")]
+    if not torch.cuda.is_available():
+        assert on_words(text_task, "fit", *args, "--device", "cuda") == 2
+        err = capsys.readouterr().err
+        assert "'cuda' is not available" in err and "Traceback" not in err
+    assert on_words(text_task, "fit", *args, "--device", "bogus") == 2
+    assert "unknown device 'bogus'" in capsys.readouterr().err
+
+    def interrupted(_args):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tasklift.cli, "cmd_fit", interrupted)
+        assert on_words(text_task, "fit", *args) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err
+    assert not list(tmp_path.iterdir())  # nothing half-written

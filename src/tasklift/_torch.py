@@ -24,7 +24,21 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
         return device
     if device != "auto":
-        return torch.device(device)
+        try:
+            dev = torch.device(device)
+        except RuntimeError:
+            raise ValueError(
+                f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps"
+            ) from None
+        mps = getattr(torch.backends, "mps", None)
+        if (dev.type == "cuda" and not torch.cuda.is_available()) or (
+            dev.type == "mps" and not (mps is not None and mps.is_available())
+        ):
+            raise ValueError(
+                f"device {device!r} is not available on this machine (torch {torch.__version__}); "
+                "use --device cpu or auto"
+            )
+        return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():

@@ -180,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"tasklift {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # every write is atomic, so nothing half-written is left behind
+        print(f"tasklift {args.command}: interrupted; no output was written", file=sys.stderr)
+        return 130
     return 0
 
 
