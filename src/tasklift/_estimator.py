@@ -25,6 +25,12 @@ def as_labels(y, n: int) -> np.ndarray:
     return y.astype(np.int64)
 
 
+def scored(pred: np.ndarray, y, sample_weight=None) -> float:
+    """(Weighted) accuracy of predicted class ids against labels y: what every `score` returns."""
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    return float(np.average(pred == as_labels(y, len(pred)), weights=w))
+
+
 def model_key(*sources: object) -> tuple:
     """A key that changes when any model parameter (folder, object) or runtime setting does, so a
     cached load is reused only for the very same parameters."""

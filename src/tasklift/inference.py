@@ -11,7 +11,7 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
-from ._estimator import as_labels, cached, check_fitted, model_key
+from ._estimator import as_labels, cached, check_fitted, model_key, scored
 from .extract import embed, resolve_layers
 from .maps import identity_map
 from .models import Head, final_norm, hidden_size, load_model, num_layers
@@ -212,9 +212,7 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
 
     def score(self, X, y, sample_weight=None, layer: int | None = None) -> float:
         """Accuracy on (X, y); y holds class ids of the fine-tuned head."""
-        pred = self.predict(X, layer)
-        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        return float(np.average(pred == as_labels(y, len(pred)), weights=w))
+        return scored(self.predict(X, layer), y, sample_weight)
 
     def score_layers(self, X, y) -> dict[int, float]:
         """Accuracy of every fitted layer from ONE base pass over X."""

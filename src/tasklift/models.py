@@ -83,13 +83,17 @@ def label_names(src: str | os.PathLike | nn.Module) -> dict[int, str]:
     """A classifier's {class id: label name}, read from its config alone (no weights loaded)."""
     if isinstance(src, nn.Module):
         return dict(src.config.id2label)
+    return dict(_config(src, _resolve_path(src)).id2label)
+
+
+def _config(src, path: str):
+    """The checkpoint's config, read offline (FileNotFoundError naming `src` otherwise)."""
     import transformers as tf
 
     try:
-        config = tf.AutoConfig.from_pretrained(_resolve_path(src), local_files_only=True)
+        return tf.AutoConfig.from_pretrained(path, local_files_only=True)
     except OSError as e:
         raise FileNotFoundError(f"cannot load {src!r} offline: {e}") from None
-    return dict(config.id2label)
 
 
 def load_model(
@@ -123,10 +127,7 @@ def load_model(
     import transformers as tf
 
     path = _resolve_path(src)
-    try:
-        config = tf.AutoConfig.from_pretrained(path, local_files_only=True)
-    except OSError as e:
-        raise FileNotFoundError(f"cannot load {src!r} offline: {e}") from None
+    config = _config(src, path)
     vision = is_vision(config)
     if head:
         cls = (

@@ -15,7 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from .._estimator import as_labels, check_fitted, recorded
+from .._estimator import as_labels, check_fitted, recorded, scored
 from ..data import num_items, take
 from ..evaluate import accuracy
 from ..io import atomic_dir, write_text
@@ -201,9 +201,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
 
     def score(self, X, y, sample_weight=None, scale: float | None = None) -> float:
         """Accuracy on (X, y)."""
-        pred = self.predict(X, scale)
-        w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
-        return float(np.average(pred == as_labels(y, len(pred)), weights=w))
+        return scored(self.predict(X, scale), y, sample_weight)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the transferred classifier as a Hugging Face checkpoint folder (atomically), with
