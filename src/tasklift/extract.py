@@ -47,6 +47,8 @@ def resolve_layers(model: nn.Module, layers: str | int | Sequence[int] = "all") 
 
 
 def _pool(h: torch.Tensor, mask: torch.Tensor | None, pool: str) -> torch.Tensor:
+    if h.ndim == 4:  # a CNN's (B, C, H, W) feature map: global average pooling, whatever `pool`
+        return h.mean((2, 3))
     if pool in ("cls", "first"):
         return h[:, 0]
     if mask is None:

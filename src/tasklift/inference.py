@@ -14,7 +14,7 @@ from torch import nn
 from ._estimator import as_labels, cached, check_fitted, model_key, scored
 from .extract import embed, resolve_layers
 from .maps import identity_map
-from .models import Head, final_norm, hidden_size, load_model, num_layers
+from .models import Head, final_norm, hidden_size, layer_width, load_model, num_layers
 
 __all__ = ["TaskMatrixModel", "HeadClassifier", "NORMS"]
 
@@ -49,11 +49,12 @@ class TaskMatrixModel(nn.Module):
         processor=None,
     ) -> None:
         super().__init__()
-        d_base = hidden_size(base)
+        d_base = layer_width(base, layer)
         if weight.shape[1] != d_base:
             raise ValueError(
                 f"the task matrix expects a base of width {weight.shape[1]} but "
-                f"{type(base).__name__} has hidden size {d_base}; was it fitted on another base?"
+                f"{type(base).__name__} has width {d_base} at layer {layer}; was it fitted on "
+                "another base?"
             )
         self.base, self.head, self.norm = base, head, norm
         self.layer, self.pool, self.processor = layer, pool, processor

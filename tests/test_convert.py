@@ -1,0 +1,95 @@
+"""ONNX -> BERT and EfficientNet-PyTorch -> tasklift EfficientNet conversions are exact."""
+
+import warnings
+
+import pytest
+import torch
+import transformers as tf
+
+from tasklift.convert import efficientnet_pytorch_to_hf, onnx_to_bert
+from tasklift.convnet import ConvNetConfig, ConvNetForImageClassification
+
+onnx = pytest.importorskip("onnx")
+
+
+class _Hidden(torch.nn.Module):
+    """BertModel as a function of (input_ids, attention_mask) -> token states (and pooled)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, ids, mask):
+        out = self.model(input_ids=ids, attention_mask=mask)
+        return out.last_hidden_state, out.pooler_output
+
+
+def _random_bert(pooler: bool) -> tf.BertModel:
+    torch.manual_seed(0)
+    cfg = tf.BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=48, max_position_embeddings=40, attn_implementation="eager",
+    )  # fmt: skip
+    model = tf.BertModel(cfg, add_pooling_layer=pooler).eval()
+    with torch.no_grad():  # no two tensors equal, so the exporter cannot merge any
+        for p in model.parameters():
+            p.normal_(0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("pooler", [False, True])
+def test_onnx_export_of_a_bert_converts_back_to_identical_weights(tmp_path, pooler):
+    model = _random_bert(pooler)
+    ids = torch.randint(0, 50, (3, 11))
+    mask = torch.ones_like(ids)
+    mask[1, 7:] = 0
+    path = tmp_path / "bert.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        names = ["input_ids", "attention_mask"]
+        torch.onnx.export(
+            _Hidden(model).eval(), (ids, mask), str(path), input_names=names, dynamo=False
+        )
+    back = onnx_to_bert(path)
+    assert back.config.num_attention_heads == 4  # read off the graph's score scaling
+    assert back.config.num_hidden_layers == 2 and back.config.intermediate_size == 48
+    want, got = model.state_dict(), back.state_dict()
+    assert set(want) == set(got)
+    for key in want:
+        assert torch.equal(want[key], got[key]), key
+    with torch.no_grad():
+        a = model(input_ids=ids, attention_mask=mask).last_hidden_state
+        b = back(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_onnx_that_is_not_bert_is_refused(tmp_path):
+    path = tmp_path / "linear.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(path), dynamo=False)
+    with pytest.raises(ValueError, match="not a BERT encoder|cannot name"):
+        onnx_to_bert(path)
+
+
+def _tiny_lite0_state():
+    """A state dict in EfficientNet-PyTorch's order under its own (different) names."""
+    torch.manual_seed(0)
+    ours = ConvNetForImageClassification(ConvNetConfig(num_labels=1000)).state_dict()
+    return {f"_t{i}": torch.randn_like(v.float()).to(v.dtype) for i, v in enumerate(ours.values())}
+
+
+def test_efficientnet_pytorch_weights_load_in_order(tmp_path):
+    theirs = _tiny_lite0_state()
+    torch.save(theirs, tmp_path / "lite0.pth")
+    model = efficientnet_pytorch_to_hf(tmp_path / "lite0.pth")
+    for got, want in zip(model.state_dict().values(), theirs.values(), strict=True):
+        assert torch.equal(got, want)
+
+
+def test_efficientnet_pytorch_shape_mismatch_names_the_tensor(tmp_path):
+    theirs = _tiny_lite0_state()
+    theirs["_t0"] = torch.zeros(8, 3, 3, 3)  # a stem of 8 channels, not 32
+    torch.save(theirs, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="_t0"):
+        efficientnet_pytorch_to_hf(tmp_path / "bad.pth")
