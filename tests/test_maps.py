@@ -109,8 +109,8 @@ def test_procrustes_orthogonal_and_recovers_rotation():
 
 
 def test_procrustes_semi_orthogonal_for_width_mismatch():
-    wide = procrustes(rng.normal(size=(8, 12)))  # d_in < d_out: orthonormal rows
-    tall = procrustes(rng.normal(size=(12, 8)))  # d_in > d_out: orthonormal columns
+    wide, _ = procrustes(rng.normal(size=(8, 12)))  # d_in < d_out: orthonormal rows
+    tall, _ = procrustes(rng.normal(size=(12, 8)))  # d_in > d_out: orthonormal columns
     np.testing.assert_allclose(wide @ wide.T, np.eye(8), atol=1e-10)
     np.testing.assert_allclose(tall.T @ tall, np.eye(8), atol=1e-10)
 

@@ -9,6 +9,7 @@ import transformers as tf
 from torch import nn
 
 from conftest import permuted, tiny_classifier
+from tasklift.maps import procrustes
 from tasklift.stats import GramStats
 from tasklift.taskvector import TaskVector
 from tasklift.transfer import (
@@ -17,6 +18,7 @@ from tasklift.transfer import (
     Transfer,
     calibrate,
     get_method,
+    gradient_sign_mask,
     match_modules,
     solve_maps,
     transport,
@@ -216,7 +218,7 @@ def test_naive_and_gradfix_move_equal_shapes_only_and_gradfix_keeps_agreeing_sig
     from tasklift.transfer import gradient_sign_mask
 
     loss = lambda model, batch: model(**batch).loss  # noqa: E731
-    fixed = gradient_sign_mask(naive, b, text_batches(), loss)
+    fixed = gradient_sign_mask(naive, b, text_batches(), loss, mode="mean")
     b.zero_grad()
     sum(loss(b, bt) for bt in text_batches()).backward()
     g = b.bert.encoder.layer[0].intermediate.dense.weight.grad
@@ -290,7 +292,7 @@ def test_transfer_estimator_carries_the_head_and_task_onto_a_permuted_model(tmp_
     t.save(tmp_path / "out")
     info = json.loads((tmp_path / "out" / "tasklift_transfer.json").read_text())
     assert info["params"]["method"] == "bico" and info["scale"] == 1.0
-    assert info["params"]["scales"] == list(t.scales) and info["params"]["tie_break"] == 1e-4
+    assert info["params"]["scales"] == list(t.scales) and info["params"]["tie_break"] == 1e-6
     again = tf.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     np.testing.assert_allclose(again(**X).logits.detach(), a_ft(**X).logits.detach(), atol=1e-4)
     back = Transfer.load(tmp_path / "out")  # one call: model, τ_B, settings, scores
@@ -310,3 +312,87 @@ def test_transfer_estimator_carries_the_head_and_task_onto_a_permuted_model(tmp_
         transport_head(a_ft, tiny_classifier("roberta"), torch.eye(32), ["classifier"])
     with pytest.raises(ValueError, match="expected a head"):
         Transfer(a, a_ft.bert, b).fit(X, y)  # A_ft must be a classifier
+
+
+# -- issue 11: tie-break in the null space only, centring, GradFix modes, tower discovery -------
+def _orth(d: int, seed: int) -> np.ndarray:
+    return np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))[0]
+
+
+def _stats(xa: np.ndarray, xb: np.ndarray) -> GramStats:
+    return GramStats(gram=False).update(torch.from_numpy(xa), torch.from_numpy(xb))
+
+
+def _one_layer_maps(signals: dict, **kw) -> np.ndarray:
+    """R_out of a single 4 -> 4 linear layer under BiCo, from hand-made calibration rows."""
+    a, b = nn.Sequential(nn.Linear(4, 4)), nn.Sequential(nn.Linear(4, 4))
+    stats = {("0", sig): _stats(*rows) for sig, rows in signals.items()}
+    return solve_maps(a, b, {"0": "0"}, stats, "bico", **kw)["0"][1].double().numpy()
+
+
+def test_tie_break_does_not_touch_directions_the_gradient_determines():
+    rng = np.random.default_rng(0)
+    r_grad, r_act = _orth(4, 1), _orth(4, 2)
+    ga = rng.normal(size=(64, 4)) * [1, 1, 1, 1e-5]  # badly conditioned, but full rank
+    xa = rng.normal(size=(64, 4))
+    r = _one_layer_maps(
+        {"input": (xa, xa), "grad_output": (ga, ga @ r_grad), "output": (xa, xa @ r_act)}
+    )
+    # the gradient alone decides: plain Procrustes of its cross-covariance, not bent by outputs
+    want, _ = procrustes(ga.T @ (ga @ r_grad))
+    np.testing.assert_allclose(r, want, atol=1e-6)
+
+
+def test_tie_break_settles_exactly_the_null_space_of_the_gradient():
+    rng = np.random.default_rng(0)
+    true = _orth(4, 3)
+    ga = np.zeros((64, 4))
+    ga[:, :2] = rng.normal(size=(64, 2))  # gradients see 2 of the 4 directions
+    xa = rng.normal(size=(64, 4))
+    r = _one_layer_maps(
+        {"input": (xa, xa), "grad_output": (ga, ga @ true), "output": (xa, xa @ true)}
+    )
+    np.testing.assert_allclose(r, true, atol=1e-6)  # the outputs fixed the 2 unseen directions
+    np.testing.assert_allclose(r.T @ r, np.eye(4), atol=1e-6)
+
+
+def test_centring_ignores_offsets_that_do_not_transfer():
+    rng = np.random.default_rng(0)
+    true = _orth(4, 4)
+    z = rng.normal(size=(256, 4))
+    xa, xb = z + [8, 0, 0, 0], z @ true + [0, 0, 0, -8]  # means unrelated to the rotation
+    signals = {"input": (xa, xb), "grad_output": (z, z @ true)}
+    maps = {}
+    for center in (False, True):
+        a, b = nn.Sequential(nn.Linear(4, 4)), nn.Sequential(nn.Linear(4, 4))
+        stats = {("0", sig): _stats(*rows) for sig, rows in signals.items()}
+        maps[center] = solve_maps(a, b, {"0": "0"}, stats, "bico", center=center)["0"][0]
+    np.testing.assert_allclose(maps[True].double().numpy(), true, atol=1e-6)
+    assert np.abs(maps[False].double().numpy() - true).max() > 0.1
+
+
+def test_gradfix_majority_vote_differs_from_the_mean_gradient():
+    target = nn.Linear(1, 1, bias=False)
+    c = torch.tensor([-1.0, -1.0, 5.0])  # two small votes for +, one large gradient for -
+    loss = lambda model, idx: (c[torch.as_tensor(idx)] * model.weight).sum()  # noqa: E731
+    tv = TaskVector({"weight": torch.ones(1, 1)})
+    majority = gradient_sign_mask(tv, target, [np.arange(3)], loss)
+    mean = gradient_sign_mask(tv, target, [np.arange(3)], loss, mode="mean")
+    assert majority.deltas["weight"].item() == 1.0 and mean.deltas["weight"].item() == 0.0
+    assert "gradfix-mean" in METHODS and METHODS["gradfix"].post == "gradfix"
+
+
+def test_backbone_of_a_siglip_style_tower_is_found_without_base_model_prefix():
+    from tasklift.models import backbone, classifier_like
+
+    cfg = tf.SiglipVisionConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        image_size=16, patch_size=8,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    encoder = tf.SiglipVisionModel(cfg).eval()
+    cls = tf.SiglipForImageClassification(tf.SiglipConfig(vision_config=cfg.to_dict())).eval()
+    assert backbone(cls) is cls.vision_model and backbone(encoder) is encoder
+    moved = classifier_like(cls, backbone(encoder))  # was: "lacks 2 parameters", refused
+    for k, v in encoder.state_dict().items():
+        assert torch.equal(moved.vision_model.state_dict()[k], v), k

@@ -73,14 +73,30 @@ def ridge_path(
     return out
 
 
-def procrustes(xy: np.ndarray) -> np.ndarray:
-    """Orthogonal Procrustes: the R with RᵀR = I (or RRᵀ = I if wider) maximising tr(Rᵀ XᵀY).
+#: singular values of XᵀY at or below this fraction of the largest are its numerical null space:
+#: float32 round-off of the captured signals, not information about the alignment
+NULL_RTOL = 1e-6
 
-    This is argmin ‖X R − Y‖ over (semi-)orthogonal R; semi-orthogonal when d_in ≠ d_out.
-    Shapes: xy (d_in, d_out) -> R (d_in, d_out).
+
+def procrustes(
+    xy: np.ndarray, tie: np.ndarray | None = None, *, rtol: float = NULL_RTOL
+) -> tuple[np.ndarray, int]:
+    """Orthogonal Procrustes: the R with RᵀR = I (or RRᵀ = I if wider) maximising tr(Rᵀ XᵀY),
+    and how many of its directions XᵀY left open (singular values ≤ rtol·σ_max).
+
+    This is argmin ‖X R − Y‖ over (semi-)orthogonal R; semi-orthogonal when d_in ≠ d_out. The
+    open directions are arbitrary in plain Procrustes; with `tie` (a second signal's XᵀY, same
+    shape) they, and only they, are chosen to maximise tr(Rᵀ tie): R keeps every direction XᵀY
+    determines. Shapes: xy (d_in, d_out) -> R (d_in, d_out).
     """
-    u, _, vt = np.linalg.svd(xy, full_matrices=False)
-    return u @ vt
+    u, s, vt = np.linalg.svd(xy, full_matrices=tie is not None)
+    k = min(xy.shape)
+    r = int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
+    if tie is None or r == k:
+        return u[:, :k] @ vt[:k], k - r
+    un, vn = u[:, r:], vt[r:].T  # bases of the null spaces on either side
+    q, _ = procrustes(un.T @ tie @ vn)  # the best (semi-)orthogonal map between them
+    return u[:, :r] @ vt[:r] + un @ q @ vn.T, k - r
 
 
 def _assign(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -177,12 +193,21 @@ class LinearMap(RegressorMixin, BaseEstimator):
     def _needs_gram(self) -> bool:
         return True
 
-    def fit_stats(self, stats: GramStats) -> LinearMap:
-        """Fit from accumulated statistics; resets any earlier fit and returns self."""
+    def fit_stats(self, stats: GramStats, *, tie: np.ndarray | None = None) -> LinearMap:
+        """Fit from accumulated statistics; resets any earlier fit and returns self.
+
+        `tie`: a second signal's cross-covariance (d_in, d_out) that settles only what `stats`
+        leaves open (ProcrustesMap; the other maps refuse it).
+        """
         if stats.n == 0:
             raise ValueError("cannot fit a map on an empty dataset")
         mx, my, xx, xy = _moments(stats, self.fit_intercept, self._needs_gram())
-        W = self._solve(xx, xy, stats)  # (d_in, d_out)
+        if tie is None:
+            W = self._solve(xx, xy, stats)  # (d_in, d_out)
+        elif isinstance(self, ProcrustesMap):
+            W = self._solve(xx, xy, stats, tie=np.asarray(tie, dtype=np.float64))
+        else:
+            raise ValueError(f"{type(self).__name__} takes no tie-break statistics")
         self.coef_ = W.T.copy()
         self.intercept_ = np.zeros(W.shape[1]) if mx is None else my - mx @ W
         self.n_samples_seen_ = stats.n
@@ -329,21 +354,28 @@ class RidgeCVMap(LinearMap):
 class ProcrustesMap(LinearMap):
     """(Semi-)orthogonal R = argmax tr(Rᵀ XᵀY), i.e. argmin ‖X R − Y‖ (optionally centred, scaled).
 
-    Needs only XᵀY (GramStats(gram=False) suffices) unless `scale` is set.
+    Needs only XᵀY (GramStats(gram=False) suffices) unless `scale` is set. `fit_stats(stats,
+    tie=M)` lets a second signal's cross-covariance M settle the directions XᵀY leaves open
+    (see `procrustes`); `null_dims_` counts them.
 
     Args:
-        fit_intercept: centre X and Y first and fit a bias.
+        fit_intercept: centre X and Y first (covariances, not raw products) and fit a bias.
         scale: also fit one global scale s (similarity Procrustes).
+        null_rtol: singular values at or below this fraction of the largest are null.
     """
 
-    def __init__(self, *, fit_intercept: bool = False, scale: bool = False) -> None:
-        self.fit_intercept, self.scale = fit_intercept, scale
+    _learned = ("null_dims_",)
+
+    def __init__(
+        self, *, fit_intercept: bool = False, scale: bool = False, null_rtol: float = NULL_RTOL
+    ) -> None:
+        self.fit_intercept, self.scale, self.null_rtol = fit_intercept, scale, null_rtol
 
     def _needs_gram(self) -> bool:
         return self.scale
 
-    def _solve(self, xx, xy, stats):
-        R = procrustes(xy)
+    def _solve(self, xx, xy, stats, tie=None):
+        R, self.null_dims_ = procrustes(xy, tie, rtol=self.null_rtol)
         if self.scale:
             R = R * (np.einsum("ij,ij->", R, xy) / np.trace(xx))
         return R

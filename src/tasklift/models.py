@@ -168,10 +168,30 @@ def load_model(
     return model.to(dev, dt).eval(), processor
 
 
+_HEADS = ("classifier", "score", "pre_classifier", "head", "lm_head")
+
+
 def backbone(model: nn.Module) -> nn.Module:
-    """The encoder inside a classifier (model.bert, model.vit, ...), or the model itself."""
+    """The encoder inside a classifier (model.bert, model.vit, ...), or the model itself.
+
+    Found by `base_model_prefix`, else by unwrapping: a module with no parameters of its own
+    whose only parameter-holding child, heads aside, is a tower (SigLIP's and CLIP's
+    `vision_model`) is replaced by that child.
+    """
     prefix = getattr(model, "base_model_prefix", "")
-    return getattr(model, prefix, model) if prefix else model
+    enc = getattr(model, prefix, None) if prefix else None
+    if isinstance(enc, nn.Module):
+        return enc
+    enc = model
+    while next(enc.parameters(recurse=False), None) is None:
+        holders = [
+            m for name, m in enc.named_children()
+            if name not in _HEADS and next(m.parameters(), None) is not None
+        ]  # fmt: skip
+        if len(holders) != 1 or not any(True for _ in holders[0].children()):
+            break
+        enc = holders[0]
+    return enc
 
 
 def blocks(model: nn.Module) -> nn.ModuleList:
@@ -317,10 +337,17 @@ def classifier_like(finetuned: nn.Module, encoder: nn.Module) -> nn.Module:
 
     import transformers as tf
 
-    cfg = copy.deepcopy(encoder.config)
+    tower = hasattr(finetuned.config, "vision_config") and not hasattr(
+        encoder.config, "vision_config"
+    )
+    if tower:  # a SigLIP-style tower: put its config into the classifier's composite config
+        cfg = copy.deepcopy(finetuned.config)
+        cfg.vision_config = copy.deepcopy(encoder.config)
+    else:
+        cfg = copy.deepcopy(encoder.config)
     cfg.num_labels = finetuned.config.num_labels
     cfg.id2label, cfg.label2id = dict(finetuned.config.id2label), dict(finetuned.config.label2id)
-    if cfg.model_type == finetuned.config.model_type:
+    if tower or cfg.model_type == finetuned.config.model_type:
         model = type(finetuned)(cfg)
     else:
         auto = (

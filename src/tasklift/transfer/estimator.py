@@ -44,10 +44,12 @@ class Transfer(ClassifierMixin, BaseEstimator):
         source, finetuned, target: checkpoint folders or models (A and B may be backbones or
             classifiers; A_ft must be a classifier).
         method: a name of `tasklift.transfer.METHODS` ("bico", "activation", "gradient",
-            "permutation", "naive", "gradfix").
+            "permutation", "naive", "gradfix", "gradfix-mean").
         token: calibration token pairing: "all", "cls" or "mean".
         scales: task-vector scales tried on the validation split (1 without one).
-        tie_break: weight of each side's later calibration signals (see `solve.TIE_BREAK`).
+        tie_break: singular values of a side's first cross-covariance at or below this fraction
+            of the largest are settled by its later signals (see `solve.TIE_BREAK`).
+        center: align centred covariances (means removed) rather than raw second moments.
         block_map: {target block: source block}; default proportional depth.
         processor: tokenizer / image processor for both models (default: each model's own).
 
@@ -70,6 +72,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         token: str = "all",
         scales: Sequence[float] = SCALES,
         tie_break: float = TIE_BREAK,
+        center: bool = False,
         block_map: Mapping[int, int] | None = None,
         batch_size: int = 16,
         max_length: int = 128,
@@ -80,7 +83,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
     ) -> None:
         self.source, self.finetuned, self.target = source, finetuned, target
         self.method, self.token, self.scales = method, token, scales
-        self.tie_break, self.block_map = tie_break, block_map
+        self.tie_break, self.center, self.block_map = tie_break, center, block_map
         self.batch_size, self.max_length, self.progress = batch_size, max_length, progress
         self.device, self.dtype, self.processor = device, dtype, processor
 
@@ -165,7 +168,9 @@ class Transfer(ClassifierMixin, BaseEstimator):
                 signals=method.signals,
                 token=self.token,
             )
-        maps = solve_maps(a_cal, b_cls, pairs, stats, method, tie_break=self.tie_break)
+        maps = solve_maps(
+            a_cal, b_cls, pairs, stats, method, tie_break=self.tie_break, center=self.center
+        )
         tv_b = transport(tv, a_cal, b_cls, pairs, maps)
         if method.post is not None:
             tv_b = POST_STEPS[method.post](tv_b, b_cls, self._batches(n, method.post), loss_fn)

@@ -31,7 +31,7 @@ class Method:
             identity maps (which need equal widths).
         heads_first: permutation solvers match attention heads, then units inside them.
         post: step applied to τ_B after transport ("gradfix": keep entries whose sign agrees
-            with −∇L_B), or None.
+            with most examples' −∇L_B; "gradfix-mean": with the mean −∇L_B), or None.
         baseline: False for the method tasklift is about (BiCo), True for comparisons.
         summary: one line for tables and --help.
     """
@@ -72,7 +72,18 @@ METHODS: dict[str, Method] = {
             summary="re-basin: heads, then units (TransFusion)",
         ),
         Method("naive", solver=None, summary="task arithmetic, equal shapes only"),
-        Method("gradfix", solver=None, post="gradfix", summary="naive + sign agreement with −∇L_B"),
+        Method(
+            "gradfix",
+            solver=None,
+            post="gradfix",
+            summary="naive, kept where the examples' −∇L_B signs agree (majority vote)",
+        ),
+        Method(
+            "gradfix-mean",
+            solver=None,
+            post="gradfix-mean",
+            summary="naive, kept where the sign of the mean −∇L_B agrees",
+        ),
     )
 }
 

@@ -9,6 +9,7 @@ and embeddings.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
@@ -17,7 +18,7 @@ from scipy.linalg import block_diag
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..maps import MAPS
+from ..maps import MAPS, NULL_RTOL
 from ..stats import GramStats
 from ..taskvector import TaskVector
 from .methods import Method, get_method
@@ -25,10 +26,11 @@ from .pairing import FUSED, HEADS_IN, HEADS_OUT, is_matrix, module_dims
 
 __all__ = ["solve_maps", "transport", "gradient_sign_mask", "POST_STEPS", "TIE_BREAK"]
 
-#: default weight of a side's later signals, which only settle directions its first leaves
-#: open: the residual-stream gradient is blind to the all-ones direction (every reader is a
-#: LayerNorm) and the final norm's gradient spans at most as many directions as there are classes
-TIE_BREAK = 1e-4
+#: a side's later signals settle only the directions its first signal leaves open: those whose
+#: singular value is at most TIE_BREAK × the largest (the numerical null space). The gradient of
+#: the residual stream is blind to the all-ones direction (every reader is a LayerNorm), and the
+#: final norm's gradient spans at most as many directions as there are classes.
+TIE_BREAK = NULL_RTOL
 
 
 def _heads(model: nn.Module) -> int | None:
@@ -36,27 +38,31 @@ def _heads(model: nn.Module) -> int | None:
     return getattr(getattr(config, "vision_config", config), "num_attention_heads", None)
 
 
-def _combined(stats: list[GramStats], tie_break: float) -> GramStats:
-    """The first signal's statistics plus the later ones at weight `tie_break`, each normalised
-    by the Frobenius norm of its cross-covariance so the weights compare like with like."""
-    out = GramStats(gram=False)
-    for k, s in enumerate(stats):
-        out.merge(s.normalised(1.0 if k == 0 else tie_break))
-    return out
+def _cross(stats: GramStats, center: bool) -> np.ndarray:
+    """XᵀY, or the centred cross-covariance, scaled to unit Frobenius norm."""
+    xy = stats.centred()[3] if center else stats.xy
+    return xy / max(float(np.linalg.norm(xy)), 1e-300)
 
 
-def _fit(method: Method, stats: GramStats, chunks: int, groups) -> np.ndarray:
-    """R (d_A, d_B) by the method's solver; fused q|k|v: each projection with its counterpart."""
-    if chunks > 1:
-        a, b = stats.dims[0] // chunks, stats.dims[1] // chunks
-        parts = [
-            stats.select(slice(i * a, (i + 1) * a), slice(i * b, (i + 1) * b))
-            for i in range(chunks)
-        ]
-        return block_diag(*(_fit(method, p, 1, groups) for p in parts))
-    solver = MAPS[method.solver]
-    solver = solver(groups=groups) if method.heads_first else solver()
-    return solver.fit_stats(stats).coef_.T
+def _fit(
+    method: Method, stats: list[GramStats], chunks: int, groups, center: bool, rtol: float
+) -> np.ndarray:
+    """R (d_A, d_B) by the method's solver from the first signal; later signals (summed, each at
+    unit norm) settle only what it leaves open. Fused q|k|v: each part with its counterpart."""
+    first, later = stats[0], stats[1:]
+    tie = sum(_cross(s, center) for s in later) if later else None
+    kw = {"groups": groups} if method.heads_first else {}
+    if method.solver == "ProcrustesMap":
+        kw["null_rtol"] = rtol
+    a, b = first.dims[0] // chunks, first.dims[1] // chunks
+    parts = []
+    for i in range(chunks):
+        rows, cols = slice(i * a, (i + 1) * a), slice(i * b, (i + 1) * b)
+        part = first if chunks == 1 else first.select(rows, cols)
+        solver = MAPS[method.solver](fit_intercept=center, **kw)
+        solver.fit_stats(part, tie=None if tie is None else tie[rows, cols])
+        parts.append(solver.coef_.T)
+    return block_diag(*parts)
 
 
 def solve_maps(
@@ -67,6 +73,7 @@ def solve_maps(
     method: str | Method = "bico",
     *,
     tie_break: float = TIE_BREAK,
+    center: bool = False,
 ) -> dict[str, tuple[torch.Tensor | None, torch.Tensor]]:
     """R_in (d_in_A, d_in_B) and R_out (d_out_A, d_out_B) per target module, for `method`.
 
@@ -76,7 +83,9 @@ def solve_maps(
 
     Args:
         stats: `calibrate`'s output for (at least) the method's signals.
-        tie_break: weight of each side's later signals (see `TIE_BREAK`).
+        tie_break: singular values of a side's first cross-covariance at or below this
+            fraction of the largest are left to its later signals (see `TIE_BREAK`).
+        center: align centred covariances (means removed) instead of raw second moments.
     """
     method = get_method(method)
     mods_a, mods_b = dict(source.named_modules()), dict(target.named_modules())
@@ -101,9 +110,8 @@ def solve_maps(
             fused = side == "out" and FUSED.search(b) is not None
             named = (HEADS_OUT if side == "out" else HEADS_IN).search(b) is not None
             grouped = method.heads_first and None not in heads and (fused or named)
-            r = _fit(
-                method, _combined(got, tie_break), 3 if fused else 1, heads if grouped else None
-            )
+            chunks, groups = 3 if fused else 1, heads if grouped else None
+            r = _fit(method, got, chunks, groups, center, tie_break)
             rs.append(torch.from_numpy(r).float())
         else:
             maps[b] = (rs[0], rs[1])
@@ -156,20 +164,43 @@ def transport(
 
 
 def gradient_sign_mask(
-    tv: TaskVector, target: nn.Module, batches: Iterable, loss_fn: Callable
+    tv: TaskVector,
+    target: nn.Module,
+    batches: Iterable,
+    loss_fn: Callable,
+    *,
+    mode: str = "majority",
 ) -> TaskVector:
-    """GradFix: keep the entries of τ (already in B's shapes) whose sign agrees with −∇L_B(θ_B)."""
+    """GradFix: keep the entries of τ (already in B's shapes) whose sign agrees with B's descent
+    direction −∇L_B(θ_B): by a vote of the calibration examples' own gradient signs ("majority",
+    GradFix's default) or by the sign of their summed gradient ("mean"). Ties are dropped.
+
+    `batches` are index arrays given to `loss_fn(target, idx)`; "majority" splits them into single
+    examples (one backward pass each).
+    """
+    if mode not in ("majority", "mean"):
+        raise ValueError(f"GradFix mode must be 'majority' or 'mean', not {mode!r}")
     params = dict(target.named_parameters())
-    target.zero_grad(set_to_none=True)
+    votes, seen = {k: torch.zeros(v.shape) for k, v in tv.deltas.items()}, set()
     for batch in batches:
-        loss_fn(target, batch).backward()
-    kept = {}
-    for k, v in tv.deltas.items():
-        g = params[k].grad
-        kept[k] = v if g is None else v * (v * -g.detach().float().cpu() > 0)
+        for unit in (
+            [batch[i : i + 1] for i in range(len(batch))] if mode == "majority" else [batch]
+        ):
+            target.zero_grad(set_to_none=True)
+            loss_fn(target, unit).backward()
+            for k, vote in votes.items():
+                g = params[k].grad
+                if g is not None:
+                    g = -g.detach().float().cpu()
+                    vote += g.sign() if mode == "majority" else g
+                    seen.add(k)
     target.zero_grad(set_to_none=True)
+    kept = {k: v * (v * votes[k] > 0) if k in seen else v for k, v in tv.deltas.items()}
     return TaskVector(kept)
 
 
 #: steps a registry entry's `post` names, applied to τ_B after transport
-POST_STEPS = {"gradfix": gradient_sign_mask}
+POST_STEPS = {
+    "gradfix": gradient_sign_mask,
+    "gradfix-mean": functools.partial(gradient_sign_mask, mode="mean"),
+}
