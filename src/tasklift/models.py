@@ -9,6 +9,7 @@ pooled [CLS] vector. This module finds them by structure, so new HF encoders mos
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,6 +88,20 @@ def label_names(src: str | os.PathLike | nn.Module) -> dict[int, str]:
     return dict(_config(src, _resolve_path(src)).id2label)
 
 
+def _check_weights(path: Path) -> None:
+    """Refuse a folder whose weights are only pickles, unless the user opted in: unpickling can
+    run code (transformers loads them with torch's weights_only, which stops most of it)."""
+    if not path.is_dir() or any(path.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in path.iterdir() if p.suffix in (".bin", ".pt", ".pth"))
+    if pickles and os.environ.get("TASKLIFT_ALLOW_PICKLE") != "1":
+        raise ValueError(
+            f"{path} holds only pickle weights ({pickles[0]}), and unpickling can run code; "
+            "convert them to safetensors, or pass --allow-pickle (TASKLIFT_ALLOW_PICKLE=1) if "
+            "you trust their source"
+        )
+
+
 def _config(src, path: str):
     """The checkpoint's config, read offline (FileNotFoundError naming `src` otherwise)."""
     import transformers as tf
@@ -129,36 +144,48 @@ def load_model(
     if isinstance(src, nn.Module):
         return src.to(dev, dt).eval(), None
     import transformers as tf
+    from safetensors import SafetensorError
 
     path = _resolve_path(src)
     config = _config(src, path)
+    _check_weights(Path(path))
     vision = is_vision(config)
-    if head:
-        cls = (
-            tf.AutoModelForImageClassification if vision else tf.AutoModelForSequenceClassification
-        )
-        kw = (
-            {}
-            if num_labels is None
-            else {  # the class count via fresh names: a base may keep its pre-training labels
-                "id2label": {i: f"LABEL_{i}" for i in range(num_labels)},
-                "label2id": {f"LABEL_{i}": i for i in range(num_labels)},
-                "ignore_mismatched_sizes": True,
-            }
-        )
-        model, info = cls.from_pretrained(
-            path, local_files_only=True, output_loading_info=True, **kw
-        )
-        missing = [k for k in info["missing_keys"] if "classifier" in k or "score" in k]
-        if missing and num_labels is None:
-            raise ValueError(
-                f"{src} has no trained classification head (missing {missing[:2]}); "
-                "pass the fine-tuned checkpoint, or num_labels to start a new head"
+    try:
+        if head:
+            cls = (
+                tf.AutoModelForImageClassification
+                if vision
+                else tf.AutoModelForSequenceClassification
             )
-    elif config.model_type == "clip":
-        model = tf.CLIPVisionModel.from_pretrained(path, local_files_only=True)
-    else:
-        model = tf.AutoModel.from_pretrained(path, local_files_only=True)
+            kw = (
+                {}
+                if num_labels is None
+                else {  # the class count via fresh names: a base may keep its pre-training labels
+                    "id2label": {i: f"LABEL_{i}" for i in range(num_labels)},
+                    "label2id": {f"LABEL_{i}": i for i in range(num_labels)},
+                    "ignore_mismatched_sizes": True,
+                }
+            )
+            model, info = cls.from_pretrained(
+                path, local_files_only=True, output_loading_info=True, **kw
+            )
+            missing = [k for k in info["missing_keys"] if "classifier" in k or "score" in k]
+            if missing and num_labels is None:
+                raise ValueError(
+                    f"{src} has no trained classification head (missing {missing[:2]}); "
+                    "pass the fine-tuned checkpoint, or num_labels to start a new head"
+                )
+        elif config.model_type == "clip":
+            model = tf.CLIPVisionModel.from_pretrained(path, local_files_only=True)
+        else:
+            model = tf.AutoModel.from_pretrained(path, local_files_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(
+            f"refused to unpickle {src}: its pickle holds objects other than tensors (possibly "
+            "code), which tasklift never loads; ask for safetensors weights"
+        ) from None
+    except (OSError, RuntimeError, SafetensorError) as e:
+        raise ValueError(f"cannot load the weights of {src}: {str(e).splitlines()[0]}") from None
     processor = None
     for auto in (tf.AutoImageProcessor,) if vision else (tf.AutoTokenizer,):
         try:

@@ -30,17 +30,44 @@ from .commands import (
 log = logging.getLogger("tasklift")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line (the usage is one --help away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
+    return value
+
+
+def _layer(text: str) -> str:
+    if text != "auto" and not text.lstrip("-").isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a layer index (0, 3, -1) or 'auto'")
+    return text
+
+
 # -- flags ------------------------------------------------------------------------------------
 def _runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument(
         "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16"
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive, default=32)
     p.add_argument("--max-length", type=int, default=128, help="token limit for text inputs")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="show transformers' load reports")
+    p.add_argument(
+        "--allow-pickle", action="store_true",
+        help="load checkpoints whose weights are only pickles (unpickling can run code)",
+    )  # fmt: skip
 
 
 def _matrix_flags(p: argparse.ArgumentParser) -> None:
@@ -62,14 +89,17 @@ def _data_flags(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
     p.add_argument("--text-key", default="text")
     p.add_argument("--label-key", default="label")
     p.add_argument("--test-size", type=float, default=0.2, help="fraction (<1) or count held out")
-    p.add_argument("--train-limit", type=int, default=None, help="use at most this many train rows")
+    p.add_argument(
+        "--train-limit", type=_positive, default=None, help="use at most this many train rows"
+    )
+    p.add_argument("--encoding", default="utf-8", help="text encoding of .csv/.tsv/.jsonl data")
     p.add_argument("--image-size", type=int, default=224, help="image side for built-in image data")
 
 
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `tasklift` command."""
-    ap = argparse.ArgumentParser(prog="tasklift", description=__doc__.splitlines()[0])
+    ap = _Parser(prog="tasklift", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"tasklift {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -87,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("fit", cmd_fit, "fit a task matrix (base layer -> fine-tuned final embedding)")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
-    p.add_argument("--layer", default="auto", help="base layer index, or auto (CV)")
+    p.add_argument("--layer", type=_layer, default="auto", help="base layer index, or auto (CV)")
     p.add_argument("--alpha", default="0", help="ridge: 0 (plain lstsq), a strength, a,b,c or auto")
     p.add_argument("--intercept", action="store_true", help="affine map (fit a bias)")
 
@@ -125,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("scaling", cmd_scaling, "accuracy vs training size: task matrix vs linear probe")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    p.add_argument("--layer", default="auto", help="base layer, or auto (CV on all of train)")
+    p.add_argument(
+        "--layer", type=_layer, default="auto", help="base layer, or auto (CV on all of train)"
+    )
     p.add_argument("--per-class", default=",".join(map(str, PER_CLASS)), help="k values")
     p.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
     p.add_argument("--alphas", default="0;auto", help="ridge solvers, ';'-separated")
@@ -172,13 +204,22 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point: parse, run, and turn expected errors into one-line messages (exit 2)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tasklift never downloads
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (already printed on one line), --help or --version
+        return int(e.code or 0)
     if not getattr(args, "verbose", False):  # transformers' per-load bars and key reports
         import transformers
 
         transformers.logging.set_verbosity_error()
         transformers.logging.disable_progress_bar()
+    if getattr(args, "allow_pickle", False):
+        os.environ["TASKLIFT_ALLOW_PICKLE"] = "1"
     try:
+        if getattr(args, "output", None):  # before any work: finding out after an hour is no use
+            from ..io import check_writable
+
+            check_writable(args.output)
         from ..distributed import init_from_env
 
         device = init_from_env()  # under torchrun: join the group, pick this rank's device
@@ -187,8 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise ValueError(f"only `tasklift fit` runs distributed, not `{args.command}`")
             args.device = device if args.device == "auto" else args.device
         args.func(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        print(f"tasklift {args.command}: error: {e}", file=sys.stderr)
+    except (ValueError, KeyError, OSError) as e:  # FileNotFoundError, PermissionError: OSError
+        text = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"tasklift {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # every write is atomic, so nothing half-written is left behind
         print(f"tasklift {args.command}: interrupted; no output was written", file=sys.stderr)

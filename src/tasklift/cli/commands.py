@@ -54,6 +54,7 @@ def _splits(args, data: str | None = None, classifier=None):
         text_key=args.text_key,
         label_key=args.label_key,
         image_size=args.image_size,
+        encoding=args.encoding,
     )
     if classifier is not None:
         ds = align_labels(ds, label_names(classifier), model=str(classifier))
