@@ -396,3 +396,74 @@ def test_backbone_of_a_siglip_style_tower_is_found_without_base_model_prefix():
     moved = classifier_like(cls, backbone(encoder))  # was: "lacks 2 parameters", refused
     for k, v in encoder.state_dict().items():
         assert torch.equal(moved.vision_model.state_dict()[k], v), k
+
+
+def as_mpnet(bert: tf.BertForSequenceClassification) -> tf.MPNetModel:
+    """An MPNet computing exactly what `bert` computes (on inputs without padding or token id 1):
+    weights copied role by role, BERT's token-type row folded into MPNet's positions, which
+    start at 2, and no relative attention bias."""
+    c = bert.config
+    cfg = tf.MPNetConfig(
+        vocab_size=c.vocab_size, hidden_size=c.hidden_size, num_hidden_layers=c.num_hidden_layers,
+        num_attention_heads=c.num_attention_heads, intermediate_size=c.intermediate_size,
+        max_position_embeddings=c.max_position_embeddings + 2, layer_norm_eps=c.layer_norm_eps,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    )  # fmt: skip
+    m = tf.MPNetModel(cfg, add_pooling_layer=False).eval()
+    src, dst = bert.bert.state_dict(), {}
+    names = {"self.query": "attn.q", "self.key": "attn.k", "self.value": "attn.v",
+             "output.dense": "attn.o", "output.LayerNorm": "LayerNorm"}  # fmt: skip
+    for k, v in src.items():
+        if k.startswith("encoder."):
+            for old, new in names.items():
+                k = k.replace(f"attention.{old}", f"attention.{new}")
+            dst[k] = v
+        elif k.startswith("embeddings.") and "position" not in k and "token_type" not in k:
+            dst[k] = v
+    pos = m.embeddings.position_embeddings.weight.detach().clone()
+    bert_emb = bert.bert.embeddings
+    pos[2:] = (
+        bert_emb.position_embeddings.weight[: len(pos) - 2]
+        + bert_emb.token_type_embeddings.weight[0]
+    )
+    dst["embeddings.position_embeddings.weight"] = pos
+    dst["encoder.relative_attention_bias.weight"] = torch.zeros_like(
+        m.encoder.relative_attention_bias.weight
+    )
+    m.load_state_dict(dst, strict=False)
+    return m
+
+
+def test_bert_to_mpnet_is_paired_by_role_and_recovers_the_fine_tuned_function():
+    """Across families (BERT -> MPNet: other module names, head layout and position offsets),
+    B equal to A in function: BiCo pairs every block module by role and reproduces A_ft."""
+    from tasklift.transfer.pairing import head_pair
+
+    a = trained_like(tiny_classifier("bert"))
+    a_ft = nudged(a)
+    with torch.no_grad():  # position tables are not transferred (their offsets differ)
+        a_ft.bert.embeddings.position_embeddings.weight.copy_(
+            a.bert.embeddings.position_embeddings.weight
+        )
+        a_ft.bert.embeddings.token_type_embeddings.weight.copy_(
+            a.bert.embeddings.token_type_embeddings.weight
+        )
+    b = as_mpnet(a)
+    X = {"input_ids": torch.randint(2, 50, (48, 8), generator=torch.Generator().manual_seed(1))}
+    with torch.no_grad():
+        want = a.bert(**X).last_hidden_state
+        np.testing.assert_allclose(b(**X).last_hidden_state, want, atol=1e-5)  # the fixture
+    pairs = match_modules(a, tf.MPNetForSequenceClassification(b.config))
+    assert (
+        pairs["mpnet.encoder.layer.1.attention.attn.q"]
+        == "bert.encoder.layer.1.attention.self.query"
+    )
+    assert len(pairs) == 2 + 8 * 2  # embeddings + norm, 8 modules per block
+    assert head_pair(a, tf.MPNetForSequenceClassification(b.config), ["classifier"]) == (
+        ["bert.pooler.dense", "classifier"],
+        ["classifier.dense", "classifier.out_proj"],
+    )
+    y = a_ft(**X).logits.argmax(-1).detach().numpy()
+    t = Transfer(a, a_ft, b, method="bico", batch_size=16).fit(X, y)
+    np.testing.assert_allclose(t.decision_function(X), a_ft(**X).logits.detach(), atol=1e-4)
+    assert (t.moved_params_, t.source_params_) == (35, 37)  # not BERT's position/type tables

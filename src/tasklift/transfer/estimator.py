@@ -25,7 +25,7 @@ from ..taskvector import TaskVector
 from .calibration import calibrate
 from .head import head_linears, transport_head
 from .methods import SCALES, get_method
-from .pairing import match_modules
+from .pairing import head_pair, match_modules
 from .solve import POST_STEPS, TIE_BREAK, solve_maps, transport
 
 __all__ = ["Transfer"]
@@ -125,8 +125,12 @@ class Transfer(ClassifierMixin, BaseEstimator):
         a, _ = self._load(self.source, head=False)
         b, proc_b = self._load(self.target, head=False)
         self.processor_ = proc_b
+        head, head_b = head_pair(a_ft, b, head)  # other names across families
         a_cal = copy.deepcopy(a_ft)  # A's own weights under A_ft's head: the calibration model
         load_backbone(a_cal, backbone(a))
+        mods_cal, mods_ft = dict(a_cal.named_modules()), dict(a_ft.named_modules())
+        for name in head:  # a head layer inside the backbone (BERT's pooler) stays A_ft's
+            mods_cal[name].load_state_dict(mods_ft[name].state_dict())
         b_cls = classifier_like(a_ft, backbone(b))
         if y is None:
             y = self._logits(a_ft, X, proc_a).argmax(-1).numpy()
@@ -144,18 +148,20 @@ class Transfer(ClassifierMixin, BaseEstimator):
         stats = calibrate(
             a_cal,
             b_cls,
-            {head[0]: head[0]},
+            {head_b[0]: head[0]},
             self._batches(n, "align head"),
             loss_fn,
             signals=("input",),
             token="cls",
         )
-        r_head = ProcrustesMap().fit_stats(stats[(head[0], "input")]).coef_.T  # (d_A, d_B)
-        transport_head(a_ft, b_cls, torch.from_numpy(r_head).float(), head)
+        r_head = ProcrustesMap().fit_stats(stats[(head_b[0], "input")]).coef_.T  # (d_A, d_B)
+        transport_head(a_ft, b_cls, torch.from_numpy(r_head).float(), head, head_b)
         tv = TaskVector.from_state_dicts(a_cal.state_dict(), a_ft.state_dict())
         tv = TaskVector({k: v for k, v in tv.deltas.items() if k.rsplit(".", 1)[0] not in head})
         pairs = {
-            t: s for t, s in match_modules(a_cal, b_cls, self.block_map).items() if t not in head
+            t: s
+            for t, s in match_modules(a_cal, b_cls, self.block_map).items()
+            if t not in head_b and s not in head
         }
         stats = None
         if method.signals:

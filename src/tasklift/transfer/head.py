@@ -34,26 +34,32 @@ def head_linears(classifier: nn.Module) -> list[str]:
 
 
 def transport_head(
-    finetuned: nn.Module, target: nn.Module, r_in: torch.Tensor, names: Sequence[str]
+    finetuned: nn.Module,
+    target: nn.Module,
+    r_in: torch.Tensor,
+    names: Sequence[str],
+    target_names: Sequence[str] | None = None,
 ) -> None:
     """Write A's fine-tuned head into B's classifier (in place), reading B's features.
 
     The first layer reads through R_in (d_A, d_B): W_B = W_A R_in. Hidden head units keep A's
     coordinates, padded with zeros into B's (wider or equal) head, so elementwise activations
-    commute; the class outputs are shared.
+    commute; the class outputs are shared. `target_names` are B's head layers in the same order
+    (default: the same names; another family's head, see `pairing.HEADS`).
 
     Raises:
         ValueError: B's classifier lacks a head layer, has another class count, or a narrower
             hidden head layer.
     """
     mods_a, mods_b = dict(finetuned.named_modules()), dict(target.named_modules())
-    missing = [n for n in names if not isinstance(mods_b.get(n), nn.Linear)]
+    target_names = list(names if target_names is None else target_names)
+    missing = [n for n in target_names if not isinstance(mods_b.get(n), nn.Linear)]
     if missing:
         raise ValueError(
             f"the target classifier has no head layer(s) {missing}; source and target must share "
             "a head layout (the same model family, e.g. ViT -> ViT)"
         )
-    classes = mods_a[names[-1]].out_features, mods_b[names[-1]].out_features
+    classes = mods_a[names[-1]].out_features, mods_b[target_names[-1]].out_features
     if classes[0] != classes[1]:
         raise ValueError(
             f"the target head has {classes[1]} classes but the source {classes[0]}; build "
@@ -61,8 +67,8 @@ def transport_head(
         )
     e_in = r_in
     with torch.no_grad():
-        for name in names:
-            la, lb = mods_a[name], mods_b[name]
+        for name, name_b in zip(names, target_names, strict=True):
+            la, lb = mods_a[name], mods_b[name_b]
             if lb.out_features < la.out_features:
                 raise ValueError(
                     f"head layer {name}: the target has {lb.out_features} units, fewer than the "
