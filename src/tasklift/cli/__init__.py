@@ -22,6 +22,7 @@ from .commands import (
     cmd_finetune,
     cmd_fit,
     cmd_multitask,
+    cmd_predict,
     cmd_report,
     cmd_scaling,
     cmd_transfer,
@@ -173,6 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p, positional=False)
     p.add_argument("--alpha", default="0", help="ridge strength, as for fit")
     p.add_argument("-o", "--output", required=True)
+
+    p = command(
+        "predict", cmd_predict, "predict with a saved task matrix; per-class metrics if labelled",
+        models=("task",), matrix=False,
+    )  # fmt: skip
+    p.add_argument("-o", "--output", required=True, help="output .csv of predictions")
+    p.add_argument("--layer", type=_layer, default=None, help="another fitted layer than saved")
+    p.add_argument("--no-labels", action="store_true", help="the data has no label column")
 
     p = sub.add_parser("assets", help="list the packaged real models and datasets; prepare them")
     p.add_argument("--prepare", nargs="+", default=[], metavar="NAME", help="model names, or all")

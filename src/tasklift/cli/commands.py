@@ -326,3 +326,48 @@ def cmd_assets(args) -> None:
             else f"missing: {row['pip']}"
         )
         print(f"  {row['kind']:7s} {row['name']:18s} {state}\n          {row['what']}")
+
+
+def cmd_predict(args) -> None:
+    from ..data import align_labels, load_dataset
+    from ..evaluate import accuracy, confusion, per_class
+    from ..models import label_names
+    from ..report import markdown_table, write_csv
+    from ..taskmatrix import TaskMatrix
+
+    tm = TaskMatrix.load(args.task, **_runtime(args))
+    if args.layer is not None:
+        tm.layer_ = int(args.layer)
+        if tm.layer_ not in tm.maps_:
+            raise ValueError(
+                f"{args.task} has no map for layer {tm.layer_}; it has {sorted(tm.maps_)}"
+            )
+    ds = load_dataset(
+        args.data, text_key=args.text_key, label_key=args.label_key, image_size=args.image_size,
+        encoding=args.encoding, labels=not args.no_labels,
+    )  # fmt: skip
+    pred = tm.predict(ds.X)
+    names = tm.class_names_
+    rows = [{"row": i, "prediction": names[p]} for i, p in enumerate(pred)]
+    if isinstance(ds.X, list):
+        rows = [{**r, args.text_key: x} for r, x in zip(rows, ds.X, strict=True)]
+    if not args.no_labels:
+        ds = align_labels(ds, label_names(tm.finetuned_model_), model=str(tm.finetuned))
+        for r, y in zip(rows, ds.y, strict=True):
+            r["label"] = names[y]
+    write_csv(args.output, rows)
+    print(f"{len(rows)} predictions (task matrix, base layer {tm.layer_}) -> {args.output}")
+    if not args.no_labels:
+        print(f"accuracy {accuracy(pred, ds.y):.4f}\n")
+        print(
+            markdown_table(
+                per_class(pred, ds.y, names), ["class", "support", "precision", "recall", "f1"]
+            )
+        )
+        cm = confusion(pred, ds.y, len(names))
+        print("\nconfusion (rows = true, columns = predicted):")
+        table = [
+            {"true": n, **dict(zip(names, map(int, row), strict=True))}
+            for n, row in zip(names, cm, strict=True)
+        ]
+        print(markdown_table(table, ["true", *names]))
