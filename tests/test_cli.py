@@ -117,6 +117,8 @@ def test_transfer_onto_a_permuted_base_matches_the_fine_tuned_source(text_task, 
     assert abs(rows["bico"]["accuracy"] - rows["A fine-tuned"]["accuracy"]) < 0.02
     assert rows["bico"]["accuracy"] > rows["B + carried head"]["accuracy"]
     assert (out / "transfer.png").read_bytes()[:4] == b"\x89PNG"
+    saved = tf.AutoModelForSequenceClassification.from_pretrained(out / "model").eval()  # bico
+    assert rows["bico"]["saved"] == str(out / "model") and saved.config.id2label[2] == "c"
     assert main(["transfer", *argv, *opts, "--calib", "5000"]) == 2  # clear error, no traceback
 
 

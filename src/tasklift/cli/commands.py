@@ -221,6 +221,7 @@ def cmd_transfer(args) -> None:
         target_finetuned=args.target_finetuned,
         token=args.token,
         scales=_floats(args.scales),
+        save_best=Path(args.output) / "model",
         **_runtime(args),
     )
     settings = _settings(
@@ -243,7 +244,10 @@ def cmd_transfer(args) -> None:
         results={"rows": rows},
     )  # fmt: skip
     table = markdown_table(rows, ["method", "accuracy", "scale", "val_accuracy", "seconds"])
-    print(table + f"\n\nwrote {args.output}/report.md, results.json, transfer.png")
+    saved = next((r for r in rows if "saved" in r), None)
+    if saved:
+        print(f"{table}\n\nsaved {saved['method']} (best on validation) to {saved['saved']}")
+    print(f"wrote {args.output}/report.md, results.json, transfer.png")
 
 
 def _finetune(args, base, train, out) -> None:

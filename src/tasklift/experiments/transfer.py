@@ -31,16 +31,19 @@ def transfer_table(
     device: str = "auto",
     dtype: str = "auto",
     progress: bool = False,
+    save_best=None,
 ) -> list[dict]:
     """Test accuracy of the target B after each transfer method, beside its references.
 
     Rows: "B + carried head" (scale 0: A_ft's head on B's features, no task vector), each method
     (scale chosen on `val`, calibrated on `calib`), a linear probe on B trained on `train` (if
     given), and the fine-tuned A and B (if `target_finetuned` is given). A method that cannot
-    run on this pair (naive on other widths) gets accuracy None and the reason.
+    run on this pair (naive on other widths) gets accuracy None and the reason. With
+    `save_best` (a folder), the transferred model with the best validation accuracy is saved
+    there (`Transfer.save`: a Hugging Face checkpoint plus τ_B and the settings).
     """
     rt = dict(batch_size=batch_size, max_length=max_length, device=device, dtype=dtype)
-    rows = []
+    rows, best = [], None
     for method in methods:
         t0 = time.time()
         t = Transfer(
@@ -53,6 +56,8 @@ def transfer_table(
             rows.append({"method": method, "accuracy": None, "note": str(e)})
             continue
         seconds = time.time() - t0
+        if best is None or t.val_scores_[t.scale_] > best.val_scores_[best.scale_]:
+            best = t
         if not rows:
             head = t.score(test.X, test.y, scale=0.0)
             rows.append({"method": "B + carried head", "accuracy": head, "scale": 0.0})
@@ -66,6 +71,9 @@ def transfer_table(
                 "seconds": round(seconds, 1),
             }
         )
+    if save_best is not None and best is not None:
+        best.save(save_best)
+        next(r for r in rows if r["method"] == best.method)["saved"] = str(save_best)
     if train is not None:
         probe = LinearProbe(target, progress=progress, **rt).fit(train.X, train.y)
         rows.append({"method": "linear probe on B", "accuracy": probe.score(test.X, test.y)})
