@@ -129,3 +129,33 @@ def test_clear_errors(tiny_task, tmp_path):
         tm.accumulate([(None, bad, torch.ones(4, 32))], [0, 1])
     with pytest.raises(ValueError, match="labels have shape"):
         tm.score(Xtr, [0, 1])
+
+
+def test_multitask_model_serves_every_task_from_one_base_pass(tiny_task):
+    from tasklift.inference import MultiTaskModel
+    from tasklift.models import blocks
+
+    base, ft, (Xtr, _), (Xte, _) = tiny_task
+    shared, _ = load_model(base, device="cpu")
+    tms = {
+        "early": TaskMatrix(shared, ft, layer=1).fit(Xtr),
+        "embed": TaskMatrix(shared, ft, layer=0, alpha=0.1).fit(Xtr),
+    }
+    serve = MultiTaskModel.from_task_matrices(tms)
+    assert serve.layers == [0, 1]
+    calls = []
+    hook = blocks(shared)[1].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        out = serve.predict_logits(Xte, batch_size=64)
+    finally:
+        hook.remove()
+    assert not calls  # the base pass stopped after block 1, the deepest layer any task reads
+    for name, tm in tms.items():
+        np.testing.assert_allclose(out[name], tm.decision_function(Xte), atol=1e-5)
+    batch = {k: v[:8] for k, v in Xte.items()}
+    torch.testing.assert_close(serve(**batch)["early"], tms["early"].model()(**batch))
+    other, _ = load_model(base, device="cpu")
+    with pytest.raises(ValueError, match="different base"):
+        MultiTaskModel(
+            {"a": tms["early"].model(), "b": TaskMatrix(other, ft, layer=1).fit(Xtr).model()}
+        )

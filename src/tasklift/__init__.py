@@ -14,6 +14,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "TaskMatrix": "taskmatrix",
     "TaskMatrixModel": "inference",
+    "MultiTaskModel": "inference",
     "Transfer": "transfer",
     "TaskVector": "taskvector",
     "LinearProbe": "probe",

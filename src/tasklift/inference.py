@@ -104,6 +104,62 @@ class TaskMatrixModel(nn.Module):
         return self.from_embedding(emb[self.layer]).float().cpu().numpy()
 
 
+class MultiTaskModel(nn.Module):
+    """Many tasks served from ONE pass of a shared base: each task is a task matrix's map, final
+    norm and head at its own layer; the pass stops after the deepest layer any task reads.
+
+    Build it from fitted task matrices that share a base (`from_task_matrices`), or from
+    `TaskMatrixModel`s directly. Shapes: forward(**batch) -> {task: logits (B, classes)}.
+
+    Raises:
+        ValueError: no tasks, or tasks on different bases.
+    """
+
+    def __init__(self, tasks: dict[str, TaskMatrixModel]) -> None:
+        super().__init__()
+        if not tasks:
+            raise ValueError("a MultiTaskModel needs at least one task")
+        bases = {id(t.base) for t in tasks.values()}
+        if len(bases) > 1:
+            raise ValueError(
+                "the tasks read different base models; load them on one base "
+                "(TaskMatrix.load(path, base=shared_model)) to share its forward pass"
+            )
+        self.tasks = nn.ModuleDict(tasks)
+        first = next(iter(tasks.values()))
+        self.base, self.processor = first.base, first.processor
+        self.pool = first.pool
+
+    @classmethod
+    def from_task_matrices(cls, matrices: dict[str, HeadClassifier]) -> MultiTaskModel:
+        """One serving model from fitted estimators (each at its selected layer)."""
+        return cls({name: tm.model() for name, tm in matrices.items()})
+
+    @property
+    def layers(self) -> list[int]:
+        """The base layers read, in order (the last is where the base pass stops)."""
+        return sorted({t.layer for t in self.tasks.values()})
+
+    def from_embeddings(self, emb: dict[int, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every task's logits from the base's pooled embeddings {layer: (B, d)}."""
+        return {name: t.from_embedding(emb[t.layer]) for name, t in self.tasks.items()}
+
+    def forward(self, **batch: torch.Tensor) -> dict[str, torch.Tensor]:
+        n = len(next(iter(batch.values())))
+        emb = embed(self.base, batch, layers=self.layers, pool=self.pool, batch_size=n)
+        return self.from_embeddings(emb)
+
+    def predict_logits(
+        self, X, *, batch_size: int = 32, max_length: int = 128, progress: bool = False
+    ) -> dict[str, np.ndarray]:
+        """{task: logits (N, classes)} for raw or encoded inputs, streamed in batches."""
+        emb = embed(
+            self.base, X, self.processor, layers=self.layers, pool=self.pool,
+            batch_size=batch_size, max_length=max_length, progress=progress, desc="predict",
+        )  # fmt: skip
+        return {k: v.float().cpu().numpy() for k, v in self.from_embeddings(emb).items()}
+
+
 def _warn_if_unrelated(base: nn.Module, ft: nn.Module, base_src, ft_src) -> None:
     """A task matrix maps between any two models, but a fine-tuned model of another
     architecture than the base is more often a wrong path than a plan: say so."""
