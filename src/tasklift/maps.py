@@ -19,7 +19,7 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from .io import load_tensors, save_tensors
-from .stats import Array, GramStats, as_float64
+from .stats import Array, GramStats, QRStats, as_float64
 
 __all__ = [
     "NotFittedError",
@@ -294,13 +294,42 @@ def identity_map(d: int) -> LinearMap:
 class LeastSquaresMap(LinearMap):
     """argmin ‖X W − Y‖², the paper's task matrix; minimum-norm when under-determined (N < d).
 
+    Two routes: "gram" solves from XᵀX (`GramStats`: cheap, foldable for CV, but it squares the
+    condition number, so directions with σ_min/σ_max below ~1e-7 are dropped); "qr" from a
+    streamed QR of X (`QRStats`: equal to numpy.linalg.lstsq however badly X is conditioned).
+    `fit_stats` takes either kind of statistics; `fit(X, Y)` uses `solver`.
+
     Args:
         fit_intercept: also fit a bias (affine map); the reference task matrix has none.
-        rcond: eigenvalues of XᵀX below rcond · max count as zero (default eps · d · 10).
+        rcond: relative cutoff: eigenvalues of XᵀX (gram; default eps · d · 10) or singular
+            values of X (qr; default eps · max(N, d), as lstsq) below it count as zero.
+        solver: "gram" or "qr", for `fit(X, Y)`.
     """
 
-    def __init__(self, *, fit_intercept: bool = False, rcond: float | None = None) -> None:
-        self.fit_intercept, self.rcond = fit_intercept, rcond
+    def __init__(
+        self, *, fit_intercept: bool = False, rcond: float | None = None, solver: str = "gram"
+    ) -> None:
+        self.fit_intercept, self.rcond, self.solver = fit_intercept, rcond, solver
+
+    def fit(self, X: Array, Y: Array) -> LinearMap:
+        """Fit on in-memory rows X (N, d_in), Y (N, d_out) by `solver`; returns self."""
+        if self.solver not in ("gram", "qr"):
+            raise ValueError(f"solver must be 'gram' or 'qr', not {self.solver!r}")
+        if self.solver == "qr":
+            return self.fit_stats(QRStats(fit_intercept=self.fit_intercept).update(X, Y))
+        return super().fit(X, Y)
+
+    def fit_stats(self, stats, *, tie=None) -> LinearMap:
+        """Fit from `GramStats` (the gram route) or `QRStats` (the qr route); returns self."""
+        if not isinstance(stats, QRStats):
+            return super().fit_stats(stats, tie=tie)
+        if stats.fit_intercept != self.fit_intercept:
+            raise ValueError("the QRStats and the map disagree on fit_intercept")
+        W = stats.solve(self.rcond)
+        self.coef_ = (W[:-1] if self.fit_intercept else W).T.copy()
+        self.intercept_ = W[-1].copy() if self.fit_intercept else np.zeros(W.shape[1])
+        self.n_samples_seen_ = stats.n
+        return self
 
     def _solve(self, xx, xy, stats):
         return ridge_path(xx, xy, [0.0], self.rcond)[0]

@@ -240,3 +240,63 @@ class GramStats:
         for k, v in state.items():
             setattr(out, "_" + k, v.numpy().copy())
         return out
+
+
+class QRStats:
+    """A streamed QR factorisation of X: the triangular R and QᵀY, updated batch by batch.
+
+    Least squares from R (argmin ‖R W − QᵀY‖ has the same solutions as argmin ‖X W − Y‖) never
+    forms XᵀX, so it does not square X's condition number: on badly conditioned embeddings it
+    keeps the directions that `GramStats` must drop, and equals `numpy.linalg.lstsq` on all of X.
+    Memory is O(d² + d·d_out) whatever N; two accumulators merge by one more QR (all-reduce
+    friendly). Rows are never stored.
+
+    Args:
+        fit_intercept: factor [X, 1], so `solve` returns the bias as W's last row.
+    """
+
+    def __init__(self, *, fit_intercept: bool = False) -> None:
+        self.fit_intercept = fit_intercept
+        self.n = 0
+        self.r: np.ndarray | None = None  # (m, d_in), m <= d_in
+        self.qty: np.ndarray | None = None  # (m, d_out)
+
+    def _fold_in(self, X: np.ndarray, Y: np.ndarray) -> None:
+        if self.r is not None:
+            X, Y = np.vstack([self.r, X]), np.vstack([self.qty, Y])
+        q, self.r = np.linalg.qr(X, mode="reduced")
+        self.qty = q.T @ Y
+
+    def update(self, X: Array, Y: Array) -> QRStats:
+        """Fold a batch of paired rows X (B, d_in), Y (B, d_out) into R and QᵀY; returns self."""
+        X, Y = as_float64(X, "X"), as_float64(Y, "Y")
+        if X.shape[0] != Y.shape[0]:
+            raise ValueError(
+                f"X has {X.shape[0]} rows but Y has {Y.shape[0]}; pair them row by row"
+            )
+        if self.fit_intercept:
+            X = np.hstack([X, np.ones((X.shape[0], 1))])
+        if self.r is not None and (X.shape[1], Y.shape[1]) != (self.r.shape[1], self.qty.shape[1]):
+            raise ValueError(
+                f"batch has widths (X {X.shape[1]}, Y {Y.shape[1]}) but earlier batches had "
+                f"{(self.r.shape[1], self.qty.shape[1])}"
+            )
+        self._fold_in(X, Y)
+        self.n += X.shape[0]
+        return self
+
+    def merge(self, other: QRStats) -> QRStats:
+        """Add another accumulator's rows (e.g. another process's); returns self."""
+        if other.r is not None:
+            self._fold_in(other.r, other.qty)
+            self.n += other.n
+        return self
+
+    def solve(self, rcond: float | None = None) -> np.ndarray:
+        """The minimum-norm least-squares W (d_in [+1], d_out); singular values of X below
+        rcond · σ_max count as zero (default: numpy.linalg.lstsq's eps · max(N, d))."""
+        if self.r is None:
+            raise ValueError("cannot solve from an empty QRStats; update it with some rows first")
+        if rcond is None:
+            rcond = np.finfo(np.float64).eps * max(self.n, self.r.shape[1])
+        return np.linalg.lstsq(self.r, self.qty, rcond=rcond)[0]
