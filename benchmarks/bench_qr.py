@@ -55,7 +55,7 @@ def main() -> None:
 
         w_gram, t_gram = _timed(lambda: stream(GramStats()))
         w_qr, t_qr = _timed(lambda: stream(QRStats()))
-        rel = lambda w: float(np.linalg.norm(w - want) / np.linalg.norm(want))  # noqa: E731
+        rel = lambda w, want=want: float(np.linalg.norm(w - want) / np.linalg.norm(want))  # noqa: E731
         mse = lambda w, X=X: float(((X @ w - Y) ** 2).mean())  # noqa: E731
         rows.append(
             {
