@@ -39,7 +39,12 @@ def test_eval_writes_table_plot_and_json(text_task, capsys):
     best_tm = max(r["accuracy"] for r in rows if "selected" in r)
     assert acc["fine-tuned"] > 0.9 and best_tm > acc["head-only"]
     assert (out / "layer_sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert "![layer sweep]" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "![layer sweep]" in report and "## Per class (test)" in report
+    assert "| true | a | b | c |" in report  # the confusion matrix of the CV-layer task matrix
+    ft_row = next(r for r in rows if r["method"] == "fine-tuned")
+    assert [c["class"] for c in ft_row["per_class"]] == ["a", "b", "c"]
+    assert abs(sum(c["support"] for c in ft_row["per_class"]) - 72) == 0  # 20% of 360
 
 
 def test_vision_eval_on_digits(tmp_path):

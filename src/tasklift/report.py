@@ -92,7 +92,34 @@ def sweep_sections(rows: list[dict], out: str | os.PathLike, *, title: str) -> l
         [r for r in rows if "selected" in r],
         ["method", "layer", "accuracy", "alpha", "cv_mse", "selected"],
     )
-    return [("Summary", summary), ("Layer sweep", f"![layer sweep](layer_sweep.png)\n\n{sweep}")]
+    sections = [
+        ("Summary", summary),
+        ("Layer sweep", f"![layer sweep](layer_sweep.png)\n\n{sweep}"),
+    ]
+    return sections + _per_class_sections(rows)
+
+
+def _per_class_sections(rows: list[dict]) -> list[tuple]:
+    """Per-class F1 of every row that has it (fine-tuned, task matrices at their CV layer) and
+    the confusion matrix of the first task matrix."""
+    have = [r for r in rows if r.get("per_class")]
+    if not have:
+        return []
+    label = lambda r: r["method"] + (f", layer {r['layer']}" if "selected" in r else "")  # noqa: E731
+    table = [
+        {"class": c["class"], "support": c["support"],
+         **{f"F1 {label(r)}": r["per_class"][k]["f1"] for r in have}}
+        for k, c in enumerate(have[0]["per_class"])
+    ]  # fmt: skip
+    out = [("Per class (test)", markdown_table(table, list(table[0])))]
+    cm_row = next((r for r in have if r.get("confusion")), None)
+    if cm_row is not None:
+        names = [c["class"] for c in cm_row["per_class"]]
+        cm = [{"true": n, **dict(zip(names, row, strict=True))}
+              for n, row in zip(names, cm_row["confusion"], strict=True)]  # fmt: skip
+        out.append((f"Confusion matrix: {label(cm_row)} (rows true, columns predicted)",
+                    markdown_table(cm, ["true", *names])))  # fmt: skip
+    return out
 
 
 def scaling_sections(
@@ -259,10 +286,12 @@ def plot_scaling(
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:
-    """Rows as CSV (union of keys as columns), atomically."""
+    """Rows as CSV (union of keys as columns; nested values such as per-class lists stay in
+    the JSON), atomically."""
     import csv
     import io
 
+    rows = [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in rows]
     columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=columns)

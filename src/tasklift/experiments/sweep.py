@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from ..data import Dataset
-from ..evaluate import accuracy
+from ..evaluate import accuracy, confusion, per_class
 from ..extract import embed
 from ..models import hidden_size, load_model, num_layers
 from ..probe import FineTuned, HeadOnly, LinearProbe
@@ -122,6 +122,7 @@ def compare(
             "accuracy": accuracy(ft.model().from_embedding(te.finetuned), y),
             "trained_params": sum(p.numel() for p in fm.parameters()),
             "n_train": n,
+            "per_class": per_class(ft.model().from_embedding(te.finetuned), y, ft.class_names_),
         },
     ]
     if hidden_size(bm) == hidden_size(fm):
@@ -164,6 +165,10 @@ def compare(
                     "selected": i == tm.layer_,
                 }
             )
+        logits = tm.model(tm.layer_).from_embedding(te.base[tm.layer_])
+        selected = next(r for r in rows[::-1] if r.get("selected"))
+        selected["per_class"] = per_class(logits, y, tm.class_names_)
+        selected["confusion"] = confusion(logits, y, len(tm.class_names_)).tolist()
     return rows
 
 
