@@ -130,3 +130,41 @@ def test_packaged_datasets_parse_their_files(tmp_path, monkeypatch):
     mnist = load_dataset("mnist-5k", image_size=4)
     assert mnist.X.shape == (2, 3, 4, 4) and mnist.y.tolist() == [7, 3]
     assert mnist.X[0].min() == 1.0 and mnist.X[1].max() == -1.0  # ink 255 -> 1, blank -> -1
+
+
+def test_parquet_hf_saved_folder_and_image_folder(tmp_path):
+    import datasets
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    rows = {"text": ["good film", "bad film", "fine film"], "label": ["pos", "neg", "pos"]}
+    pq.write_table(pa.table(rows), tmp_path / "d.parquet")
+    ds = load_dataset(tmp_path / "d.parquet")
+    assert ds.X == rows["text"] and ds.classes == ["neg", "pos"] and ds.y.tolist() == [1, 0, 1]
+    hf = datasets.Dataset.from_dict(
+        {"sentence": rows["text"], "label": [1, 0, 1]},
+        features=datasets.Features(
+            {
+                "sentence": datasets.Value("string"),
+                "label": datasets.ClassLabel(names=["neg", "pos"]),
+            }
+        ),
+    )
+    hf.save_to_disk(str(tmp_path / "hf"))
+    got = load_dataset(tmp_path / "hf", text_key="sentence")  # ClassLabel ids -> their names
+    assert got.X == rows["text"] and got.classes == ["neg", "pos"] and got.y.tolist() == [1, 0, 1]
+    datasets.DatasetDict({"train": hf, "test": hf}).save_to_disk(str(tmp_path / "hfd"))
+    with pytest.raises(ValueError, match="splits"):
+        load_dataset(tmp_path / "hfd")
+    assert load_dataset(tmp_path / "hfd" / "train", text_key="sentence").y.tolist() == [1, 0, 1]
+    for c, value in (("cat", 255), ("dog", 0)):
+        (tmp_path / "img" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("L", (10, 6), value).save(tmp_path / "img" / c / f"{i}.png")
+    imgs = load_dataset(tmp_path / "img", image_size=8)
+    assert imgs.X.shape == (4, 3, 8, 8) and imgs.classes == ["cat", "dog"]
+    assert imgs.y.tolist() == [0, 0, 1, 1] and imgs.X[0].min() == 1.0 and imgs.X[2].max() == -1.0
+    (tmp_path / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="not a readable Parquet"):
+        load_dataset(tmp_path / "bad.parquet")

