@@ -171,14 +171,23 @@ class TaskMatrix(HeadClassifier):
         )
         return self
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Write every fitted layer's map and the settings to one safetensors file (atomically)."""
+    def save(
+        self, path: str | os.PathLike, *, relative_to: str | os.PathLike | None = None
+    ) -> None:
+        """Write every fitted layer's map and the settings to one safetensors file (atomically).
+
+        Model folders are recorded as absolute paths, or relative to `relative_to` (a folder
+        that travels with the file, as `tasklift export` writes).
+        """
         check_fitted(self, "maps_")
         tensors, maps = {}, {}
         for i, m in self.maps_.items():
             t, maps[i] = m.state()
             tensors.update({f"{i}.{k}": v for k, v in t.items()})
         params = {k: recorded(v) for k, v in self.get_params().items() if k != "processor"}
+        if relative_to is not None:
+            for k in ("base", "finetuned"):
+                params[k] = os.path.relpath(params[k], relative_to)
         save_tensors(
             path,
             tensors,
@@ -200,6 +209,10 @@ class TaskMatrix(HeadClassifier):
         if info.get("class") != "TaskMatrix":
             raise ValueError(f"{path} holds a {info.get('class')!r}, not a TaskMatrix")
         params = {**info["params"], **overrides}
+        for k in ("base", "finetuned"):  # relative folders are relative to the file's folder
+            if isinstance(params[k], str) and not os.path.isabs(params[k]):
+                beside = os.path.join(os.path.dirname(os.path.abspath(path)), params[k])
+                params[k] = beside if os.path.isdir(beside) else params[k]  # else a model name
         params["base"] = base if base is not None else params["base"]
         params["finetuned"] = finetuned if finetuned is not None else params["finetuned"]
         if params["base"] is None or params["finetuned"] is None:

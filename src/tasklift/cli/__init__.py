@@ -19,6 +19,7 @@ from .commands import (
     cmd_assets,
     cmd_demo,
     cmd_eval,
+    cmd_export,
     cmd_finetune,
     cmd_fit,
     cmd_multitask,
@@ -182,6 +183,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .csv of predictions")
     p.add_argument("--layer", type=_layer, default=None, help="another fitted layer than saved")
     p.add_argument("--no-labels", action="store_true", help="the data has no label column")
+
+    p = command(
+        "export", cmd_export, "a saved task matrix as a model plain transformers loads",
+        models=("task",), data=False, matrix=False,
+    )  # fmt: skip
+    p.add_argument("-o", "--output", required=True, help="output folder")
+    p.add_argument("--layer", type=_layer, default=None, help="another fitted layer than saved")
 
     p = sub.add_parser("assets", help="list the packaged real models and datasets; prepare them")
     p.add_argument("--prepare", nargs="+", default=[], metavar="NAME", help="model names, or all")

@@ -375,3 +375,17 @@ def cmd_predict(args) -> None:
             for n, row in zip(names, cm, strict=True)
         ]
         print(markdown_table(table, ["true", *names]))
+
+
+def cmd_export(args) -> None:
+    from ..export import export
+    from ..taskmatrix import TaskMatrix
+
+    tm = TaskMatrix.load(args.task, **_runtime(args))
+    kind = export(tm, args.output, layer=None if args.layer is None else int(args.layer))
+    how = (
+        "AutoModelForSequenceClassification.from_pretrained(DIR) runs it without tasklift"
+        if kind == "transformers"
+        else "tasklift.export.load_export(DIR) loads it (this architecture cannot fold the map)"
+    )
+    print(f"exported ({kind}) -> {args.output}: {how}")

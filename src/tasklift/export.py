@@ -1,0 +1,133 @@
+"""A fitted task matrix made deployable without tasklift where the architecture allows.
+
+For post-LN encoders whose head reads token 0 through a dense layer (BERT's pooler, RoBERTa's
+and MPNet's classifier.dense) the map folds into that layer, z = W h + b feeding D z + d becomes
+(D W) h + (D b + d), and the base is cut after block i: `AutoModelForSequenceClassification.
+from_pretrained(DIR)` then computes the task matrix's logits. Anything else (pre-LN models, whose
+final norm sits between the map and the head; mean pooling) is written as a self-contained
+folder: the base cut after block i, the fine-tuned model, and the map, loaded with `load_export`.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from .io import atomic_dir
+from .models import backbone, final_norm, hidden_size
+from .transfer.pairing import HEADS, family
+
+__all__ = ["export", "load_export"]
+
+MARKER = "tasklift_export.json"
+
+
+def _truncated(model: torch.nn.Module, layers: int) -> torch.nn.Module:
+    """A copy of `model` keeping its embeddings and first `layers` blocks (what layer i reads)."""
+    cfg = copy.deepcopy(model.config)
+    cfg.num_hidden_layers = layers
+    out = type(model)(cfg)
+    missing, _ = out.load_state_dict(model.state_dict(), strict=False)
+    if missing:
+        raise ValueError(f"cannot cut {type(model).__name__} after block {layers}: {missing[:3]}")
+    return out.eval()
+
+
+def _foldable(tm) -> str | None:
+    """The head layer the map folds into, or None when the architecture does not allow it."""
+    ft, base = tm.finetuned_model_, tm.base_model_
+    fam = family(ft)
+    same_shape = family(base) == fam and hidden_size(base) == hidden_size(ft)
+    if tm.pool != "cls" or fam not in HEADS or not same_shape or final_norm(ft) or final_norm(base):
+        return None
+    return HEADS[fam][0]
+
+
+def export(tm, out: str | os.PathLike, *, layer: int | None = None) -> str:
+    """Write the fitted TaskMatrix `tm` at `layer` (default its selected one) to the folder `out`
+    (atomically); returns "transformers" (a plain HF classifier) or "tasklift" (a bundle).
+
+    Raises:
+        ValueError: `layer` was not fitted.
+    """
+    layer = tm.layer_ if layer is None else int(layer)
+    if layer not in tm.maps_:
+        raise ValueError(f"the task matrix has no map for layer {layer}; it has {sorted(tm.maps_)}")
+    fold = _foldable(tm)
+    with atomic_dir(out) as tmp:
+        if fold is not None:
+            _export_transformers(tm, layer, fold, tmp)
+        else:
+            _export_bundle(tm, layer, tmp)
+        info = {"format": "transformers" if fold else "tasklift", "layer": layer,
+                "base": str(tm.base), "finetuned": str(tm.finetuned)}  # fmt: skip
+        (tmp / MARKER).write_text(json.dumps(info, indent=1))
+    return info["format"]
+
+
+def _export_transformers(tm, layer: int, fold: str, out: Path) -> None:
+    m = tm.maps_[layer]
+    model = _truncated(tm.finetuned_model_, layer)  # the head, config and labels of A_ft
+    enc = backbone(model)
+    prefix = next(n for n, mod in model.named_modules() if mod is enc)
+    head = fold[len(prefix) + 1 :].rsplit(".", 1)[0] + "." if fold.startswith(prefix) else None
+    base_state = {
+        k: v for k, v in backbone(tm.base_model_).state_dict().items()
+        if head is None or not k.startswith(head)  # BERT's pooler is the head: keep A_ft's
+    }  # fmt: skip
+    missing, _ = enc.load_state_dict(base_state, strict=False)
+    missing = [k for k in missing if head is None or not k.startswith(head)]
+    if missing:
+        raise ValueError(f"the base lacks weights the classifier needs: {missing[:3]}")
+    dense = model.get_submodule(fold)
+    W = torch.as_tensor(m.coef_, dtype=torch.float64)  # (d_ft, d_base)
+    b = torch.as_tensor(m.intercept_, dtype=torch.float64)
+    with torch.no_grad():
+        D, d = dense.weight.double(), dense.bias.double()
+        dense.weight = torch.nn.Parameter((D @ W).float())
+        dense.bias = torch.nn.Parameter((D @ b + d).float())
+        dense.in_features = W.shape[1]
+    model.save_pretrained(out)
+    if tm.processor_ is not None:
+        tm.processor_.save_pretrained(out)
+
+
+def _export_bundle(tm, layer: int, out: Path) -> None:
+    cut = _truncated(tm.base_model_, layer)
+    cut.save_pretrained(out / "base")
+    tm.finetuned_model_.save_pretrained(out / "finetuned")
+    if tm.processor_ is not None:
+        for sub in ("base", "finetuned"):
+            tm.processor_.save_pretrained(out / sub)
+    single = copy.copy(tm)
+    single.maps_ = {layer: tm.maps_[layer]}
+    single.alphas_ = {layer: tm.alphas_[layer]}
+    single.cv_errors_ = {layer: tm.cv_errors_[layer]}
+    single.layer_ = layer
+    single.base, single.finetuned = str(out / "base"), str(out / "finetuned")
+    single.save(out / "task.safetensors", relative_to=out)  # the folder may move
+
+
+def load_export(path: str | os.PathLike, **overrides):
+    """The TaskMatrix of a bundle written by `export` (a "transformers" export is a plain HF
+    folder: load it with AutoModelForSequenceClassification instead).
+
+    Raises:
+        ValueError: `path` is not an export, or is a transformers one.
+    """
+    from .taskmatrix import TaskMatrix
+
+    path = Path(path)
+    if not (path / MARKER).is_file():
+        raise ValueError(f"{path} was not written by tasklift export (no {MARKER})")
+    info = json.loads((path / MARKER).read_text())
+    if info["format"] != "tasklift":
+        raise ValueError(
+            f"{path} is a plain transformers model: "
+            "AutoModelForSequenceClassification.from_pretrained(path) loads it"
+        )
+    return TaskMatrix.load(path / "task.safetensors", **overrides)
