@@ -91,18 +91,19 @@ def _cross(source: nn.Module, target: nn.Module) -> bool:
 
 
 def head_pair(source: nn.Module, target: nn.Module, head: list[str]) -> tuple[list, list]:
-    """(A's head layers, B's head layers): `head` on both sides within a family, each family's
-    `HEADS` entry across families.
+    """(A's head layers, B's head layers): each family's `HEADS` entry where both families are
+    known (BERT's pooler belongs to the task head: it is trained with the classifier, and
+    checkpoints such as MiniLM-L3 ship without one), else `head` on both sides.
 
     Raises:
         ValueError: the families differ and one has no known head.
     """
-    if family(source) == family(target) or not _cross(source, target):
-        return list(head), list(head)
-    missing = [f for f in (family(source), family(target)) if f not in HEADS]
-    if missing:
-        raise ValueError(f"no known classification head for model family {missing[0]!r}")
-    return list(HEADS[family(source)]), list(HEADS[family(target)])
+    fa, fb = family(source), family(target)
+    if fa in HEADS and fb in HEADS:
+        return list(HEADS[fa]), list(HEADS[fb])
+    if fa != fb and _cross(source, target):
+        raise ValueError(f"no known classification head for model family {fa!r} or {fb!r}")
+    return list(head), list(head)
 
 
 def _roles(model: nn.Module) -> dict[tuple[str, int], str]:
