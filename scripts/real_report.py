@@ -14,8 +14,8 @@ import json
 from pathlib import Path
 
 from tasklift.experiments import summarise
-from tasklift.io import write_text, write_with
-from tasklift.report import markdown_table, merge_reports, write_json
+from tasklift.io import write_text
+from tasklift.report import markdown_table, merge_reports, plot_bars, write_json
 
 TEXT = ("minilm-l6", "minilm-l3", "mpnet")
 PACKAGES = (
@@ -113,26 +113,14 @@ def _best_per_fraction(rows: list[dict]) -> list[dict]:
 
 
 def _overview(table: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    keys = [("_head", "head-only"), ("_probe", "linear probe"), ("_tm", "task matrix"),
-            ("_ft", "fine-tuned")]  # fmt: skip
-    x = np.arange(len(table))
-    fig, ax = plt.subplots(figsize=(max(7, 1.3 * len(table)), 4))
-    for j, (k, label) in enumerate(keys):
-        ax.bar(x + (j - 1.5) * 0.2, [r[k] for r in table], 0.2, label=label)
-    ax.set_xticks(x, [r["setting"].replace(" / ", "\n") for r in table], fontsize=8)
-    ax.set_ylabel("test accuracy")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=8, ncol=4, loc="lower center")
-    ax.set_title("Task matrices on real models (CV-chosen layer; best of lstsq / ridge-CV)")
-    fig.tight_layout()
-    write_with(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
+    keys = {"head-only": "_head", "linear probe": "_probe", "task matrix": "_tm",
+            "fine-tuned": "_ft"}  # fmt: skip
+    plot_bars(
+        [r["setting"] for r in table],
+        {label: [r[k] for r in table] for label, k in keys.items()},
+        path,
+        title="Task matrices on real models (CV-chosen layer; best of lstsq / ridge-CV)",
+    )
 
 
 def main() -> None:

@@ -20,9 +20,9 @@ import numpy as np
 
 from tasklift.data import align_labels, calibration_split, load_dataset, split, subsample
 from tasklift.experiments import transfer_table
-from tasklift.io import write_text, write_with
+from tasklift.io import write_text
 from tasklift.models import label_names
-from tasklift.report import markdown_table, write_json
+from tasklift.report import markdown_table, plot_bars, write_json
 
 METHODS = "bico,activation,gradient,gradfix,gradfix-mean,permutation,naive"
 
@@ -88,27 +88,15 @@ def _summary(path: Path) -> list[dict]:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     settings = list(dict.fromkeys((r["pair"], r["task"]) for r in rows))
     methods = list(dict.fromkeys(r["method"] for r in rows))
-    fig, ax = plt.subplots(figsize=(max(8, 1.6 * len(settings)), 4.5))
-    width = 0.8 / len(methods)
-    for j, m in enumerate(methods):
-        ys = [next((r["_mean"] for r in rows if (r["pair"], r["task"]) == s and r["method"] == m),
-                   np.nan) for s in settings]  # fmt: skip
-        ax.bar(np.arange(len(settings)) + (j - len(methods) / 2) * width, ys, width, label=m)
-    ax.set_xticks(range(len(settings)), [f"{p}\n{t}" for p, t in settings], fontsize=8)
-    ax.set_ylabel("test accuracy (mean over draws)")
-    ax.set_ylim(0, 1)
-    ax.legend(fontsize=7, ncol=4, loc="lower center")
-    ax.set_title("Task-vector transfer on real pretrained pairs")
-    fig.tight_layout()
-    write_with(path, lambda p: fig.savefig(p, format="png", dpi=120))
-    plt.close(fig)
+    at = {(r["pair"], r["task"], r["method"]): r["_mean"] for r in rows}
+    plot_bars(
+        [f"{p} / {t}" for p, t in settings],
+        {m: [at.get((*s, m), np.nan) for s in settings] for m in methods},
+        path,
+        title="Task-vector transfer on real pretrained pairs (mean over draws)",
+    )
 
 
 def report(args) -> None:

@@ -20,6 +20,7 @@ __all__ = [
     "write_csv",
     "plot_layer_sweep",
     "plot_scaling",
+    "plot_bars",
     "markdown_to_html",
 ]
 
@@ -214,6 +215,35 @@ def plot_layer_sweep(rows: Sequence[dict], path: str | os.PathLike, *, title: st
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+    plt.close(fig)
+
+
+def plot_bars(
+    groups: Sequence[str],
+    series: dict[str, Sequence[float]],
+    path: str | os.PathLike,
+    *,
+    title: str = "",
+    ylabel: str = "test accuracy",
+) -> None:
+    """Grouped bars (one group per setting, one bar per series) in [0, 1] (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(groups)), 4.3), dpi=120)
+    width = 0.8 / max(len(series), 1)
+    for j, (label, ys) in enumerate(series.items()):
+        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
+        ax.bar(xs, ys, width, label=label)
+    ax.set_xticks(range(len(groups)), [g.replace(" / ", "\n") for g in groups], fontsize=8)
+    ax.set_ylabel(ylabel)
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, ncol=min(len(series), 5), loc="upper center", bbox_to_anchor=(0.5, -0.16))
+    ax.set_title(title)
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
     plt.close(fig)
 
 
