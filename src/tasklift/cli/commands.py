@@ -132,7 +132,7 @@ def cmd_eval(args) -> None:
 
 def cmd_scaling(args) -> None:
     from ..experiments import data_scarce, scaling
-    from ..models import hidden_size, load_model
+    from ..models import layer_width, load_model
     from ..report import scaling_sections, write_report
 
     train, test = _splits(args, classifier=args.finetuned)
@@ -152,7 +152,8 @@ def cmd_scaling(args) -> None:
     scarce = data_scarce(
         [r for r in rows if r["regime"] != "fraction" or r["size"] in (0.01, 0.05, 0.2)]
     )
-    d = hidden_size(load_model(args.base, device="cpu")[0])
+    layer = next(r["layer"] for r in rows if r["method"].startswith("task matrix"))
+    d = layer_width(load_model(args.base, device="cpu")[0], layer)  # X's width: a CNN's varies
     settings = _settings(
         args, seconds=round(time.time() - t0, 1), n_train=len(train), n_test=len(test)
     )
