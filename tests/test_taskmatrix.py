@@ -65,7 +65,8 @@ def test_refit_from_stats_without_reextraction(tiny_task):
     from tasklift.maps import cv_errors
 
     base, ft, (Xtr, _), _ = tiny_task
-    tm = TaskMatrix(base, ft, layer="auto").fit(Xtr)
+    assert TaskMatrix(base, ft, layer="auto").fit(Xtr).stats_ == {}  # not kept unless asked
+    tm = TaskMatrix(base, ft, layer="auto", keep_stats=True).fit(Xtr)
     grid = [10.0, 0.0, 0.1]
     ridge = TaskMatrix(base, ft, layer="auto", alpha=grid).fit_stats(tm.stats_)
     for i, s in tm.stats_.items():
@@ -116,7 +117,7 @@ def test_clear_errors(tiny_task, tmp_path):
             vocab_size=50,
         )
     )
-    with pytest.raises(ValueError, match="width 32 but .* hidden size 48"):
+    with pytest.raises(ValueError, match="width 32 but .* width 48 at layer"):
         TaskMatrix.load(tmp_path / "tm.safetensors", base=wide).predict(Xtr)
     with pytest.raises(ValueError, match="fitted for layer"):
         tm.predict(Xtr, layer=2)

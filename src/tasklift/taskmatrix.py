@@ -49,6 +49,10 @@ class TaskMatrix(HeadClassifier):
         pool: base pooling, "cls" or "mean" (targets are always the fine-tuned [CLS], where its
             head reads).
         norm: final norm after the map: "base" (the reference), "finetuned", or "none".
+        keep_stats: keep every layer's (per-fold) statistics after fitting in `stats_`, to refit
+            with other alphas without extracting again (`fit_stats(tm.stats_)`). Off by
+            default: they take 2 · folds · layers · d² floats (2 GB at d = 1024, 25 layers,
+            5 folds), which inference never reads.
         processor: tokenizer / image processor, when the models are passed as objects.
 
     Example:
@@ -73,9 +77,11 @@ class TaskMatrix(HeadClassifier):
         device: str = "auto",
         dtype: str = "auto",
         progress: bool = False,
+        keep_stats: bool = False,
         processor=None,
     ) -> None:
         self.base, self.finetuned = base, finetuned
+        self.keep_stats = keep_stats
         self.layer, self.alpha, self.fit_intercept, self.cv = layer, alpha, fit_intercept, cv
         self.pool, self.norm, self.batch_size, self.max_length = pool, norm, batch_size, max_length
         self.device, self.dtype, self.progress = device, dtype, progress
@@ -154,7 +160,8 @@ class TaskMatrix(HeadClassifier):
     def fit_stats(self, stats: dict[int, GramStats]) -> TaskMatrix:
         """(Re)solve every layer from accumulated statistics {layer: GramStats}."""
         self._models(self.base, self.finetuned)
-        self.stats_, self.maps_, self.alphas_, self.cv_errors_ = stats, {}, {}, {}
+        self.maps_, self.alphas_, self.cv_errors_ = {}, {}, {}
+        self.stats_ = stats if self.keep_stats else {}
         for i, s in stats.items():
             m = self._solver().fit_stats(s)
             if isinstance(m, RidgeCVMap):
