@@ -37,7 +37,8 @@ def _setting(run: Path) -> tuple[str, str]:
 def _row(sweep: dict) -> dict:
     rows, summary = sweep["rows"], {r["method"]: r for r in summarise(sweep["rows"])}
     top = max(r["layer"] for r in rows if r["layer"] != "" and r["layer"] is not None)
-    tm, best = summary["task matrix (lstsq), CV layer"], summary["task matrix (lstsq), best layer"]
+    tm = summary["task matrix (lstsq), CV layer"]
+    best = max((r for r in rows if "selected" in r), key=lambda r: r["accuracy"])
     ridge = summary.get("task matrix (ridge-CV), CV layer")
     probe, head, ft = (summary[k]["accuracy"] for k in ("linear probe", "head-only", "fine-tuned"))
     tm_best = max(tm["accuracy"], ridge["accuracy"] if ridge else 0)
@@ -47,7 +48,7 @@ def _row(sweep: dict) -> dict:
         "fine-tuned": ft,
         "TM lstsq (CV layer)": at(tm),
         "TM ridge-CV (CV layer)": at(ridge),
-        "TM best layer": at(best),
+        "TM best layer (solver)": f"{at(best)} {best['method'][12:]}",
         "linear probe": probe,
         "head-only": head,
         "head-only→FT gap closed": f"{100 * (tm_best - head) / (ft - head):.0f}%",
@@ -137,11 +138,15 @@ def main() -> None:
     for run in sorted(args.runs.glob("scaling_*")):
         if (run / "results.json").is_file():
             model, data = _setting(run)
-            rows = json.loads((run / "results.json").read_text())["data_scarce"]
-            scarce[f"{model} / {data}"] = _best_per_fraction(rows)
+            res = json.loads((run / "results.json").read_text())
+            layer = next(r["layer"] for r in res["rows"] if "layer" in r)
+            scarce[f"{model} / {data}"] = [
+                {**r, "layer": layer} for r in _best_per_fraction(res["data_scarce"])
+            ]
     cols = [k for k in table[0] if not k.startswith("_")] if table else []
     scarce_rows = [
-        {"setting": s, "fraction": g["fraction"], "n": g["n"], "method": g["method"],
+        {"setting": s, "layer": g["layer"], "fraction": g["fraction"], "n": g["n"],
+         "method": g["method"],
          "task matrix": g["task matrix"], "linear probe": g["linear probe"], "gain %": g["gain %"]}
         for s, rows in scarce.items() for g in rows
     ]  # fmt: skip

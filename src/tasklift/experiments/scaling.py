@@ -58,7 +58,8 @@ def scaling(
     """Accuracy vs training-set size for task matrices (each alpha) and the linear probe.
 
     Regimes: the first k examples per class, and stratified fractions of `train`. The layer is
-    fixed for all sizes (by default chosen by CV on all of `train`). Rows:
+    fixed for all sizes (by default chosen by CV on all of `train`, with ridge-CV: plain least
+    squares' CV errors explode near N = d, where it once chose MPNet's constant layer 0). Rows:
     {regime, size, n, method, layer, accuracy}.
     """
     bm, fm, proc = load_pair(base, finetuned, device=device, dtype=dtype)
@@ -67,7 +68,7 @@ def scaling(
     te = embed_split(bm, fm, proc, test, progress=progress, **kw)
     ref = TaskMatrix(bm, fm, layer="auto", cv=cv, norm=norm, **kw)
     if layer == "auto":
-        layer = _fit_at(ref, "auto", 0.0, tr).layer_
+        layer = _fit_at(ref, "auto", "auto", tr).layer_
     top = num_layers(bm)
     counts = np.bincount(tr.y)
     plan = [
