@@ -70,15 +70,16 @@ def _summary(path: Path) -> list[dict]:
         for r in d["rows"]:
             if r["method"] not in refs and r.get("accuracy") is not None:
                 accs.setdefault(r["method"], []).append(r["accuracy"])
-                secs.setdefault(r["method"], []).append(r.get("seconds", np.nan))
+                if "seconds" in r:
+                    secs.setdefault(r["method"], []).append(r["seconds"])
     head, top = np.mean(accs["B + carried head"]), refs.get("B fine-tuned", np.nan)
     rows = []
     for method, acc in accs.items():
         rows.append({
             "pair": f"{a} -> {b}", "task": run["settings"]["data"], "method": method,
             "accuracy": f"{np.mean(acc):.3f} ± {np.std(acc, ddof=1) if len(acc) > 1 else 0:.3f}",
-            "gap closed": (np.mean(acc) - head) / (top - head) if top > head else np.nan,
-            "seconds": float(np.nanmean(secs[method])) if method in secs else np.nan,
+            "gap closed": f"{100 * (np.mean(acc) - head) / (top - head):.0f}%" if top > head else "",
+            "seconds": float(np.mean(secs[method])) if method in secs else None,
             "draws": len(acc), "_mean": float(np.mean(acc)),
         })  # fmt: skip
     for name, acc in refs.items():
