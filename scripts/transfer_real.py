@@ -78,7 +78,7 @@ def _summary(path: Path) -> list[dict]:
         rows.append({
             "pair": f"{a} -> {b}", "task": run["settings"]["data"], "method": method,
             "accuracy": f"{np.mean(acc):.3f} ± {np.std(acc, ddof=1) if len(acc) > 1 else 0:.3f}",
-            "gap closed": f"{100 * (np.mean(acc) - head) / (top - head):.0f}%" if top > head else "",
+            "gap closed": f"{100 * (np.mean(acc) - head) / (top - head):.0f}%" if top > head else "",  # noqa: E501
             "seconds": float(np.mean(secs[method])) if method in secs else None,
             "draws": len(acc), "_mean": float(np.mean(acc)),
         })  # fmt: skip
