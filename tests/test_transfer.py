@@ -467,3 +467,72 @@ def test_bert_to_mpnet_is_paired_by_role_and_recovers_the_fine_tuned_function():
     t = Transfer(a, a_ft, b, method="bico", batch_size=16).fit(X, y)
     np.testing.assert_allclose(t.decision_function(X), a_ft(**X).logits.detach(), atol=1e-4)
     assert (t.moved_params_, t.source_params_) == (35, 37)  # not BERT's position/type tables
+
+
+class _AttnNet(nn.Module):
+    """A tiny classifier built on torch.nn.MultiheadAttention (q|k|v fused, out_proj functional)."""
+
+    def __init__(self, d: int = 16, heads: int = 4, classes: int = 3) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(50, d)
+        self.attn = nn.MultiheadAttention(d, heads, batch_first=True)
+        self.norm = nn.LayerNorm(d)
+        self.ff = nn.Linear(d, d)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, ids, mask=None):
+        x = self.emb(ids)
+        a, _ = self.attn(x, x, x, key_padding_mask=mask)
+        x = self.norm(x + a)
+        return self.head((x + torch.relu(self.ff(x))).mean(1))
+
+
+def _permuted_attn(net: _AttnNet, seed: int = 0) -> _AttnNet:
+    """The same function with the residual stream and the heads permuted."""
+    d, h = 16, 4
+    g = torch.Generator().manual_seed(seed)
+    r = torch.randperm(d, generator=g)
+    hp = (torch.randperm(h, generator=g)[:, None] * (d // h) + torch.arange(d // h)).flatten()
+    qkv = torch.cat([hp, hp + d, hp + 2 * d])
+    s = {k: v.clone() for k, v in net.state_dict().items()}
+    s["emb.weight"] = s["emb.weight"][:, r]
+    s["attn.in_proj_weight"] = s["attn.in_proj_weight"][qkv][:, r]
+    s["attn.in_proj_bias"] = s["attn.in_proj_bias"][qkv]
+    s["attn.out_proj.weight"] = s["attn.out_proj.weight"][r][:, hp]
+    s["attn.out_proj.bias"] = s["attn.out_proj.bias"][r]
+    for k in ("norm.weight", "norm.bias", "ff.bias"):
+        s[k] = s[k][r]
+    s["ff.weight"] = s["ff.weight"][r][:, r]
+    s["head.weight"] = s["head.weight"][:, r]
+    out = _AttnNet().eval()
+    out.load_state_dict(s)
+    return out
+
+
+def test_multihead_attention_is_split_into_q_k_v_and_its_out_proj_is_aligned():
+    torch.manual_seed(0)
+    a = _AttnNet().eval()
+    a_ft = _AttnNet().eval()
+    a_ft.load_state_dict({k: v + 0.05 * torch.randn_like(v) for k, v in a.state_dict().items()})
+    b, b_ft = _permuted_attn(a), _permuted_attn(a_ft)
+    g = torch.Generator().manual_seed(1)
+    ids, y = torch.randint(0, 50, (64, 7), generator=g), torch.randint(0, 3, (64,), generator=g)
+    mask = torch.zeros(64, 7, dtype=torch.bool)
+    mask[::4, 5:] = True  # some padded rows: the unfused forward must mask like MHA
+    with torch.no_grad():
+        np.testing.assert_allclose(b(ids, mask), a(ids, mask), atol=1e-5)  # the fixture
+    loss = lambda m, idx: nn.functional.cross_entropy(m(ids[idx], mask[idx]), y[idx])  # noqa: E731
+    pairs = {n: n for n in ("emb", "attn", "attn.out_proj", "norm", "ff")}
+    batches = [np.arange(i, i + 16) for i in range(0, 64, 16)]
+    stats = calibrate(a, b, pairs, batches, loss, signals=get_method("bico").signals)
+    assert ("attn", "grad_output") in stats and (
+        "attn.out_proj",
+        "input",
+    ) in stats  # hooks saw them
+    tv = TaskVector.from_state_dicts(a.state_dict(), a_ft.state_dict())
+    tv = TaskVector({k: v for k, v in tv.deltas.items() if not k.startswith("head")})
+    moved = transport(tv, a, b, pairs, solve_maps(a, b, pairs, stats, "bico"))
+    want = TaskVector.from_state_dicts(b.state_dict(), b_ft.state_dict())
+    for k, v in moved.deltas.items():
+        torch.testing.assert_close(v, want.deltas[k], atol=1e-4, rtol=0), k
+    assert "attn.in_proj_bias" in moved.deltas and "attn.out_proj.weight" in moved.deltas

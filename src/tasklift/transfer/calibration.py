@@ -64,19 +64,81 @@ def align_tokens(a: torch.Tensor, b: torch.Tensor, token: str, where: str):
     return a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
 
 
+class InProj(nn.Module):
+    """The fused q|k|v projection of an `nn.MultiheadAttention`, as a module of its own: MHA
+    applies it (and out_proj) functionally, so no hook would see them otherwise. It holds no
+    parameters: it reads the attention module's own."""
+
+    def __init__(self, mha: nn.MultiheadAttention) -> None:
+        super().__init__()
+        if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
+            raise ValueError(
+                "tasklift aligns nn.MultiheadAttention with one fused q|k|v projection only "
+                "(no kdim/vdim, bias_k/bias_v or add_zero_attn)"
+            )
+        self.owner = [mha]  # a list, so it is not registered as a child
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mha = self.owner[0]
+        return F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
+
+
+def _unfused(mha: nn.MultiheadAttention, in_proj: InProj):
+    """A forward for self-attention `mha` that calls `in_proj` and `mha.out_proj` as modules
+    (so their hooks fire) and otherwise computes what MHA computes."""
+
+    def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):  # fmt: skip
+        if not (query is key is value):
+            raise ValueError("tasklift calibrates self-attention (query is key is value) only")
+        x = query if mha.batch_first else query.transpose(0, 1)  # (B, T, d)
+        b, t, d = x.shape
+        h = mha.num_heads
+        q, k, v = in_proj(x).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
+        mask = None
+        for m in (attn_mask, None if key_padding_mask is None else key_padding_mask[:, None, None]):
+            if m is not None:
+                m = (
+                    torch.zeros(m.shape, dtype=q.dtype, device=m.device).masked_fill(
+                        m, float("-inf")
+                    )
+                    if m.dtype == torch.bool
+                    else m
+                )
+                mask = m if mask is None else mask + m
+        p = mha.dropout if mha.training else 0.0
+        o = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal
+        )
+        out = mha.out_proj(o.transpose(1, 2).reshape(b, t, d))
+        return (out if mha.batch_first else out.transpose(0, 1)), None
+
+    return forward
+
+
 def _capture_pass(
-    model: nn.Module, points: dict, batch, loss_fn, backward: bool
+    model: nn.Module, points: dict, batch, loss_fn, backward: bool, in_projs: dict
 ) -> dict[tuple, torch.Tensor]:
     """One forward (and backward) pass: {(module name, signal): (B, T, d)} for every point."""
     modules = dict(model.named_modules())
     got = {}
     store = lambda key, t: got.__setitem__(key, _tokens(t, modules[key[0]]).cpu())  # noqa: E731
+    for name, in_proj in in_projs.items():  # MHA: its projections as hookable modules
+        modules[name].forward = _unfused(modules[name], in_proj)
+    try:
+        _run_pass(model, points, store, batch, loss_fn, backward)
+    finally:
+        for name in in_projs:
+            del modules[name].forward  # back to the class's forward
+    model.zero_grad(set_to_none=True)
+    return got
+
+
+def _run_pass(model, points, store, batch, loss_fn, backward: bool) -> None:
     with capture(points, store), torch.set_grad_enabled(backward):
         loss = loss_fn(model, batch)
         if backward:
             loss.backward()
-    model.zero_grad(set_to_none=True)
-    return got
 
 
 def calibrate(
@@ -122,12 +184,16 @@ def calibrate(
         b: [s for s in signals if is_matrix(mods_b[b]) or not s.endswith("input")] for b in pairs
     }
     backward = any(s.startswith("grad") for s in signals)
-    pts_a = {(pairs[b], sig): (mods_a[pairs[b]], sig) for b in pairs for sig in sigs[b]}
-    pts_b = {(b, sig): (mods_b[b], sig) for b in pairs for sig in sigs[b]}
+    proj_a = {n: InProj(m) for n, m in mods_a.items() if isinstance(m, nn.MultiheadAttention)}
+    proj_b = {n: InProj(m) for n, m in mods_b.items() if isinstance(m, nn.MultiheadAttention)}
+    hook_a = lambda n: proj_a.get(n, mods_a[n])  # noqa: E731  (MHA: hook its q|k|v projection)
+    hook_b = lambda n: proj_b.get(n, mods_b[n])  # noqa: E731
+    pts_a = {(pairs[b], sig): (hook_a(pairs[b]), sig) for b in pairs for sig in sigs[b]}
+    pts_b = {(b, sig): (hook_b(b), sig) for b in pairs for sig in sigs[b]}
     out: dict[tuple[str, str], GramStats] = {}
     for batch in batches:
-        got_a = _capture_pass(source, pts_a, batch, loss_fn, backward)
-        got_b = _capture_pass(target, pts_b, batch, loss_fn, backward)
+        got_a = _capture_pass(source, pts_a, batch, loss_fn, backward, proj_a)
+        got_b = _capture_pass(target, pts_b, batch, loss_fn, backward, proj_b)
         for b, a in pairs.items():
             for sig in sigs[b]:
                 if (a, sig) not in got_a or (b, sig) not in got_b:

@@ -37,7 +37,7 @@ FUSED = re.compile(r"(^|\.)(c_attn|qkv|query_key_value|Wqkv)$")
 #: layers whose output (HEADS_OUT) or input (HEADS_IN) side is blocked by attention head
 HEADS_OUT = re.compile(r"(^|\.)(query|key|value|q_proj|k_proj|v_proj|q_lin|k_lin|v_lin)$")
 HEADS_IN = re.compile(r"(^|\.)(attention\.output\.dense|out_proj|o_proj|out_lin|attn\.c_proj)$")
-_MATRIX = (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_MATRIX = (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention)
 
 
 _BERT = {
@@ -127,7 +127,8 @@ def owns_params(module: nn.Module) -> bool:
 
 
 def is_matrix(module: nn.Module) -> bool:
-    """True for layers with an input and an output side (linear, GPT-2 Conv1D, convolutions)."""
+    """True for layers with an input and an output side (linear, GPT-2 Conv1D, convolutions,
+    and MultiheadAttention, whose own matrix is its fused q|k|v projection)."""
     return isinstance(module, _MATRIX)
 
 
@@ -135,6 +136,8 @@ def module_dims(module: nn.Module) -> tuple[int, int]:
     """(d_in, d_out) of a matrix module; vector modules (norms, embeddings) report d_in = 0."""
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
+    if isinstance(module, nn.MultiheadAttention):  # in_proj_weight (3d, d); out_proj: a child
+        return module.embed_dim, 3 * module.embed_dim
     if isinstance(module, Conv1D):
         return tuple(module.weight.shape)
     if isinstance(module, nn.modules.conv._ConvNd):

@@ -107,7 +107,9 @@ def solve_maps(
                     raise ValueError(f"no calibration signal for the {side}put side of {b}")
                 rs.append(torch.eye(da))
                 continue
-            fused = side == "out" and FUSED.search(b) is not None
+            fused = side == "out" and (
+                FUSED.search(b) is not None or isinstance(mods_b[b], nn.MultiheadAttention)
+            )
             named = (HEADS_OUT if side == "out" else HEADS_IN).search(b) is not None
             grouped = method.heads_first and None not in heads and (fused or named)
             chunks, groups = 3 if fused else 1, heads if grouped else None
@@ -122,7 +124,7 @@ def _move(delta: torch.Tensor, module: nn.Module, r_in, r_out, param: str) -> to
     """One parameter's delta in B's coordinates."""
     if param == "weight" and isinstance(module, Conv1D):  # (d_in, d_out)
         return r_in.T @ delta @ r_out
-    if param == "weight" and is_matrix(module):  # (d_out, d_in, *kernel)
+    if param in ("weight", "in_proj_weight") and is_matrix(module):  # (d_out, d_in, *kernel)
         return torch.einsum("oi...,ob,ic->bc...", delta, r_out, r_in)
     return delta @ r_out  # biases, norms, embeddings, position and class tokens: (..., d_out)
 
