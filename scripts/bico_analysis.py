@@ -61,7 +61,7 @@ def main() -> None:
     ap.add_argument("--data", default="tweets")
     ap.add_argument("--runs", default="runs/real")
     ap.add_argument("--test-size", default="1000")
-    ap.add_argument("--scales", default="0,0.5,1,1.5,2")
+    ap.add_argument("--scales", default="0,0.5,1,1.5,2,3,4", help="the wider grid of a variant")
     ap.add_argument("-o", "--output", type=Path, default=Path("reports/transfer_real"))
     args = ap.parse_args()
     a, b = args.pair.split(":")
@@ -134,6 +134,10 @@ def main() -> None:
     rows_var.append({"variant": "per-block scales (greedy on validation)",
                      "accuracy": accuracy(logits(tv.apply_to(t.target_model_)), y),
                      "scale": json.dumps({str(k): v for k, v in chosen.items()})})  # fmt: skip
+    wide = [float(v) for v in args.scales.split(",")]
+    t4, secs = fit(scales=wide)
+    rows_var.append({"variant": f"scale grid {wide}", "accuracy": t4.score(test.X, test.y),
+                     "scale": t4.scale_, "seconds": secs})  # fmt: skip
     t2, secs = fit(center=True)
     rows_var.append({"variant": "centred covariances", "accuracy": t2.score(test.X, test.y),
                      "scale": t2.scale_, "seconds": secs})  # fmt: skip
