@@ -81,6 +81,10 @@ CASES = {
         lambda r, t: ["sweep", *_std(r), "-o", str(r / "data.csv" / "out")],
         "is a file",
     ),
+    "corrupt task matrix file": (
+        lambda r, t: ["predict", _tm_file(t, b"\x80\x04K\x01."), _data(r)],
+        "not a readable safetensors file",
+    ),
     "layer out of range": (
         lambda r, t: ["fit", *_std(r), "--layer", "99"],
         "out of range",

@@ -160,3 +160,15 @@ def test_multitask_model_serves_every_task_from_one_base_pass(tiny_task):
         MultiTaskModel(
             {"a": tms["early"].model(), "b": TaskMatrix(other, ft, layer=1).fit(Xtr).model()}
         )
+
+
+def test_a_fine_tuned_model_of_another_architecture_is_warned_about(tiny_task, caplog):
+    base, ft, (Xtr, _), _ = tiny_task
+    other = tiny_classifier("roberta", seed=2).roberta  # not the base `ft` was fine-tuned from
+    with caplog.at_level("WARNING", logger="tasklift"):
+        TaskMatrix(other, ft, layer=1).fit({k: v[:40] for k, v in Xtr.items()})
+    assert "different architectures" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tasklift"):
+        TaskMatrix(base, ft, layer=1).fit({k: v[:40] for k, v in Xtr.items()})
+    assert "different architectures" not in caplog.text
