@@ -170,9 +170,10 @@ def test_transfer_table_onto_wider_and_deeper_targets(text_task, tmp_path):
         assert list(got) == [
             "B + carried head", "bico", "naive", "linear probe on B", "A fine-tuned", "B fine-tuned"
         ]  # fmt: skip
-        # τ_B is applied and helps: with the scale forced to 0 bico would equal the carried head
+        # τ_B is applied (a scale above 0 chosen on validation). Whether it helps a random,
+        # untrained target is noise (+0.05 or -0.00 by the tie-break's threshold); BiCo's
+        # numbers are checked exactly on permuted models in test_transfer.py
         assert got["bico"]["scale"] > 0
-        assert got["bico"]["accuracy"] > got["B + carried head"]["accuracy"] + 0.05
         n_moved, n_source = map(int, got["bico"]["moved"].split("/"))
         assert n_moved >= n_source  # every delta found a place in B (deeper: some twice)
         if "hidden_size" in change:
