@@ -234,9 +234,10 @@ def plot_bars(
 
     fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(groups)), 4.3), dpi=120)
     width = 0.8 / max(len(series), 1)
+    colors = plt.get_cmap("tab20" if len(series) > 10 else "tab10")
     for j, (label, ys) in enumerate(series.items()):
         xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
-        ax.bar(xs, ys, width, label=label)
+        ax.bar(xs, ys, width, label=label, color=colors(j))
     ax.set_xticks(range(len(groups)), [g.replace(" / ", "\n") for g in groups], fontsize=8)
     ax.set_ylabel(ylabel)
     ax.set_ylim(0, 1)
