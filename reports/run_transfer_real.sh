@@ -12,5 +12,6 @@ $T --pair minilm-l6:minilm-l3 --data tweets --test-size 1000 --draws 3 \
 # tokens paired by [CLS] (the tokenizers split words differently); naive and GradFix need equal
 # shapes, so they cannot run here
 $T --pair minilm-l6:mpnet --data bbc_news --token cls --methods bico,gradient --draws 1
-$T --pair minilm-l3:minilm-l6 --data bbc_news --draws 1
+$T --pair minilm-l3:minilm-l6 --data bbc_news --draws 3
 python scripts/transfer_real.py report runs/transfer_real -o reports/transfer_real
+python scripts/bico_analysis.py --pair minilm-l6:minilm-l3 --data tweets
