@@ -11,22 +11,15 @@ same batches of 256 rows.
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
-from _common import write
+from _common import measure, write
 
 from tasklift.data import load_dataset
 from tasklift.extract import embed
 from tasklift.maps import LeastSquaresMap
 from tasklift.models import load_model, num_layers
 from tasklift.stats import GramStats, QRStats
-
-
-def _timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
 
 
 def main() -> None:
@@ -46,15 +39,15 @@ def main() -> None:
     for layer, Xt in X_all.items():
         X = Xt.double().numpy()
         s = np.linalg.svd(X, compute_uv=False)
-        want, t_np = _timed(lambda X=X: np.linalg.lstsq(X, Y, rcond=None)[0])
+        want, t_np, _ = measure(lambda X=X: np.linalg.lstsq(X, Y, rcond=None)[0])
 
         def stream(stats, X=X):
             for i in range(0, len(X), 256):
                 stats.update(X[i : i + 256], Y[i : i + 256])
             return LeastSquaresMap().fit_stats(stats).coef_.T
 
-        w_gram, t_gram = _timed(lambda: stream(GramStats()))
-        w_qr, t_qr = _timed(lambda: stream(QRStats()))
+        w_gram, t_gram, _ = measure(lambda: stream(GramStats()))
+        w_qr, t_qr, _ = measure(lambda: stream(QRStats()))
         rel = lambda w, want=want: float(np.linalg.norm(w - want) / np.linalg.norm(want))  # noqa: E731
         mse = lambda w, X=X: float(((X @ w - Y) ** 2).mean())  # noqa: E731
         rows.append(
