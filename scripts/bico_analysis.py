@@ -21,12 +21,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+from transfer_real import real_split
 
-from tasklift.data import align_labels, calibration_split, load_dataset, split, subsample
+from tasklift.data import calibration_split
 from tasklift.evaluate import accuracy
 from tasklift.extract import embed
 from tasklift.io import write_text
-from tasklift.models import label_names, load_model
+from tasklift.models import load_model
 from tasklift.report import markdown_table
 from tasklift.taskvector import TaskVector
 from tasklift.transfer import Transfer
@@ -66,10 +67,7 @@ def main() -> None:
     args = ap.parse_args()
     a, b = args.pair.split(":")
     a_ft, b_ft = f"{args.runs}/{a}_{args.data}_ft", f"{args.runs}/{b}_{args.data}_ft"
-    ds = align_labels(load_dataset(args.data), label_names(a_ft), model=a_ft)
-    size = float(args.test_size) if float(args.test_size) < 1 else int(args.test_size)
-    train, test = split(ds, test_size=size, seed=0)
-    train = subsample(train, fraction=min(1.0, 1000 / len(train)), seed=0)
+    train, test = real_split(args.data, a_ft, args.test_size)  # the table's split
     calib, val, _ = calibration_split(train, calib=128, val=200, seed=0)
     scales = [0.0, 0.5, 1.0, 1.5, 2.0]  # the table's grid (scripts/transfer_real.py)
     kw = dict(max_length=64, device="cpu")

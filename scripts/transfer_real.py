@@ -27,13 +27,19 @@ from tasklift.report import markdown_table, plot_bars, write_json
 METHODS = "bico,activation,gradient,gradfix,gradfix-mean,permutation,naive"
 
 
+def real_split(data: str, a_ft: str, test_size: str):
+    """(train, test) exactly as reports/run_real.sh split them for fine-tuning: labels matched to
+    A_ft's by name, seed 0, train capped at 1,000."""
+    ds = align_labels(load_dataset(data), label_names(a_ft), model=a_ft)
+    size = float(test_size) if float(test_size) < 1 else int(test_size)
+    train, test = split(ds, test_size=size, seed=0)
+    return subsample(train, fraction=min(1.0, 1000 / len(train)), seed=0), test
+
+
 def run(args) -> None:
     a, b = args.pair.split(":")
     a_ft, b_ft = f"{args.runs}/{a}_{args.data}_ft", f"{args.runs}/{b}_{args.data}_ft"
-    ds = align_labels(load_dataset(args.data), label_names(a_ft), model=a_ft)
-    size = float(args.test_size) if float(args.test_size) < 1 else int(args.test_size)
-    train, test = split(ds, test_size=size, seed=0)
-    train = subsample(train, fraction=min(1.0, 1000 / len(train)), seed=0)  # as run_real.sh
+    train, test = real_split(args.data, a_ft, args.test_size)
     draws = []
     for draw in range(args.draws):
         calib, val, held = calibration_split(train, calib=128, val=200, seed=draw)

