@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from tasklift.maps import RidgeCVMap
+from tasklift.maps import LeastSquaresMap, RidgeCVMap
 from tasklift.stats import GramStats
 from tasklift.taskmatrix import TaskMatrix
 
@@ -20,7 +20,7 @@ def _worker(rank, world, init_file, X, Y, out):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     try:
         rows = [np.arange(0, 70), np.arange(70, 70)][rank]  # rank 1 gets an empty shard
-        s = GramStats(folds=3)
+        s = GramStats(folds=3, qr=True)
         if len(rows):
             s.update(X[rows], Y[rows], index=rows)
         s.all_reduce()
@@ -36,12 +36,17 @@ def test_all_reduce_equals_single_pass_even_with_an_empty_shard(tmp_path):
     out = tmp_path / "stats.pt"
     mp.spawn(_worker, args=(2, tmp_path / "init", X, Y, out), nprocs=2, join=True)
     got = GramStats.from_state_dict(torch.load(out))
-    ref = GramStats(folds=3).update(X, Y)
+    ref = GramStats(folds=3, qr=True).update(X, Y)
     for k in range(3):
         np.testing.assert_allclose(got.fold(k).xx, ref.fold(k).xx, rtol=1e-12)
     np.testing.assert_allclose(
         RidgeCVMap(alphas=[0.0, 0.1]).fit_stats(got).coef_,
         RidgeCVMap(alphas=[0.0, 0.1]).fit_stats(ref).coef_,
+        rtol=1e-10,
+    )
+    np.testing.assert_allclose(  # the streamed QR is gathered and merged too
+        LeastSquaresMap(solver="qr").fit_stats(got).coef_,
+        LeastSquaresMap(solver="qr").fit_stats(ref).coef_,
         rtol=1e-10,
     )
 

@@ -74,3 +74,36 @@ def test_streamed_qr_equals_lstsq_where_the_gram_route_cannot():
     ref = np.linalg.lstsq(np.hstack([X[:, :5] + 3.0, np.ones((n, 1))]), Y[:, 0:1], rcond=None)[0]
     np.testing.assert_allclose(affine.coef_.T, ref[:-1], rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(affine.intercept_, ref[-1], rtol=1e-6, atol=1e-9)
+
+
+def test_gram_stats_keep_a_qr_that_solves_as_lstsq_with_cv_folds_intact():
+    from tasklift.maps import LeastSquaresMap
+
+    rng = np.random.default_rng(1)
+    n, d = 300, 20
+    u, _ = np.linalg.qr(rng.normal(size=(n, d)))
+    v, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    X = (u * np.logspace(0, -8, d)) @ v.T + 2.0  # XᵀX's condition ~1e16; not centred
+    Y = X @ rng.normal(size=(d, 3))
+    s = GramStats(folds=3, qr=True)
+    for i in range(0, n, 7):  # batches smaller than d: buffered before each QR
+        s.update(X[i : i + 7], Y[i : i + 7], index=np.arange(i, min(i + 7, n)))
+    want = np.linalg.lstsq(X, Y, rcond=None)[0]
+    got = LeastSquaresMap(solver="qr").fit_stats(s).coef_.T
+    assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-6
+    aff = LeastSquaresMap(solver="qr", fit_intercept=True).fit_stats(s)
+    ref = np.linalg.lstsq(np.hstack([X, np.ones((n, 1))]), Y, rcond=None)[0]
+    both = np.vstack([aff.coef_.T, aff.intercept_])
+    assert np.linalg.norm(both - ref) / np.linalg.norm(ref) < 1e-6
+    assert s.fold(0).qr is None and s.fold(0).n == 100  # folds stay Gram-only views
+    back = GramStats.from_state_dict(s.state_dict())
+    np.testing.assert_array_equal(LeastSquaresMap(solver="qr").fit_stats(back).coef_.T, got)
+    merged = (
+        GramStats(folds=3, qr=True)
+        .update(X[:150], Y[:150])
+        .merge(GramStats(folds=3, qr=True).update(X[150:], Y[150:], index=np.arange(150, n)))
+    )
+    got2 = LeastSquaresMap(solver="qr").fit_stats(merged).coef_.T
+    assert np.linalg.norm(got2 - want) / np.linalg.norm(want) < 1e-6
+    with pytest.raises(ValueError, match="keep a QR"):
+        LeastSquaresMap(solver="qr").fit_stats(GramStats().update(X, Y))

@@ -172,3 +172,21 @@ def test_a_fine_tuned_model_of_another_architecture_is_warned_about(tiny_task, c
     with caplog.at_level("WARNING", logger="tasklift"):
         TaskMatrix(base, ft, layer=1).fit({k: v[:40] for k, v in Xtr.items()})
     assert "different architectures" not in caplog.text
+
+
+def test_qr_solver_equals_numpy_lstsq_on_every_layer(tiny_task, tmp_path):
+    from tasklift.extract import embed
+
+    base, ft, (Xtr, _), (Xte, yte) = tiny_task
+    tm = TaskMatrix(base, ft, layer="auto", solver="qr").fit(Xtr)
+    xs = embed(tm.base_model_, Xtr, layers="all")
+    y = embed(tm.finetuned_model_, Xtr, layers=[-1])
+    y = next(iter(y.values())).double().numpy()
+    for i, m in tm.maps_.items():
+        want = np.linalg.lstsq(xs[i].double().numpy(), y, rcond=None)[0]
+        assert np.linalg.norm(m.coef_.T - want) <= 1e-6 * np.linalg.norm(want), i
+    assert np.isfinite(list(tm.cv_errors_.values())).all()  # the layer is still chosen by CV
+    tm.save(tmp_path / "t.safetensors")
+    assert TaskMatrix.load(tmp_path / "t.safetensors", base=base, finetuned=ft).solver == "qr"
+    with pytest.raises(ValueError, match="solver"):
+        TaskMatrix(base, ft, solver="svd").fit(Xtr)

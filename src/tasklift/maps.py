@@ -296,14 +296,14 @@ class LeastSquaresMap(LinearMap):
 
     Two routes: "gram" solves from XᵀX (`GramStats`: cheap, foldable for CV, but it squares the
     condition number, so directions with σ_min/σ_max below ~1e-7 are dropped); "qr" from a
-    streamed QR of X (`QRStats`: equal to numpy.linalg.lstsq however badly X is conditioned).
-    `fit_stats` takes either kind of statistics; `fit(X, Y)` uses `solver`.
+    streamed QR of X (`QRStats`, or the one `GramStats(qr=True)` keeps: equal to
+    numpy.linalg.lstsq however badly X is conditioned).
 
     Args:
         fit_intercept: also fit a bias (affine map); the reference task matrix has none.
         rcond: relative cutoff: eigenvalues of XᵀX (gram; default eps · d · 10) or singular
             values of X (qr; default eps · max(N, d), as lstsq) below it count as zero.
-        solver: "gram" or "qr", for `fit(X, Y)`.
+        solver: "gram" or "qr" (QRStats given to `fit_stats` are always solved by QR).
     """
 
     def __init__(
@@ -313,19 +313,23 @@ class LeastSquaresMap(LinearMap):
 
     def fit(self, X: Array, Y: Array) -> LinearMap:
         """Fit on in-memory rows X (N, d_in), Y (N, d_out) by `solver`; returns self."""
-        if self.solver not in ("gram", "qr"):
-            raise ValueError(f"solver must be 'gram' or 'qr', not {self.solver!r}")
         if self.solver == "qr":
             return self.fit_stats(QRStats(fit_intercept=self.fit_intercept).update(X, Y))
         return super().fit(X, Y)
 
     def fit_stats(self, stats, *, tie=None) -> LinearMap:
-        """Fit from `GramStats` (the gram route) or `QRStats` (the qr route); returns self."""
+        """Fit from `GramStats` (by `solver`: "qr" reads the QR they keep) or `QRStats`."""
+        if self.solver not in ("gram", "qr"):
+            raise ValueError(f"solver must be 'gram' or 'qr', not {self.solver!r}")
+        if isinstance(stats, GramStats) and self.solver == "qr":
+            if stats.qr is None:
+                raise ValueError(
+                    "solver='qr' needs statistics that keep a QR: GramStats(qr=True) or QRStats"
+                )
+            stats = stats.qr
         if not isinstance(stats, QRStats):
             return super().fit_stats(stats, tie=tie)
-        if stats.fit_intercept != self.fit_intercept:
-            raise ValueError("the QRStats and the map disagree on fit_intercept")
-        W = stats.solve(self.rcond)
+        W = stats.solve(self.rcond, intercept=self.fit_intercept)
         self.coef_ = (W[:-1] if self.fit_intercept else W).T.copy()
         self.intercept_ = W[-1].copy() if self.fit_intercept else np.zeros(W.shape[1])
         self.n_samples_seen_ = stats.n

@@ -39,6 +39,9 @@ class GramStats:
         folds: number of cross-validation folds to keep (0 or 1: totals only).
         gram: also keep XᵀX and Σ‖y‖² (least squares and ridge need them; Procrustes and
             permutation maps, as in BiCo's calibration, need only XᵀY and the sums).
+        qr: also keep a streamed QR of all rows (`qr`, a `QRStats`), so plain least squares can
+            be solved as numpy.linalg.lstsq would (`LeastSquaresMap(solver="qr")`) while the
+            folds still serve cross-validation.
 
     Shapes:
         xx (d_in, d_in), xy (d_in, d_out), sx (d_in,), sy (d_out,); n and yy are scalars.
@@ -49,8 +52,9 @@ class GramStats:
         >>> LeastSquaresMap().fit_stats(s)
     """
 
-    def __init__(self, *, folds: int = 0, gram: bool = True) -> None:
+    def __init__(self, *, folds: int = 0, gram: bool = True, qr: bool = False) -> None:
         self.folds, self.gram = folds, gram
+        self.qr = QRStats(fit_intercept=True) if qr else None
         self._k = max(int(folds), 1)
         self._n = np.zeros(self._k, dtype=np.int64)
         self._sx = self._sy = self._xx = self._xy = None
@@ -94,6 +98,8 @@ class GramStats:
         pos = self.n + np.arange(X.shape[0]) if index is None else np.asarray(index)
         if pos.shape != (X.shape[0],):
             raise ValueError(f"index has shape {pos.shape} but the batch has {X.shape[0]} rows")
+        if self.qr is not None:
+            self.qr.update(X, Y)
         fold = pos % self._k
         for k in range(self._k):
             rows = fold == k
@@ -113,13 +119,14 @@ class GramStats:
         """Add another accumulator's counts (e.g. from another shard); returns self."""
         if other._xy is None:
             return self
+        if self.qr is not None:
+            if other.qr is None:
+                raise ValueError("cannot merge stats without a QR into stats that keep one")
+            self.qr.merge(other.qr)
         if self._xy is None:
-            self.__dict__.update(
-                {
-                    k: (v.copy() if isinstance(v, np.ndarray) else v)
-                    for k, v in other.__dict__.items()
-                }
-            )
+            for k, v in other.__dict__.items():
+                if k != "qr":
+                    setattr(self, k, v.copy() if isinstance(v, np.ndarray) else v)
             return self
         if (other._k, other.dims, other.gram) != (self._k, self.dims, self.gram):
             raise ValueError(
@@ -174,6 +181,8 @@ class GramStats:
             t = torch.from_numpy(getattr(self, name)).to(device)
             dist.all_reduce(t, group=group)
             setattr(self, name, t.cpu().numpy())
+        if self.qr is not None:
+            self.qr.all_reduce(group)
         return self
 
     def _pick(self, include: np.ndarray) -> GramStats:
@@ -231,14 +240,20 @@ class GramStats:
         """Tensors that recreate this accumulator (for saving or all-reducing)."""
         if self._xy is None:
             raise ValueError("no rows accumulated yet: nothing to save")
-        return {k.lstrip("_"): torch.from_numpy(getattr(self, k)) for k in self._fields()}
+        out = {k.lstrip("_"): torch.from_numpy(getattr(self, k)) for k in self._fields()}
+        if self.qr is not None:
+            out.update({f"qr.{k}": v for k, v in self.qr.state_dict().items()})
+        return out
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> GramStats:
         """Inverse of `state_dict`."""
         out = cls(folds=int(state["n"].shape[0]), gram="xx" in state)
         for k, v in state.items():
-            setattr(out, "_" + k, v.numpy().copy())
+            if not k.startswith("qr."):
+                setattr(out, "_" + k, v.numpy().copy())
+        qr = {k[3:]: v for k, v in state.items() if k.startswith("qr.")}
+        out.qr = QRStats.from_state_dict(qr) if qr else None
         return out
 
 
@@ -248,24 +263,45 @@ class QRStats:
     Least squares from R (argmin ‖R W − QᵀY‖ has the same solutions as argmin ‖X W − Y‖) never
     forms XᵀX, so it does not square X's condition number: on badly conditioned embeddings it
     keeps the directions that `GramStats` must drop, and equals `numpy.linalg.lstsq` on all of X.
-    Memory is O(d² + d·d_out) whatever N; two accumulators merge by one more QR (all-reduce
-    friendly). Rows are never stored.
+    Memory is O(d² + d·d_out) whatever N (batches are buffered until they hold d rows, then
+    folded in by one QR); two accumulators merge by one more QR (all-reduce friendly). Rows are
+    never stored beyond that buffer.
 
     Args:
-        fit_intercept: factor [X, 1], so `solve` returns the bias as W's last row.
+        fit_intercept: factor [X, 1], so `solve` can return a bias as W's last row (and, since
+            the leading block of R is the R of X alone, the plain solve too).
     """
 
     def __init__(self, *, fit_intercept: bool = False) -> None:
         self.fit_intercept = fit_intercept
         self.n = 0
-        self.r: np.ndarray | None = None  # (m, d_in), m <= d_in
-        self.qty: np.ndarray | None = None  # (m, d_out)
+        self._r: np.ndarray | None = None  # (m, d_in [+1]), m <= d_in [+1]
+        self._qty: np.ndarray | None = None  # (m, d_out)
+        self._pending: list[tuple[np.ndarray, np.ndarray]] = []
 
     def _fold_in(self, X: np.ndarray, Y: np.ndarray) -> None:
-        if self.r is not None:
-            X, Y = np.vstack([self.r, X]), np.vstack([self.qty, Y])
-        q, self.r = np.linalg.qr(X, mode="reduced")
-        self.qty = q.T @ Y
+        if self._r is not None:
+            X, Y = np.vstack([self._r, X]), np.vstack([self._qty, Y])
+        q, self._r = np.linalg.qr(X, mode="reduced")
+        self._qty = q.T @ Y
+
+    def _flush(self) -> None:
+        if self._pending:
+            xs, ys = zip(*self._pending, strict=True)
+            self._pending = []
+            self._fold_in(np.vstack(xs), np.vstack(ys))
+
+    @property
+    def r(self) -> np.ndarray | None:
+        """The triangular factor R (m, d_in [+1]), or None before the first update."""
+        self._flush()
+        return self._r
+
+    @property
+    def qty(self) -> np.ndarray | None:
+        """QᵀY (m, d_out), or None before the first update."""
+        self._flush()
+        return self._qty
 
     def update(self, X: Array, Y: Array) -> QRStats:
         """Fold a batch of paired rows X (B, d_in), Y (B, d_out) into R and QᵀY; returns self."""
@@ -276,27 +312,81 @@ class QRStats:
             )
         if self.fit_intercept:
             X = np.hstack([X, np.ones((X.shape[0], 1))])
-        if self.r is not None and (X.shape[1], Y.shape[1]) != (self.r.shape[1], self.qty.shape[1]):
+        first = self._pending[0] if self._pending else (self._r, self._qty)
+        if first[0] is not None and (X.shape[1], Y.shape[1]) != (
+            first[0].shape[1],
+            first[1].shape[1],
+        ):
             raise ValueError(
                 f"batch has widths (X {X.shape[1]}, Y {Y.shape[1]}) but earlier batches had "
-                f"{(self.r.shape[1], self.qty.shape[1])}"
+                f"{(first[0].shape[1], first[1].shape[1])}"
             )
-        self._fold_in(X, Y)
+        self._pending.append((X, Y))
         self.n += X.shape[0]
+        if sum(len(x) for x, _ in self._pending) >= X.shape[1]:
+            self._flush()
         return self
 
     def merge(self, other: QRStats) -> QRStats:
         """Add another accumulator's rows (e.g. another process's); returns self."""
+        if other.fit_intercept != self.fit_intercept:
+            raise ValueError("cannot merge QRStats that disagree on fit_intercept")
         if other.r is not None:
+            self._flush()
             self._fold_in(other.r, other.qty)
             self.n += other.n
         return self
 
-    def solve(self, rcond: float | None = None) -> np.ndarray:
-        """The minimum-norm least-squares W (d_in [+1], d_out); singular values of X below
-        rcond · σ_max count as zero (default: numpy.linalg.lstsq's eps · max(N, d))."""
+    def all_reduce(self, group=None) -> QRStats:
+        """Merge the factors of every process of torch.distributed, in rank order, so all hold
+        the same R of the whole dataset (a no-op when not running distributed)."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+            return self
+        parts = [None] * dist.get_world_size(group)
+        dist.all_gather_object(parts, (self.n, self.r, self.qty), group=group)
+        self.n, self._r, self._qty = 0, None, None
+        for n, r, qty in parts:
+            if r is not None:
+                self._fold_in(r, qty)
+                self.n += n
+        return self
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors that recreate this accumulator."""
         if self.r is None:
+            raise ValueError("no rows accumulated yet: nothing to save")
+        return {
+            "r": torch.from_numpy(self.r),
+            "qty": torch.from_numpy(self.qty),
+            "n": torch.tensor(self.n),
+            "fit_intercept": torch.tensor(self.fit_intercept),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> QRStats:
+        """Inverse of `state_dict`."""
+        out = cls(fit_intercept=bool(state["fit_intercept"]))
+        out._r, out._qty = state["r"].numpy().copy(), state["qty"].numpy().copy()
+        out.n = int(state["n"])
+        return out
+
+    def solve(self, rcond: float | None = None, *, intercept: bool | None = None) -> np.ndarray:
+        """The minimum-norm least-squares W (d_in [+1], d_out); singular values of X below
+        rcond · σ_max count as zero (default: numpy.linalg.lstsq's eps · max(N, d)).
+
+        intercept: return a bias as W's last row (default: `fit_intercept`); False on
+            statistics with an intercept column solves without it (R's leading block).
+        """
+        r, qty = self.r, self.qty
+        if r is None:
             raise ValueError("cannot solve from an empty QRStats; update it with some rows first")
+        intercept = self.fit_intercept if intercept is None else intercept
+        if intercept and not self.fit_intercept:
+            raise ValueError("these QRStats have no intercept column; use fit_intercept=True")
+        if self.fit_intercept and not intercept:
+            r = r[:, :-1]  # X = Q R[:, :d]: the leading block is X's own triangular factor
         if rcond is None:
-            rcond = np.finfo(np.float64).eps * max(self.n, self.r.shape[1])
-        return np.linalg.lstsq(self.r, self.qty, rcond=rcond)[0]
+            rcond = np.finfo(np.float64).eps * max(self.n, r.shape[1])
+        return np.linalg.lstsq(r, qty, rcond=rcond)[0]

@@ -45,6 +45,10 @@ class TaskMatrix(HeadClassifier):
         alpha: ridge strength relative to the mean eigenvalue of XᵀX; 0 is the paper's plain
             least squares; a sequence or "auto" is chosen per layer by k-fold CV.
         fit_intercept: affine map (adds a bias).
+        solver: how plain least squares (alpha 0) is solved: "gram" from XᵀX (cheap; drops
+            directions with σ_min/σ_max below ~1e-7) or "qr" from a streamed QR of X, equal to
+            numpy.linalg.lstsq however badly X is conditioned (costs a few % more time; the
+            layer is still chosen by CV on the Gram statistics; ridge always uses XᵀX).
         cv: folds used when anything is chosen by cross-validation.
         pool: base pooling, "cls" or "mean" (targets are always the fine-tuned [CLS], where its
             head reads).
@@ -69,6 +73,7 @@ class TaskMatrix(HeadClassifier):
         layer: int | str = "auto",
         alpha: float | Sequence[float] | str = 0.0,
         fit_intercept: bool = False,
+        solver: str = "gram",
         cv: int = 5,
         pool: str = "cls",
         norm: str = "base",
@@ -83,6 +88,7 @@ class TaskMatrix(HeadClassifier):
         self.base, self.finetuned = base, finetuned
         self.keep_stats = keep_stats
         self.layer, self.alpha, self.fit_intercept, self.cv = layer, alpha, fit_intercept, cv
+        self.solver = solver
         self.pool, self.norm, self.batch_size, self.max_length = pool, norm, batch_size, max_length
         self.device, self.dtype, self.progress = device, dtype, progress
         self.processor = processor
@@ -136,8 +142,11 @@ class TaskMatrix(HeadClassifier):
     ) -> dict[int, GramStats]:
         """Per-layer statistics from (row index, base {layer: (B, d)}, fine-tuned (B, d_ft))
         batches; the global row indices fix the CV folds whatever the batch order or sharding."""
+        if self.solver not in ("gram", "qr"):
+            raise ValueError(f"solver must be 'gram' or 'qr', not {self.solver!r}")
         folds = self.cv if self._uses_cv() else 0
-        stats = {i: GramStats(folds=folds) for i in layers}
+        qr = self.solver == "qr" and 0.0 in self._alphas()
+        stats = {i: GramStats(folds=folds, qr=qr) for i in layers}
         for index, xb, yb in batches:
             for i in layers:
                 try:
@@ -155,7 +164,7 @@ class TaskMatrix(HeadClassifier):
             return RidgeCVMap(alphas=tuple(alphas), cv=self.cv, fit_intercept=icpt)
         if alphas[0]:
             return RidgeMap(alpha=alphas[0], fit_intercept=icpt)
-        return LeastSquaresMap(fit_intercept=icpt)
+        return LeastSquaresMap(fit_intercept=icpt, solver=self.solver)
 
     def fit_stats(self, stats: dict[int, GramStats]) -> TaskMatrix:
         """(Re)solve every layer from accumulated statistics {layer: GramStats}."""

@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=_layer, default="auto", help="base layer index, or auto (CV)")
     p.add_argument("--alpha", default="0", help="ridge: 0 (plain lstsq), a strength, a,b,c or auto")
     p.add_argument("--intercept", action="store_true", help="affine map (fit a bias)")
+    p.add_argument(
+        "--solver", default="gram", choices=["gram", "qr"],
+        help="plain least squares from XᵀX (gram) or a streamed QR (qr: = numpy lstsq)",
+    )  # fmt: skip
 
     p = command(
         "eval", cmd_eval, "layer sweep: head-only, linear probe, task matrix per layer, fine-tuned",

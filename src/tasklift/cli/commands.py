@@ -82,6 +82,7 @@ def cmd_fit(args) -> None:
         layer=_layer(args.layer),
         alpha=_alpha(args.alpha),
         fit_intercept=args.intercept,
+        solver=args.solver,
         **_matrix(args),
     ).fit(train.X)
     if not is_main():
