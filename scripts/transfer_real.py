@@ -47,11 +47,12 @@ def run(args) -> None:
         rows = transfer_table(
             a, a_ft, b, calib, val, test, train=held, methods=args.methods.split(","),
             target_finetuned=b_ft if draw == 0 else None, max_length=args.max_length,
-            token=args.token, scales=[float(v) for v in args.scales.split(",")], device="cpu",
+            token=args.token, center=args.center, device="cpu",
+            scales=[float(v) for v in args.scales.split(",")],
         )  # fmt: skip
         draws.append({"draw": draw, "seconds": round(time.time() - t0, 1), "rows": rows})
         print(json.dumps(draws[-1]), flush=True)
-    out = args.output / f"{a}_to_{b}_{args.data}.json"
+    out = args.output / f"{a}_to_{b}_{args.data}{'_' + args.tag if args.tag else ''}.json"
     settings = {
         **vars(args),
         "output": str(args.output),
@@ -79,6 +80,11 @@ def _summary(path: Path) -> list[dict]:
                 if "seconds" in r:
                     secs.setdefault(r["method"], []).append(r["seconds"])
     head, top = np.mean(accs["B + carried head"]), refs.get("B fine-tuned", np.nan)
+    tag = run["settings"].get("tag")
+    if tag:  # a variant of a pair run elsewhere: only its methods, marked, no references again
+        accs = {f"{m} [{tag}]": accs[m] for m in run["settings"]["methods"].split(",") if m in accs}
+        secs = {f"{m} [{tag}]": secs[m] for m in run["settings"]["methods"].split(",") if m in secs}
+        refs = {}
     rows = []
     for method, acc in accs.items():
         rows.append({
@@ -129,6 +135,8 @@ def main() -> None:
     p.add_argument("--draws", type=int, default=3)
     p.add_argument("--methods", default=METHODS)
     p.add_argument("--token", default="all")
+    p.add_argument("--center", action="store_true", help="centred covariances")
+    p.add_argument("--tag", default="", help="names a variant's file and marks its rows")
     p.add_argument("--scales", default="0,0.5,1,1.5,2", help="task-vector scales tried on val")
     p.add_argument("--test-size", default="0.2")
     p.add_argument("--max-length", type=int, default=64)

@@ -125,6 +125,10 @@ def test_transfer_onto_a_permuted_base_matches_the_fine_tuned_source(text_task, 
     saved = tf.AutoModelForSequenceClassification.from_pretrained(out / "model").eval()  # bico
     assert rows["bico"]["saved"] == str(out / "model") and saved.config.id2label[2] == "c"
     assert main(["transfer", *argv, *opts, "--calib", "5000"]) == 2  # clear error, no traceback
+    variant = ["--methods", "bico", "--center", "--token", "word", "-o", str(tmp_path / "v")]
+    assert main(["transfer", *argv, *opts, *variant]) == 0  # centred, words paired: still exact
+    rows = {r["method"]: r for r in json.loads((tmp_path / "v/results.json").read_text())["rows"]}
+    assert abs(rows["bico"]["accuracy"] - rows["A fine-tuned"]["accuracy"]) < 0.02
 
 
 def test_labels_are_matched_to_the_model_by_name(text_task, tmp_path, capsys):

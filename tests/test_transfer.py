@@ -1,6 +1,7 @@
 """BiCo and its baselines on models whose spaces are exact (semi-)orthogonal or permuted images."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -253,7 +254,7 @@ def test_calibration_errors_name_the_bad_input():
         solve_maps(a, b, pairs, None, "magic")
     short = {"input_ids": torch.randint(1, 50, (4, 7)), "labels": torch.zeros(4, dtype=torch.long)}
     long = dict(short, input_ids=torch.randint(1, 50, (4, 9)))
-    with pytest.raises(ValueError, match="token='cls' or 'mean'"):
+    with pytest.raises(ValueError, match=r"token='cls', 'mean' or \(text\) 'word'"):
         calibrate(a, b, pairs, [(short, long)], lambda m, bt: m(**bt[m is b]).loss)
     deep = deeper_bert(3)
     cov = calibrate(
@@ -536,3 +537,58 @@ def test_multihead_attention_is_split_into_q_k_v_and_its_out_proj_is_aligned():
     for k, v in moved.deltas.items():
         torch.testing.assert_close(v, want.deltas[k], atol=1e-4, rtol=0), k
     assert "attn.in_proj_bias" in moved.deltas and "attn.out_proj.weight" in moved.deltas
+
+
+def _piece_tokenizer():
+    """A WordPiece tokenizer that splits every word of conftest.WORDS into 2-3 pieces."""
+    pieces = ["al", "##pha", "be", "##ta", "gam", "##ma", "w", ",", "!"]
+    pieces += [f"##{i}" for i in range(10)]  # "w17" -> w ##1 ##7
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *pieces]
+    return tf.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
+
+
+def test_word_pairing_matches_words_across_tokenizers_and_drops_cut_words():
+    from conftest import WORDS, tiny_tokenizer
+    from tasklift.transfer.calibration import align_tokens, word_pooling
+
+    ta, tb = tiny_tokenizer([*WORDS, ",", "!"]), _piece_tokenizer()
+    texts = ["alpha beta, gamma!", "w1 alpha w17"]
+    gen = torch.Generator().manual_seed(0)
+    emb = {w: torch.randn(4, generator=gen) for w in [*WORDS, ",", "!", "[CLS]"]}
+    M = torch.randn(4, 6, generator=gen)  # B's space: another basis
+
+    def states(tok, basis):  # each token's state = its word's vector (pieces: the same vector)
+        enc = tok(texts, padding=True, return_offsets_mapping=True)
+        out = torch.zeros(len(texts), len(enc["input_ids"][0]), basis.shape[1])
+        for i, text in enumerate(texts):
+            words = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\w+|[^\w\s]", text)]
+            for t, (s, e) in enumerate(enc["offset_mapping"][i]):
+                word = next((w for a, b, w in words if a <= s < b), None)
+                if t == 0:
+                    out[i, t] = emb["[CLS]"] @ basis
+                elif e > s and word is not None:
+                    out[i, t] = emb[word] @ basis
+        return out
+
+    pools = word_pooling(texts, (ta, tb), 16)
+    xa, xb = align_tokens(states(ta, torch.eye(4)), states(tb, M), "word", "test", pools)
+    assert xa.shape == (1 + 5 + 1 + 3, 4) and xb.shape == (10, 6)  # [CLS] + words, per text
+    torch.testing.assert_close(xa @ M, xb)
+    # max_length 5 keeps "alpha beta ," in A but cuts B inside "beta": only alpha is paired
+    pa, pb = word_pooling(texts[:1], (ta, tb), 5)
+    assert pa.sum((1, 2)).item() == pb.sum((1, 2)).item() == 2.0
+    np.testing.assert_array_equal(pb[0, 1, :3], [0.0, 0.5, 0.5])
+
+
+def test_transfer_across_tokenizers_pairs_words(text_task, tmp_path):
+    root = text_task
+    b = tiny_classifier("bert", seed=5).bert
+    b.save_pretrained(tmp_path / "b")
+    _piece_tokenizer().save_pretrained(tmp_path / "b")
+    texts = [line.split(",")[0] for line in (root / "data.csv").read_text().splitlines()[1:41]]
+    kw = dict(source=root / "base", finetuned=root / "ft", target=tmp_path / "b", scales=[1.0])
+    with pytest.raises(ValueError, match="'word'"):  # token counts differ: one to one cannot pair
+        Transfer(**kw, token="all").fit(texts)
+    t = Transfer(**kw, token="word").fit(texts)
+    assert t.moved_params_ == t.source_params_ > 0
+    assert np.isfinite(t.decision_function(texts[:5])).all()

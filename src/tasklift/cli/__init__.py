@@ -154,7 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", type=int, default=128, help="calibration inputs (from train)")
     p.add_argument("--val", type=int, default=200, help="validation inputs for the scale")
     p.add_argument("--scales", default=",".join(map(str, SCALES)), help="task-vector scales tried")
-    p.add_argument("--token", default="all", choices=TOKENS, help="calibration token pairing")
+    p.add_argument(
+        "--token", default="all", choices=TOKENS,
+        help="calibration token pairing (word: texts whose tokenizers differ)",
+    )  # fmt: skip
+    p.add_argument(
+        "--center", action="store_true", help="align centred covariances (means removed)"
+    )
     p.add_argument("--target-finetuned", default=None, help="B fine-tuned, the upper bound")
     p.add_argument("--probe", action="store_true", help="a linear probe on B (calib + val labels)")
     p.add_argument("--title", default=None)

@@ -222,6 +222,7 @@ def cmd_transfer(args) -> None:
         methods=args.methods.split(","),
         target_finetuned=args.target_finetuned,
         token=args.token,
+        center=args.center,
         scales=_floats(args.scales),
         save_best=Path(args.output) / "model",
         **_runtime(args),

@@ -25,6 +25,7 @@ def transfer_table(
     methods: Sequence[str] = tuple(METHODS),
     target_finetuned=None,
     token: str = "all",
+    center: bool = False,
     scales: Sequence[float] = SCALES,
     batch_size: int = 16,
     max_length: int = 128,
@@ -47,8 +48,8 @@ def transfer_table(
     for method in methods:
         t0 = time.time()
         t = Transfer(
-            source, finetuned, target, method=method, token=token, scales=scales,
-            progress=progress, **rt,
+            source, finetuned, target, method=method, token=token, center=center,
+            scales=scales, progress=progress, **rt,
         )  # fmt: skip
         try:
             t.fit(calib.X, calib.y, X_val=val.X, y_val=val.y)

@@ -6,6 +6,7 @@ statistics under torch.distributed)."""
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
@@ -17,7 +18,7 @@ from ..stats import GramStats
 from .methods import TOKENS
 from .pairing import is_matrix
 
-__all__ = ["calibrate", "align_tokens", "SIGNALS"]
+__all__ = ["calibrate", "align_tokens", "word_pooling", "SIGNALS"]
 
 #: what a hook can record per module
 SIGNALS = ("input", "output", "grad_input", "grad_output")
@@ -40,12 +41,85 @@ def _grid(t: torch.Tensor) -> tuple[int, int] | None:
     return None
 
 
-def align_tokens(a: torch.Tensor, b: torch.Tensor, token: str, where: str):
+#: what counts as a word when pairing tokens of two tokenizers: a run of letters/digits, or
+#: one punctuation mark (both BERT's and SentencePiece's pre-tokenisers split there too)
+WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def _word_of_tokens(text: str, offsets: Sequence[tuple[int, int]]) -> list[int]:
+    """For each token, the index of the word its characters fall in; -1 for special and padding
+    tokens and for the tokens of a word that truncation cut short."""
+    char_word, ends = [-1] * len(text), []
+    for w, m in enumerate(WORD.finditer(text)):
+        char_word[m.start() : m.end()] = [w] * (m.end() - m.start())
+        ends.append(m.end())
+    out, reach = [], {}
+    for start, end in offsets:
+        words = [char_word[c] for c in range(start, end) if char_word[c] >= 0]
+        out.append(words[0] if words else -1)
+        if words:
+            reach[words[0]] = max(reach.get(words[0], 0), end)
+    return [w if w >= 0 and reach[w] >= ends[w] else -1 for w in out]
+
+
+def word_pooling(texts: Sequence[str], processors: Sequence, max_length: int) -> list[torch.Tensor]:
+    """Per tokenizer, a (B, W, T) matrix that averages each word's tokens, words in common.
+
+    Rows: the first token ([CLS] / <s>), then every word (see `WORD`) that both tokenizers
+    kept within `max_length` (truncation may cut them at different words); rows a text lacks
+    are zero. T is what `encode` gives the model for the same texts.
+
+    Raises:
+        ValueError: a tokenizer without character offsets (not a "fast" tokenizer).
+    """
+    maps = []
+    for proc in processors:
+        try:
+            enc = proc(
+                list(texts),
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_offsets_mapping=True,
+            )
+        except NotImplementedError:
+            raise ValueError(
+                f"token='word' needs character offsets, which {type(proc).__name__} does not "
+                "give; load a fast tokenizer (use_fast=True) or use token='cls' / 'mean'"
+            ) from None
+        maps.append(
+            [_word_of_tokens(t, o) for t, o in zip(texts, enc["offset_mapping"], strict=True)]
+        )
+    rows = 2 + max((w for m in maps for ws in m for w in ws), default=-1)  # first token + words
+    out = [torch.zeros(len(texts), rows, len(m[0])) for m in maps]
+    for i in range(len(texts)):
+        common = set.intersection(*(set(m[i]) - {-1} for m in maps))
+        for m, pool in zip(maps, out, strict=True):
+            pool[i, 0, 0] = 1.0  # the first token: [CLS] / <s>
+            for t, w in enumerate(m[i]):
+                if w in common:
+                    pool[i, w + 1, t] = 1.0
+    for pool in out:
+        pool /= pool.sum(-1, keepdim=True).clamp_min(1)
+    return out
+
+
+def align_tokens(a: torch.Tensor, b: torch.Tensor, token: str, where: str, words=None):
     """Pair token rows of A (B, T_a, d_a) with B's (B, T_b, d_b): (N, d_a), (N, d_b).
 
-    token: "cls" (token 0), "mean", or "all" (one to one; patch grids of another size are
-    resampled onto A's grid).
+    token: "cls" (token 0), "mean", "all" (one to one; patch grids of another size are
+    resampled onto A's grid), or "word" (each word's tokens averaged, words matched by their
+    characters; `words` = the two `word_pooling` matrices of this batch).
     """
+    if token == "word":
+        pa, pb = words
+        if (pa.shape[-1], pb.shape[-1]) != (a.shape[1], b.shape[1]):
+            raise ValueError(
+                f"{where}: token='word' pairs text tokens, but the captured tensors have "
+                f"{a.shape[1]} and {b.shape[1]} tokens for {pa.shape[-1]} and {pb.shape[-1]}"
+            )
+        keep = pa.sum(-1) > 0  # the same rows in both: first token and words in common
+        return (pa @ a)[keep], (pb @ b)[keep]
     if token == "cls":
         return a[:, 0], b[:, 0]
     if token == "mean":
@@ -55,7 +129,7 @@ def align_tokens(a: torch.Tensor, b: torch.Tensor, token: str, where: str):
         if ga is None or gb is None or ga[0] != gb[0]:
             raise ValueError(
                 f"{where}: {a.shape[1]} tokens in A but {b.shape[1]} in B and they are not "
-                "square patch grids; use token='cls' or 'mean'"
+                "square patch grids; use token='cls', 'mean' or (text) 'word'"
             )
         p, side = ga
         grid = b[:, p:].transpose(1, 2).reshape(b.shape[0], b.shape[2], gb[1], gb[1])
@@ -150,6 +224,7 @@ def calibrate(
     *,
     signals: Sequence[str] = ("input", "grad_output", "output"),
     token: str = "all",
+    words: Callable[[object], Sequence[torch.Tensor]] | None = None,
 ) -> dict[tuple[str, str], GramStats]:
     """Cross-covariance statistics A vs B of each calibration signal of every matched module.
 
@@ -159,7 +234,8 @@ def calibrate(
         loss_fn: (model, batch) -> scalar loss, e.g. the task loss through the model's head.
         signals: which of `SIGNALS` to record; vector modules (norms, embeddings) have only an
             output side, so no input signals.
-        token: row pairing: "all", "cls" or "mean" (see `align_tokens`).
+        token: row pairing: "all", "cls", "mean" or "word" (see `align_tokens`).
+        words: for token="word": batch -> (A's, B's) `word_pooling` matrices.
 
     Returns:
         {(target module, signal): GramStats(gram=False) of rows (x_A, x_B)}: `.xy` is
@@ -172,6 +248,8 @@ def calibrate(
     """
     if token not in TOKENS:
         raise ValueError(f"unknown token alignment {token!r}; use one of {TOKENS}")
+    if token == "word" and words is None:
+        raise ValueError("token='word' needs words=: batch -> the two word_pooling matrices")
     bad = [s for s in signals if s not in SIGNALS]
     if bad:
         raise ValueError(f"unknown calibration signal(s) {bad}; use of {SIGNALS}")
@@ -194,11 +272,12 @@ def calibrate(
     for batch in batches:
         got_a = _capture_pass(source, pts_a, batch, loss_fn, backward, proj_a)
         got_b = _capture_pass(target, pts_b, batch, loss_fn, backward, proj_b)
+        pools = words(batch) if token == "word" else None
         for b, a in pairs.items():
             for sig in sigs[b]:
                 if (a, sig) not in got_a or (b, sig) not in got_b:
                     continue  # e.g. no gradient reaches the model's raw inputs
                 where = f"{a} -> {b} ({sig})"
-                xa, xb = align_tokens(got_a[(a, sig)], got_b[(b, sig)], token, where)
+                xa, xb = align_tokens(got_a[(a, sig)], got_b[(b, sig)], token, where, pools)
                 out.setdefault((b, sig), GramStats(gram=False)).update(xa, xb)
     return out

@@ -22,7 +22,7 @@ from ..io import atomic_dir, write_text
 from ..maps import ProcrustesMap
 from ..models import backbone, classifier_like, encode, load_backbone, load_model
 from ..taskvector import TaskVector
-from .calibration import calibrate
+from .calibration import calibrate, word_pooling
 from .head import head_linears, transport_head
 from .methods import SCALES, get_method
 from .pairing import head_pair, match_modules
@@ -45,7 +45,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
             classifiers; A_ft must be a classifier).
         method: a name of `tasklift.transfer.METHODS` ("bico", "activation", "gradient",
             "permutation", "naive", "gradfix", "gradfix-mean").
-        token: calibration token pairing: "all", "cls" or "mean".
+        token: calibration token pairing: "all", "cls", "mean", or "word" (texts whose
+            tokenizers differ: each word's tokens averaged, words matched by characters).
         scales: task-vector scales tried on the validation split (1 without one).
         tie_break: singular values of a side's first cross-covariance at or below this fraction
             of the largest are settled by its later signals (see `solve.TIE_BREAK`).
@@ -163,7 +164,11 @@ class Transfer(ClassifierMixin, BaseEstimator):
             for t, s in match_modules(a_cal, b_cls, self.block_map).items()
             if t not in head_b and s not in head
         }
-        stats = None
+        stats, words = None, None
+        if self.token == "word":
+            if not (isinstance(X, list) and isinstance(X[0], str)):
+                raise ValueError("token='word' pairs the words of raw texts: pass X as strings")
+            words = lambda idx: word_pooling(take(X, idx), (proc_a, proc_b), self.max_length)  # noqa: E731
         if method.signals:
             stats = calibrate(
                 a_cal,
@@ -173,6 +178,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
                 loss_fn,
                 signals=method.signals,
                 token=self.token,
+                words=words,
             )
         maps = solve_maps(
             a_cal, b_cls, pairs, stats, method, tie_break=self.tie_break, center=self.center

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 __all__ = ["Method", "METHODS", "get_method", "TOKENS", "SCALES"]
 
 #: calibration token pairings between A and B
-TOKENS = ("all", "cls", "mean")
+TOKENS = ("all", "cls", "mean", "word")
 #: scales of τ_B tried on the validation split (0 is B with the carried-over head alone)
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 
