@@ -80,11 +80,12 @@ def test_bad_layers_and_inputs():
         next(iter_embeddings(model, ["some text"]))
 
 
-def test_text_batches_by_length_come_back_in_input_order():
+def test_text_batches_by_token_count_come_back_in_input_order():
     tok = tiny_tokenizer([f"w{i}" for i in range(40)])
     texts = [
         " ".join(f"w{(i * 7 + j) % 40}" for j in range(n)) for i, n in enumerate([9, 2, 5, 1, 7, 3])
     ]
+    texts.append("unknownwordthatislong")  # the most characters, but one token ([UNK])
     model = tiny_classifier("bert")
     got = embed(model, texts, tok, layers=[2], batch_size=2)[2]
     for i, t in enumerate(texts):  # one at a time: no padding, no reordering
@@ -92,4 +93,5 @@ def test_text_batches_by_length_come_back_in_input_order():
             got[i], embed(model, [t], tok, layers=[2])[2][0], atol=1e-5, rtol=1e-5
         )
     idx = [i for i, _ in iter_embeddings(model, texts, tok, layers=[2], batch_size=2)]
-    assert [len(texts[j]) for b in idx for j in b] == sorted(len(t) for t in texts)
+    counts = [len(tok(t)["input_ids"]) for t in texts]
+    assert [counts[j] for b in idx for j in b] == sorted(counts)  # by tokens, not characters

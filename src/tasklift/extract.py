@@ -57,6 +57,19 @@ def _pool(h: torch.Tensor, mask: torch.Tensor | None, pool: str) -> torch.Tensor
     return (h * m).sum(1) / m.sum(1).clamp_min(1)
 
 
+def _length_order(inputs, processor, max_length: int) -> np.ndarray:
+    """Texts by token count (one extra, unpadded tokenisation: ~1 s per 20k tweets), so each
+    batch pads little; any other input keeps its order."""
+    if not (isinstance(inputs, list) and isinstance(inputs[0], str)):
+        return np.arange(num_items(inputs))
+    if processor is None:
+        lengths = [len(t) for t in inputs]
+    else:
+        ids = processor(inputs, truncation=True, max_length=max_length)["input_ids"]
+        lengths = [len(x) for x in ids]
+    return np.argsort(lengths, kind="stable")
+
+
 def _points(model: nn.Module, layers: list[int]) -> dict[int, tuple[nn.Module, str]]:
     bl = blocks(model)
     return {i: (bl[0], "input") if i == 0 else (bl[i - 1], "output") for i in layers}
@@ -76,9 +89,10 @@ def iter_embeddings(
 ) -> Iterator[tuple[np.ndarray, dict[int, torch.Tensor]]]:
     """Yield, per batch, (row indices, {layer: pooled embedding (B, d) float32 on CPU}).
 
-    Text is batched in order of length (less padding, about 2x faster on CPU); the indices say
-    which input rows each batch holds. The order depends only on the inputs, so two streams
-    over the same inputs (base and fine-tuned) yield the same rows batch for batch.
+    Text is batched in order of token count (less padding: 1.5x faster on CPU than the given
+    order); the indices say which input rows each batch holds. The order depends only on the
+    inputs and the tokenizer, so two streams over the same inputs with the same tokenizer (base
+    and fine-tuned) yield the same rows batch for batch.
 
     Args:
         model: HF encoder or classifier (its device and dtype are used).
@@ -104,8 +118,7 @@ def iter_embeddings(
         found[i] = _pool(h, mask, pool).detach().to("cpu", torch.float32)
 
     points = _points(model, layers)
-    texts = isinstance(inputs, list) and isinstance(inputs[0], str)
-    order = np.argsort([len(t) for t in inputs], kind="stable") if texts else np.arange(n)
+    order = _length_order(inputs, processor, max_length)
     for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False):
         idx = order[start : start + batch_size]
         batch = encode(take(inputs, idx), processor, max_length=max_length)

@@ -35,6 +35,13 @@ from .stats import GramStats
 __all__ = ["TaskMatrix"]
 
 
+def _same_rows(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+    """The rows of a base batch, checked against the fine-tuned batch they are paired with."""
+    if not np.array_equal(i, j):
+        raise RuntimeError("base and fine-tuned batches hold different rows; please report this")
+    return i
+
+
 class TaskMatrix(HeadClassifier):
     """Estimator: fit W per base layer, predict with the fine-tuned head.
 
@@ -129,7 +136,10 @@ class TaskMatrix(HeadClassifier):
             ys = iter_embeddings(
                 self.finetuned_model_, mine, self.processor_, layers=[top], **{**kw, "pool": "cls"}
             )
-            pairs = ((part.start + i, xb, yb[top]) for (i, xb), (_, yb) in zip(xs, ys, strict=True))
+            pairs = (
+                (part.start + _same_rows(i, j), xb, yb[top])
+                for (i, xb), (j, yb) in zip(xs, ys, strict=True)
+            )
         stats = self.accumulate(pairs, layers)
         for s in stats.values():
             s.all_reduce()
