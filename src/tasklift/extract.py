@@ -58,15 +58,16 @@ def _pool(h: torch.Tensor, mask: torch.Tensor | None, pool: str) -> torch.Tensor
 
 
 def _length_order(inputs, processor, max_length: int) -> np.ndarray:
-    """Texts by token count (one extra, unpadded tokenisation: ~1 s per 20k tweets), so each
-    batch pads little; any other input keeps its order."""
+    """Texts by token count (one extra, unpadded tokenisation: ~2 s per 20k tweets, 1% of
+    their extraction), so each batch pads little; any other input keeps its order."""
     if not (isinstance(inputs, list) and isinstance(inputs[0], str)):
         return np.arange(num_items(inputs))
     if processor is None:
-        lengths = [len(t) for t in inputs]
-    else:
-        ids = processor(inputs, truncation=True, max_length=max_length)["input_ids"]
-        lengths = [len(x) for x in ids]
+        return np.argsort([len(t) for t in inputs], kind="stable")
+    lengths = []
+    for start in range(0, len(inputs), 2048):  # in parts: 20k texts at once hold 169 MB
+        ids = processor(inputs[start : start + 2048], truncation=True, max_length=max_length)
+        lengths += [len(x) for x in ids["input_ids"]]
     return np.argsort(lengths, kind="stable")
 
 
