@@ -173,8 +173,9 @@ def summary(n: int, a: dict, t: dict) -> str:
     return (
         f"- N = {n}: tasklift **{total(a) / total(t):.2f}x** as fast end to end (extraction + "
         f"solve {(a['extract'] + a['solve']) / t['extract']:.2f}x, scoring every layer "
-        f"{a['score'] / t['score']:.2f}x); peak memory above the loaded models {mem:.2f}x "
-        f"tasklift's; per-layer test accuracies differ by at most {100 * diff:.1f} points "
+        f"{a['score'] / t['score']:.2f}x); the authors' peak memory above the loaded models "
+        f"is {mem:.2f}x tasklift's; per-layer test accuracies differ by at most "
+        f"{100 * diff:.1f} points "
         f"(authors {show(acc_a)}; tasklift {show(acc_t)}; tasklift's CV picked layer "
         f"{t['chosen layer']})."
     )
