@@ -15,10 +15,13 @@ def test_identity_when_finetuned_equals_base():
         "input_ids": torch.randint(3, 50, (200, 9)),
         "attention_mask": torch.ones(200, 9, dtype=torch.long),
     }
-    # Fresh LayerNorms (bias 0) make every last-layer row zero-mean, so X has rank d - 1 and the
-    # minimum-norm least-squares map is the projector I - 11ᵀ/d, exactly as numpy.lstsq gives.
-    tm = TaskMatrix(ft.bert, ft, layer=-1).fit(X)
+    # Fresh LayerNorms (bias 0) make every last-layer row zero-mean, so X has rank d - 1 up to
+    # float32 rounding (σ_min/σ_max ~ 1e-7): the Gram route drops that direction and returns the
+    # minimum-norm projector I - 11ᵀ/d; QR, like numpy.lstsq on the same floats, keeps it: I.
+    tm = TaskMatrix(ft.bert, ft, layer=-1, solver="gram").fit(X)
     np.testing.assert_allclose(tm.maps_[2].coef_, np.eye(32) - 1 / 32, atol=1e-4)
+    tm = TaskMatrix(ft.bert, ft, layer=-1, solver="qr").fit(X)
+    np.testing.assert_allclose(tm.maps_[2].coef_, np.eye(32), atol=1e-4)
     # With a trained-looking (non-zero) final LayerNorm bias the rows span R^d: W is I.
     with torch.no_grad():
         ft.bert.encoder.layer[-1].output.LayerNorm.bias.normal_()

@@ -123,8 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", default="0", help="ridge: 0 (plain lstsq), a strength, a,b,c or auto")
     p.add_argument("--intercept", action="store_true", help="affine map (fit a bias)")
     p.add_argument(
-        "--solver", default="gram", choices=["gram", "qr"],
-        help="plain least squares from XᵀX (gram) or a streamed QR (qr: = numpy lstsq)",
+        "--solver", default="qr", choices=["qr", "gram"],
+        help="plain least squares by a streamed QR (= numpy lstsq) or from XᵀX (gram)",
     )  # fmt: skip
 
     p = command(

@@ -49,7 +49,7 @@ def multitask(
         stats = tm.accumulate([(np.arange(len(tr.y)), tr.base, tr.finetuned)], sorted(tr.base))
         fits[name] = (tm, stats, te)
         for i, s in stats.items():
-            joint.setdefault(i, GramStats(folds=s.folds)).merge(s)
+            joint.setdefault(i, GramStats(folds=s.folds, qr=s.qr is not None)).merge(s)
     rows = []
     for name, (tm, stats, te) in fits.items():
         for method, st in (("single-task matrix", stats), ("multi-task matrix", joint)):
