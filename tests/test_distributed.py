@@ -24,8 +24,11 @@ def _worker(rank, world, init_file, X, Y, out):
         if len(rows):
             s.update(X[rows], Y[rows], index=rows)
         s.all_reduce()
+        both = GramStats(qr=True).update(*[(X[:45], Y[:45]), (X[45:], Y[45:])][rank])
+        both.all_reduce()  # both ranks hold rows: their QR factors are merged
         if rank == 1:
             torch.save(s.state_dict(), out)
+            torch.save(both.state_dict(), str(out) + ".both")
     finally:
         dist.destroy_process_group()
 
@@ -42,6 +45,12 @@ def test_all_reduce_equals_single_pass_even_with_an_empty_shard(tmp_path):
     np.testing.assert_allclose(
         RidgeCVMap(alphas=[0.0, 0.1]).fit_stats(got).coef_,
         RidgeCVMap(alphas=[0.0, 0.1]).fit_stats(ref).coef_,
+        rtol=1e-10,
+    )
+    both = GramStats.from_state_dict(torch.load(str(out) + ".both"))
+    np.testing.assert_allclose(
+        LeastSquaresMap(solver="qr").fit_stats(both).coef_,
+        np.linalg.lstsq(X, Y, rcond=None)[0].T,
         rtol=1e-10,
     )
     np.testing.assert_allclose(  # the streamed QR is gathered and merged too

@@ -552,6 +552,7 @@ def test_word_pairing_matches_words_across_tokenizers_and_drops_cut_words():
     from tasklift.transfer.calibration import align_tokens, word_pooling
 
     ta, tb = tiny_tokenizer([*WORDS, ",", "!"]), _piece_tokenizer()
+    tb.padding_side = "left"  # B's [CLS] of the shorter text is not at position 0
     texts = ["alpha beta, gamma!", "w1 alpha w17"]
     gen = torch.Generator().manual_seed(0)
     emb = {w: torch.randn(4, generator=gen) for w in [*WORDS, ",", "!", "[CLS]"]}
@@ -564,7 +565,7 @@ def test_word_pairing_matches_words_across_tokenizers_and_drops_cut_words():
             words = [(m.start(), m.end(), m.group()) for m in re.finditer(r"\w+|[^\w\s]", text)]
             for t, (s, e) in enumerate(enc["offset_mapping"][i]):
                 word = next((w for a, b, w in words if a <= s < b), None)
-                if t == 0:
+                if enc["input_ids"][i][t] == tok.cls_token_id:
                     out[i, t] = emb["[CLS]"] @ basis
                 elif e > s and word is not None:
                     out[i, t] = emb[word] @ basis

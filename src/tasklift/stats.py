@@ -119,20 +119,24 @@ class GramStats:
         """Add another accumulator's counts (e.g. from another shard); returns self."""
         if other._xy is None:
             return self
+        if self.qr is not None and other.qr is None:
+            raise ValueError("cannot merge stats without a QR into stats that keep one")
+        if self._xy is not None and (other._k, other.dims, other.gram) != (
+            self._k,
+            self.dims,
+            self.gram,
+        ):
+            raise ValueError(
+                f"cannot merge stats with folds/dims/gram {other._k}/{other.dims}/{other.gram} "
+                f"into {self._k}/{self.dims}/{self.gram}"
+            )
         if self.qr is not None:
-            if other.qr is None:
-                raise ValueError("cannot merge stats without a QR into stats that keep one")
             self.qr.merge(other.qr)
         if self._xy is None:
             for k, v in other.__dict__.items():
                 if k != "qr":
                     setattr(self, k, v.copy() if isinstance(v, np.ndarray) else v)
             return self
-        if (other._k, other.dims, other.gram) != (self._k, self.dims, self.gram):
-            raise ValueError(
-                f"cannot merge stats with folds/dims/gram {other._k}/{other.dims}/{other.gram} "
-                f"into {self._k}/{self.dims}/{self.gram}"
-            )
         for name in self._fields():
             getattr(self, name).__iadd__(getattr(other, name))
         return self
@@ -331,6 +335,13 @@ class QRStats:
         """Add another accumulator's rows (e.g. another process's); returns self."""
         if other.fit_intercept != self.fit_intercept:
             raise ValueError("cannot merge QRStats that disagree on fit_intercept")
+        mine, theirs = (self.r, self.qty), (other.r, other.qty)
+        if mine[0] is not None and theirs[0] is not None:
+            if [m.shape[1] for m in mine] != [t.shape[1] for t in theirs]:
+                raise ValueError(
+                    f"cannot merge QRStats of widths {[t.shape[1] for t in theirs]} into "
+                    f"{[m.shape[1] for m in mine]}"
+                )
         if other.r is not None:
             self._flush()
             self._fold_in(other.r, other.qty)

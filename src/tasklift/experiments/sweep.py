@@ -147,10 +147,11 @@ def compare(
             "accuracy": accuracy(probe.predict_features(te.base[top_b].numpy()), y),
         }
     )
-    stats = None  # every solver refits from the same statistics
+    # every solver refits from the same statistics (alpha 0's: folds for CV and the QR)
+    ref = TaskMatrix(bm, fm, layer="auto", alpha=0.0, norm=norm, cv=cv, **common)
+    stats = ref.accumulate([(np.arange(n), tr.base, tr.finetuned)], sorted(tr.base))
     for alpha in alphas:
         tm = TaskMatrix(bm, fm, layer="auto", alpha=alpha, norm=norm, cv=cv, **common)
-        stats = stats or tm.accumulate([(np.arange(n), tr.base, tr.finetuned)], sorted(tr.base))
         tm.fit_stats(stats)
         for i, acc in tm.score_embeddings(te.base, y).items():
             rows.append(

@@ -42,7 +42,8 @@ def _grid(t: torch.Tensor) -> tuple[int, int] | None:
 
 
 #: what counts as a word when pairing tokens of two tokenizers: a run of letters/digits, or
-#: one punctuation mark (both BERT's and SentencePiece's pre-tokenisers split there too)
+#: one punctuation mark (as BERT's pre-tokeniser splits; a token that spans both, as
+#: SentencePiece's "▁don't" can, counts for the word it starts in)
 WORD = re.compile(r"\w+|[^\w\s]")
 
 
@@ -65,14 +66,15 @@ def _word_of_tokens(text: str, offsets: Sequence[tuple[int, int]]) -> list[int]:
 def word_pooling(texts: Sequence[str], processors: Sequence, max_length: int) -> list[torch.Tensor]:
     """Per tokenizer, a (B, W, T) matrix that averages each word's tokens, words in common.
 
-    Rows: the first token ([CLS] / <s>), then every word (see `WORD`) that both tokenizers
+    Rows: the leading special token ([CLS] / <s>: the first attended position, whichever side
+    pads) when both tokenizers have one, then every word (see `WORD`) that both tokenizers
     kept within `max_length` (truncation may cut them at different words); rows a text lacks
     are zero. T is what `encode` gives the model for the same texts.
 
     Raises:
         ValueError: a tokenizer without character offsets (not a "fast" tokenizer).
     """
-    maps = []
+    maps, firsts = [], []
     for proc in processors:
         try:
             enc = proc(
@@ -81,6 +83,7 @@ def word_pooling(texts: Sequence[str], processors: Sequence, max_length: int) ->
                 truncation=True,
                 max_length=max_length,
                 return_offsets_mapping=True,
+                return_special_tokens_mask=True,
             )
         except NotImplementedError:
             raise ValueError(
@@ -90,12 +93,17 @@ def word_pooling(texts: Sequence[str], processors: Sequence, max_length: int) ->
         maps.append(
             [_word_of_tokens(t, o) for t, o in zip(texts, enc["offset_mapping"], strict=True)]
         )
+        first = [mask.index(1) for mask in enc["attention_mask"]]
+        special = enc["special_tokens_mask"]
+        firsts.append([f if special[i][f] else None for i, f in enumerate(first)])
     rows = 2 + max((w for m in maps for ws in m for w in ws), default=-1)  # first token + words
     out = [torch.zeros(len(texts), rows, len(m[0])) for m in maps]
     for i in range(len(texts)):
         common = set.intersection(*(set(m[i]) - {-1} for m in maps))
-        for m, pool in zip(maps, out, strict=True):
-            pool[i, 0, 0] = 1.0  # the first token: [CLS] / <s>
+        lead = all(f[i] is not None for f in firsts)
+        for m, f, pool in zip(maps, firsts, out, strict=True):
+            if lead:
+                pool[i, 0, f[i]] = 1.0
             for t, w in enumerate(m[i]):
                 if w in common:
                     pool[i, w + 1, t] = 1.0
