@@ -105,7 +105,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     methods = list(dict.fromkeys(r["method"] for r in rows))
     at = {(r["pair"], r["task"], r["method"]): r["_mean"] for r in rows}
     plot_bars(
-        [f"{p} / {t}" for p, t in settings],
+        [f"{p.replace('minilm-l', 'L')} / {t}" for p, t in settings],
         {m: [at.get((*s, m), np.nan) for s in settings] for m in methods},
         path,
         title="Task-vector transfer on real pretrained pairs (mean over draws)",
