@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +48,11 @@ BUILTIN = (
 def num_items(inputs) -> int:
     """Number of examples in a list, array or dict of encoded tensors."""
     return len(next(iter(inputs.values()))) if isinstance(inputs, dict) else len(inputs)
+
+
+def is_texts(items) -> bool:
+    """Whether `items` is a non-empty sequence of raw strings (to tokenise), not arrays/tensors."""
+    return isinstance(items, Sequence) and len(items) > 0 and isinstance(items[0], str)
 
 
 def take(inputs, idx):

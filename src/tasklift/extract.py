@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import num_items, take
+from .data import is_texts, num_items, take
 from .hooks import capture, run
 from .models import blocks, encode
 
@@ -60,7 +60,7 @@ def _pool(h: torch.Tensor, mask: torch.Tensor | None, pool: str) -> torch.Tensor
 def _length_order(inputs, processor, max_length: int) -> np.ndarray:
     """Texts by token count (one extra, unpadded tokenisation: ~2 s per 20k tweets, 1% of
     their extraction), so each batch pads little; any other input keeps its order."""
-    if not (isinstance(inputs, list) and isinstance(inputs[0], str)):
+    if not is_texts(inputs):
         return np.arange(num_items(inputs))
     if processor is None:
         return np.argsort([len(t) for t in inputs], kind="stable")

@@ -291,6 +291,12 @@ def identity_map(d: int) -> LinearMap:
     return m
 
 
+def check_solver(solver: str) -> None:
+    """Refuse a least-squares route other than "gram" (from XᵀX) or "qr" (streamed QR)."""
+    if solver not in ("gram", "qr"):
+        raise ValueError(f"solver must be 'gram' or 'qr', not {solver!r}")
+
+
 class LeastSquaresMap(LinearMap):
     """argmin ‖X W − Y‖², the paper's task matrix; minimum-norm when under-determined (N < d).
 
@@ -319,8 +325,7 @@ class LeastSquaresMap(LinearMap):
 
     def fit_stats(self, stats, *, tie=None) -> LinearMap:
         """Fit from `GramStats` (by `solver`: "qr" reads the QR they keep) or `QRStats`."""
-        if self.solver not in ("gram", "qr"):
-            raise ValueError(f"solver must be 'gram' or 'qr', not {self.solver!r}")
+        check_solver(self.solver)
         if isinstance(stats, GramStats) and self.solver == "qr":
             if stats.qr is None:
                 raise ValueError(

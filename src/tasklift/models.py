@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import pickle
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +17,7 @@ import torch
 from torch import nn
 
 from ._torch import resolve_device, resolve_dtype
+from .data import is_texts
 
 __all__ = [
     "load_model",
@@ -340,7 +340,7 @@ def encode(items, processor, *, max_length: int = 128) -> dict[str, torch.Tensor
             "this model has no tokenizer/image processor; pass pre-encoded tensors "
             "(dict of input_ids/attention_mask, or pixel_values arrays)"
         )
-    if isinstance(items, Sequence) and items and isinstance(items[0], str):
+    if is_texts(items):
         return dict(
             processor(
                 list(items),

@@ -28,6 +28,7 @@ from .maps import (
     LinearMap,
     RidgeCVMap,
     RidgeMap,
+    check_solver,
     cv_errors,
 )
 from .models import num_layers
@@ -183,8 +184,7 @@ class TaskMatrix(HeadClassifier):
     ) -> dict[int, GramStats]:
         """Per-layer statistics from (row index, base {layer: (B, d)}, fine-tuned (B, d_ft))
         batches; the global row indices fix the CV folds whatever the batch order or sharding."""
-        if self.solver not in ("gram", "qr"):
-            raise ValueError(f"solver must be 'gram' or 'qr', not {self.solver!r}")
+        check_solver(self.solver)  # before any extraction, not after it
         folds = self.cv if self._uses_cv() else 0
         qr = self.solver == "qr" and self._alphas() == [0.0]  # ridge always solves from XᵀX
         stats = {i: GramStats(folds=folds, qr=qr) for i in layers}

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .._estimator import as_labels, check_fitted, recorded, scored
-from ..data import num_items, take
+from ..data import is_texts, num_items, take
 from ..evaluate import accuracy
 from ..io import atomic_dir, write_text
 from ..maps import ProcrustesMap
@@ -166,7 +166,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         }
         stats, words = None, None
         if self.token == "word":
-            if not (isinstance(X, list) and isinstance(X[0], str)):
+            if not is_texts(X):
                 raise ValueError("token='word' pairs the words of raw texts: pass X as strings")
             words = lambda idx: word_pooling(take(X, idx), (proc_a, proc_b), self.max_length)  # noqa: E731
         if method.signals:
