@@ -27,5 +27,10 @@ def test_finetune_cached_names_labels_and_reuses_the_same_recipe(tmp_path):
     assert cfg["id2label"] == {"0": "red", "1": "green", "2": "blue"}
     again = finetune_cached(tmp_path / "base", train, tmp_path / "ft", epochs=1, lr=1e-3)
     assert again["reused"] is True
-    assert finetune_cached(tmp_path / "base", train, tmp_path / "ft", epochs=2)["reused"] is False
+    assert (
+        finetune_cached(tmp_path / "base", train, tmp_path / "ft", epochs=2, overwrite=True)[
+            "reused"
+        ]
+        is False
+    )
     assert FineTuned(tmp_path / "ft").fit().class_names_ == ["red", "green", "blue"]

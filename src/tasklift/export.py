@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from .io import atomic_dir
+from .io import atomic_dir, check_output
 from .models import backbone, final_norm, hidden_size
 from .transfer.pairing import HEADS, family
 
@@ -47,9 +47,10 @@ def _foldable(tm) -> str | None:
     return HEADS[fam][0]
 
 
-def export(tm, out: str | os.PathLike, *, layer: int | None = None) -> str:
+def export(tm, out: str | os.PathLike, *, layer: int | None = None, overwrite: bool = False) -> str:
     """Write the fitted TaskMatrix `tm` at `layer` (default its selected one) to the folder `out`
-    (atomically); returns "transformers" (a plain HF classifier) or "tasklift" (a bundle).
+    (atomically; an existing `out` only if tasklift wrote it and `overwrite` is set); returns
+    "transformers" (a plain HF classifier) or "tasklift" (a bundle).
 
     Raises:
         ValueError: `layer` was not fitted.
@@ -57,6 +58,7 @@ def export(tm, out: str | os.PathLike, *, layer: int | None = None) -> str:
     layer = tm.layer_ if layer is None else int(layer)
     if layer not in tm.maps_:
         raise ValueError(f"the task matrix has no map for layer {layer}; it has {sorted(tm.maps_)}")
+    check_output(out, overwrite=overwrite)
     fold = _foldable(tm)
     with atomic_dir(out) as tmp:
         if fold is not None:

@@ -3,9 +3,12 @@ and the model whose skill the task matrix transfers."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import platform
+import sys
 import time
 from pathlib import Path
 
@@ -88,6 +91,34 @@ def finetune(
     return losses
 
 
+def _fingerprint(ds) -> str:
+    """SHA-256 of the training rows in order (texts or image bytes, then labels): the recipe
+    names the exact data, not only its source."""
+    h = hashlib.sha256()
+    for x in ds.X if isinstance(ds.X, list) else [np.ascontiguousarray(ds.X)]:
+        h.update(x.encode() if isinstance(x, str) else np.asarray(x).tobytes())
+    h.update(np.asarray(ds.y, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def _stamp(recipe: dict) -> dict:
+    """The recipe plus where and with what it was made (versions and the command line)."""
+    import transformers
+
+    from . import __version__
+
+    made = {"command": " ".join(sys.argv), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__}  # fmt: skip
+    return {"tasklift": __version__, "recipe": recipe, "made_with": made}
+
+
+def _same_recipe(stamp: Path, recipe: dict) -> bool:
+    try:
+        return json.loads(stamp.read_text()).get("recipe") == recipe
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def finetune_cached(
     base,
     train,
@@ -100,15 +131,17 @@ def finetune_cached(
     batch_size: int = 16,
     device: str = "auto",
     refit: bool = False,
+    overwrite: bool = False,
     progress: bool = False,
 ) -> dict:
     """Fully fine-tune `base` on the Dataset `train` into the folder `out` (atomically), unless
-    `out` already holds a model made by the same recipe.
+    `out` already holds a model made by the same recipe (and `refit` is not set). Any other
+    existing `out` is replaced only if tasklift wrote it and `overwrite` is set.
 
     The new head's labels are the dataset's class names. Returns the recipe with `reused` (True
     when nothing was trained), `seconds` and `final_loss`.
     """
-    from .io import atomic_dir
+    from .io import atomic_dir, check_output
     from .models import load_model
 
     out = Path(out)
@@ -120,10 +153,13 @@ def finetune_cached(
         "lr": lr,
         "seed": seed,
         "max_length": max_length,
+        "batch_size": batch_size,
+        "data_sha256": _fingerprint(train),
     }
     stamp = out / "tasklift_finetune.json"
-    if stamp.is_file() and json.loads(stamp.read_text()) == recipe and not refit:
+    if stamp.is_file() and _same_recipe(stamp, recipe) and not refit:
         return {**recipe, "reused": True}
+    check_output(out, overwrite=overwrite)
     t0 = time.time()
     model, tok = load_model(
         base, head=True, num_labels=len(train.classes), device=device, dtype="fp32"
@@ -146,7 +182,7 @@ def finetune_cached(
         model.save_pretrained(tmp)
         if tok is not None:
             tok.save_pretrained(tmp)
-        (tmp / stamp.name).write_text(json.dumps(recipe))
+        (tmp / stamp.name).write_text(json.dumps(_stamp(recipe), indent=1))
     return {
         **recipe,
         "reused": False,

@@ -272,10 +272,11 @@ class LinearMap(RegressorMixin, BaseEstimator):
             out.cv_errors_ = tensors["cv_errors"].numpy()
         return out
 
-    def save(self, path: str | os.PathLike, **meta: object) -> None:
-        """Write the fitted map and its parameters to a safetensors file (atomically)."""
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False, **meta: object) -> None:
+        """Write the fitted map and its parameters to a safetensors file (atomically); an
+        existing `path` is replaced only if tasklift wrote it and `overwrite` is set."""
         tensors, info = self.state()
-        save_tensors(path, tensors, {**info, **meta})
+        save_tensors(path, tensors, {**info, **meta}, overwrite=overwrite)
 
 
 def load_map(path: str | os.PathLike) -> LinearMap:

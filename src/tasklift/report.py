@@ -38,6 +38,7 @@ def write_report(
     settings that reproduce the run), `results.json` (settings and results) and, when results
     hold "rows", `results.csv`. Plots are written by the section builders beside them."""
     out = Path(out)
+    _mark_run(out, "run")
     write_json(out / "results.json", {"settings": settings, **results})
     if results.get("rows"):
         write_csv(out / "results.csv", results["rows"])
@@ -49,6 +50,13 @@ def write_report(
     )
 
 
+def _mark_run(out: Path, kind: str) -> None:
+    """The marker that makes `out` recognisable as tasklift's (so --overwrite may replace it)."""
+    from . import __version__
+
+    write_json(out / "tasklift_run.json", {"tasklift": __version__, "kind": kind})
+
+
 def merge_reports(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, title: str) -> None:
     """One report.md + self-contained report.html from several run folders' reports, their
     headings pushed one level down and their plots copied beside under per-run names."""
@@ -57,7 +65,7 @@ def merge_reports(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
     from . import __version__
 
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    _mark_run(out, "merged report")
     parts = [f"# {title}\n", f"tasklift {__version__}; sections below are the runs' own reports.\n"]
     used: set[str] = set()
     for run in map(Path, runs):

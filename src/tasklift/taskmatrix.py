@@ -232,9 +232,14 @@ class TaskMatrix(HeadClassifier):
         return self
 
     def save(
-        self, path: str | os.PathLike, *, relative_to: str | os.PathLike | None = None
+        self,
+        path: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        relative_to: str | os.PathLike | None = None,
     ) -> None:
-        """Write every fitted layer's map and the settings to one safetensors file (atomically).
+        """Write every fitted layer's map and the settings to one safetensors file (atomically);
+        an existing `path` is replaced only if tasklift wrote it and `overwrite` is set.
 
         Model folders are recorded as absolute paths, or relative to `relative_to` (a folder
         that travels with the file, as `tasklift export` writes).
@@ -260,6 +265,7 @@ class TaskMatrix(HeadClassifier):
                 "cv_errors": self.cv_errors_,
                 "maps": maps,
             },
+            overwrite=overwrite,
         )
 
     @classmethod

@@ -118,9 +118,11 @@ class TaskVector:
                 state[k].add_(scale * v.to(state[k].device, state[k].dtype))
         return target
 
-    def save(self, path: str | os.PathLike, **meta: object) -> None:
-        """Write the deltas to a safetensors file (atomically)."""
-        save_tensors(path, self.deltas, {"class": "TaskVector", "version": __version__, **meta})
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False, **meta: object) -> None:
+        """Write the deltas to a safetensors file (atomically); an existing `path` is replaced
+        only if tasklift wrote it and `overwrite` is set."""
+        meta = {"class": "TaskVector", "version": __version__, **meta}
+        save_tensors(path, self.deltas, meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TaskVector:

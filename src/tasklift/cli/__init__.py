@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 
 from .. import __version__
 from ..defaults import FRACTIONS, PER_CLASS
@@ -56,6 +58,13 @@ def _layer(text: str) -> str:
 
 
 # -- flags ------------------------------------------------------------------------------------
+def _overwrite_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--overwrite", action="store_true",
+        help="replace an existing -o that tasklift wrote (never anything else)",
+    )  # fmt: skip
+
+
 def _runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument(
@@ -119,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("fit", cmd_fit, "fit a task matrix (base layer -> fine-tuned final embedding)")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
+    _overwrite_flag(p)
     p.add_argument("--layer", type=_layer, default="auto", help="base layer index, or auto (CV)")
     p.add_argument("--alpha", default="0", help="ridge: 0 (plain lstsq), a strength, a,b,c or auto")
     p.add_argument("--intercept", action="store_true", help="affine map (fit a bias)")
@@ -132,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         aliases=["sweep"],
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output folder")
+    _overwrite_flag(p)
     p.add_argument("--alphas", default="0;auto", help="ridge solvers, ';'-separated (0;auto)")
 
     p = command(
@@ -139,6 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         models=("base",), matrix=False, max_length=64,
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output checkpoint folder")
+    _overwrite_flag(p)
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=1e-4)
     p.add_argument("--refit", action="store_true", help="fine-tune again even if cached")
@@ -148,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         models=("source", "finetuned", "target"), matrix=False, batch_size=16,
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output folder")
+    _overwrite_flag(p)
     p.add_argument(
         "--methods", default=",".join(METHODS), help=f"comma-separated, of {tuple(METHODS)}"
     )
@@ -167,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("scaling", cmd_scaling, "accuracy vs training size: task matrix vs linear probe")
     p.add_argument("-o", "--output", required=True, help="output folder")
+    _overwrite_flag(p)
     p.add_argument(
         "--layer", type=_layer, default="auto", help="base layer, or auto (CV on all of train)"
     )
@@ -185,12 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
     _data_flags(p, positional=False)
     p.add_argument("--alpha", default="0", help="ridge strength, as for fit")
     p.add_argument("-o", "--output", required=True)
+    _overwrite_flag(p)
 
     p = command(
         "predict", cmd_predict, "predict with a saved task matrix; per-class metrics if labelled",
         models=("task",), matrix=False,
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output .csv of predictions")
+    _overwrite_flag(p)
     p.add_argument("--layer", type=_layer, default=None, help="another fitted layer than saved")
     p.add_argument("--no-labels", action="store_true", help="the data has no label column")
 
@@ -199,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
         models=("task",), data=False, matrix=False,
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output folder")
+    _overwrite_flag(p)
     p.add_argument("--layer", type=_layer, default=None, help="another fitted layer than saved")
 
     p = sub.add_parser("assets", help="list the packaged real models and datasets; prepare them")
@@ -210,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="merge run folders into one report.md + report.html")
     p.add_argument("runs", nargs="+", help="folders written by eval/sweep/scaling/multitask/demo")
     p.add_argument("-o", "--output", required=True)
+    _overwrite_flag(p)
     p.add_argument("--title", default="tasklift report")
     p.set_defaults(func=cmd_report)
 
@@ -218,6 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
         models=(), data=False, max_length=64,
     )  # fmt: skip
     p.add_argument("-o", "--output", default="runs/demo", help="output folder (default runs/demo)")
+    _overwrite_flag(p)
     p.add_argument("--train", type=int, default=2000, help="fine-tuning / fitting examples")
     p.add_argument("--test", type=int, default=2000, help="held-out examples")
     p.add_argument("--epochs", type=float, default=1.0)
@@ -227,8 +246,45 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+# Positional arguments and flags that name input files or folders: no output may touch them.
+_INPUTS = ("base", "finetuned", "source", "target", "target_finetuned", "data", "task", "runs")
+# Commands whose -o is a cache reused when its recipe matches: they decide on replacing it.
+_REUSED_OUTPUT = ("finetune",)
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised like KeyboardInterrupt so that every atomic write removes its temp."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
+def _inputs(args) -> list[str]:
+    """Every input path named on the command line (multitask's -t triples included)."""
+    found = []
+    for key in _INPUTS:
+        value = getattr(args, key, None)
+        values = value if isinstance(value, list) else [value]
+        for v in values:
+            found += v if isinstance(v, list) else [v]
+    return [str(v) for v in found if v is not None]
+
+
+def _check_outputs(args) -> None:
+    """The output rules (io.check_output) for -o and what is written beside it, before any work."""
+    from ..io import check_output
+
+    inputs = _inputs(args)
+    overwrite = args.overwrite or args.command in _REUSED_OUTPUT
+    check_output(args.output, overwrite=overwrite, inputs=inputs)
+    if args.command == "fit":  # the settings file beside the task matrix
+        check_output(f"{args.output}.config.json", overwrite=args.overwrite, inputs=inputs)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: parse, run, and turn expected errors into one-line messages (exit 2)."""
+    """Entry point: parse, run, and turn expected errors into one-line messages (exit 2);
+    Ctrl-C exits 130 and SIGTERM 143, each leaving no temp file behind."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tasklift never downloads
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -242,11 +298,20 @@ def main(argv: list[str] | None = None) -> int:
         transformers.logging.disable_progress_bar()
     if getattr(args, "allow_pickle", False):
         os.environ["TASKLIFT_ALLOW_PICKLE"] = "1"
+    previous = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _run(args)
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         if getattr(args, "output", None):  # before any work: finding out after an hour is no use
-            from ..io import check_writable
-
-            check_writable(args.output)
+            _check_outputs(args)
         from ..distributed import init_from_env
 
         device = init_from_env()  # under torchrun: join the group, pick this rank's device
@@ -260,8 +325,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tasklift {args.command}: error: {text}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # every write is atomic, so nothing half-written is left behind
-        print(f"tasklift {args.command}: interrupted; no output was written", file=sys.stderr)
+        print(f"tasklift {args.command}: interrupted; nothing half-written left", file=sys.stderr)
         return 130
+    except Terminated:
+        print(f"tasklift {args.command}: terminated; nothing half-written left", file=sys.stderr)
+        return 143
     return 0
 
 

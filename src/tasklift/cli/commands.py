@@ -88,7 +88,7 @@ def cmd_fit(args) -> None:
     if not is_main():
         return  # every process solved the same W; one writes it
     acc = tm.score(test.X, test.y)
-    tm.save(args.output)
+    tm.save(args.output, overwrite=args.overwrite)
     alpha = tm.alphas_[tm.layer_]
     settings = _settings(
         args,
@@ -98,7 +98,7 @@ def cmd_fit(args) -> None:
         n_train=len(train),
         n_test=len(test),
     )
-    write_text(f"{args.output}.config.json", json.dumps(settings, indent=2, default=str))
+    write_text(f"{args.output}.config.json", json.dumps(settings, indent=2, default=str))  # checked
     print(
         f"task matrix: base layer {tm.layer_}, alpha {alpha:g}, test accuracy {acc:.4f} "
         f"(n_train={len(train)}, n_test={len(test)}) -> {args.output}"
@@ -225,6 +225,7 @@ def cmd_transfer(args) -> None:
         center=args.center,
         scales=_floats(args.scales),
         save_best=Path(args.output) / "model",
+        overwrite=args.overwrite,
         **_runtime(args),
     )
     settings = _settings(
@@ -267,6 +268,7 @@ def _finetune(args, base, train, out) -> None:
         max_length=args.max_length,
         device=args.device,
         refit=args.refit,
+        overwrite=args.overwrite,
         progress=not args.quiet,
     )
     if info["reused"]:
@@ -385,7 +387,8 @@ def cmd_export(args) -> None:
     from ..taskmatrix import TaskMatrix
 
     tm = TaskMatrix.load(args.task, **_runtime(args))
-    kind = export(tm, args.output, layer=None if args.layer is None else int(args.layer))
+    layer = None if args.layer is None else int(args.layer)
+    kind = export(tm, args.output, layer=layer, overwrite=args.overwrite)
     how = (
         "AutoModelForSequenceClassification.from_pretrained(DIR) runs it without tasklift"
         if kind == "transformers"

@@ -61,7 +61,16 @@ def scaling(
     fixed for all sizes (by default chosen by CV on all of `train`, with ridge-CV: plain least
     squares' CV errors explode near N = d, where it once chose MPNet's constant layer 0). Rows:
     {regime, size, n, method, layer, accuracy}.
+
+    Raises:
+        ValueError: a fraction outside (0, 1], a k below 1, or no size left to run.
     """
+    if bad := [f for f in fractions if not 0 < f <= 1]:
+        raise ValueError(f"fractions must lie in (0, 1]; got {bad}: pass e.g. 0.01,0.05,0.2")
+    if bad := [k for k in per_class if k < 1]:
+        raise ValueError(f"per-class counts must be at least 1; got {bad}: pass e.g. 1,5,10")
+    if not fractions and not per_class:
+        raise ValueError("no training size to run: give fractions or per-class counts")
     bm, fm, proc = load_pair(base, finetuned, device=device, dtype=dtype)
     kw = dict(pool=pool, batch_size=batch_size, max_length=max_length)
     tr = embed_split(bm, fm, proc, train, progress=progress, **kw)
@@ -77,6 +86,11 @@ def scaling(
         if k <= counts[counts > 0].min()
     ]
     plan += [("fraction", f, _indices(tr.y, fraction=f, seed=seed)) for f in fractions]
+    if not plan:
+        raise ValueError(
+            f"every per-class count {list(per_class)} exceeds the rarest class's "
+            f"{counts[counts > 0].min()} training rows, and no fraction was given"
+        )
     rows = []
     for regime, size, idx in plan:
         sub = tr.subset(idx)

@@ -33,6 +33,7 @@ def transfer_table(
     dtype: str = "auto",
     progress: bool = False,
     save_best=None,
+    overwrite: bool = False,
 ) -> list[dict]:
     """Test accuracy of the target B after each transfer method, beside its references.
 
@@ -41,8 +42,15 @@ def transfer_table(
     given), and the fine-tuned A and B (if `target_finetuned` is given). A method that cannot
     run on this pair (naive on other widths) gets accuracy None and the reason. With
     `save_best` (a folder), the transferred model with the best validation accuracy is saved
-    there (`Transfer.save`: a Hugging Face checkpoint plus τ_B and the settings).
+    there (`Transfer.save`: a Hugging Face checkpoint plus τ_B and the settings; an existing
+    folder only with `overwrite`).
+
+    Raises:
+        ValueError: a method name is unknown, or no method could run on this pair (the reasons).
     """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown transfer methods {unknown}; choose from {', '.join(METHODS)}")
     rt = dict(batch_size=batch_size, max_length=max_length, device=device, dtype=dtype)
     rows, best = [], None
     for method in methods:
@@ -72,8 +80,11 @@ def transfer_table(
                 "seconds": round(seconds, 1),
             }
         )
-    if save_best is not None and best is not None:
-        best.save(save_best)
+    if best is None:
+        reasons = "; ".join(f"{r['method']}: {r['note']}" for r in rows)
+        raise ValueError(f"no transfer method could run on this pair ({reasons})")
+    if save_best is not None:
+        best.save(save_best, overwrite=overwrite)
         next(r for r in rows if r["method"] == best.method)["saved"] = str(save_best)
     if train is not None:
         probe = LinearProbe(target, progress=progress, **rt).fit(train.X, train.y)

@@ -18,7 +18,7 @@ from .. import __version__
 from .._estimator import as_labels, check_fitted, recorded, scored
 from ..data import is_texts, num_items, take
 from ..evaluate import accuracy
-from ..io import atomic_dir, write_text
+from ..io import atomic_dir, check_output, write_text
 from ..maps import ProcrustesMap
 from ..models import backbone, classifier_like, encode, load_backbone, load_model
 from ..taskvector import TaskVector
@@ -220,11 +220,13 @@ class Transfer(ClassifierMixin, BaseEstimator):
         """Accuracy on (X, y)."""
         return scored(self.predict(X, scale), y, sample_weight)
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the transferred classifier as a Hugging Face checkpoint folder (atomically), with
         τ_B in `task_vector.safetensors` and everything that rebuilds the run in
-        `tasklift_transfer.json` (parameters, chosen scale, validation scores)."""
+        `tasklift_transfer.json` (parameters, chosen scale, validation scores); an existing
+        `path` is replaced only if tasklift wrote it and `overwrite` is set."""
         check_fitted(self, "model_")
+        check_output(path, overwrite=overwrite)
         params = {k: recorded(v) for k, v in self.get_params().items() if k != "processor"}
         params["scales"] = [float(s) for s in params["scales"]]
         info = {
