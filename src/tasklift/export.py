@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
+from .families import family_of
 from .io import atomic_dir, check_output
 from .models import backbone, final_norm, hidden_size
-from .transfer.pairing import HEADS, family
 
 __all__ = ["export", "load_export"]
 
@@ -40,11 +40,11 @@ def _truncated(model: torch.nn.Module, layers: int) -> torch.nn.Module:
 def _foldable(tm) -> str | None:
     """The head layer the map folds into, or None when the architecture does not allow it."""
     ft, base = tm.finetuned_model_, tm.base_model_
-    fam = family(ft)
-    same_shape = family(base) == fam and hidden_size(base) == hidden_size(ft)
-    if tm.pool != "cls" or fam not in HEADS or not same_shape or final_norm(ft) or final_norm(base):
+    fam = family_of(ft)
+    same_shape = family_of(base) is fam and hidden_size(base) == hidden_size(ft)
+    if tm.pool != "cls" or not fam.head or not same_shape or final_norm(ft) or final_norm(base):
         return None
-    return HEADS[fam][0]
+    return fam.head[0]
 
 
 def export(tm, out: str | os.PathLike, *, layer: int | None = None, overwrite: bool = False) -> str:

@@ -37,7 +37,8 @@ class TaskVector:
         *,
         strict: bool = False,
     ) -> TaskVector:
-        """θ_ft − θ_base over the floating-point parameters both hold with the same shape.
+        """θ_ft − θ_base over the floating-point parameters both hold with the same shape; a
+        tensor that several names share (tied embeddings) counts once, under its first name.
 
         Parameters only one side has (e.g. a new classifier head) are left out; with
         `strict=True` they are an error. A shared name with different shapes is always an error.
@@ -45,7 +46,13 @@ class TaskVector:
         Raises:
             ValueError: shapes differ for a shared name, or (strict) the key sets differ.
         """
-        shared = [k for k in base if k in finetuned and base[k].is_floating_point()]
+        seen: set[tuple] = set()  # tied weights (an LM head sharing the embeddings): once
+        shared = []
+        for k, v in base.items():
+            alias = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+            if k in finetuned and v.is_floating_point() and alias not in seen:
+                shared.append(k)
+                seen.add(alias)
         bad = [
             f"{k}: {tuple(base[k].shape)} vs {tuple(finetuned[k].shape)}"
             for k in shared

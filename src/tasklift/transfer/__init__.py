@@ -21,7 +21,6 @@ _LAZY = {
     "calibrate": "calibration",
     "align_tokens": "calibration",
     "match_modules": "pairing",
-    "FUSED": "pairing",
     "solve_maps": "solve",
     "transport": "solve",
     "gradient_sign_mask": "solve",

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..families import roles
 from ..hooks import capture
 from ..stats import GramStats
 from .methods import TOKENS
@@ -266,9 +267,15 @@ def calibrate(
         for name, mods, model in ((a, mods_a, source), (b, mods_b, target)):
             if name not in mods:
                 raise KeyError(f"{type(model).__name__} has no module {name!r}")
-    sigs = {
-        b: [s for s in signals if is_matrix(mods_b[b]) or not s.endswith("input")] for b in pairs
-    }
+    vocab_out = {n for n, (role, _) in roles(target).items() if role == "lm_head"}
+    sigs = {  # vector modules have no input side; an LM head's output side is the vocabulary
+        b: [
+            s for s in signals
+            if (is_matrix(mods_b[b]) or not s.endswith("input"))
+            and not (b in vocab_out and s.endswith("output"))
+        ]
+        for b in pairs
+    }  # fmt: skip
     backward = any(s.startswith("grad") for s in signals)
     proj_a = {n: InProj(m) for n, m in mods_a.items() if isinstance(m, nn.MultiheadAttention)}
     proj_b = {n: InProj(m) for n, m in mods_b.items() if isinstance(m, nn.MultiheadAttention)}

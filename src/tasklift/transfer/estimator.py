@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -16,16 +15,23 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .._estimator import as_labels, check_fitted, recorded, scored
-from ..data import is_texts, num_items, take
+from ..data import num_items, take
 from ..evaluate import accuracy
 from ..io import atomic_dir, check_output, write_text
-from ..maps import ProcrustesMap
-from ..models import backbone, classifier_like, encode, load_backbone, load_model
+from ..models import encode, load_model
 from ..taskvector import TaskVector
 from .calibration import calibrate, word_pooling
-from .head import head_linears, transport_head
+from .head import classifier_setup
+from .lm import (
+    greedy_targets,
+    is_causal_lm,
+    is_lm_checkpoint,
+    lm_score,
+    lm_setup,
+    load_lm,
+    verbalise,
+)
 from .methods import SCALES, get_method
-from .pairing import head_pair, match_modules
 from .solve import POST_STEPS, TIE_BREAK, solve_maps, transport
 
 __all__ = ["Transfer"]
@@ -52,6 +58,9 @@ class Transfer(ClassifierMixin, BaseEstimator):
             of the largest are settled by its later signals (see `solve.TIE_BREAK`).
         center: align centred covariances (means removed) rather than raw second moments.
         block_map: {target block: source block}; default proportional depth.
+        choices: causal LMs answering in words: the label words, scored by the verbaliser
+            (the likeliest choice after the prompt); y may be words or indices into them.
+        max_new_tokens: label-free LM calibration: length of A_ft's greedy continuations.
         processor: tokenizer / image processor for both models (default: each model's own).
 
     Learned: `model_` (B + scale_ · τ_B), `task_vector_` (τ_B), `target_model_` (B with the
@@ -80,6 +89,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         device: str = "auto",
         dtype: str = "auto",
         progress: bool = False,
+        choices: Sequence[str] | None = None,
+        max_new_tokens: int = 32,
         processor=None,
     ) -> None:
         self.source, self.finetuned, self.target = source, finetuned, target
@@ -87,12 +98,16 @@ class Transfer(ClassifierMixin, BaseEstimator):
         self.tie_break, self.center, self.block_map = tie_break, center, block_map
         self.batch_size, self.max_length, self.progress = batch_size, max_length, progress
         self.device, self.dtype, self.processor = device, dtype, processor
+        self.choices, self.max_new_tokens = choices, max_new_tokens
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_")
 
-    def _load(self, src, head: bool):
-        model, proc = load_model(src, head=head, device=self.device, dtype=self.dtype)
+    def _load(self, src, head: bool = False, lm: bool = False):
+        """A model and its processor (`processor=` wins); causal LMs load with their LM head."""
+        rt = dict(device=self.device, dtype=self.dtype)
+        lm = lm or (head and is_lm_checkpoint(src))
+        model, proc = load_lm(src, **rt) if lm else load_model(src, head=head, **rt)
         return model, self.processor if self.processor is not None else proc
 
     def _batches(self, n: int, desc: str):
@@ -108,8 +123,11 @@ class Transfer(ClassifierMixin, BaseEstimator):
         return torch.cat(out)
 
     def fit(self, X, y=None, *, X_val=None, y_val=None) -> Transfer:
-        """Calibrate on X (~128 inputs) and labels y (A_ft's own predictions without), transport
-        τ_A, and choose the scale on (X_val, y_val).
+        """Calibrate on X (~128 inputs) and labels y (A_ft's own predictions or continuations
+        without), transport τ_A, and choose the scale on (X_val, y_val).
+
+        A_ft may be a classifier (y: class labels) or a causal LM (X: prompts, y: target texts
+        or, with `choices`, label words; see `transfer.lm`).
 
         Raises:
             ValueError: unknown method, missing models, empty calibration set, heads or shapes
@@ -122,102 +140,85 @@ class Transfer(ClassifierMixin, BaseEstimator):
         if n == 0:
             raise ValueError("the calibration set is empty; pass some inputs (about 128)")
         a_ft, proc_a = self._load(self.finetuned, head=True)
-        head = head_linears(a_ft)
-        a, _ = self._load(self.source, head=False)
-        b, proc_b = self._load(self.target, head=False)
+        self.lm_ = is_causal_lm(a_ft)
+        prep = (lm_setup if self.lm_ else classifier_setup)(self, a_ft, proc_a, X, y)
+        a, b, pairs, proc_b = prep["source"], prep["target"], prep["pairs"], prep["processor"]
         self.processor_ = proc_b
-        head, head_b = head_pair(a_ft, b, head)  # other names across families
-        a_cal = copy.deepcopy(a_ft)  # A's own weights under A_ft's head: the calibration model
-        load_backbone(a_cal, backbone(a))
-        mods_cal, mods_ft = dict(a_cal.named_modules()), dict(a_ft.named_modules())
-        for name in head:  # a head layer inside the backbone (BERT's pooler) stays A_ft's
-            mods_cal[name].load_state_dict(mods_ft[name].state_dict())
-        b_cls = classifier_like(a_ft, backbone(b))
-        if y is None:
-            y = self._logits(a_ft, X, proc_a).argmax(-1).numpy()
-        labels = torch.from_numpy(as_labels(y, n))
-        procs = {id(a_cal): proc_a, id(b_cls): proc_b}
-
-        def loss_fn(model, idx):
-            batch = encode(take(X, idx), procs[id(model)], max_length=self.max_length)
-            dev = next(model.parameters()).device
-            return model(
-                **{k: v.to(dev) for k, v in batch.items()}, labels=labels[idx].to(dev)
-            ).loss
-
-        # A_ft's head onto B first, so B's calibration gradients flow through the task's head
-        stats = calibrate(
-            a_cal,
-            b_cls,
-            {head_b[0]: head[0]},
-            self._batches(n, "align head"),
-            loss_fn,
-            signals=("input",),
-            token="cls",
-        )
-        r_head = ProcrustesMap().fit_stats(stats[(head_b[0], "input")]).coef_.T  # (d_A, d_B)
-        transport_head(a_ft, b_cls, torch.from_numpy(r_head).float(), head, head_b)
-        tv = TaskVector.from_state_dicts(a_cal.state_dict(), a_ft.state_dict())
-        tv = TaskVector({k: v for k, v in tv.deltas.items() if k.rsplit(".", 1)[0] not in head})
-        pairs = {
-            t: s
-            for t, s in match_modules(a_cal, b_cls, self.block_map).items()
-            if t not in head_b and s not in head
-        }
         stats, words = None, None
         if self.token == "word":
-            if not is_texts(X):
+            texts = prep["texts"]
+            if texts is None:
                 raise ValueError("token='word' pairs the words of raw texts: pass X as strings")
-            words = lambda idx: word_pooling(take(X, idx), (proc_a, proc_b), self.max_length)  # noqa: E731
+            words = lambda idx: word_pooling(take(texts, idx), (proc_a, proc_b), self.max_length)  # noqa: E731
         if method.signals:
             stats = calibrate(
-                a_cal,
-                b_cls,
-                pairs,
-                self._batches(n, f"calibrate ({method.name})"),
-                loss_fn,
-                signals=method.signals,
-                token=self.token,
-                words=words,
-            )
-        maps = solve_maps(
-            a_cal, b_cls, pairs, stats, method, tie_break=self.tie_break, center=self.center
-        )
-        tv_b = transport(tv, a_cal, b_cls, pairs, maps)
+                a, b, pairs, self._batches(n, f"calibrate ({method.name})"), prep["loss"],
+                signals=method.signals, token=self.token, words=words,
+            )  # fmt: skip
+        maps = solve_maps(a, b, pairs, stats, method, tie_break=self.tie_break, center=self.center)
+        tv, tv_b = prep["tv"], transport(prep["tv"], a, b, pairs, maps)
         if method.post is not None:
-            tv_b = POST_STEPS[method.post](tv_b, b_cls, self._batches(n, method.post), loss_fn)
-        self.pairs_, self.task_vector_, self.target_model_ = pairs, tv_b, b_cls
+            tv_b = POST_STEPS[method.post](tv_b, b, self._batches(n, method.post), prep["loss"])
+        self.pairs_, self.task_vector_, self.target_model_ = pairs, tv_b, b
         self.source_params_, self.moved_params_ = len(tv.deltas), len(tv_b.deltas)
         self.val_scores_ = {}
         if X_val is not None:
-            yv = as_labels(y_val, num_items(X_val))
             for s in self.scales:
-                model = tv_b.apply_to(b_cls, scale=s)
-                self.val_scores_[float(s)] = accuracy(self._logits(model, X_val, proc_b), yv)
-        # the best validation accuracy; ties go to the scale nearest 1 (the plain transfer)
+                model = tv_b.apply_to(b, scale=s)
+                self.val_scores_[float(s)] = self._score_model(model, X_val, y_val)
+        # the best validation score; ties go to the scale nearest 1 (the plain transfer)
         scores = self.val_scores_ or {1.0: 0.0}
         self.scale_ = max(scores, key=lambda s: (scores[s], -abs(s - 1.0)))
-        self.model_ = tv_b.apply_to(b_cls, scale=self.scale_)
-        self.classes_ = np.arange(b_cls.config.num_labels)
+        self.model_ = tv_b.apply_to(b, scale=self.scale_)
+        self.classes_ = self._classes(b)
         return self
+
+    def _classes(self, model: nn.Module) -> np.ndarray | None:
+        if self.lm_:
+            return None if self.choices is None else np.arange(len(self.choices))
+        return np.arange(model.config.num_labels)
+
+    def _score_model(self, model: nn.Module, X, y) -> float:
+        """Accuracy (classifier, or an LM's verbaliser with `choices`), else the targets' mean
+        log-probability per token under the LM."""
+        if self.lm_:
+            return lm_score(model, X, y, self.processor_, choices=self.choices,
+                            max_length=self.max_length, batch_size=self.batch_size)  # fmt: skip
+        return accuracy(self._logits(model, X, self.processor_), as_labels(y, num_items(X)))
+
+    def _model(self, scale: float | None) -> nn.Module:
+        check_fitted(self, "model_")
+        if scale is None:
+            return self.model_
+        return self.task_vector_.apply_to(self.target_model_, scale=scale)
 
     def decision_function(self, X, scale: float | None = None) -> np.ndarray:
         """Logits (N, classes) of B + scale · τ_B (the chosen scale, or the one given; 0 is B
-        with the carried-over head alone)."""
-        check_fitted(self, "model_")
-        model = (
-            self.model_
-            if scale is None
-            else self.task_vector_.apply_to(self.target_model_, scale=scale)
-        )
-        return self._logits(model, X, self.processor_).numpy()
+        with the carried-over head alone).
 
-    def predict(self, X, scale: float | None = None) -> np.ndarray:
-        """Class id (from `classes_`) per input."""
-        return self.classes_[self.decision_function(X, scale).argmax(-1)]
+        Raises:
+            ValueError: the transfer moved a causal LM (it has no class logits).
+        """
+        if getattr(self, "lm_", False):
+            raise ValueError("a causal LM has no class logits; use predict() or score()")
+        return self._logits(self._model(scale), X, self.processor_).numpy()
+
+    def predict(self, X, scale: float | None = None):
+        """Class id (from `classes_`) per input; for a causal LM, the index of the likeliest of
+        `choices`, or (without choices) the greedy continuation of each prompt."""
+        if not getattr(self, "lm_", False):
+            return self.classes_[self.decision_function(X, scale).argmax(-1)]
+        model = self._model(scale)
+        if self.choices is not None:
+            return verbalise(model, X, self.choices, self.processor_, max_length=self.max_length)
+        return greedy_targets(model, X, self.processor_, max_new_tokens=self.max_new_tokens,
+                              batch_size=self.batch_size)  # fmt: skip
 
     def score(self, X, y, sample_weight=None, scale: float | None = None) -> float:
-        """Accuracy on (X, y)."""
+        """Accuracy on (X, y); for a causal LM without `choices`, the mean log-probability per
+        token of the targets y (higher is better)."""
+        if getattr(self, "lm_", False):
+            return self._score_model(self._model(scale), X, y)
         return scored(self.predict(X, scale), y, sample_weight)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -263,5 +264,6 @@ class Transfer(ClassifierMixin, BaseEstimator):
         t.target_model_ = t.task_vector_.apply_to(t.model_, scale=-t.scale_)
         t.val_scores_ = {float(k): v for k, v in info["val_scores"].items()}
         t.moved_params_, t.source_params_ = info["moved_params"], info["source_params"]
-        t.classes_ = np.arange(t.model_.config.num_labels)
+        t.lm_ = is_causal_lm(t.model_)
+        t.classes_ = t._classes(t.model_)
         return t

@@ -1,16 +1,24 @@
 """Carrying A_ft's classification head onto B, so B's calibration gradients flow through the
-task's own head and the transferred model predicts A_ft's classes."""
+task's own head and the transferred model predicts A_ft's classes; and the classifier side of
+`Transfer.fit` built on it."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 
 import torch
 from torch import nn
 
-from .pairing import owns_params
+from .._estimator import as_labels
+from ..data import is_texts, num_items, take
+from ..maps import ProcrustesMap
+from ..models import backbone, classifier_like, encode, load_backbone
+from ..taskvector import TaskVector
+from .calibration import calibrate
+from .pairing import head_pair, match_modules, owns_params
 
-__all__ = ["head_linears", "transport_head"]
+__all__ = ["head_linears", "transport_head", "classifier_setup"]
 
 
 def head_linears(classifier: nn.Module) -> list[str]:
@@ -79,3 +87,45 @@ def transport_head(
             if lb.bias is not None:
                 lb.bias.copy_(la.bias.float().cpu() @ e_out if la.bias is not None else 0.0)
             e_in = e_out
+
+
+def classifier_setup(est, a_ft: nn.Module, proc_a, X, y) -> dict:
+    """What `Transfer.fit` needs when A_ft is a classifier: A's weights under A_ft's head (the
+    calibration model), B as a classifier with A_ft's head carried onto its features, τ_A
+    without the head, the module pairs and the task loss (labels y, or A_ft's predictions)."""
+    head = head_linears(a_ft)
+    a, _ = est._load(est.source)
+    b, proc_b = est._load(est.target)
+    head, head_b = head_pair(a_ft, b, head)  # other names across families
+    a_cal = copy.deepcopy(a_ft)  # A's own weights under A_ft's head: the calibration model
+    load_backbone(a_cal, backbone(a))
+    mods_cal, mods_ft = dict(a_cal.named_modules()), dict(a_ft.named_modules())
+    for name in head:  # a head layer inside the backbone (BERT's pooler) stays A_ft's
+        mods_cal[name].load_state_dict(mods_ft[name].state_dict())
+    b_cls = classifier_like(a_ft, backbone(b))
+    n = num_items(X)
+    if y is None:
+        y = est._logits(a_ft, X, proc_a).argmax(-1).numpy()
+    labels = torch.from_numpy(as_labels(y, n))
+    procs = {id(a_cal): proc_a, id(b_cls): proc_b}
+
+    def loss(model, idx):
+        batch = encode(take(X, idx), procs[id(model)], max_length=est.max_length)
+        dev = next(model.parameters()).device
+        return model(**{k: v.to(dev) for k, v in batch.items()}, labels=labels[idx].to(dev)).loss
+
+    # A_ft's head onto B first, so B's calibration gradients flow through the task's head
+    stats = calibrate(a_cal, b_cls, {head_b[0]: head[0]}, est._batches(n, "align head"), loss,
+                      signals=("input",), token="cls")  # fmt: skip
+    r_head = ProcrustesMap().fit_stats(stats[(head_b[0], "input")]).coef_.T  # (d_A, d_B)
+    transport_head(a_ft, b_cls, torch.from_numpy(r_head).float(), head, head_b)
+    tv = TaskVector.from_state_dicts(a_cal.state_dict(), a_ft.state_dict())
+    tv = TaskVector({k: v for k, v in tv.deltas.items() if k.rsplit(".", 1)[0] not in head})
+    pairs = {
+        t: s
+        for t, s in match_modules(a_cal, b_cls, est.block_map).items()
+        if t not in head_b and s not in head
+    }
+    texts = X if is_texts(X) else None
+    return dict(source=a_cal, target=b_cls, processor=proc_b, tv=tv, pairs=pairs, loss=loss,
+                texts=texts)  # fmt: skip

@@ -18,11 +18,12 @@ from scipy.linalg import block_diag
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..families import attention_blocks, family_of, roles
 from ..maps import MAPS, NULL_RTOL
 from ..stats import GramStats
 from ..taskvector import TaskVector
 from .methods import Method, get_method
-from .pairing import FUSED, HEADS_IN, HEADS_OUT, is_matrix, module_dims
+from .pairing import is_matrix, module_dims
 
 __all__ = ["solve_maps", "transport", "gradient_sign_mask", "POST_STEPS", "TIE_BREAK"]
 
@@ -33,9 +34,9 @@ __all__ = ["solve_maps", "transport", "gradient_sign_mask", "POST_STEPS", "TIE_B
 TIE_BREAK = NULL_RTOL
 
 
-def _heads(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    return getattr(getattr(config, "vision_config", config), "num_attention_heads", None)
+def _embed_scale(model: nn.Module, width: int) -> float:
+    """The factor a family multiplies its token embeddings by (sqrt(width) for Gemma)."""
+    return float(np.sqrt(width)) if family_of(model).embed_scale else 1.0
 
 
 def _cross(stats: GramStats, center: bool) -> np.ndarray:
@@ -89,7 +90,7 @@ def solve_maps(
     """
     method = get_method(method)
     mods_a, mods_b = dict(source.named_modules()), dict(target.named_modules())
-    heads = (_heads(source), _heads(target))
+    roles_a, roles_b = roles(source), roles(target)
     stats = stats or {}
     maps = {}
     for b, a in pairs.items():
@@ -105,15 +106,16 @@ def solve_maps(
                     if method.solver is None:
                         break  # identity maps need equal widths: leave this module out
                     raise ValueError(f"no calibration signal for the {side}put side of {b}")
-                rs.append(torch.eye(da))
+                rs.append(None)  # identity, never materialised (a vocabulary side is 150k wide)
                 continue
-            fused = side == "out" and (
-                FUSED.search(b) is not None or isinstance(mods_b[b], nn.MultiheadAttention)
-            )
-            named = (HEADS_OUT if side == "out" else HEADS_IN).search(b) is not None
-            grouped = method.heads_first and None not in heads and (fused or named)
-            chunks, groups = 3 if fused else 1, heads if grouped else None
+            blk_a = attention_blocks(source, a, roles_a.get(a, ("",))[0]).get(side)
+            blk_b = attention_blocks(target, b, roles_b.get(b, ("",))[0]).get(side)
+            chunks = blk_b[0] if blk_b else 1
+            grouped = method.heads_first and blk_a is not None and blk_b is not None
+            groups = (blk_a[1], blk_b[1]) if grouped else None
             r = _fit(method, got, chunks, groups, center, tie_break)
+            if roles_b.get(b, ("",))[0] == "tokens":  # Gemma scales embeddings by sqrt(width)
+                r = r * _embed_scale(source, da) / _embed_scale(target, db)
             rs.append(torch.from_numpy(r).float())
         else:
             maps[b] = (rs[0], rs[1])
@@ -121,12 +123,15 @@ def solve_maps(
 
 
 def _move(delta: torch.Tensor, module: nn.Module, r_in, r_out, param: str) -> torch.Tensor:
-    """One parameter's delta in B's coordinates."""
+    """One parameter's delta in B's coordinates (a map of None is the identity)."""
     if param == "weight" and isinstance(module, Conv1D):  # (d_in, d_out)
-        return r_in.T @ delta @ r_out
+        delta = delta if r_in is None else r_in.T @ delta
+        return delta if r_out is None else delta @ r_out
     if param in ("weight", "in_proj_weight") and is_matrix(module):  # (d_out, d_in, *kernel)
-        return torch.einsum("oi...,ob,ic->bc...", delta, r_out, r_in)
-    return delta @ r_out  # biases, norms, embeddings, position and class tokens: (..., d_out)
+        if r_out is not None:
+            delta = torch.einsum("oi...,ob->bi...", delta, r_out)
+        return delta if r_in is None else torch.einsum("bi...,ic->bc...", delta, r_in)
+    return delta if r_out is None else delta @ r_out  # biases, norms, embeddings: (..., d_out)
 
 
 def transport(
