@@ -17,10 +17,16 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-__all__ = ["Family", "FAMILIES", "family_of", "roles", "role_of", "attention_blocks", "VOCAB_ROLES"]
+__all__ = [
+    "Family", "FAMILIES", "GENERIC", "family_of", "roles", "role_of", "head_counts",
+    "attention_blocks", "VOCAB_ROLES", "FIXED_ROLES",
+]  # fmt: skip
 
 #: roles whose side is the vocabulary: never calibrated, moved only between equal vocabularies
 VOCAB_ROLES = ("tokens", "lm_head")
+#: roles laid out in per-head coordinates, which RoPE fixes (Gemma's q/k norms): carried as they
+#: are between equal head sizes, left out otherwise; never calibrated
+FIXED_ROLES = ("q_norm", "k_norm")
 #: which side of an attention role is blocked by heads, and by which kind of head
 _HEAD_SIDES = {"q": ("out", "q"), "k": ("out", "kv"), "v": ("out", "kv"), "o": ("in", "q")}
 

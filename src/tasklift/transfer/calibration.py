@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..families import roles
+from ..families import FIXED_ROLES, roles
 from ..hooks import capture
 from ..stats import GramStats
 from .methods import TOKENS
@@ -267,12 +267,13 @@ def calibrate(
         for name, mods, model in ((a, mods_a, source), (b, mods_b, target)):
             if name not in mods:
                 raise KeyError(f"{type(model).__name__} has no module {name!r}")
-    vocab_out = {n for n, (role, _) in roles(target).items() if role == "lm_head"}
+    role_b = {n: role for n, (role, _) in roles(target).items()}
     sigs = {  # vector modules have no input side; an LM head's output side is the vocabulary
         b: [
             s for s in signals
             if (is_matrix(mods_b[b]) or not s.endswith("input"))
-            and not (b in vocab_out and s.endswith("output"))
+            and not (role_b.get(b) == "lm_head" and s.endswith("output"))
+            and role_b.get(b) not in FIXED_ROLES
         ]
         for b in pairs
     }  # fmt: skip

@@ -14,11 +14,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .. import __version__
-from .._estimator import as_labels, check_fitted, recorded, scored
-from ..data import num_items, take
+from .._estimator import as_labels, check_fitted, check_runtime, recorded, scored
+from ..checks import check_bool, check_choice, check_float, check_list
+from ..data import is_texts, num_items, take
 from ..evaluate import accuracy
 from ..io import atomic_dir, check_output, write_text
-from ..models import encode, load_model
+from ..models import encode, load_model, token_limit
 from ..taskvector import TaskVector
 from .calibration import calibrate, word_pooling
 from .head import classifier_setup
@@ -31,7 +32,7 @@ from .lm import (
     load_lm,
     verbalise,
 )
-from .methods import SCALES, get_method
+from .methods import SCALES, TOKENS, get_method
 from .solve import POST_STEPS, TIE_BREAK, solve_maps, transport
 
 __all__ = ["Transfer"]
@@ -85,7 +86,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         center: bool = False,
         block_map: Mapping[int, int] | None = None,
         batch_size: int = 16,
-        max_length: int = 128,
+        max_length: int | None = None,
         device: str = "auto",
         dtype: str = "auto",
         progress: bool = False,
@@ -114,11 +115,18 @@ class Transfer(ClassifierMixin, BaseEstimator):
         idx = [np.arange(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
         return tqdm(idx, desc=desc, disable=not self.progress, leave=False)
 
+    def _max_length(self, X, *models: tuple[nn.Module, object]) -> int | None:
+        """The token limit for texts X fed to every (model, processor): `max_length` checked
+        against each model's maximum, or by default the lowest maximum, at most 128."""
+        if not is_texts(X):
+            return self.max_length  # pre-encoded or images: nothing is tokenised
+        return min(token_limit(self.max_length, m, p) for m, p in models)
+
     def _logits(self, model: nn.Module, X, processor) -> torch.Tensor:
         dev, out = next(model.parameters()).device, []
         with torch.no_grad():
             for idx in self._batches(num_items(X), "predict"):
-                batch = encode(take(X, idx), processor, max_length=self.max_length)
+                batch = encode(take(X, idx), processor, max_length=self.max_length_)
                 out.append(model(**{k: v.to(dev) for k, v in batch.items()}).logits.float().cpu())
         return torch.cat(out)
 
@@ -134,6 +142,11 @@ class Transfer(ClassifierMixin, BaseEstimator):
                 that cannot be carried over.
         """
         method = get_method(self.method)
+        check_runtime(self)
+        check_choice(self.token, "token", choices=TOKENS)
+        check_list(self.scales, "scales", item=check_float)
+        check_float(self.tie_break, "tie_break", low=0, high=1)
+        check_bool(self.center, "center")
         if None in (self.source, self.finetuned, self.target):
             raise ValueError("Transfer needs source=, finetuned= and target= (folders or models)")
         n = num_items(X)
@@ -141,15 +154,17 @@ class Transfer(ClassifierMixin, BaseEstimator):
             raise ValueError("the calibration set is empty; pass some inputs (about 128)")
         a_ft, proc_a = self._load(self.finetuned, head=True)
         self.lm_ = is_causal_lm(a_ft)
+        self.max_length_ = self._max_length(X, (a_ft, proc_a))
         prep = (lm_setup if self.lm_ else classifier_setup)(self, a_ft, proc_a, X, y)
         a, b, pairs, proc_b = prep["source"], prep["target"], prep["pairs"], prep["processor"]
         self.processor_ = proc_b
+        self.max_length_ = self._max_length(X, (a_ft, proc_a), (b, proc_b))  # before any loss
         stats, words = None, None
         if self.token == "word":
             texts = prep["texts"]
             if texts is None:
                 raise ValueError("token='word' pairs the words of raw texts: pass X as strings")
-            words = lambda idx: word_pooling(take(texts, idx), (proc_a, proc_b), self.max_length)  # noqa: E731
+            words = lambda idx: word_pooling(take(texts, idx), (proc_a, proc_b), self.max_length_)  # noqa: E731
         if method.signals:
             stats = calibrate(
                 a, b, pairs, self._batches(n, f"calibrate ({method.name})"), prep["loss"],
@@ -183,7 +198,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         log-probability per token under the LM."""
         if self.lm_:
             return lm_score(model, X, y, self.processor_, choices=self.choices,
-                            max_length=self.max_length, batch_size=self.batch_size)  # fmt: skip
+                            max_length=self.max_length_, batch_size=self.batch_size)  # fmt: skip
         return accuracy(self._logits(model, X, self.processor_), as_labels(y, num_items(X)))
 
     def _model(self, scale: float | None) -> nn.Module:
@@ -210,7 +225,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
             return self.classes_[self.decision_function(X, scale).argmax(-1)]
         model = self._model(scale)
         if self.choices is not None:
-            return verbalise(model, X, self.choices, self.processor_, max_length=self.max_length)
+            return verbalise(model, X, self.choices, self.processor_, max_length=self.max_length_)
         return greedy_targets(model, X, self.processor_, max_new_tokens=self.max_new_tokens,
                               batch_size=self.batch_size)  # fmt: skip
 
@@ -259,6 +274,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         info = json.loads(settings.read_text())
         t = cls(**{**info["params"], **overrides})
         t.model_, t.processor_ = t._load(path, head=True)
+        t.max_length_ = token_limit(t.max_length, t.model_, t.processor_)
         t.task_vector_ = TaskVector.load(Path(path) / "task_vector.safetensors")
         t.scale_ = float(info["scale"])
         t.target_model_ = t.task_vector_.apply_to(t.model_, scale=-t.scale_)

@@ -98,7 +98,13 @@ def classifier_setup(est, a_ft: nn.Module, proc_a, X, y) -> dict:
     b, proc_b = est._load(est.target)
     head, head_b = head_pair(a_ft, b, head)  # other names across families
     a_cal = copy.deepcopy(a_ft)  # A's own weights under A_ft's head: the calibration model
-    load_backbone(a_cal, backbone(a))
+    try:
+        load_backbone(a_cal, backbone(a))
+    except ValueError as e:
+        raise ValueError(
+            f"A_ft ({est.finetuned}) is not a fine-tune of A ({est.source}): {e}; pass as source "
+            "the model A_ft was fine-tuned from"
+        ) from None
     mods_cal, mods_ft = dict(a_cal.named_modules()), dict(a_ft.named_modules())
     for name in head:  # a head layer inside the backbone (BERT's pooler) stays A_ft's
         mods_cal[name].load_state_dict(mods_ft[name].state_dict())
@@ -110,7 +116,7 @@ def classifier_setup(est, a_ft: nn.Module, proc_a, X, y) -> dict:
     procs = {id(a_cal): proc_a, id(b_cls): proc_b}
 
     def loss(model, idx):
-        batch = encode(take(X, idx), procs[id(model)], max_length=est.max_length)
+        batch = encode(take(X, idx), procs[id(model)], max_length=est.max_length_)
         dev = next(model.parameters()).device
         return model(**{k: v.to(dev) for k, v in batch.items()}, labels=labels[idx].to(dev)).loss
 

@@ -201,7 +201,7 @@ def lm_setup(est, a_ft: nn.Module, proc_a, X, y) -> dict:
         texts = [p + t for p, t in zip(X, y, strict=True)]
         procs = {id(a): proc_a, id(b): proc_b}
         batch = lambda model, idx: lm_encode(  # noqa: E731
-            take(X, idx), take(y, idx), procs[id(model)], max_length=est.max_length
+            take(X, idx), take(y, idx), procs[id(model)], max_length=est.max_length_
         )
     elif isinstance(X, dict) and "labels" in X:
         batch = lambda model, idx: take(X, idx)  # noqa: E731

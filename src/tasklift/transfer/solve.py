@@ -14,11 +14,11 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 import torch
-from scipy.linalg import block_diag
+from scipy.optimize import linear_sum_assignment
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
-from ..families import attention_blocks, family_of, roles
+from ..families import FIXED_ROLES, attention_blocks, family_of, head_counts, roles
 from ..maps import MAPS, NULL_RTOL
 from ..stats import GramStats
 from ..taskvector import TaskVector
@@ -46,24 +46,60 @@ def _cross(stats: GramStats, center: bool) -> np.ndarray:
 
 
 def _fit(
-    method: Method, stats: list[GramStats], chunks: int, groups, center: bool, rtol: float
+    method: Method,
+    stats: list[GramStats],
+    chunks: int,
+    groups,
+    center: bool,
+    rtol: float,
+    order: list[int] | None = None,
 ) -> np.ndarray:
     """R (d_A, d_B) by the method's solver from the first signal; later signals (summed, each at
-    unit norm) settle only what it leaves open. Fused q|k|v: each part with its counterpart."""
+    unit norm) settle only what it leaves open. Split in `chunks` parts (fused q|k|v, or the
+    key/value head groups), A's part i is aligned only with B's part `order[i]` (default i)."""
     first, later = stats[0], stats[1:]
     tie = sum(_cross(s, center) for s in later) if later else None
     kw = {"groups": groups} if method.heads_first else {}
     if method.solver == "ProcrustesMap":
         kw["null_rtol"] = rtol
     a, b = first.dims[0] // chunks, first.dims[1] // chunks
-    parts = []
-    for i in range(chunks):
-        rows, cols = slice(i * a, (i + 1) * a), slice(i * b, (i + 1) * b)
+    R = np.zeros(first.dims)
+    for i, j in enumerate(range(chunks) if order is None else order):
+        rows, cols = slice(i * a, (i + 1) * a), slice(j * b, (j + 1) * b)
         part = first if chunks == 1 else first.select(rows, cols)
         solver = MAPS[method.solver](fit_intercept=center, **kw)
         solver.fit_stats(part, tie=None if tie is None else tie[rows, cols])
-        parts.append(solver.coef_.T)
-    return block_diag(*parts)
+        R[rows, cols] = solver.coef_.T
+    return R
+
+
+def _kv_orders(source, target, pairs, stats, method: Method, roles_a, roles_b) -> dict:
+    """{block of B: which of B's key/value heads each of A's takes}, where both models use
+    grouped-query attention with as many key/value heads: per block, heads are matched by the
+    Procrustes objective (nuclear norm) of the k and v projections' first output signal, so
+    each KV head, and the query heads of its group, is aligned only with its counterpart."""
+    (qa, kva), (qb, kvb) = head_counts(source), head_counts(target)
+    if method.heads_first or method.solver is None or None in (kva, kvb):
+        return {}
+    if kva != kvb or kva < 2 or qa == kva or qb == kvb:
+        return {}
+    by_role = {rb: name for name, rb in roles_b.items()}
+    orders = {}
+    for j in sorted({blk for (role, blk) in by_role if role == "k"}):
+        score = np.zeros((kva, kvb))
+        for role in ("k", "v"):
+            got = stats.get((by_role.get((role, j)), method.outputs[0]))
+            if got is None or by_role.get((role, j)) not in pairs:
+                break
+            xy = got.xy
+            a, b = xy.shape[0] // kva, xy.shape[1] // kvb
+            for i in range(kva):
+                for k in range(kvb):
+                    block = xy[i * a : (i + 1) * a, k * b : (k + 1) * b]
+                    score[i, k] += np.linalg.svd(block, compute_uv=False).sum()
+        else:
+            orders[j] = list(linear_sum_assignment(score, maximize=True)[1])
+    return orders
 
 
 def solve_maps(
@@ -92,9 +128,14 @@ def solve_maps(
     mods_a, mods_b = dict(source.named_modules()), dict(target.named_modules())
     roles_a, roles_b = roles(source), roles(target)
     stats = stats or {}
+    kv_orders = _kv_orders(source, target, pairs, stats, method, roles_a, roles_b)
     maps = {}
     for b, a in pairs.items():
         (ia, oa), (ib, ob) = module_dims(mods_a[a]), module_dims(mods_b[b])
+        if roles_b.get(b, ("",))[0] in FIXED_ROLES:  # per-head coordinates: as they are
+            if (ia, oa) == (ib, ob):
+                maps[b] = (None, None)
+            continue
         rs = []
         for side, da, db, sigs in (("in", ia, ib, method.inputs), ("out", oa, ob, method.outputs)):
             if side == "in" and da == 0:
@@ -110,10 +151,13 @@ def solve_maps(
                 continue
             blk_a = attention_blocks(source, a, roles_a.get(a, ("",))[0]).get(side)
             blk_b = attention_blocks(target, b, roles_b.get(b, ("",))[0]).get(side)
-            chunks = blk_b[0] if blk_b else 1
+            chunks, order = blk_b[0] if blk_b else 1, None
             grouped = method.heads_first and blk_a is not None and blk_b is not None
             groups = (blk_a[1], blk_b[1]) if grouped else None
-            r = _fit(method, got, chunks, groups, center, tie_break)
+            block = roles_b.get(b, ("", -1))[1]
+            if blk_a and blk_b and block in kv_orders:  # GQA: per key/value head group
+                chunks, order = len(kv_orders[block]), kv_orders[block]
+            r = _fit(method, got, chunks, groups, center, tie_break, order)
             if roles_b.get(b, ("",))[0] == "tokens":  # Gemma scales embeddings by sqrt(width)
                 r = r * _embed_scale(source, da) / _embed_scale(target, db)
             rs.append(torch.from_numpy(r).float())
