@@ -252,3 +252,31 @@ def test_a_fine_tune_cache_is_reused_but_replaced_only_with_overwrite(text_task,
     assert "--overwrite" in capsys.readouterr().err
     assert _run(*argv, "--lr", "0.001", "--overwrite") == 0
     shutil.rmtree(out)
+
+
+def test_a_transfer_where_no_method_applies_fails_with_the_reasons(text_task, tmp_path, capsys,
+                                                                   monkeypatch):  # fmt: skip
+    import tasklift.experiments.transfer as experiment
+
+    def cannot(self, *a, **k):
+        raise ValueError(f"{self.method} cannot carry this head")
+
+    monkeypatch.setattr(experiment.Transfer, "fit", cannot)
+    models = [str(text_task / "base"), str(text_task / "ft"), str(text_task / "base")]
+    out = tmp_path / "run"
+    argv = ["transfer", *models, str(text_task / "data.csv"), "--methods", "bico,naive", "-o",
+            str(out), "--calib", "16", "--val", "16"]  # fmt: skip
+    assert _run(*argv) == 2
+    err = capsys.readouterr().err
+    assert "no transfer method could run" in err and "naive cannot carry" in err, err
+    assert not out.exists()
+
+
+def test_scaling_with_no_valid_size_fails_before_any_work(tmp_path):
+    from tasklift.experiments import scaling
+
+    for bad, match in (({"fractions": [0, 2, -1]}, "fractions must lie"),
+                       ({"per_class": [0]}, "at least 1"),
+                       ({"fractions": [], "per_class": []}, "no training size")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):  # before the (missing) models are loaded
+            scaling(tmp_path / "no-base", tmp_path / "no-ft", None, None, **bad)

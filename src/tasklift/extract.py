@@ -17,11 +17,11 @@ from tqdm.auto import tqdm
 
 from .data import is_texts, num_items, take
 from .hooks import capture, run
-from .models import blocks, encode
+from .models import blocks, encode, token_limit
 
 __all__ = ["resolve_layers", "iter_embeddings", "embed", "POOLS"]
 
-POOLS = ("cls", "first", "mean")
+POOLS = ("cls", "first", "mean", "last")
 
 
 def resolve_layers(model: nn.Module, layers: str | int | Sequence[int] = "all") -> list[int]:
@@ -51,6 +51,11 @@ def _pool(h: torch.Tensor, mask: torch.Tensor | None, pool: str) -> torch.Tensor
         return h.mean((2, 3))
     if pool in ("cls", "first"):
         return h[:, 0]
+    if pool == "last":  # a decoder's summary: its last attended token, whichever side pads
+        if mask is None:
+            return h[:, -1]
+        last = mask.shape[1] - 1 - mask.flip(1).long().argmax(1)
+        return h[torch.arange(h.shape[0]), last.to(h.device)]
     if mask is None:
         return h.mean(1)
     m = mask[..., None].to(h.dtype)
@@ -84,7 +89,7 @@ def iter_embeddings(
     layers: str | int | Sequence[int] = "all",
     pool: str = "cls",
     batch_size: int = 32,
-    max_length: int = 128,
+    max_length: int | None = None,
     progress: bool = False,
     desc: str = "extract",
 ) -> Iterator[tuple[np.ndarray, dict[int, torch.Tensor]]]:
@@ -100,10 +105,13 @@ def iter_embeddings(
         inputs: list of strings, image array (N, C, H, W), or dict of encoded tensors.
         processor: tokenizer / image processor for raw inputs.
         layers: "all", an index, or a list (see `resolve_layers`).
-        pool: "cls" / "first" (token 0) or "mean" (over the attention mask).
+        pool: "cls" / "first" (token 0), "mean" (over the attention mask) or "last" (the last
+            attended token: what a decoder's sequence classifier reads).
+        max_length: token limit for texts (`models.token_limit`: default 128 or the model's
+            maximum if lower; more than that maximum is an error).
 
     Raises:
-        ValueError: empty inputs, unknown pool, or bad layer index.
+        ValueError: empty inputs, unknown pool, bad layer index or max_length.
     """
     if pool not in POOLS:
         raise ValueError(f"unknown pool {pool!r}; use one of {POOLS}")
@@ -111,6 +119,8 @@ def iter_embeddings(
     if n == 0:
         raise ValueError("the dataset is empty: nothing to extract")
     layers = resolve_layers(model, layers)
+    if is_texts(inputs):
+        max_length = token_limit(max_length, model, processor)
     param = next(model.parameters())
     found: dict[int, torch.Tensor] = {}
     mask = None
