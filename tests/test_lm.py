@@ -274,3 +274,24 @@ def test_gqa_maps_align_each_key_value_group_only_with_its_counterpart():
                 if used[i][j]:
                     blk = blocks[i][j]
                     torch.testing.assert_close(blk @ blk.T, torch.eye(ga), atol=1e-5, rtol=0)
+
+
+def test_calibration_in_passes_under_a_memory_budget_gives_the_same_task_vector():
+    """A budget smaller than one block's statistics: one pass per block (and one for the
+    embeddings and heads), the same τ_B as a single pass; float32 statistics agree to 1e-4."""
+    from tasklift.transfer.calibration import plan_passes
+
+    a = tiny_lm("qwen2")
+    a_ft, b = nudged(a), tiny_lm("qwen2", seed=1, hidden=48, layers=3, heads=6)
+    X = {
+        k: torch.cat([bt[k] for bt in token_batches(2)])
+        for k in ("input_ids", "attention_mask", "labels")
+    }
+    pairs = match_modules(a, b)
+    passes = plan_passes(a, b, pairs, ("input", "grad_output", "output"), 1.0)
+    assert len(passes) == 4 and sum(map(len, passes)) == len(pairs)  # 3 blocks + the rest
+    one = Transfer(a, a_ft, b, scales=(1.0,)).fit(X)
+    for kw, tol in (({"max_stats_gb": 1e-9}, 1e-6), ({"stats_dtype": "float32"}, 1e-4)):
+        other = Transfer(a, a_ft, b, scales=(1.0,), **kw).fit(X)
+        for k, v in one.task_vector_.deltas.items():
+            torch.testing.assert_close(other.task_vector_.deltas[k], v, atol=tol, rtol=0, msg=k)

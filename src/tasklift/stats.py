@@ -42,6 +42,8 @@ class GramStats:
         qr: also keep a streamed QR of all rows (`qr`, a `QRStats`), so plain least squares can
             be solved as numpy.linalg.lstsq would (`LeastSquaresMap(solver="qr")`) while the
             folds still serve cross-validation.
+        dtype: precision of XᵀX and XᵀY (float32 halves a large cross-covariance; sums, counts
+            and everything solved from them stay float64).
 
     Shapes:
         xx (d_in, d_in), xy (d_in, d_out), sx (d_in,), sy (d_out,); n and yy are scalars.
@@ -52,8 +54,10 @@ class GramStats:
         >>> LeastSquaresMap().fit_stats(s)
     """
 
-    def __init__(self, *, folds: int = 0, gram: bool = True, qr: bool = False) -> None:
-        self.folds, self.gram = folds, gram
+    def __init__(
+        self, *, folds: int = 0, gram: bool = True, qr: bool = False, dtype=np.float64
+    ) -> None:
+        self.folds, self.gram, self.dtype = folds, gram, np.dtype(dtype)
         self.qr = QRStats(fit_intercept=True) if qr else None
         self._k = max(int(folds), 1)
         self._n = np.zeros(self._k, dtype=np.int64)
@@ -66,9 +70,10 @@ class GramStats:
 
     def _allocate(self, di: int, do: int) -> None:
         k = self._k
-        self._sx, self._sy, self._xy = np.zeros((k, di)), np.zeros((k, do)), np.zeros((k, di, do))
+        self._sx, self._sy = np.zeros((k, di)), np.zeros((k, do))
+        self._xy = np.zeros((k, di, do), dtype=self.dtype)
         if self.gram:
-            self._xx = np.zeros((k, di, di))
+            self._xx = np.zeros((k, di, di), dtype=self.dtype)
 
     @property
     def dims(self) -> tuple[int, int] | None:
@@ -109,9 +114,10 @@ class GramStats:
             self._n[k] += xk.shape[0]
             self._sx[k] += xk.sum(0)
             self._sy[k] += yk.sum(0)
-            self._xy[k] += xk.T @ yk
+            xd = xk.astype(self.dtype, copy=False)
+            self._xy[k] += xd.T @ yk.astype(self.dtype, copy=False)
             if self.gram:
-                self._xx[k] += xk.T @ xk
+                self._xx[k] += xd.T @ xd
                 self._yy[k] += np.einsum("ij,ij->", yk, yk)
         return self
 
@@ -153,7 +159,7 @@ class GramStats:
 
     def select(self, x_cols: slice, y_cols: slice) -> GramStats:
         """The statistics of the column blocks X[:, x_cols] and Y[:, y_cols] alone."""
-        out = GramStats(folds=self.folds, gram=self.gram)
+        out = GramStats(folds=self.folds, gram=self.gram, dtype=self.dtype)
         out._n = self._n.copy()
         if self._xy is not None:
             out._sx, out._sy = self._sx[:, x_cols].copy(), self._sy[:, y_cols].copy()
@@ -215,7 +221,7 @@ class GramStats:
                 f"these statistics were accumulated with gram=False: no {name.lstrip('_')}; "
                 "use GramStats(gram=True) for least squares or ridge"
             )
-        return getattr(self, name).sum(0)
+        return getattr(self, name).sum(0, dtype=np.float64)  # solved in float64 whatever `dtype`
 
     n = property(lambda self: int(self._n.sum()), doc="Number of rows seen.")
     sx = property(lambda self: self._total("_sx"), doc="Σx (d_in,).")

@@ -9,6 +9,7 @@ import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,9 +18,9 @@ from ..families import FIXED_ROLES, roles
 from ..hooks import capture
 from ..stats import GramStats
 from .methods import TOKENS
-from .pairing import is_matrix
+from .pairing import is_matrix, module_dims
 
-__all__ = ["calibrate", "align_tokens", "word_pooling", "SIGNALS"]
+__all__ = ["calibrate", "plan_passes", "align_tokens", "word_pooling", "SIGNALS"]
 
 #: what a hook can record per module
 SIGNALS = ("input", "output", "grad_input", "grad_output")
@@ -224,6 +225,56 @@ def _run_pass(model, points, store, batch, loss_fn, backward: bool) -> None:
             loss.backward()
 
 
+def _signals(target: nn.Module, pairs: Mapping[str, str], signals: Sequence[str]) -> dict:
+    """{target module: the signals recorded for it}: vector modules have no input side, an LM
+    head's output side is the vocabulary, per-head coordinates (`FIXED_ROLES`) none."""
+    mods_b = dict(target.named_modules())
+    role_b = {n: role for n, (role, _) in roles(target).items()}
+    return {
+        b: [
+            s for s in signals
+            if (is_matrix(mods_b[b]) or not s.endswith("input"))
+            and not (role_b.get(b) == "lm_head" and s.endswith("output"))
+            and role_b.get(b) not in FIXED_ROLES
+        ]
+        for b in pairs
+    }  # fmt: skip
+
+
+def plan_passes(
+    source: nn.Module,
+    target: nn.Module,
+    pairs: Mapping[str, str],
+    signals: Sequence[str],
+    budget_bytes: float | None,
+    itemsize: int = 8,
+) -> list[dict[str, str]]:
+    """Split `pairs` into calibration passes whose cross-covariances (d_A × d_B × `itemsize`
+    bytes per module and signal) fit `budget_bytes` (None: one pass). A block's modules stay
+    in one pass (its key/value heads are matched from its k and v together); a block larger
+    than the budget gets a pass of its own."""
+    if budget_bytes is None:
+        return [dict(pairs)]
+    mods_a, mods_b = dict(source.named_modules()), dict(target.named_modules())
+    block = {n: blk for n, (_, blk) in roles(target).items()}
+    units: dict[int, dict[str, str]] = {}
+    cost: dict[int, float] = {}
+    for b, sigs in _signals(target, pairs, signals).items():
+        (ia, oa), (ib, ob) = module_dims(mods_a[pairs[b]]), module_dims(mods_b[b])
+        size = sum((ia * ib if s.endswith("input") else oa * ob) for s in sigs) * itemsize
+        key = block.get(b, -1)
+        units.setdefault(key, {})[b] = pairs[b]
+        cost[key] = cost.get(key, 0.0) + size
+    passes, current, used = [], {}, 0.0
+    for key in sorted(units):
+        if current and used + cost[key] > budget_bytes:
+            passes.append(current)
+            current, used = {}, 0.0
+        current.update(units[key])
+        used += cost[key]
+    return passes + ([current] if current else [])
+
+
 def calibrate(
     source: nn.Module,
     target: nn.Module,
@@ -234,6 +285,7 @@ def calibrate(
     signals: Sequence[str] = ("input", "grad_output", "output"),
     token: str = "all",
     words: Callable[[object], Sequence[torch.Tensor]] | None = None,
+    dtype=np.float64,
 ) -> dict[tuple[str, str], GramStats]:
     """Cross-covariance statistics A vs B of each calibration signal of every matched module.
 
@@ -245,6 +297,7 @@ def calibrate(
             output side, so no input signals.
         token: row pairing: "all", "cls", "mean" or "word" (see `align_tokens`).
         words: for token="word": batch -> (A's, B's) `word_pooling` matrices.
+        dtype: precision of the cross-covariances (float32 halves them; see `GramStats`).
 
     Returns:
         {(target module, signal): GramStats(gram=False) of rows (x_A, x_B)}: `.xy` is
@@ -267,16 +320,7 @@ def calibrate(
         for name, mods, model in ((a, mods_a, source), (b, mods_b, target)):
             if name not in mods:
                 raise KeyError(f"{type(model).__name__} has no module {name!r}")
-    role_b = {n: role for n, (role, _) in roles(target).items()}
-    sigs = {  # vector modules have no input side; an LM head's output side is the vocabulary
-        b: [
-            s for s in signals
-            if (is_matrix(mods_b[b]) or not s.endswith("input"))
-            and not (role_b.get(b) == "lm_head" and s.endswith("output"))
-            and role_b.get(b) not in FIXED_ROLES
-        ]
-        for b in pairs
-    }  # fmt: skip
+    sigs = _signals(target, pairs, signals)
     backward = any(s.startswith("grad") for s in signals)
     proj_a = {n: InProj(m) for n, m in mods_a.items() if isinstance(m, nn.MultiheadAttention)}
     proj_b = {n: InProj(m) for n, m in mods_b.items() if isinstance(m, nn.MultiheadAttention)}
@@ -295,5 +339,5 @@ def calibrate(
                     continue  # e.g. no gradient reaches the model's raw inputs
                 where = f"{a} -> {b} ({sig})"
                 xa, xb = align_tokens(got_a[(a, sig)], got_b[(b, sig)], token, where, pools)
-                out.setdefault((b, sig), GramStats(gram=False)).update(xa, xb)
+                out.setdefault((b, sig), GramStats(gram=False, dtype=dtype)).update(xa, xb)
     return out

@@ -21,7 +21,7 @@ from ..evaluate import accuracy
 from ..io import atomic_dir, check_output, write_text
 from ..models import encode, load_model, token_limit
 from ..taskvector import TaskVector
-from .calibration import calibrate, word_pooling
+from .calibration import calibrate, plan_passes, word_pooling
 from .head import classifier_setup
 from .lm import (
     greedy_targets,
@@ -62,6 +62,9 @@ class Transfer(ClassifierMixin, BaseEstimator):
         choices: causal LMs answering in words: the label words, scored by the verbaliser
             (the likeliest choice after the prompt); y may be words or indices into them.
         max_new_tokens: label-free LM calibration: length of A_ft's greedy continuations.
+        max_stats_gb: memory for the cross-covariances held at once; past it, calibration runs
+            in several passes over the same inputs, block by block (None: one pass).
+        stats_dtype: "float64" or "float32" (half the memory; solved in float64 either way).
         processor: tokenizer / image processor for both models (default: each model's own).
 
     Learned: `model_` (B + scale_ · τ_B), `task_vector_` (τ_B), `target_model_` (B with the
@@ -92,6 +95,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         progress: bool = False,
         choices: Sequence[str] | None = None,
         max_new_tokens: int = 32,
+        max_stats_gb: float | None = None,
+        stats_dtype: str = "float64",
         processor=None,
     ) -> None:
         self.source, self.finetuned, self.target = source, finetuned, target
@@ -100,6 +105,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         self.batch_size, self.max_length, self.progress = batch_size, max_length, progress
         self.device, self.dtype, self.processor = device, dtype, processor
         self.choices, self.max_new_tokens = choices, max_new_tokens
+        self.max_stats_gb, self.stats_dtype = max_stats_gb, stats_dtype
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "model_")
@@ -159,18 +165,27 @@ class Transfer(ClassifierMixin, BaseEstimator):
         a, b, pairs, proc_b = prep["source"], prep["target"], prep["pairs"], prep["processor"]
         self.processor_ = proc_b
         self.max_length_ = self._max_length(X, (a_ft, proc_a), (b, proc_b))  # before any loss
-        stats, words = None, None
+        words = None
         if self.token == "word":
             texts = prep["texts"]
             if texts is None:
                 raise ValueError("token='word' pairs the words of raw texts: pass X as strings")
             words = lambda idx: word_pooling(take(texts, idx), (proc_a, proc_b), self.max_length_)  # noqa: E731
-        if method.signals:
-            stats = calibrate(
-                a, b, pairs, self._batches(n, f"calibrate ({method.name})"), prep["loss"],
-                signals=method.signals, token=self.token, words=words,
-            )  # fmt: skip
-        maps = solve_maps(a, b, pairs, stats, method, tie_break=self.tie_break, center=self.center)
+        dtype = np.dtype(self.stats_dtype)
+        budget = None if self.max_stats_gb is None else self.max_stats_gb * 2**30
+        passes = plan_passes(a, b, pairs, method.signals, budget, dtype.itemsize)
+        maps = {}
+        for i, part in enumerate(passes):  # each pass's statistics are freed once solved
+            desc = f"calibrate ({method.name}{f', pass {i + 1}/{len(passes)}' if i else ''})"
+            stats = None
+            if method.signals:
+                stats = calibrate(
+                    a, b, part, self._batches(n, desc), prep["loss"], signals=method.signals,
+                    token=self.token, words=words, dtype=dtype,
+                )  # fmt: skip
+            kw = dict(tie_break=self.tie_break, center=self.center)
+            maps.update(solve_maps(a, b, part, stats, method, **kw))
+            del stats
         tv, tv_b = prep["tv"], transport(prep["tv"], a, b, pairs, maps)
         if method.post is not None:
             tv_b = POST_STEPS[method.post](tv_b, b, self._batches(n, method.post), prep["loss"])
