@@ -27,6 +27,7 @@ FOLDER_MARKERS = (
     "tasklift_run.json",  # report folders (eval, scaling, transfer, multitask, report, demo)
     "tasklift_export.json",
     "tasklift_finetune.json",
+    "tasklift_lora.json",
     "tasklift_transfer.json",
     "tasklift-asset.json",
 )
