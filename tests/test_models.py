@@ -36,3 +36,52 @@ def test_load_model_refuses_a_base_as_classifier_and_missing_folders(tmp_path):
     assert model.config.num_labels == 5 and model.classifier.out_features == 5
     with pytest.raises(FileNotFoundError, match="no checkpoint folder"):
         load_model(tmp_path / "nope")
+
+
+def test_weights_that_do_not_fit_the_config_are_refused(tmp_path):
+    import shutil
+
+    tiny_classifier("bert").save_pretrained(tmp_path / "bert")
+    tiny_classifier("roberta").save_pretrained(tmp_path / "roberta")
+    shutil.copy(tmp_path / "roberta" / "model.safetensors", tmp_path / "bert" / "model.safetensors")
+    for head in (False, True):
+        with pytest.raises(ValueError, match=r"do not fit its config.json \(bert\): 3\d tensor"):
+            load_model(tmp_path / "bert", head=head)
+    model, _ = load_model(tmp_path / "roberta")  # a classifier as a base: its head is unused
+    assert type(model).__name__ == "RobertaModel"
+
+
+def test_max_tokens_of_each_family_and_token_limit():
+    from tasklift.models import max_tokens, token_limit
+
+    bert, roberta = tiny_classifier("bert"), tiny_classifier("roberta")
+    gpt2 = tf.GPT2Model(tf.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_head=4))
+    assert (max_tokens(bert), max_tokens(roberta), max_tokens(gpt2)) == (64, 68, 16)
+    assert max_tokens(tiny_classifier("vit")) is None  # images: nothing to truncate
+    assert token_limit(None, bert) == 64 and token_limit(None, tiny_classifier("vit")) == 128
+    assert token_limit(68, roberta) == 68
+    with pytest.raises(ValueError, match="more than the 68 tokens"):
+        token_limit(69, roberta)
+    with pytest.raises(ValueError, match="must be at least 1"):
+        token_limit(0, bert)
+
+
+def test_paths_say_what_is_wrong_with_them(tmp_path):
+    (tmp_path / "loop1").symlink_to(tmp_path / "loop2")
+    (tmp_path / "loop2").symlink_to(tmp_path / "loop1")
+    with pytest.raises(FileNotFoundError, match="symlink loop"):
+        load_model(tmp_path / "loop1")
+    tiny_classifier("bert").bert.save_pretrained(tmp_path / "base")
+    with pytest.raises(FileNotFoundError, match="is a file; pass the checkpoint folder"):
+        load_model(tmp_path / "base" / "config.json")
+    with pytest.raises(ValueError, match="it looks like you swapped base and fine-tuned"):
+        label_names(tmp_path / "base")
+    with pytest.raises(FileNotFoundError, match="no folder, packaged model or cached hub model"):
+        load_model("no-such-model-name")
+
+
+def test_encoding_without_a_processor_points_at_processor():
+    from tasklift.models import encode
+
+    with pytest.raises(ValueError, match="processor="):
+        encode(["some text"], None)

@@ -124,7 +124,7 @@ def test_clear_errors(tiny_task, tmp_path):
         TaskMatrix.load(tmp_path / "tm.safetensors", base=wide).predict(Xtr)
     with pytest.raises(ValueError, match="fitted for layer"):
         tm.predict(Xtr, layer=2)
-    with pytest.raises(ValueError, match="unknown norm"):
+    with pytest.raises(ValueError, match="norm must be one of"):
         TaskMatrix(base, ft, norm="post").fit(Xtr)
     with pytest.raises(FileNotFoundError):
         TaskMatrix.load(tmp_path / "missing.safetensors")

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checks import check_bool, check_choice, check_int
+from .extract import POOLS
 from .maps import NotFittedError
 
 
@@ -15,6 +17,18 @@ def check_fitted(est: object, attr: str) -> None:
     """Raise NotFittedError naming the estimator if `attr` was never learned."""
     if not hasattr(est, attr):
         raise NotFittedError(f"this {type(est).__name__} is not fitted yet; call fit() first")
+
+
+def check_runtime(est: object) -> None:
+    """The parameters the estimators share, checked at fit (scikit-learn's convention: __init__
+    only stores): batch_size >= 1, max_length None or >= 1 (its model maximum is checked where
+    texts are tokenised), pool, progress."""
+    check_int(est.batch_size, "batch_size", low=1)
+    if est.max_length is not None:
+        check_int(est.max_length, "max_length", low=1)
+    if hasattr(est, "pool"):
+        check_choice(est.pool, "pool", choices=POOLS)
+    check_bool(est.progress, "progress")
 
 
 def as_labels(y, n: int) -> np.ndarray:

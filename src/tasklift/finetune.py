@@ -19,8 +19,9 @@ from tqdm.auto import tqdm
 
 from ._estimator import as_labels
 from ._torch import seed_everything
-from .data import num_items, take
-from .models import encode
+from .checks import check_float, check_int
+from .data import is_texts, num_items, take
+from .models import encode, token_limit
 
 __all__ = ["finetune", "finetune_cached"]
 
@@ -34,7 +35,7 @@ def finetune(
     epochs: float = 1.0,
     lr: float = 5e-5,
     batch_size: int = 16,
-    max_length: int = 128,
+    max_length: int | None = None,
     weight_decay: float = 0.01,
     warmup: float = 0.1,
     seed: int = 0,
@@ -47,11 +48,18 @@ def finetune(
         warmup: fraction of steps with linearly rising learning rate.
 
     Raises:
-        ValueError: empty data or labels that do not match X.
+        ValueError: empty data, labels that do not match X, or a parameter out of its range.
     """
     n = num_items(X)
     if n == 0:
         raise ValueError("cannot fine-tune on an empty dataset")
+    check_float(epochs, "epochs", low=0, open_low=True)
+    check_float(lr, "lr", low=0, open_low=True)
+    check_int(batch_size, "batch_size", low=1)
+    check_float(weight_decay, "weight_decay", low=0)
+    check_float(warmup, "warmup", low=0, high=1)
+    if is_texts(X):
+        max_length = token_limit(max_length, model, processor)
     y = torch.from_numpy(as_labels(y, n))
     seed_everything(seed)
     device = next(model.parameters()).device

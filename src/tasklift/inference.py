@@ -13,7 +13,8 @@ import torch
 from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
-from ._estimator import as_labels, cached, check_fitted, model_key, scored
+from ._estimator import as_labels, cached, check_fitted, check_runtime, model_key, scored
+from .checks import check_choice
 from .extract import embed, resolve_layers
 from .maps import identity_map
 from .models import Head, final_norm, hidden_size, layer_width, load_model, num_layers
@@ -87,7 +88,7 @@ class TaskMatrixModel(nn.Module):
         return self.from_embedding(x)
 
     def predict_logits(
-        self, X, *, batch_size: int = 32, max_length: int = 128, progress: bool = False
+        self, X, *, batch_size: int = 32, max_length: int | None = None, progress: bool = False
     ) -> np.ndarray:
         """Logits (N, classes) for raw or encoded inputs, streamed in batches."""
         emb = embed(
@@ -150,7 +151,7 @@ class MultiTaskModel(nn.Module):
         return self.from_embeddings(emb)
 
     def predict_logits(
-        self, X, *, batch_size: int = 32, max_length: int = 128, progress: bool = False
+        self, X, *, batch_size: int = 32, max_length: int | None = None, progress: bool = False
     ) -> dict[str, np.ndarray]:
         """{task: logits (N, classes)} for raw or encoded inputs, streamed in batches."""
         emb = embed(
@@ -181,8 +182,8 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
 
     def _models(self, base, finetuned) -> None:
         """Load (or reuse, while the parameters are unchanged) both models into the fitted state."""
-        if self.norm not in NORMS:
-            raise ValueError(f"unknown norm {self.norm!r}; use one of {NORMS}")
+        check_runtime(self)
+        check_choice(self.norm, "norm", choices=NORMS)
         if base is None or finetuned is None:
             raise ValueError(
                 f"{type(self).__name__} needs its models: pass base= and finetuned= (a folder "

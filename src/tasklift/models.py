@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ._torch import resolve_device, resolve_dtype
+from .checks import check_int
 from .data import is_texts
 
 __all__ = [
@@ -34,7 +35,12 @@ __all__ = [
     "classifier_like",
     "load_backbone",
     "demo_model",
+    "max_tokens",
+    "token_limit",
 ]
+
+#: the token limit for texts when none is given (lowered to the model's maximum)
+DEFAULT_MAX_LENGTH = 128
 
 _NORM_NAMES = ("layernorm", "post_layernorm", "final_layer_norm", "ln_f", "norm")
 _BLOCK_HINTS = (
@@ -54,6 +60,15 @@ def is_vision(config) -> bool:
 
 def _resolve_path(src: str | os.PathLike) -> str:
     path = Path(src).expanduser()
+    if path.is_symlink() and not path.exists():
+        raise FileNotFoundError(
+            f"{path} is a symlink loop or a broken link: it leads to no folder; point at the "
+            "checkpoint folder itself"
+        )
+    if path.is_file():
+        raise FileNotFoundError(f"{path} is a file; pass the checkpoint folder that holds it")
+    if path.is_dir() and not os.access(path, os.R_OK | os.X_OK):
+        raise PermissionError(f"{path} is not readable (permission denied); fix its permissions")
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise FileNotFoundError(
@@ -82,10 +97,23 @@ def demo_model() -> Path:
 
 
 def label_names(src: str | os.PathLike | nn.Module) -> dict[int, str]:
-    """A classifier's {class id: label name}, read from its config alone (no weights loaded)."""
+    """A classifier's {class id: label name}, read from its config alone (no weights loaded).
+
+    Raises:
+        ValueError: the config names an architecture without a classification head (a base
+            passed where the fine-tuned model belongs).
+    """
     if isinstance(src, nn.Module):
         return dict(src.config.id2label)
-    return dict(_config(src, _resolve_path(src)).id2label)
+    config = _config(src, _resolve_path(src))
+    kinds = getattr(config, "architectures", None) or []
+    if kinds and not any("Classification" in k for k in kinds):
+        raise ValueError(
+            f"{src} is a {kinds[0]} with no classification head, not a fine-tuned classifier; "
+            "pass the fine-tuned checkpoint as FINETUNED (it looks like you swapped base and "
+            "fine-tuned)"
+        )
+    return dict(config.id2label)
 
 
 def _check_weights(path: Path) -> None:
@@ -111,8 +139,37 @@ def _config(src, path: str):
     register()
     try:
         return tf.AutoConfig.from_pretrained(path, local_files_only=True)
-    except OSError as e:
-        raise FileNotFoundError(f"cannot load {src!r} offline: {e}") from None
+    except (OSError, ValueError) as e:
+        if Path(path).is_dir():
+            raise ValueError(f"cannot read {src}'s config.json: {_first_line(e)}") from None
+        raise FileNotFoundError(
+            f"{src!r} is no folder, packaged model or cached hub model (tasklift never "
+            "downloads); pass a checkpoint folder"
+        ) from None
+
+
+def _first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
+def _is_head(key: str) -> bool:
+    """Whether a weight belongs to a head or pooler (new when a base becomes a classifier)."""
+    return any(part in _HEADS or part == "pooler" for part in key.split("."))
+
+
+def _check_loaded(src, config, info: dict) -> None:
+    """Refuse weights that leave tensors other than a head's newly initialised: a config.json of
+    another architecture than its weights loads with random tensors and only a warning."""
+    mismatched = [m[0] if isinstance(m, tuple) else m for m in info.get("mismatched_keys", [])]
+    fresh = sorted(k for k in [*info["missing_keys"], *mismatched] if not _is_head(k))
+    if fresh:
+        unused = sorted(info["unexpected_keys"], key=lambda k: (_is_head(k), k))
+        raise ValueError(
+            f"the weights of {src} do not fit its config.json ({config.model_type}): "
+            f"{len(fresh)} tensor(s) would start random, e.g. {fresh[:2]}, while {len(unused)} "
+            f"in the file are unused, e.g. {unused[:2]}; are config.json and the weights from "
+            "the same model?"
+        )
 
 
 def load_model(
@@ -137,7 +194,8 @@ def load_model(
 
     Raises:
         FileNotFoundError: no such folder or cached checkpoint.
-        ValueError: `head=True` but the checkpoint has no trained classification head.
+        ValueError: `head=True` but the checkpoint has no trained classification head; weights
+            that leave tensors other than a head newly initialised (another architecture).
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
@@ -150,42 +208,34 @@ def load_model(
     config = _config(src, path)
     _check_weights(Path(path))
     vision = is_vision(config)
+    cls, kw = tf.CLIPVisionModel if config.model_type == "clip" else tf.AutoModel, {}
+    if head:
+        auto = "AutoModelForImageClassification" if vision else "AutoModelForSequenceClassification"
+        cls = getattr(tf, auto)
+    if num_labels is not None:  # the class count via fresh names: a base may keep its labels
+        kw = {
+            "id2label": {i: f"LABEL_{i}" for i in range(num_labels)},
+            "label2id": {f"LABEL_{i}": i for i in range(num_labels)},
+            "ignore_mismatched_sizes": True,
+        }
     try:
-        if head:
-            cls = (
-                tf.AutoModelForImageClassification
-                if vision
-                else tf.AutoModelForSequenceClassification
-            )
-            kw = (
-                {}
-                if num_labels is None
-                else {  # the class count via fresh names: a base may keep its pre-training labels
-                    "id2label": {i: f"LABEL_{i}" for i in range(num_labels)},
-                    "label2id": {f"LABEL_{i}": i for i in range(num_labels)},
-                    "ignore_mismatched_sizes": True,
-                }
-            )
-            model, info = cls.from_pretrained(
-                path, local_files_only=True, output_loading_info=True, **kw
-            )
-            missing = [k for k in info["missing_keys"] if "classifier" in k or "score" in k]
-            if missing and num_labels is None:
-                raise ValueError(
-                    f"{src} has no trained classification head (missing {missing[:2]}); "
-                    "pass the fine-tuned checkpoint, or num_labels to start a new head"
-                )
-        elif config.model_type == "clip":
-            model = tf.CLIPVisionModel.from_pretrained(path, local_files_only=True)
-        else:
-            model = tf.AutoModel.from_pretrained(path, local_files_only=True)
+        model, info = cls.from_pretrained(
+            path, local_files_only=True, output_loading_info=True, **kw
+        )
     except pickle.UnpicklingError:
         raise ValueError(
             f"refused to unpickle {src}: its pickle holds objects other than tensors (possibly "
             "code), which tasklift never loads; ask for safetensors weights"
         ) from None
     except (OSError, RuntimeError, SafetensorError) as e:
-        raise ValueError(f"cannot load the weights of {src}: {str(e).splitlines()[0]}") from None
+        raise ValueError(f"cannot load the weights of {src}: {_first_line(e)}") from None
+    _check_loaded(src, config, info)
+    missing = [k for k in info["missing_keys"] if "classifier" in k or "score" in k]
+    if head and missing and num_labels is None:
+        raise ValueError(
+            f"{src} has no trained classification head (missing {missing[:2]}); "
+            "pass the fine-tuned checkpoint, or num_labels to start a new head"
+        )
     processor = None
     for auto in (tf.AutoImageProcessor,) if vision else (tf.AutoTokenizer,):
         try:
@@ -321,10 +371,46 @@ class Head(nn.Module):
         return self.classifier(z[:, None, :]) if self.sequence_head else self.classifier(z)
 
 
-def encode(items, processor, *, max_length: int = 128) -> dict[str, torch.Tensor]:
+def max_tokens(model: nn.Module, processor=None) -> int | None:
+    """The most tokens `model` reads: its learned position table, less the offset RoBERTa-style
+    models start positions at (padding_idx + 1); else its config's max_position_embeddings; else
+    the tokenizer's model_max_length; None when nothing says (image models)."""
+    for name, m in model.named_modules():
+        if name.endswith("position_embeddings") and isinstance(m, nn.Embedding):
+            return m.num_embeddings - (0 if m.padding_idx is None else m.padding_idx + 1)
+    most = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if isinstance(most, int):
+        return most
+    most = getattr(processor, "model_max_length", None)
+    return most if isinstance(most, int) and most < 1_000_000 else None  # unset: 1e30
+
+
+def token_limit(max_length: int | None, model: nn.Module, processor=None) -> int:
+    """The token limit for texts fed to `model`: `max_length` checked against the most tokens the
+    model reads (positions past it would crash or read untrained embeddings), or by default
+    that most, at most 128.
+
+    Raises:
+        ValueError: max_length is not a whole number in 1..the model's maximum.
+    """
+    most = max_tokens(model, processor)
+    if max_length is None:
+        return DEFAULT_MAX_LENGTH if most is None else min(DEFAULT_MAX_LENGTH, most)
+    check_int(max_length, "max_length (--max-length)", low=1)
+    if most is not None and max_length > most:
+        name = getattr(model.config, "name_or_path", "") or type(model).__name__
+        raise ValueError(
+            f"max_length={max_length} (--max-length) is more than the {most} tokens {name} "
+            f"reads (its position embeddings); pass {most} or less"
+        )
+    return max_length
+
+
+def encode(items, processor, *, max_length: int | None = None) -> dict[str, torch.Tensor]:
     """Turn a batch of raw inputs into model keyword tensors.
 
-    Accepts a list of strings (tokenised), image arrays (N, C, H, W) floats used as
+    Accepts a list of strings (tokenised to at most `max_length` tokens, default 128: check it
+    against the model with `token_limit`), image arrays (N, C, H, W) floats used as
     pixel_values, PIL images / HWC arrays (image processor), or an already-encoded dict.
     """
     if isinstance(items, dict):
@@ -337,8 +423,9 @@ def encode(items, processor, *, max_length: int = 128) -> dict[str, torch.Tensor
         return {"pixel_values": torch.as_tensor(np.asarray(items, dtype=np.float32))}
     if processor is None:
         raise ValueError(
-            "this model has no tokenizer/image processor; pass pre-encoded tensors "
-            "(dict of input_ids/attention_mask, or pixel_values arrays)"
+            "this model has no tokenizer/image processor; pass one as processor= (e.g. "
+            "AutoTokenizer.from_pretrained(folder)), or pre-encoded tensors (a dict of "
+            "input_ids/attention_mask, or pixel_values arrays)"
         )
     if is_texts(items):
         return dict(
@@ -346,7 +433,7 @@ def encode(items, processor, *, max_length: int = 128) -> dict[str, torch.Tensor
                 list(items),
                 padding=True,
                 truncation=True,
-                max_length=max_length,
+                max_length=DEFAULT_MAX_LENGTH if max_length is None else max_length,
                 return_tensors="pt",
             )
         )
@@ -395,7 +482,15 @@ def load_backbone(classifier: nn.Module, encoder: nn.Module) -> None:
     Raises:
         ValueError: the encoder lacks parameters the classifier's backbone needs.
     """
-    missing, _ = backbone(classifier).load_state_dict(encoder.state_dict(), strict=False)
+    target, weights = backbone(classifier).state_dict(), encoder.state_dict()
+    differ = [k for k, v in weights.items() if k in target and target[k].shape != v.shape]
+    if differ:
+        k = differ[0]
+        raise ValueError(
+            f"widths differ: {k} is {tuple(weights[k].shape)} in the encoder but "
+            f"{tuple(target[k].shape)} in the classifier ({len(differ)} tensor(s) differ)"
+        )
+    missing, _ = backbone(classifier).load_state_dict(weights, strict=False)
     if missing:
         raise ValueError(
             f"the base checkpoint lacks {len(missing)} parameter(s) its classifier needs, "

@@ -8,7 +8,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from ._estimator import cached, check_fitted, model_key
+from ._estimator import cached, check_fitted, check_runtime, model_key
+from .checks import check_float, check_int
 from .extract import embed, resolve_layers
 from .inference import HeadClassifier
 from .models import load_model
@@ -38,7 +39,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         C: float = 1.0,
         max_iter: int = 2000,
         batch_size: int = 32,
-        max_length: int = 128,
+        max_length: int | None = None,
         device: str = "auto",
         dtype: str = "auto",
         progress: bool = False,
@@ -56,6 +57,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
         """The frozen embeddings the probe reads, (N, d)."""
         if self.base is None:
             raise ValueError("LinearProbe needs its model: pass base= (a folder or a model)")
+        check_runtime(self)
+        check_int(self.layer, "layer")
         key = model_key(self.base, self.device, self.dtype, self.processor)
         load = lambda: load_model(self.base, device=self.device, dtype=self.dtype)  # noqa: E731
         model, proc = cached(self, key, load)
@@ -78,6 +81,8 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
     def fit_features(self, feats: np.ndarray, y) -> LinearProbe:
         """Fit on precomputed frozen embeddings (N, d)."""
+        check_float(self.C, "C", low=0, open_low=True)
+        check_int(self.max_iter, "max_iter", low=1)
         y = np.asarray(y)
         if y.shape != (len(feats),):
             raise ValueError(f"labels have shape {y.shape} but there are {len(feats)} inputs")
@@ -134,7 +139,7 @@ class HeadOnly(HeadClassifier):
         norm: str = "base",
         pool: str = "cls",
         batch_size: int = 32,
-        max_length: int = 128,
+        max_length: int | None = None,
         device: str = "auto",
         dtype: str = "auto",
         progress: bool = False,
@@ -165,7 +170,7 @@ class FineTuned(HeadClassifier):
         *,
         pool: str = "cls",
         batch_size: int = 32,
-        max_length: int = 128,
+        max_length: int | None = None,
         device: str = "auto",
         dtype: str = "auto",
         progress: bool = False,

@@ -17,6 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from . import __version__
 from ._estimator import check_fitted, recorded
+from .checks import check_alpha, check_bool, check_int, check_layer
 from .data import num_items, take
 from .distributed import shard
 from .extract import iter_embeddings, resolve_layers
@@ -117,7 +118,7 @@ class TaskMatrix(HeadClassifier):
         pool: str = "cls",
         norm: str = "base",
         batch_size: int = 32,
-        max_length: int = 128,
+        max_length: int | None = None,
         device: str = "auto",
         dtype: str = "auto",
         progress: bool = False,
@@ -133,11 +134,17 @@ class TaskMatrix(HeadClassifier):
         self.processor = processor
 
     def _alphas(self) -> list[float]:
-        if isinstance(self.alpha, str):
-            if self.alpha != "auto":
-                raise ValueError(f"alpha must be a number, a list, or 'auto'; got {self.alpha!r}")
-            return list(DEFAULT_ALPHAS)
-        return [float(a) for a in np.atleast_1d(self.alpha)]
+        alpha = check_alpha(self.alpha, "alpha")
+        return list(DEFAULT_ALPHAS) if alpha == "auto" else [float(a) for a in np.atleast_1d(alpha)]
+
+    def _check_params(self) -> None:
+        """This estimator's own parameters, at fit (the shared ones: `check_runtime`)."""
+        check_layer(self.layer, "layer")
+        self._alphas()
+        check_solver(self.solver)
+        check_int(self.cv, "cv", low=2)
+        check_bool(self.fit_intercept, "fit_intercept")
+        check_bool(self.keep_stats, "keep_stats")
 
     def _uses_cv(self) -> bool:
         return self.layer == "auto" or len(self._alphas()) > 1
@@ -146,7 +153,12 @@ class TaskMatrix(HeadClassifier):
         return resolve_layers(self.base_model_, "all" if self.layer == "auto" else [self.layer])
 
     def fit(self, X, y=None) -> TaskMatrix:
-        """Fit from inputs alone (y is ignored: targets come from the fine-tuned model)."""
+        """Fit from inputs alone (y is ignored: targets come from the fine-tuned model).
+
+        Raises:
+            ValueError: a parameter out of its range, naming it; empty inputs.
+        """
+        self._check_params()
         self._models(self.base, self.finetuned)
         layers, top = self._layers(), num_layers(self.finetuned_model_)
         if num_items(X) == 0:
@@ -184,7 +196,7 @@ class TaskMatrix(HeadClassifier):
     ) -> dict[int, GramStats]:
         """Per-layer statistics from (row index, base {layer: (B, d)}, fine-tuned (B, d_ft))
         batches; the global row indices fix the CV folds whatever the batch order or sharding."""
-        check_solver(self.solver)  # before any extraction, not after it
+        self._check_params()  # before any extraction, not after it
         folds = self.cv if self._uses_cv() else 0
         qr = self.solver == "qr" and self._alphas() == [0.0]  # ridge always solves from XᵀX
         stats = {i: GramStats(folds=folds, qr=qr) for i in layers}
@@ -212,6 +224,7 @@ class TaskMatrix(HeadClassifier):
 
     def fit_stats(self, stats: dict[int, GramStats]) -> TaskMatrix:
         """(Re)solve every layer from accumulated statistics {layer: GramStats}."""
+        self._check_params()
         self._models(self.base, self.finetuned)
         self.maps_, self.alphas_, self.cv_errors_ = {}, {}, {}
         self.stats_ = stats if self.keep_stats else {}
