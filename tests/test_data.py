@@ -168,3 +168,59 @@ def test_parquet_hf_saved_folder_and_image_folder(tmp_path):
     (tmp_path / "bad.parquet").write_bytes(b"not parquet")
     with pytest.raises(ValueError, match="not a readable Parquet"):
         load_dataset(tmp_path / "bad.parquet")
+
+
+def test_every_row_is_checked_and_named_by_its_line(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def refused(name: str, text: str, match: str) -> None:
+        (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=match):
+            load_dataset(tmp_path / name)
+
+    refused("dup.csv", "text,label,text\na,x,b\n", "two columns named 'text'")
+    refused("dup.tsv", "text\tlabel\ttext\na\tx\tb\n", "two columns named 'text'")
+    refused("short.csv", "text,label\na,x\nb\n", "line 3 has 1 field")
+    refused("long.csv", "text,label\nhello, world,x\n", "line 2 has 3 field")  # unquoted comma
+    refused("blank.csv", "text,label\na,x\nb,\n", "line 3 has no 'label'")
+    row = '{"text": "a", "label": "x"}\n'
+    refused("bad.jsonl", row * 17 + '{"text": "b", label: "y"}\n', "line 18 is not JSON")
+    refused("twice.jsonl", '{"text": "a", "label": "x", "text": "b"}\n', "key 'text' twice")
+    refused("list.jsonl", row + "[1, 2]\n", "line 2 is a JSON list, not an object")
+    refused("gap.jsonl", row + "\n" + '{"text": "b"}\n', "line 3 has no 'label'")
+    table = pa.table([["a", "b"], ["x", "y"], ["c", "d"]], names=["text", "label", "text"])
+    pq.write_table(table, tmp_path / "dup.parquet")
+    with pytest.raises(ValueError, match="two columns named 'text'"):
+        load_dataset(tmp_path / "dup.parquet")
+    pq.write_table(pa.table({"text": ["a", "b"], "label": ["x", None]}), tmp_path / "n.parquet")
+    with pytest.raises(ValueError, match="row 2 has no 'label'"):
+        load_dataset(tmp_path / "n.parquet")
+    with pytest.raises(ValueError, match="unknown encoding 'bogus'"):
+        load_dataset(tmp_path / "dup.csv", encoding="bogus")
+    with pytest.raises(ValueError, match="image_size must be at least 1"):
+        load_dataset("digits", image_size=0)
+
+
+def test_split_sizes_are_checked_against_the_data_and_name_the_parameter():
+    from tasklift.data import calibration_split
+
+    ds = Dataset([str(i) for i in range(30)], np.repeat([0, 1, 2], 10), list("abc"), "toy")
+    for size in (2, 28, 0.05):
+        with pytest.raises(ValueError, match=r"test_size=.* \(--test-size\) .* hold out 3 to 27"):
+            split(ds, test_size=size)
+    with pytest.raises(ValueError, match="test_size .* must be above 0"):
+        split(ds, test_size=0)
+    with pytest.raises(ValueError, match="seed must be at least 0"):
+        split(ds, seed=-1)
+    with pytest.raises(ValueError, match=r"calib \(--calib\) must be at least 1"):
+        calibration_split(ds, calib=0, val=3)
+    with pytest.raises(ValueError, match=r"val=2 \(--val\) is fewer than the 3 classes"):
+        calibration_split(ds, calib=3, val=2)
+    with pytest.raises(ValueError, match=r"calib=20 \+ val=8 \(--calib, --val\)"):
+        calibration_split(ds, calib=20, val=8)
+    calib, val, held = calibration_split(ds, calib=3, val=3)
+    assert (len(calib), len(val), len(held)) == (3, 3, 6)
+    lone = Dataset(list("abcde"), np.array([0, 0, 0, 0, 1]), ["x", "y"], "toy")
+    with pytest.raises(ValueError, match="class 'y' has a single row"):
+        split(lone)

