@@ -13,9 +13,20 @@ import os
 import signal
 import sys
 import threading
+from functools import partial
 
 from .. import __version__
-from ..defaults import FRACTIONS, PER_CLASS
+from ..checks import (
+    SEED_MAX,
+    check_alpha,
+    check_choice,
+    check_encoding,
+    check_float,
+    check_int,
+    check_list,
+    check_test_size,
+)
+from ..defaults import FRACTIONS, MAX_IMAGE_SIZE, PER_CLASS
 from ..transfer.methods import METHODS, SCALES, TOKENS
 from .commands import (
     cmd_assets,
@@ -41,20 +52,42 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _positive(text: str) -> int:
+def _arg(check, **kw):
+    """An argparse type from a `tasklift.checks` function: its ValueError becomes argparse's
+    one-line error (exit 2) naming the flag."""
+
+    def parse(text: str):
+        try:
+            return check(text, **kw)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    return parse
+
+
+def _layer_or_auto(text: str, name: str = "") -> int | str:
+    """'auto' or a layer index (0, 3, -1; its range is checked against the model)."""
+    if text == "auto":
+        return text
     try:
-        value = int(text)
+        return check_int(text, name)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} must be at least 1")
-    return value
+        raise ValueError(f"{text!r} is not a layer index (0, 3, -1) or 'auto'") from None
 
 
-def _layer(text: str) -> str:
-    if text != "auto" and not text.lstrip("-").isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not a layer index (0, 3, -1) or 'auto'")
-    return text
+def _methods(text: str) -> list[str]:
+    return check_list(text, item=lambda v, n: check_choice(v.strip(), n, choices=METHODS))
+
+
+_positive = _arg(check_int, low=1)
+_layer = _arg(_layer_or_auto)
+_index = _arg(check_int)
+_above_zero = _arg(check_float, low=0, open_low=True)
+_alpha = _arg(check_alpha)
+_alphas = _arg(check_list, item=check_alpha, sep=";")
+_counts = _arg(check_list, item=partial(check_int, low=1))
+_fractions = _arg(check_list, item=partial(check_float, low=0, high=1, open_low=True))
+_seed = _arg(check_int, low=0, high=SEED_MAX)
 
 
 # -- flags ------------------------------------------------------------------------------------
@@ -65,14 +98,24 @@ def _overwrite_flag(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
+def _alphas_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--alphas", type=_alphas, default=[0.0, "auto"],
+        help="ridge solvers, ';'-separated (0;auto); each as --alpha of fit",
+    )  # fmt: skip
+
+
 def _runtime_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
     p.add_argument(
         "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16"
     )
     p.add_argument("--batch-size", type=_positive, default=32)
-    p.add_argument("--max-length", type=int, default=128, help="token limit for text inputs")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--max-length", type=_positive, default=None,
+        help="token limit for text inputs (default 128, or the model's maximum if lower)",
+    )  # fmt: skip
+    p.add_argument("--seed", type=_seed, default=0, help=f"0..{SEED_MAX}")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--verbose", action="store_true", help="show transformers' load reports")
     p.add_argument(
@@ -89,7 +132,7 @@ def _matrix_flags(p: argparse.ArgumentParser) -> None:
         choices=["base", "finetuned", "none"],
         help="final norm applied after the map (reference: base)",
     )
-    p.add_argument("--cv", type=int, default=5, help="folds for choosing layer/alpha")
+    p.add_argument("--cv", type=_arg(check_int, low=2), default=5, help="folds (>= 2) for CV")
 
 
 def _data_flags(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
@@ -99,12 +142,21 @@ def _data_flags(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
         )
     p.add_argument("--text-key", default="text")
     p.add_argument("--label-key", default="label")
-    p.add_argument("--test-size", type=float, default=0.2, help="fraction (<1) or count held out")
+    p.add_argument(
+        "--test-size", type=_arg(check_test_size), default=0.2,
+        help="fraction in (0, 1) or count held out",
+    )  # fmt: skip
     p.add_argument(
         "--train-limit", type=_positive, default=None, help="use at most this many train rows"
     )
-    p.add_argument("--encoding", default="utf-8", help="text encoding of .csv/.tsv/.jsonl data")
-    p.add_argument("--image-size", type=int, default=224, help="image side for built-in image data")
+    p.add_argument(
+        "--encoding", type=_arg(check_encoding), default="utf-8",
+        help="text encoding of .csv/.tsv/.jsonl data",
+    )  # fmt: skip
+    p.add_argument(
+        "--image-size", type=_arg(check_int, low=1, high=MAX_IMAGE_SIZE), default=224,
+        help="image side for built-in image data",
+    )  # fmt: skip
 
 
 # -- parser -----------------------------------------------------------------------------------
@@ -130,7 +182,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
     _overwrite_flag(p)
     p.add_argument("--layer", type=_layer, default="auto", help="base layer index, or auto (CV)")
-    p.add_argument("--alpha", default="0", help="ridge: 0 (plain lstsq), a strength, a,b,c or auto")
+    p.add_argument(
+        "--alpha", type=_alpha, default=0.0,
+        help="ridge: 0 (plain lstsq), a strength >= 0, a,b,c or auto",
+    )  # fmt: skip
     p.add_argument("--intercept", action="store_true", help="affine map (fit a bias)")
     p.add_argument(
         "--solver", default="qr", choices=["qr", "gram"],
@@ -143,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output folder")
     _overwrite_flag(p)
-    p.add_argument("--alphas", default="0;auto", help="ridge solvers, ';'-separated (0;auto)")
+    _alphas_flag(p)
 
     p = command(
         "finetune", cmd_finetune, "fully fine-tune a model on a dataset's train split",
@@ -151,8 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output checkpoint folder")
     _overwrite_flag(p)
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--epochs", type=_above_zero, default=1.0)
+    p.add_argument("--lr", type=_above_zero, default=1e-4)
     p.add_argument("--refit", action="store_true", help="fine-tune again even if cached")
 
     p = command(
@@ -162,11 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     _overwrite_flag(p)
     p.add_argument(
-        "--methods", default=",".join(METHODS), help=f"comma-separated, of {tuple(METHODS)}"
-    )
-    p.add_argument("--calib", type=int, default=128, help="calibration inputs (from train)")
-    p.add_argument("--val", type=int, default=200, help="validation inputs for the scale")
-    p.add_argument("--scales", default=",".join(map(str, SCALES)), help="task-vector scales tried")
+        "--methods", type=_arg(_methods), default=list(METHODS),
+        help=f"comma-separated, of {tuple(METHODS)}",
+    )  # fmt: skip
+    p.add_argument("--calib", type=_positive, default=128, help="calibration inputs (from train)")
+    p.add_argument("--val", type=_positive, default=200, help="validation inputs for the scale")
+    p.add_argument(
+        "--scales", type=_arg(check_list, item=check_float), default=list(SCALES),
+        help="task-vector scales tried (comma-separated)",
+    )  # fmt: skip
     p.add_argument(
         "--token", default="all", choices=TOKENS,
         help="calibration token pairing (word: texts whose tokenizers differ)",
@@ -184,9 +243,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--layer", type=_layer, default="auto", help="base layer, or auto (CV on all of train)"
     )
-    p.add_argument("--per-class", default=",".join(map(str, PER_CLASS)), help="k values")
-    p.add_argument("--fractions", default=",".join(map(str, FRACTIONS)))
-    p.add_argument("--alphas", default="0;auto", help="ridge solvers, ';'-separated")
+    p.add_argument(
+        "--per-class", type=_counts,
+        default=list(PER_CLASS), help="k values (>= 1, comma-separated)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fractions", type=_fractions,
+        default=list(FRACTIONS), help="training fractions in (0, 1], comma-separated",
+    )  # fmt: skip
+    _alphas_flag(p)
 
     p = command(
         "multitask", cmd_multitask, "one task matrix shared by several tasks vs one per task",
@@ -197,7 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar=("NAME", "FINETUNED", "DATA"), help="repeat for each task",
     )  # fmt: skip
     _data_flags(p, positional=False)
-    p.add_argument("--alpha", default="0", help="ridge strength, as for fit")
+    p.add_argument("--alpha", type=_alpha, default=0.0, help="ridge strength, as for fit")
     p.add_argument("-o", "--output", required=True)
     _overwrite_flag(p)
 
@@ -207,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output .csv of predictions")
     _overwrite_flag(p)
-    p.add_argument("--layer", type=_layer, default=None, help="another fitted layer than saved")
+    p.add_argument("--layer", type=_index, default=None, help="another fitted layer than saved")
     p.add_argument("--no-labels", action="store_true", help="the data has no label column")
 
     p = command(
@@ -216,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output folder")
     _overwrite_flag(p)
-    p.add_argument("--layer", type=_layer, default=None, help="another fitted layer than saved")
+    p.add_argument("--layer", type=_index, default=None, help="another fitted layer than saved")
 
     p = sub.add_parser("assets", help="list the packaged real models and datasets; prepare them")
     p.add_argument("--prepare", nargs="+", default=[], metavar="NAME", help="model names, or all")
@@ -237,11 +302,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("-o", "--output", default="runs/demo", help="output folder (default runs/demo)")
     _overwrite_flag(p)
-    p.add_argument("--train", type=int, default=2000, help="fine-tuning / fitting examples")
-    p.add_argument("--test", type=int, default=2000, help="held-out examples")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--alphas", default="0;auto", help="ridge solvers, ';'-separated (0;auto)")
+    p.add_argument("--train", type=_positive, default=2000, help="fine-tuning / fitting examples")
+    p.add_argument("--test", type=_positive, default=2000, help="held-out examples")
+    p.add_argument("--epochs", type=_above_zero, default=1.0)
+    p.add_argument("--lr", type=_above_zero, default=1e-4)
+    _alphas_flag(p)
     p.add_argument("--refit", action="store_true", help="fine-tune again even if a model is cached")
     return ap
 

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from .. import __version__
+from ..checks import check_list
 
 
 def _runtime(args) -> dict:
@@ -26,22 +27,6 @@ def _matrix(args) -> dict:
     return {**_runtime(args), "pool": args.pool, "norm": args.norm, "cv": args.cv}
 
 
-def _alpha(text: str):
-    """'0', 'auto', '0.01' or '0,0.01,0.1' -> the TaskMatrix alpha (ridge strength) argument."""
-    if text == "auto":
-        return "auto"
-    vals = [float(v) for v in text.split(",")]
-    return vals[0] if len(vals) == 1 else vals
-
-
-def _floats(text: str) -> list[float]:
-    return [float(v) for v in text.split(",") if v]
-
-
-def _layer(text: str):
-    return text if text == "auto" else int(text)
-
-
 def _splits(args, data: str | None = None, classifier=None):
     """Seeded stratified train/test split of `data` (default args.data), train capped by
     --train-limit; every command splits the same way, so test rows stay held out. With a
@@ -58,8 +43,7 @@ def _splits(args, data: str | None = None, classifier=None):
     )
     if classifier is not None:
         ds = align_labels(ds, label_names(classifier), model=str(classifier))
-    size = args.test_size if args.test_size < 1 else int(args.test_size)
-    train, test = split(ds, test_size=size, seed=args.seed)
+    train, test = split(ds, test_size=args.test_size, seed=args.seed)
     if args.train_limit is not None and args.train_limit < len(train):
         train = subsample(train, fraction=args.train_limit / len(train), seed=args.seed)
     return train, test
@@ -79,8 +63,8 @@ def cmd_fit(args) -> None:
     tm = TaskMatrix(
         args.base,
         args.finetuned,
-        layer=_layer(args.layer),
-        alpha=_alpha(args.alpha),
+        layer=args.layer,
+        alpha=args.alpha,
         fit_intercept=args.intercept,
         solver=args.solver,
         **_matrix(args),
@@ -111,8 +95,7 @@ def _sweep(args, base, finetuned, train, test, *, title: str, intro: str = "", *
     from ..report import markdown_table, sweep_sections, write_report
 
     t0 = time.time()
-    alphas = [_alpha(a) for a in args.alphas.split(";")]
-    rows = compare(base, finetuned, train, test, alphas=alphas, **_matrix(args))
+    rows = compare(base, finetuned, train, test, alphas=args.alphas, **_matrix(args))
     settings = _settings(
         args, seconds=round(time.time() - t0, 1), n_train=len(train), n_test=len(test), **extra
     )
@@ -143,10 +126,10 @@ def cmd_scaling(args) -> None:
         args.finetuned,
         train,
         test,
-        layer=_layer(args.layer),
-        per_class=[int(k) for k in _floats(args.per_class)],
-        fractions=_floats(args.fractions),
-        alphas=[_alpha(a) for a in args.alphas.split(";")],
+        layer=args.layer,
+        per_class=args.per_class,
+        fractions=args.fractions,
+        alphas=args.alphas,
         seed=args.seed,
         **_matrix(args),
     )
@@ -171,9 +154,10 @@ def cmd_multitask(args) -> None:
     from ..experiments import multitask
     from ..report import markdown_table, write_report
 
+    check_list([name for name, _, _ in args.task], "-t NAME", item=lambda v, n: v)  # one per task
     tasks = {name: (ft, *_splits(args, data, ft)) for name, ft, data in args.task}
     matrix = _matrix(args)
-    rows = multitask(args.base, tasks, alpha=_alpha(args.alpha), **matrix)
+    rows = multitask(args.base, tasks, alpha=args.alpha, **matrix)
     settings = _settings(
         args, tasks={k: [str(v[0]), v[1].source, len(v[1]), len(v[2])] for k, v in tasks.items()}
     )
@@ -219,11 +203,11 @@ def cmd_transfer(args) -> None:
         val,
         test,
         train=held if args.probe else None,  # the same labelled inputs the transfer sees
-        methods=args.methods.split(","),
+        methods=args.methods,
         target_finetuned=args.target_finetuned,
         token=args.token,
         center=args.center,
-        scales=_floats(args.scales),
+        scales=args.scales,
         save_best=Path(args.output) / "model",
         overwrite=args.overwrite,
         **_runtime(args),
@@ -346,7 +330,7 @@ def cmd_predict(args) -> None:
 
     tm = TaskMatrix.load(args.task, **_runtime(args))
     if args.layer is not None:
-        tm.layer_ = int(args.layer)
+        tm.layer_ = args.layer
         if tm.layer_ not in tm.maps_:
             raise ValueError(
                 f"{args.task} has no map for layer {tm.layer_}; it has {sorted(tm.maps_)}"
@@ -387,8 +371,7 @@ def cmd_export(args) -> None:
     from ..taskmatrix import TaskMatrix
 
     tm = TaskMatrix.load(args.task, **_runtime(args))
-    layer = None if args.layer is None else int(args.layer)
-    kind = export(tm, args.output, layer=layer, overwrite=args.overwrite)
+    kind = export(tm, args.output, layer=args.layer, overwrite=args.overwrite)
     how = (
         "AutoModelForSequenceClassification.from_pretrained(DIR) runs it without tasklift"
         if kind == "transformers"
