@@ -7,7 +7,8 @@ computed on one model onto another.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -38,7 +39,8 @@ class TaskVector:
         strict: bool = False,
     ) -> TaskVector:
         """θ_ft − θ_base over the floating-point parameters both hold with the same shape; a
-        tensor that several names share (tied embeddings) counts once, under its first name.
+        tensor that several names share (tied embeddings) counts once, under its first name,
+        and parameters the fine-tune left exactly as they were (a LoRA's untouched ones) none.
 
         Parameters only one side has (e.g. a new classifier head) are left out; with
         `strict=True` they are an error. A shared name with different shapes is always an error.
@@ -66,7 +68,8 @@ class TaskVector:
         only = sorted(set(base) ^ set(finetuned))
         if strict and only:
             raise ValueError(f"parameters in only one model: {only[:5]}")
-        return cls({k: finetuned[k].float() - base[k].float() for k in shared})
+        deltas = {k: finetuned[k].float() - base[k].float() for k in shared}
+        return cls({k: v for k, v in deltas.items() if v.any()})  # untouched ones move nothing
 
     def _check_keys(self, other: TaskVector) -> None:
         if self.deltas.keys() != other.deltas.keys():
@@ -124,6 +127,16 @@ class TaskVector:
                     )
                 state[k].add_(scale * v.to(state[k].device, state[k].dtype))
         return target
+
+    @contextmanager
+    def applied(self, model: nn.Module, scale: float = 1.0) -> Iterator[nn.Module]:
+        """`model` with θ + scale · τ in place for the block, then θ again (to rounding): a
+        scale is tried without a copy of a model of several GB."""
+        self.apply_to(model, scale=scale, inplace=True)
+        try:
+            yield model
+        finally:
+            self.apply_to(model, scale=-scale, inplace=True)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False, **meta: object) -> None:
         """Write the deltas to a safetensors file (atomically); an existing `path` is replaced

@@ -68,7 +68,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         processor: tokenizer / image processor for both models (default: each model's own).
 
     Learned: `model_` (B + scale_ · τ_B), `task_vector_` (τ_B), `target_model_` (B with the
-    carried head), `scale_`, `val_scores_` {scale: accuracy}, `pairs_`, `classes_`.
+    carried head, made on demand), `scale_`, `val_scores_` {scale: score}, `pairs_`, `classes_`.
 
     Example:
         >>> t = Transfer(source="a", finetuned="a_ft", target="b", method="bico")
@@ -165,6 +165,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         a, b, pairs, proc_b = prep["source"], prep["target"], prep["pairs"], prep["processor"]
         self.processor_ = proc_b
         self.max_length_ = self._max_length(X, (a_ft, proc_a), (b, proc_b))  # before any loss
+        del a_ft  # τ_A holds what is needed of it (an LM of several GB)
         words = None
         if self.token == "word":
             texts = prep["texts"]
@@ -189,17 +190,17 @@ class Transfer(ClassifierMixin, BaseEstimator):
         tv, tv_b = prep["tv"], transport(prep["tv"], a, b, pairs, maps)
         if method.post is not None:
             tv_b = POST_STEPS[method.post](tv_b, b, self._batches(n, method.post), prep["loss"])
-        self.pairs_, self.task_vector_, self.target_model_ = pairs, tv_b, b
+        self.pairs_, self.task_vector_ = pairs, tv_b
         self.source_params_, self.moved_params_ = len(tv.deltas), len(tv_b.deltas)
         self.val_scores_ = {}
         if X_val is not None:
-            for s in self.scales:
-                model = tv_b.apply_to(b, scale=s)
-                self.val_scores_[float(s)] = self._score_model(model, X_val, y_val)
+            for s in self.scales:  # in place: B may be several GB
+                with tv_b.applied(b, scale=s):
+                    self.val_scores_[float(s)] = self._score_model(b, X_val, y_val)
         # the best validation score; ties go to the scale nearest 1 (the plain transfer)
         scores = self.val_scores_ or {1.0: 0.0}
         self.scale_ = max(scores, key=lambda s: (scores[s], -abs(s - 1.0)))
-        self.model_ = tv_b.apply_to(b, scale=self.scale_)
+        self.model_ = tv_b.apply_to(b, scale=self.scale_, inplace=True)
         self.classes_ = self._classes(b)
         return self
 
@@ -216,11 +217,16 @@ class Transfer(ClassifierMixin, BaseEstimator):
                             max_length=self.max_length_, batch_size=self.batch_size)  # fmt: skip
         return accuracy(self._logits(model, X, self.processor_), as_labels(y, num_items(X)))
 
+    @property
+    def target_model_(self) -> nn.Module:
+        """B with the carried-over head and no task vector (a copy, made on demand)."""
+        return self._model(0.0)
+
     def _model(self, scale: float | None) -> nn.Module:
         check_fitted(self, "model_")
-        if scale is None:
+        if scale is None or scale == self.scale_:
             return self.model_
-        return self.task_vector_.apply_to(self.target_model_, scale=scale)
+        return self.task_vector_.apply_to(self.model_, scale=scale - self.scale_)
 
     def decision_function(self, X, scale: float | None = None) -> np.ndarray:
         """Logits (N, classes) of B + scale · τ_B (the chosen scale, or the one given; 0 is B
@@ -292,7 +298,6 @@ class Transfer(ClassifierMixin, BaseEstimator):
         t.max_length_ = token_limit(t.max_length, t.model_, t.processor_)
         t.task_vector_ = TaskVector.load(Path(path) / "task_vector.safetensors")
         t.scale_ = float(info["scale"])
-        t.target_model_ = t.task_vector_.apply_to(t.model_, scale=-t.scale_)
         t.val_scores_ = {float(k): v for k, v in info["val_scores"].items()}
         t.moved_params_, t.source_params_ = info["moved_params"], info["source_params"]
         t.lm_ = is_causal_lm(t.model_)

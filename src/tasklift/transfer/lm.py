@@ -2,12 +2,13 @@
 prompt + target, counted on the target tokens only (SPEC §4). Targets are the task's responses
 or label words when given, otherwise A_ft's own greedy continuations, so no labels are needed.
 The validation score of a scale is the targets' mean log-likelihood per token (higher is
-better), or, with `choices`, the verbaliser's accuracy: the label word whose tokens are most
-likely after the prompt.
+better), or, with `choices`, the verbaliser's accuracy: the label word whose first token the
+LM head scores highest after the prompt.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +22,7 @@ from ..taskvector import TaskVector
 
 __all__ = [
     "is_causal_lm", "is_lm_checkpoint", "load_lm", "same_vocabulary", "lm_encode", "lm_loss",
-    "greedy_targets", "target_logprob", "verbalise", "lm_setup", "lm_score",
+    "greedy_targets", "target_logprob", "choice_tokens", "verbalise", "lm_setup", "lm_score",
 ]  # fmt: skip
 
 IGNORE = -100  # the label transformers' loss skips
@@ -89,16 +90,47 @@ def target_logprob(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     return torch.stack([picked.sum(1), keep.sum(1).float()], 1).cpu()
 
 
+def choice_tokens(choices: Sequence[str], tokenizer) -> list[int]:
+    """The first token of each label word as it follows a prompt.
+
+    Raises:
+        ValueError: two choices start with the same token (the verbaliser could not tell them
+            apart); pick words that differ at their first token.
+    """
+    first = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in choices]
+    if len(set(first)) < len(first):
+        raise ValueError(
+            f"choices {list(choices)} share first tokens {first}; the verbaliser reads one "
+            "token per choice: pick label words whose first tokens differ (e.g. ' alpha', ' bravo')"
+        )
+    return first
+
+
 def verbalise(
-    model: nn.Module, prompts: Sequence[str], choices: Sequence[str], tokenizer, *, max_length: int
+    model: nn.Module,
+    prompts: Sequence[str],
+    choices: Sequence[str],
+    tokenizer,
+    *,
+    max_length: int,
+    batch_size: int = 16,
 ) -> np.ndarray:
-    """Index of the most likely choice (mean log-probability of its tokens) after each prompt."""
-    scores = []
-    for c in choices:
-        lp = target_logprob(model, lm_encode(prompts, [c] * len(prompts), tokenizer,
-                                             max_length=max_length))  # fmt: skip
-        scores.append((lp[:, 0] / lp[:, 1].clamp_min(1)).numpy())
-    return np.stack(scores, 1).argmax(1)
+    """Index of the likeliest choice after each prompt: the LM head's logits at the prompt's
+    last token, restricted to the choices' first tokens (one forward pass per prompt)."""
+    ids = torch.tensor(choice_tokens(choices, tokenizer))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    dev, out = next(model.parameters()).device, []
+    for i in range(0, len(prompts), batch_size):
+        enc = tokenizer(list(prompts[i : i + batch_size]), padding=True, truncation=True,
+                        max_length=max_length, return_tensors="pt")  # fmt: skip
+        last = enc["attention_mask"].sum(1) - 1
+        with torch.no_grad():
+            logits = model(input_ids=enc["input_ids"].to(dev),
+                           attention_mask=enc["attention_mask"].to(dev)).logits  # fmt: skip
+        out.append(logits[torch.arange(len(last)), last.to(dev)][:, ids.to(dev)].argmax(-1).cpu())
+    return torch.cat(out).numpy()
 
 
 def greedy_targets(
@@ -192,6 +224,8 @@ def lm_setup(est, a_ft: nn.Module, proc_a, X, y) -> dict:
 
     a, _ = est._load(est.source, lm=True)
     b, proc_b = est._load(est.target, lm=True)
+    if b is est.target:  # the caller's own model: τ_B is applied in place, so work on a copy
+        b = copy.deepcopy(b)
     texts = None
     if is_texts(X):
         if y is None:
@@ -225,7 +259,7 @@ def lm_score(
     """Verbaliser accuracy with `choices`; else the targets' mean log-probability per token
     (y, or A_ft-free: the labels of a pre-encoded dict)."""
     if choices is not None:
-        pred = verbalise(model, X, choices, tokenizer, max_length=max_length)
+        pred = verbalise(model, X, choices, tokenizer, max_length=max_length, batch_size=batch_size)
         want = np.array([list(choices).index(t) for t in y] if is_texts(y) else y)
         return float((pred == want).mean())
     total = torch.zeros(2)
