@@ -187,11 +187,13 @@ class Transfer(ClassifierMixin, BaseEstimator):
             kw = dict(tie_break=self.tie_break, center=self.center)
             maps.update(solve_maps(a, b, part, stats, method, **kw))
             del stats
-        tv, tv_b = prep["tv"], transport(prep["tv"], a, b, pairs, maps)
+        tv_b = transport(prep["tv"], a, b, pairs, maps)
+        source_params, a = len(prep.pop("tv").deltas), prep.pop("source")  # A and τ_A: freed
         if method.post is not None:
             tv_b = POST_STEPS[method.post](tv_b, b, self._batches(n, method.post), prep["loss"])
         self.pairs_, self.task_vector_ = pairs, tv_b
-        self.source_params_, self.moved_params_ = len(tv.deltas), len(tv_b.deltas)
+        self.source_params_, self.moved_params_ = source_params, len(tv_b.deltas)
+        del a
         self.val_scores_ = {}
         if X_val is not None:
             for s in self.scales:  # in place: B may be several GB

@@ -222,8 +222,9 @@ def lm_setup(est, a_ft: nn.Module, proc_a, X, y) -> dict:
     Pre-encoded X (a dict with input_ids, attention_mask and labels) is used as it is."""
     from .pairing import match_modules
 
-    a, _ = est._load(est.source, lm=True)
+    a, tok_a = est._load(est.source, lm=True)
     b, proc_b = est._load(est.target, lm=True)
+    proc_a = tok_a if proc_a is None else proc_a  # A_ft given as a model object: A's tokenizer
     if b is est.target:  # the caller's own model: τ_B is applied in place, so work on a copy
         b = copy.deepcopy(b)
     texts = None
