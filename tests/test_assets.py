@@ -209,3 +209,26 @@ def test_the_decoder_lms_are_registered_with_their_parts_and_hashes():
     for name in ("qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b", "smollm2-135m", "gemma3-270m"):
         a = assets.MODELS[name]
         assert a.build == "gguf-parts" and len(a.sha256) == 64 and int(a.sha256, 16) >= 0
+
+
+def test_readme_quotes_the_measured_decoder_lms():
+    """README's decoder-LM table equals reports/llm/assets.json (scripts/llm_assets.py)."""
+    import json
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    results = json.loads((root / "reports/llm/assets.json").read_text())
+    text = (root / "README.md").read_text().split("## Decoder language models")[1].split("\n## ")[0]
+    rows = [line.strip("|").split(" | ") for line in text.splitlines() if line.startswith("| `")]
+    assert {r[0].strip("` ") for r in rows} == {k for k in results if not k.startswith("_")}
+    for name, _, params, prepare, load, completion in rows:
+        r = results[name.strip("` ")]
+        assert params == f"{r['params'] / 1e6:.1f}M"
+        assert prepare == f"{r['prepare_s']:.0f} s ({r['prepare_peak_rss_gb']:.1f} GB)"
+        assert load == f"{r['load_s']:.1f} s"
+        assert json.loads(completion.strip()) == r["completion"] == r["gguf_completion"]
+        assert r["max_logit_diff_vs_gguf"] == 0.0 and not r["gguf_imported"]
+    assert re.search(r"holds (\d+\.\d) GB at peak", text).group(1) == (
+        f"{results['qwen2.5-coder-1.5b']['prepare_peak_rss_gb']:.1f}"
+    )
