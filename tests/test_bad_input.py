@@ -220,6 +220,10 @@ CASES = {
         lambda r, t: ["fit", str(r / "ft"), str(r / "base"), _data(r)],
         "pass the fine-tuned checkpoint as FINETUNED (it looks like you swapped",
     ),
+    "text and label from one column": (
+        _flag("fit", "--label-key", "sentence"),
+        "--text-key and --label-key are both 'sentence'",
+    ),
     "A_ft not a fine-tune of A": (
         lambda r, t: [
             "transfer",
@@ -334,3 +338,14 @@ def test_max_length_past_the_model_is_refused_and_the_default_fits_it(text_task)
         TaskMatrix(text_task / "base", text_task / "ft", layer=1, max_length=65).fit(texts)
     tm = TaskMatrix(text_task / "base", text_task / "ft", layer=1).fit(texts)  # 128 -> 64
     assert tm.max_length is None and tm.predict(texts).shape == (12,)
+
+
+def test_a_block_map_naming_missing_blocks_is_refused():
+    from conftest import tiny_classifier
+    from tasklift.transfer.pairing import match_modules
+
+    a, b = tiny_classifier("bert"), tiny_classifier("bert", seed=1)
+    assert match_modules(a, b, {0: 1, 1: 0})  # two blocks each: fine
+    for bad in ({2: 0}, {0: 5}, {-1: 0}):
+        with pytest.raises(ValueError, match="names blocks that do not exist"):
+            match_modules(a, b, bad)

@@ -174,6 +174,11 @@ def read_file(
     path: Path, text_key: str, label_key: str | None, encoding: str, image_size: int = 224
 ) -> Dataset:
     """A Dataset from a data file or folder (`label_key` None: unlabelled inputs to predict)."""
+    if text_key == label_key:
+        raise ValueError(
+            f"--text-key and --label-key are both {text_key!r}: the labels would be read as the "
+            "texts; name two different columns"
+        )
     if path.is_dir():
         if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
             rows = _hf_rows(path, label_key)

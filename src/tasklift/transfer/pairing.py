@@ -100,6 +100,12 @@ def match_modules(
     if block_map is None:
         block_map = {j: round(j * (la - 1) / max(lb - 1, 1)) for j in range(lb)} if la else {}
     block_map = {int(k): int(v) for k, v in block_map.items()}
+    bad = {k: v for k, v in block_map.items() if not (0 <= k < lb and 0 <= v < la)}
+    if bad:  # a block that does not exist would silently move nothing
+        raise ValueError(
+            f"block_map {bad} names blocks that do not exist: the target has blocks 0..{lb - 1} "
+            f"(keys), the source 0..{la - 1} (values)"
+        )
     if _cross(source, target):
         roles_a = _by_role(source)
         return {
