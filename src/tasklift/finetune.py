@@ -169,6 +169,7 @@ def finetune_cached(
         return {**recipe, "reused": True}
     check_output(out, overwrite=overwrite)
     t0 = time.time()
+    seed_everything(seed)  # the new head's initial weights too: a re-run is the same model
     model, tok = load_model(
         base, head=True, num_labels=len(train.classes), device=device, dtype="fp32"
     )

@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "finetune", cmd_finetune, "fully fine-tune a model on a dataset's train split",
-        models=("base",), matrix=False, max_length=64,
+        models=("base",), matrix=False, max_length=64, batch_size=16,
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output checkpoint folder")
     _overwrite_flag(p)

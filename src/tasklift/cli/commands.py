@@ -238,7 +238,7 @@ def cmd_transfer(args) -> None:
     print(f"wrote {args.output}/report.md, results.json, transfer.png")
 
 
-def _finetune(args, base, train, out) -> None:
+def _finetune(args, base, train, out, *, batch_size: int) -> None:
     from ..finetune import finetune_cached
 
     print(f"fine-tuning {base} on {len(train)} examples of {train.name} unless cached ...")
@@ -250,6 +250,7 @@ def _finetune(args, base, train, out) -> None:
         lr=args.lr,
         seed=args.seed,
         max_length=args.max_length,
+        batch_size=batch_size,
         device=args.device,
         refit=args.refit,
         overwrite=args.overwrite,
@@ -265,7 +266,7 @@ def cmd_finetune(args) -> None:
     from ..probe import FineTuned
 
     train, test = _splits(args)
-    _finetune(args, args.base, train, args.output)
+    _finetune(args, args.base, train, args.output, batch_size=args.batch_size)
     acc = FineTuned(args.output, **_runtime(args)).fit().score(test.X, test.y)
     print(f"fine-tuned test accuracy {acc:.4f} (n_test={len(test)}) -> {args.output}")
 
@@ -281,7 +282,7 @@ def cmd_demo(args) -> None:
     rest, test = split(ds, test_size=args.test, seed=args.seed)
     train = subsample(rest, fraction=min(1.0, args.train / len(rest)), seed=args.seed)
     t0 = time.time()
-    _finetune(args, base, train, out / "finetuned")
+    _finetune(args, base, train, out / "finetuned", batch_size=16)  # the demo's recipe
     intro = (
         f"Real all-MiniLM-L6-v2 (6 layers, hidden 384) fully fine-tuned for {args.epochs} "
         f"epoch(s) on {len(train)} Rotten Tomatoes snippets (fresh vs rotten); task matrices "
