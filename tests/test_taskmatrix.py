@@ -193,3 +193,40 @@ def test_qr_solver_equals_numpy_lstsq_on_every_layer(tiny_task, tmp_path):
     assert TaskMatrix.load(tmp_path / "t.safetensors", base=base, finetuned=ft).solver == "qr"
     with pytest.raises(ValueError, match="solver"):
         TaskMatrix(base, ft, solver="svd").fit(Xtr)
+
+
+def test_task_matrix_of_a_decoder_equals_lstsq_on_its_last_token_embeddings():
+    """Qwen2 (4 query / 2 KV heads): base layer 1 and the fine-tuned final hidden state, each
+    read at the last attended token (right padding), give numpy lstsq's W; token 0 is refused."""
+    import transformers as tf
+
+    cfg = tf.Qwen2Config(vocab_size=60, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, num_labels=3,
+                         pad_token_id=0)  # fmt: skip
+    torch.manual_seed(0)
+    ft = tf.Qwen2ForSequenceClassification(cfg).eval()
+    base = tf.Qwen2Model(cfg).eval()
+    ids = torch.randint(1, 60, (80, 9), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    mask[::3, 6:] = 0
+    ids[mask == 0] = 0
+    X = {"input_ids": ids, "attention_mask": mask}
+    tm = TaskMatrix(base, ft, layer=1, pool="last", alpha=0.0).fit(X)
+    last = mask.sum(1) - 1
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, a, out, k=k: seen.__setitem__(k, out))
+             for k, m in (("x", base.layers[0]), ("y", ft.model.layers[-1]))]  # fmt: skip
+    with torch.no_grad():
+        base(**X), ft(**X)
+    for h in hooks:
+        h.remove()
+    x, y = (
+        (seen[k][0] if isinstance(seen[k], tuple) else seen[k])[torch.arange(80), last].double()
+        for k in "xy"
+    )
+    want = np.linalg.lstsq(x.numpy(), y.numpy(), rcond=None)[0]
+    np.testing.assert_allclose(tm.maps_[1].coef_.T, want, atol=1e-6)
+    with pytest.raises(ValueError, match="pool='last'"):
+        TaskMatrix(base, ft, layer=1).fit(X)
+    same = TaskMatrix(ft.model, ft, layer=2, pool="last").fit(X)  # W = I: the fine-tuned model
+    np.testing.assert_allclose(same.decision_function(X), ft(**X).logits.detach(), atol=1e-4)

@@ -200,6 +200,11 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
         self.base_model_, self.finetuned_model_, self.processor_ = cached(self, key, load)
         _warn_if_unrelated(self.base_model_, self.finetuned_model_, base, finetuned)
         self.head_ = Head(self.finetuned_model_)
+        if self.head_.reads == "last" and self.pool in ("cls", "first"):
+            raise ValueError(
+                f"{type(self.finetuned_model_).__name__} is a decoder: its head reads the last "
+                "token, and token 0 says nothing about the text; pass pool='last' (--pool last)"
+            )
         self.classes_ = np.arange(self.head_.num_classes)
         names = self.finetuned_model_.config.id2label
         self.class_names_ = [str(names.get(i, i)) for i in self.classes_]

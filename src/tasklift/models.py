@@ -328,10 +328,12 @@ def final_norm(model: nn.Module) -> nn.Module | None:
 
 
 class Head(nn.Module):
-    """A classifier's head as a function of the pooled, final-normed [CLS] vector.
+    """A classifier's head as a function of the pooled, final-normed summary vector.
 
-    Covers the HF heads that read token 0: BERT-style pooler + classifier, RoBERTa's
-    dense-tanh-out head, DistilBERT's pre_classifier, and plain linear heads (ViT, DeiT).
+    Covers the HF heads that read token 0 (`reads` = "cls"): BERT-style pooler + classifier,
+    RoBERTa's dense-tanh-out head, DistilBERT's pre_classifier, and plain linear heads (ViT,
+    DeiT); and decoders' sequence classifiers (`score`: Llama, Qwen2, Gemma-3, GPT-2), which
+    read the last attended token (`reads` = "last").
 
     Shapes: forward (B, d) -> (B, num_classes).
 
@@ -341,6 +343,12 @@ class Head(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
+        self.reads = "cls"
+        score = getattr(model, "score", None)
+        if isinstance(score, nn.Linear) and getattr(model, "classifier", None) is None:
+            self.pooler = self.pre = None
+            self.classifier, self.sequence_head, self.reads = score, False, "last"
+            return
         classifier = getattr(model, "classifier", None)
         if classifier is None:
             raise ValueError(

@@ -90,8 +90,8 @@ class TaskMatrix(HeadClassifier):
             differs from the one CV scored only in those near-null directions); ridge always
             uses XᵀX.
         cv: folds used when anything is chosen by cross-validation.
-        pool: base pooling, "cls" or "mean" (targets are always the fine-tuned [CLS], where its
-            head reads).
+        pool: base pooling, "cls", "mean" or (decoders) "last" (targets are the fine-tuned
+            model's final hidden state where its head reads: [CLS], or a decoder's last token).
         norm: final norm after the map: "base" (the reference), "finetuned", or "none".
         keep_stats: keep every layer's (per-fold) statistics after fitting in `stats_`, to refit
             with other alphas without extracting again (`fit_stats(tm.stats_)`). Off by
@@ -177,8 +177,12 @@ class TaskMatrix(HeadClassifier):
                 desc="fit: base",
                 **kw,
             )
+            reads = {
+                **kw,
+                "pool": self.head_.reads,
+            }  # where the head reads: [CLS] or the last token
             ys = iter_embeddings(
-                self.finetuned_model_, mine, self.processor_, layers=[top], **{**kw, "pool": "cls"}
+                self.finetuned_model_, mine, self.processor_, layers=[top], **reads
             )
             pairs = (
                 (part.start + _same_rows(i, j), xb, yb[top])

@@ -125,7 +125,10 @@ def _runtime_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _matrix_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--pool", default="cls", choices=["cls", "mean"], help="base pooling")
+    p.add_argument(
+        "--pool", default="cls", choices=["cls", "mean", "last"],
+        help="base pooling: cls (encoders), mean, or last (decoders: the last attended token)",
+    )  # fmt: skip
     p.add_argument(
         "--norm",
         default="base",

@@ -14,7 +14,7 @@ from torch import nn
 from ..data import Dataset
 from ..evaluate import accuracy, confusion, per_class
 from ..extract import embed
-from ..models import hidden_size, load_model, num_layers
+from ..models import Head, hidden_size, load_model, num_layers
 from ..probe import FineTuned, HeadOnly, LinearProbe
 from ..taskmatrix import TaskMatrix
 
@@ -69,7 +69,8 @@ def embed_split(
     top = num_layers(finetuned)
     kw = dict(batch_size=batch_size, max_length=max_length, progress=progress)
     xs = embed(base, ds.X, processor, layers="all", pool=pool, desc=f"base: {ds.name}", **kw)
-    ys = embed(finetuned, ds.X, processor, layers=[top], pool="cls", desc="fine-tuned", **kw)
+    reads = Head(finetuned).reads  # where the fine-tuned head reads: [CLS] or the last token
+    ys = embed(finetuned, ds.X, processor, layers=[top], pool=reads, desc="fine-tuned", **kw)
     return Split(xs, ys[top], ds.y)
 
 
