@@ -295,3 +295,21 @@ def test_calibration_in_passes_under_a_memory_budget_gives_the_same_task_vector(
         other = Transfer(a, a_ft, b, scales=(1.0,), **kw).fit(X)
         for k, v in one.task_vector_.deltas.items():
             torch.testing.assert_close(other.task_vector_.deltas[k], v, atol=tol, rtol=0, msg=k)
+
+
+def test_a_causal_lm_folder_loads_with_its_head_and_one_without_is_refused(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from tasklift.models import load_model
+
+    a = tiny_lm("llama")
+    a.save_pretrained(tmp_path / "lm")
+    model, _ = load_model(tmp_path / "lm", lm=True, device="cpu")
+    ids = next(token_batches())["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, a(input_ids=ids).logits)
+    weights = load_file(tmp_path / "lm" / "model.safetensors")
+    save_file({k: v for k, v in weights.items() if not k.startswith("lm_head")},
+              tmp_path / "lm" / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
+    with pytest.raises(ValueError, match="no trained LM head"):
+        load_model(tmp_path / "lm", lm=True, device="cpu")

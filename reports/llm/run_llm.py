@@ -81,20 +81,21 @@ def finetune(which: str) -> None:
     if not dense.exists():
         model = merged(base, out, device="cpu")
         model.save_pretrained(dense)
-        from tasklift.transfer.lm import load_lm
+        from tasklift.models import load_model
 
-        load_lm(base)[1].save_pretrained(dense)
+        load_model(base, lm=True)[1].save_pretrained(dense)
     _write(f"finetune_{which}", info)
 
 
 def evaluate(which: str) -> None:
     """Verbaliser accuracy of a model on the test split (A, A_ft, B or B_ft)."""
-    from tasklift.transfer.lm import load_lm, verbalise
+    from tasklift.models import load_model
+    from tasklift.transfer.lm import verbalise
 
     src = {"a": A, "b": B, "a_ft": RUNS / "a_ft", "b_ft": RUNS / "b_ft"}[which]
     d = data()
     t0 = time.time()
-    model, tok = load_lm(src, device="cpu")
+    model, tok = load_model(src, lm=True, device="cpu")
     pred = verbalise(model, d["test"]["prompts"], d["choices"], tok, max_length=96, batch_size=8)
     acc = float((pred == np.array(d["test"]["labels"])).mean())
     _write(f"eval_{which}", {"model": str(src), "accuracy": acc, "seconds": time.time() - t0})

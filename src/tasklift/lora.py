@@ -101,7 +101,7 @@ def lora_finetune_cached(
     `seconds` and `final_loss`. Any other existing `out` needs `overwrite` (and tasklift's)."""
     import hashlib
 
-    from .transfer.lm import load_lm
+    from .models import load_model
 
     out = Path(out)
     data = hashlib.sha256(json.dumps([list(prompts), list(targets)]).encode()).hexdigest()
@@ -110,7 +110,7 @@ def lora_finetune_cached(
         return {**stamp, "reused": True}
     check_output(out, overwrite=overwrite)
     t0 = time.time()
-    model, tok = load_lm(base, device=device, dtype="fp32")
+    model, tok = load_model(base, lm=True, device=device, dtype="fp32")
     peft_model, losses = lora_finetune(model, prompts, targets, tok, progress=progress, **recipe)
     from . import __version__
 
@@ -131,7 +131,7 @@ def merged(base: str | os.PathLike | nn.Module, adapter: str | os.PathLike, **lo
     passed as `base` is merged into in place)."""
     from peft import PeftModel
 
-    from .transfer.lm import load_lm
+    from .models import load_model
 
-    model, _ = load_lm(base, **load)
+    model, _ = load_model(base, lm=True, **load)
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()

@@ -176,16 +176,20 @@ def load_model(
     src: str | os.PathLike | nn.Module,
     *,
     head: bool = False,
+    lm: bool = False,
     num_labels: int | None = None,
     device: str = "auto",
     dtype: str = "auto",
 ):
-    """Load a local checkpoint (never downloads) as an encoder or a classifier, with its processor.
+    """Load a local checkpoint (never downloads) as an encoder, a classifier or a causal LM,
+    with its processor.
 
     Args:
         src: checkpoint folder, cached hub id, or an already-built model (returned as is, moved).
         head: load the *ForSequenceClassification / *ForImageClassification model; the
             checkpoint must then contain a trained head unless `num_labels` is given (new head).
+        lm: load the *ForCausalLM model (its LM head generates); its head must be trained or
+            tied to the embeddings.
         num_labels: create a fresh head with this many classes (for fine-tuning).
         device, dtype: "auto", "cpu", "cuda", ...; "auto", "fp32", "bf16", ...
 
@@ -209,7 +213,9 @@ def load_model(
     _check_weights(Path(path))
     vision = is_vision(config)
     cls, kw = tf.CLIPVisionModel if config.model_type == "clip" else tf.AutoModel, {}
-    if head:
+    if lm:
+        cls = tf.AutoModelForCausalLM
+    elif head:
         auto = "AutoModelForImageClassification" if vision else "AutoModelForSequenceClassification"
         cls = getattr(tf, auto)
     if num_labels is not None:  # the class count via fresh names: a base may keep its labels
@@ -230,6 +236,11 @@ def load_model(
     except (OSError, RuntimeError, SafetensorError) as e:
         raise ValueError(f"cannot load the weights of {src}: {_first_line(e)}") from None
     _check_loaded(src, config, info)
+    untrained = [k for k in info["missing_keys"] if k.startswith("lm_head")]
+    if lm and untrained and not getattr(config, "tie_word_embeddings", False):
+        raise ValueError(
+            f"{src} has no trained LM head (missing {untrained[:1]}); pass a causal LM checkpoint"
+        )
     missing = [k for k in info["missing_keys"] if "classifier" in k or "score" in k]
     if head and missing and num_labels is None:
         raise ValueError(

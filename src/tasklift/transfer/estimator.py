@@ -29,7 +29,6 @@ from .lm import (
     is_lm_checkpoint,
     lm_score,
     lm_setup,
-    load_lm,
     verbalise,
 )
 from .methods import SCALES, TOKENS, get_method
@@ -114,7 +113,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         """A model and its processor (`processor=` wins); causal LMs load with their LM head."""
         rt = dict(device=self.device, dtype=self.dtype)
         lm = lm or (head and is_lm_checkpoint(src))
-        model, proc = load_lm(src, **rt) if lm else load_model(src, head=head, **rt)
+        model, proc = load_model(src, head=head and not lm, lm=lm, **rt)
         return model, self.processor if self.processor is not None else proc
 
     def _batches(self, n: int, desc: str):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ from ..families import VOCAB_ROLES, roles
 from ..taskvector import TaskVector
 
 __all__ = [
-    "is_causal_lm", "is_lm_checkpoint", "load_lm", "same_vocabulary", "lm_encode", "lm_loss",
+    "is_causal_lm", "is_lm_checkpoint", "same_vocabulary", "lm_encode", "lm_loss",
     "greedy_targets", "target_logprob", "choice_tokens", "verbalise", "lm_setup", "lm_score",
 ]  # fmt: skip
 
@@ -173,28 +172,6 @@ def is_lm_checkpoint(src) -> bool:
     except (OSError, ValueError):
         return False
     return any(a.endswith("ForCausalLM") for a in archs)
-
-
-def load_lm(src, *, device: str = "auto", dtype: str = "auto"):
-    """A local causal LM (never downloads) with its tokenizer: (model in eval mode, tokenizer)."""
-    from ..models import load_model
-
-    if isinstance(src, nn.Module):
-        return load_model(src, device=device, dtype=dtype)
-    import transformers as tf
-
-    from .._torch import resolve_device, resolve_dtype
-    from ..models import _check_weights, _resolve_path
-
-    path = _resolve_path(src)
-    _check_weights(Path(path))
-    dev = resolve_device(device)
-    try:
-        model = tf.AutoModelForCausalLM.from_pretrained(path, local_files_only=True)
-        tok = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, RuntimeError, ValueError) as e:
-        raise ValueError(f"cannot load the causal LM {src}: {str(e).splitlines()[0]}") from None
-    return model.to(dev, resolve_dtype(dtype, dev)).eval(), tok
 
 
 def same_vocabulary(tok_a, tok_b, model_a: nn.Module, model_b: nn.Module) -> bool:
