@@ -81,7 +81,10 @@ def transfer_table(
             }
         )
     if best is None:
-        reasons = "; ".join(f"{r['method']}: {r['note']}" for r in rows)
+        notes: dict[str, list[str]] = {}
+        for r in rows:  # one reason once, with every method it stopped
+            notes.setdefault(r["note"], []).append(r["method"])
+        reasons = "; ".join(f"{', '.join(ms)}: {note}" for note, ms in notes.items())
         raise ValueError(f"no transfer method could run on this pair ({reasons})")
     if save_best is not None:
         best.save(save_best, overwrite=overwrite)
