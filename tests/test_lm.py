@@ -300,7 +300,7 @@ def test_calibration_in_passes_under_a_memory_budget_gives_the_same_task_vector(
 def test_a_causal_lm_folder_loads_with_its_head_and_one_without_is_refused(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from tasklift.models import load_model
+    from tasklift.loading import load_model
 
     a = tiny_lm("llama")
     a.save_pretrained(tmp_path / "lm")
@@ -313,3 +313,31 @@ def test_a_causal_lm_folder_loads_with_its_head_and_one_without_is_refused(tmp_p
               tmp_path / "lm" / "model.safetensors", metadata={"format": "pt"})  # fmt: skip
     with pytest.raises(ValueError, match="no trained LM head"):
         load_model(tmp_path / "lm", lm=True, device="cpu")
+
+
+def test_lms_with_different_tokenizers_are_paired_by_words(tmp_path):
+    """A (Llama, whole-word tokens) -> B (a wider Llama, every word in 2-3 pieces; a Qwen2
+    config would make AutoTokenizer load its own class over these files): one-to-one token
+    pairing is refused, words pair; the embeddings and LM head (other vocabularies) stay B's."""
+    from conftest import WORDS, tiny_tokenizer
+    from test_transfer import _piece_tokenizer
+
+    folders = {}
+    pairs = (("a", tiny_lm("llama"), tiny_tokenizer([*WORDS, ",", "!"])),
+             ("b", tiny_lm("llama", seed=1, hidden=48), _piece_tokenizer()))  # fmt: skip
+    for name, model, tok in pairs:
+        model.save_pretrained(tmp_path / name)
+        tok.save_pretrained(tmp_path / name)
+        folders[name] = tmp_path / name
+    nudged(tiny_lm("llama")).save_pretrained(tmp_path / "a_ft")
+    tiny_tokenizer([*WORDS, ",", "!"]).save_pretrained(tmp_path / "a_ft")
+    rng = np.random.default_rng(0)
+    prompts = [" ".join(rng.choice(WORDS, 5)) for _ in range(16)]
+    targets = [" " + " ".join(rng.choice(WORDS, 2)) for _ in range(16)]
+    kw = dict(source=folders["a"], finetuned=tmp_path / "a_ft", target=folders["b"], scales=[1.0])
+    with pytest.raises(ValueError, match="'word'"):  # 9 and 16 tokens are no patch grids
+        Transfer(**kw).fit(prompts, targets)
+    t = Transfer(**kw, token="word").fit(prompts, targets)
+    moved = set(t.task_vector_.deltas)
+    assert moved and not any("embed_tokens" in k or "lm_head" in k for k in moved)
+    assert any("layers.1.mlp.down_proj" in k for k in moved)

@@ -10,7 +10,7 @@ import transformers as tf
 from torch import nn
 
 from conftest import permuted, tiny_classifier
-from tasklift.maps import procrustes
+from tasklift.solvers import procrustes
 from tasklift.stats import GramStats
 from tasklift.taskvector import TaskVector
 from tasklift.transfer import (
@@ -273,6 +273,8 @@ def test_patch_grids_of_another_size_are_resampled():
     xa, xb = align_tokens(a, b, "all", "x")
     assert xa.shape == (34, 5) and xb.shape == (34, 7)
     torch.testing.assert_close(xb[0], b[0, 0])  # the class token stays paired with itself
+    with pytest.raises(ValueError, match="'word'"):  # text: 17 and 65 tokens are no grids
+        align_tokens(a, b, "all", "x", grids=False)
 
 
 def test_transfer_estimator_carries_the_head_and_task_onto_a_permuted_model(tmp_path):

@@ -114,7 +114,9 @@ def word_pooling(texts: Sequence[str], processors: Sequence, max_length: int) ->
     return out
 
 
-def align_tokens(a: torch.Tensor, b: torch.Tensor, token: str, where: str, words=None):
+def align_tokens(
+    a: torch.Tensor, b: torch.Tensor, token: str, where: str, words=None, grids: bool = True
+):
     """Pair token rows of A (B, T_a, d_a) with B's (B, T_b, d_b): (N, d_a), (N, d_b).
 
     token: "cls" (token 0), "mean", "all" (one to one; patch grids of another size are
@@ -135,7 +137,7 @@ def align_tokens(a: torch.Tensor, b: torch.Tensor, token: str, where: str, words
     if token == "mean":
         return a.mean(1), b.mean(1)
     if a.shape[1] != b.shape[1]:  # patch grids of another size: resample B's grid onto A's
-        ga, gb = _grid(a), _grid(b)
+        ga, gb = (_grid(a), _grid(b)) if grids else (None, None)  # text: 9 and 16 are no grids
         if ga is None or gb is None or ga[0] != gb[0]:
             raise ValueError(
                 f"{where}: {a.shape[1]} tokens in A but {b.shape[1]} in B and they are not "
@@ -286,6 +288,7 @@ def calibrate(
     token: str = "all",
     words: Callable[[object], Sequence[torch.Tensor]] | None = None,
     dtype=np.float64,
+    grids: bool = True,
 ) -> dict[tuple[str, str], GramStats]:
     """Cross-covariance statistics A vs B of each calibration signal of every matched module.
 
@@ -298,6 +301,8 @@ def calibrate(
         token: row pairing: "all", "cls", "mean" or "word" (see `align_tokens`).
         words: for token="word": batch -> (A's, B's) `word_pooling` matrices.
         dtype: precision of the cross-covariances (float32 halves them; see `GramStats`).
+        grids: token counts that differ may be square patch grids, resampled (images); False
+            for text, whose token counts are never grids.
 
     Returns:
         {(target module, signal): GramStats(gram=False) of rows (x_A, x_B)}: `.xy` is
@@ -338,6 +343,6 @@ def calibrate(
                 if (a, sig) not in got_a or (b, sig) not in got_b:
                     continue  # e.g. no gradient reaches the model's raw inputs
                 where = f"{a} -> {b} ({sig})"
-                xa, xb = align_tokens(got_a[(a, sig)], got_b[(b, sig)], token, where, pools)
+                xa, xb = align_tokens(got_a[(a, sig)], got_b[(b, sig)], token, where, pools, grids)
                 out.setdefault((b, sig), GramStats(gram=False, dtype=dtype)).update(xa, xb)
     return out

@@ -19,7 +19,8 @@ from ..checks import check_bool, check_choice, check_float, check_list
 from ..data import is_texts, num_items, take
 from ..evaluate import accuracy
 from ..io import atomic_dir, check_output, write_text
-from ..models import encode, load_model, token_limit
+from ..loading import load_model
+from ..models import encode, token_limit
 from ..taskvector import TaskVector
 from .calibration import calibrate, plan_passes, word_pooling
 from .head import classifier_setup
@@ -171,6 +172,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
             if texts is None:
                 raise ValueError("token='word' pairs the words of raw texts: pass X as strings")
             words = lambda idx: word_pooling(take(texts, idx), (proc_a, proc_b), self.max_length_)  # noqa: E731
+        images = not (is_texts(X) or (isinstance(X, dict) and "input_ids" in X))  # patch grids
         dtype = np.dtype(self.stats_dtype)
         budget = None if self.max_stats_gb is None else self.max_stats_gb * 2**30
         passes = plan_passes(a, b, pairs, method.signals, budget, dtype.itemsize)
@@ -181,7 +183,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
             if method.signals:
                 stats = calibrate(
                     a, b, part, self._batches(n, desc), prep["loss"], signals=method.signals,
-                    token=self.token, words=words, dtype=dtype,
+                    token=self.token, words=words, dtype=dtype, grids=images,
                 )  # fmt: skip
             kw = dict(tie_break=self.tie_break, center=self.center)
             maps.update(solve_maps(a, b, part, stats, method, **kw))
