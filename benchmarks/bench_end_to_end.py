@@ -28,7 +28,7 @@ import torch
 from _common import write
 
 from tasklift.data import align_labels, load_dataset, split
-from tasklift.models import label_names, load_model
+from tasklift.loading import label_names, load_model
 from tasklift.taskmatrix import TaskMatrix
 
 

@@ -18,7 +18,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tasklift.data import load_dataset
 from tasklift.extract import embed
-from tasklift.models import encode, load_model
+from tasklift.loading import load_model
+from tasklift.models import encode
 
 
 def plain_forward(model, batches):
@@ -36,7 +37,7 @@ def hf_hidden_states(model, batches):
 
 
 def main() -> None:
-    from tasklift.models import demo_model
+    from tasklift.loading import demo_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None, help="encoder folder (default: the packaged MiniLM)")

@@ -18,7 +18,8 @@ from _common import measure, write
 
 from tasklift.data import load_dataset
 from tasklift.inference import MultiTaskModel
-from tasklift.models import encode, load_model, num_layers
+from tasklift.loading import load_model
+from tasklift.models import encode, num_layers
 from tasklift.probe import FineTuned
 from tasklift.taskmatrix import TaskMatrix
 

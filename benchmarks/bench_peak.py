@@ -24,7 +24,8 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from tasklift.data import load_dataset
 from tasklift.extract import embed
-from tasklift.models import blocks, encode, load_model
+from tasklift.loading import load_model
+from tasklift.models import blocks, encode
 
 
 def matmul_peak(d: int, ffn: int, rows: int, repeat: int = 20) -> float:

@@ -18,8 +18,9 @@ from _common import measure, write
 
 from tasklift.data import load_dataset
 from tasklift.extract import embed
+from tasklift.loading import load_model
 from tasklift.maps import LeastSquaresMap
-from tasklift.models import load_model, num_layers
+from tasklift.models import num_layers
 from tasklift.stats import GramStats, QRStats
 from tasklift.taskmatrix import TaskMatrix
 

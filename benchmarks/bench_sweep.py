@@ -15,12 +15,13 @@ import numpy as np
 from _common import measure, write
 
 from tasklift.data import load_dataset
-from tasklift.models import load_model, num_layers
+from tasklift.loading import load_model
+from tasklift.models import num_layers
 from tasklift.taskmatrix import TaskMatrix
 
 
 def main() -> None:
-    from tasklift.models import demo_model
+    from tasklift.loading import demo_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--base", default=None, help="base folder (default: the packaged MiniLM)")

@@ -13,7 +13,7 @@ from _common import write
 
 from tasklift.data import calibration_split, load_dataset, split
 from tasklift.finetune import finetune
-from tasklift.models import load_model
+from tasklift.loading import load_model
 from tasklift.probe import FineTuned
 from tasklift.transfer import Transfer
 

@@ -34,7 +34,8 @@ def run(method: str, finetuned: str, n_train: int, n_test: int) -> dict:
 
     from tasklift.data import load_dataset, split, subsample
     from tasklift.finetune import finetune
-    from tasklift.models import demo_model, hidden_size, load_model, num_layers
+    from tasklift.loading import demo_model, load_model
+    from tasklift.models import hidden_size, num_layers
     from tasklift.probe import FineTuned, LinearProbe
     from tasklift.taskmatrix import TaskMatrix
 

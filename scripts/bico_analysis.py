@@ -27,7 +27,7 @@ from tasklift.data import calibration_split
 from tasklift.evaluate import accuracy
 from tasklift.extract import embed
 from tasklift.io import write_text
-from tasklift.models import load_model
+from tasklift.loading import load_model
 from tasklift.report import markdown_table
 from tasklift.taskvector import TaskVector
 from tasklift.transfer import Transfer

@@ -23,7 +23,7 @@ def export(out: Path) -> None:
     from sklearn.datasets import load_sample_images
 
     from tasklift.extract import embed
-    from tasklift.models import load_model
+    from tasklift.loading import load_model
 
     model, _ = load_model("efficientnet-lite0", head=True, device="cpu")
     state = {k.removeprefix("convnet."): v.contiguous() for k, v in model.state_dict().items()}

@@ -3,7 +3,7 @@
 Each model runs in three fresh processes, one after the other (never two heavy ones at once):
 `prepare` (join the parts, check the SHA-256, dequantise the GGUF, save safetensors; its peak RSS
 and time), `load` (AutoModelForCausalLM from the converted folder: load time, parameters, greedy
-continuation of the prompt, and the name through tasklift.models.load_model), and `gguf` (the
+continuation of the prompt, and the name through tasklift.loading.load_model), and `gguf` (the
 joined GGUF read by transformers directly, as the reference: its continuation and the largest
 difference between its logits on the prompt and the converted folder's).
 
@@ -84,7 +84,7 @@ def load(name: str) -> dict:
     import transformers as tf
 
     from tasklift import assets
-    from tasklift.models import load_model
+    from tasklift.loading import load_model
 
     torch.manual_seed(0)
     folder = assets.model_path(name)

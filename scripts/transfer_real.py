@@ -21,7 +21,7 @@ import numpy as np
 from tasklift.data import align_labels, calibration_split, load_dataset, split, subsample
 from tasklift.experiments import transfer_table
 from tasklift.io import write_text
-from tasklift.models import label_names
+from tasklift.loading import label_names
 from tasklift.report import markdown_table, plot_bars, write_json
 
 METHODS = "bico,activation,gradient,gradfix,gradfix-mean,permutation,naive"

@@ -11,7 +11,7 @@ import transformers as tf
 from conftest import tiny_classifier
 from tasklift import assets
 from tasklift.cli import main
-from tasklift.models import load_model
+from tasklift.loading import load_model
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from tasklift.convnet import ConvNetConfig, ConvNetForImageClassification, SameConv2d
 from tasklift.extract import embed
 from tasklift.finetune import finetune
-from tasklift.models import Head, blocks, final_norm, layer_width, load_model
+from tasklift.loading import load_model
+from tasklift.models import Head, blocks, final_norm, layer_width
 from tasklift.taskmatrix import TaskMatrix
 
 STAGES = [["ds", 1, 3, 1, 1, 8], ["ir", 1, 3, 2, 2, 12], ["ir", 2, 5, 2, 2, 16]]

@@ -37,9 +37,9 @@ def test_lora_learns_and_the_merged_model_equals_the_adapter(tmp_path):
 
 
 def test_cached_adapter_is_reused_for_the_same_recipe(tmp_path, monkeypatch):
-    import tasklift.models
+    import tasklift.loading
 
-    monkeypatch.setattr(tasklift.models, "load_model", lambda src, **k: (tiny_lm("qwen2"), _Tok()))
+    monkeypatch.setattr(tasklift.loading, "load_model", lambda src, **k: (tiny_lm("qwen2"), _Tok()))
     kw = dict(r=2, epochs=1, batch_size=8, max_length=32)
     info = lora_finetune_cached("tiny", PROMPTS, TARGETS, tmp_path / "a", **kw)
     assert not info["reused"] and (tmp_path / "a" / "adapter_config.json").is_file()

@@ -9,12 +9,9 @@ from tasklift.maps import (
     ProcrustesMap,
     RidgeCVMap,
     RidgeMap,
-    cv_errors,
     load_map,
-    permutation,
-    procrustes,
-    ridge_path,
 )
+from tasklift.solvers import cv_errors, permutation, procrustes, ridge_path
 from tasklift.stats import GramStats
 
 rng = np.random.default_rng(0)

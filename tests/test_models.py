@@ -3,7 +3,8 @@ import torch
 import transformers as tf
 
 from conftest import tiny_classifier
-from tasklift.models import backbone, classifier_like, label_names, load_backbone, load_model
+from tasklift.loading import label_names, load_model
+from tasklift.models import backbone, classifier_like, load_backbone
 
 
 def test_label_names_from_a_folder_without_loading_weights(tmp_path):

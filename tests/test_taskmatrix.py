@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from conftest import tiny_classifier
+from tasklift.loading import load_model
 from tasklift.maps import NotFittedError
-from tasklift.models import load_model
 from tasklift.probe import FineTuned, HeadOnly, LinearProbe
 from tasklift.taskmatrix import TaskMatrix
 
@@ -65,7 +65,7 @@ def test_module_forward_equals_batched_logits_and_finetuned_matches_hf(tiny_task
 def test_refit_from_stats_without_reextraction(tiny_task):
     """Refitting with a ridge grid from saved statistics picks, per layer, the alpha with the
     least CV error over the WHOLE grid (the grid starts with a poor, strong alpha on purpose)."""
-    from tasklift.maps import cv_errors
+    from tasklift.solvers import cv_errors
 
     base, ft, (Xtr, _), _ = tiny_task
     assert TaskMatrix(base, ft, layer="auto").fit(Xtr).stats_ == {}  # not kept unless asked

@@ -150,7 +150,7 @@ def finetune_cached(
     when nothing was trained), `seconds` and `final_loss`.
     """
     from .io import atomic_dir, check_output
-    from .models import load_model
+    from .loading import load_model
 
     out = Path(out)
     recipe = {

@@ -16,8 +16,9 @@ from torch import nn
 from ._estimator import as_labels, cached, check_fitted, check_runtime, model_key, scored
 from .checks import check_choice
 from .extract import embed, resolve_layers
+from .loading import load_model
 from .maps import identity_map
-from .models import Head, final_norm, hidden_size, layer_width, load_model, num_layers
+from .models import Head, final_norm, hidden_size, layer_width, num_layers
 
 __all__ = ["TaskMatrixModel", "HeadClassifier", "NORMS"]
 

@@ -101,7 +101,7 @@ def lora_finetune_cached(
     `seconds` and `final_loss`. Any other existing `out` needs `overwrite` (and tasklift's)."""
     import hashlib
 
-    from .models import load_model
+    from .loading import load_model
 
     out = Path(out)
     data = hashlib.sha256(json.dumps([list(prompts), list(targets)]).encode()).hexdigest()
@@ -131,7 +131,7 @@ def merged(base: str | os.PathLike | nn.Module, adapter: str | os.PathLike, **lo
     passed as `base` is merged into in place)."""
     from peft import PeftModel
 
-    from .models import load_model
+    from .loading import load_model
 
     model, _ = load_model(base, lm=True, **load)
     return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()

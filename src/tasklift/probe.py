@@ -12,7 +12,7 @@ from ._estimator import cached, check_fitted, check_runtime, model_key
 from .checks import check_float, check_int
 from .extract import embed, resolve_layers
 from .inference import HeadClassifier
-from .models import load_model
+from .loading import load_model
 
 __all__ = ["LinearProbe", "HeadOnly", "FineTuned"]
 

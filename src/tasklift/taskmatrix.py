@@ -30,9 +30,9 @@ from .maps import (
     RidgeCVMap,
     RidgeMap,
     check_solver,
-    cv_errors,
 )
 from .models import num_layers
+from .solvers import cv_errors
 from .stats import GramStats
 
 __all__ = ["TaskMatrix"]

@@ -32,7 +32,7 @@ def _splits(args, data: str | None = None, classifier=None):
     --train-limit; every command splits the same way, so test rows stay held out. With a
     `classifier`, labels are matched by name to its classes."""
     from ..data import align_labels, load_dataset, split, subsample
-    from ..models import label_names
+    from ..loading import label_names
 
     ds = load_dataset(
         data or args.data,
@@ -116,7 +116,8 @@ def cmd_eval(args) -> None:
 
 def cmd_scaling(args) -> None:
     from ..experiments import data_scarce, scaling
-    from ..models import layer_width, load_model
+    from ..loading import load_model
+    from ..models import layer_width
     from ..report import scaling_sections, write_report
 
     train, test = _splits(args, classifier=args.finetuned)
@@ -182,7 +183,7 @@ def cmd_report(args) -> None:
 def cmd_transfer(args) -> None:
     from ..data import calibration_split
     from ..experiments import transfer_table
-    from ..models import label_names
+    from ..loading import label_names
     from ..report import markdown_table, transfer_sections, write_report
 
     train, test = _splits(args, classifier=args.finetuned)
@@ -274,7 +275,7 @@ def cmd_finetune(args) -> None:
 def cmd_demo(args) -> None:
     from .._torch import seed_everything
     from ..data import load_dataset, split, subsample
-    from ..models import demo_model
+    from ..loading import demo_model
 
     seed_everything(args.seed)
     out, base = Path(args.output), demo_model()
@@ -325,7 +326,7 @@ def cmd_assets(args) -> None:
 def cmd_predict(args) -> None:
     from ..data import align_labels, load_dataset
     from ..evaluate import accuracy, confusion, per_class
-    from ..models import label_names
+    from ..loading import label_names
     from ..report import markdown_table, write_csv
     from ..taskmatrix import TaskMatrix
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..models import load_model
+from ..loading import load_model
 from ..stats import GramStats
 from ..taskmatrix import TaskMatrix
 from .sweep import embed_split

@@ -14,7 +14,8 @@ from torch import nn
 from ..data import Dataset
 from ..evaluate import accuracy, confusion, per_class
 from ..extract import embed
-from ..models import Head, hidden_size, load_model, num_layers
+from ..loading import load_model
+from ..models import Head, hidden_size, num_layers
 from ..probe import FineTuned, HeadOnly, LinearProbe
 from ..taskmatrix import TaskMatrix
 

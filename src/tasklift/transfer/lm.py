@@ -165,7 +165,7 @@ def is_lm_checkpoint(src) -> bool:
     """Whether `src` is a causal LM: a *ForCausalLM model, or a folder whose config says so."""
     if isinstance(src, nn.Module):
         return is_causal_lm(src)
-    from ..models import _config, _resolve_path
+    from ..loading import _config, _resolve_path
 
     try:
         archs = _config(src, _resolve_path(src)).architectures or []

@@ -19,7 +19,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..families import FIXED_ROLES, attention_blocks, family_of, head_counts, roles
-from ..maps import MAPS, NULL_RTOL
+from ..maps import MAPS
+from ..solvers import NULL_RTOL
 from ..stats import GramStats
 from ..taskvector import TaskVector
 from .methods import Method, get_method

@@ -1,0 +1,142 @@
+"""The closed-form solvers behind the map family, as plain functions of accumulated statistics:
+the ridge path from one eigendecomposition of XᵀX (least squares is its alpha = 0 member), k-fold
+cross-validation errors computed from fold statistics alone, orthogonal Procrustes from XᵀY (with
+a second signal settling only the directions XᵀY leaves open) and its 0/1 special case, the
+Hungarian permutation. They hold the numerics, apart from any estimator state, so
+`tasklift.maps` can wrap each one as a scikit-learn estimator and the tests can check each one
+against its definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .stats import GramStats
+
+__all__ = ["ridge_path", "cv_errors", "procrustes", "permutation", "NULL_RTOL"]
+
+
+def ridge_path(
+    xx: np.ndarray, xy: np.ndarray, alphas: Sequence[float], rcond: float | None = None
+) -> list[np.ndarray]:
+    """Solve (XᵀX + λI) W = XᵀY for each relative strength, from one eigendecomposition.
+
+    λ = alpha · trace(XᵀX)/d, so alphas are scale-free. alpha = 0 gives the minimum-norm
+    least-squares solution: eigenvalues below rcond · max eigenvalue count as zero; rcond
+    defaults to eps · d · 10. Forming XᵀX squares X's condition number, so directions with
+    σ_min/σ_max below about 1e-7 are dropped where `numpy.linalg.lstsq` keeps them.
+
+    Shapes: xx (d_in, d_in), xy (d_in, d_out) -> list of W (d_in, d_out).
+    """
+    evals, evecs = np.linalg.eigh(xx)
+    top = max(evals[-1], 0.0)
+    rcond = np.finfo(np.float64).eps * xx.shape[0] * 10 if rcond is None else rcond
+    keep = evals > rcond * top
+    proj = evecs.T @ xy  # (d_in, d_out) in the eigenbasis
+    scale = np.trace(xx) / xx.shape[0]
+    out = []
+    for alpha in alphas:
+        lam = alpha * scale
+        inv = np.where(keep, 1.0 / np.where(keep, evals + lam, 1.0), 0.0)
+        out.append(evecs @ (inv[:, None] * proj))
+    return out
+
+
+#: singular values of XᵀY at or below this fraction of the largest are its numerical null space:
+#: float32 round-off of the captured signals, not information about the alignment
+NULL_RTOL = 1e-6
+
+
+def procrustes(
+    xy: np.ndarray, tie: np.ndarray | None = None, *, rtol: float = NULL_RTOL
+) -> tuple[np.ndarray, int]:
+    """Orthogonal Procrustes: the R with RᵀR = I (or RRᵀ = I if wider) maximising tr(Rᵀ XᵀY),
+    and how many of its directions XᵀY left open (singular values ≤ rtol·σ_max).
+
+    This is argmin ‖X R − Y‖ over (semi-)orthogonal R; semi-orthogonal when d_in ≠ d_out. The
+    open directions are arbitrary in plain Procrustes; with `tie` (a second signal's XᵀY, same
+    shape) they, and only they, are chosen to maximise tr(Rᵀ tie): R keeps every direction XᵀY
+    determines. Shapes: xy (d_in, d_out) -> R (d_in, d_out).
+    """
+    u, s, vt = np.linalg.svd(xy, full_matrices=tie is not None)
+    k = min(xy.shape)
+    r = int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
+    if tie is None or r == k:
+        return u[:, :k] @ vt[:k], k - r
+    un, vn = u[:, r:], vt[r:].T  # bases of the null spaces on either side
+    q, _ = procrustes(un.T @ tie @ vn)  # the best (semi-)orthogonal map between them
+    return u[:, :r] @ vt[:r] + un @ q @ vn.T, k - r
+
+
+def _assign(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Hungarian assignment maximising the summed score (rectangular: the smaller side is used)."""
+    from scipy.optimize import linear_sum_assignment
+
+    return linear_sum_assignment(score, maximize=True)
+
+
+def permutation(xy: np.ndarray, groups: tuple[int, int] | None = None) -> np.ndarray:
+    """The 0/1 (partial) permutation P maximising tr(Pᵀ XᵀY): Procrustes restricted to permutations.
+
+    With `groups=(g_in, g_out)` (e.g. attention heads of A and B) the coordinates are split into
+    that many contiguous groups, groups are matched first (each pair scored by its best unit
+    matching), then units inside every matched pair: heads, then units.
+    Shapes: xy (d_in, d_out) -> P (d_in, d_out), one 1 per row or column (whichever is fewer).
+    """
+    P = np.zeros_like(xy, dtype=np.float64)
+    if groups is None:
+        rows, cols = _assign(xy)
+        P[rows, cols] = 1.0
+        return P
+    (ga, gb), (da, db) = groups, xy.shape
+    if da % ga or db % gb:
+        raise ValueError(f"cannot split a {xy.shape} map into {groups} groups of equal size")
+    sa, sb = da // ga, db // gb
+    block = lambda i, j: xy[i * sa : (i + 1) * sa, j * sb : (j + 1) * sb]  # noqa: E731
+    best = np.zeros((ga, gb))
+    for i in range(ga):
+        for j in range(gb):
+            r, c = _assign(block(i, j))
+            best[i, j] = block(i, j)[r, c].sum()
+    for i, j in zip(*_assign(best), strict=True):
+        r, c = _assign(block(i, j))
+        P[i * sa + r, j * sb + c] = 1.0
+    return P
+
+
+def _moments(stats: GramStats, fit_intercept: bool, gram: bool = True):
+    """(mean_x, mean_y, XᵀX, XᵀY), centred when an intercept is fitted (means None otherwise);
+    XᵀX is None unless `gram` (reading it from gram=False statistics raises a clear error)."""
+    if gram and not stats.gram:
+        raise ValueError(
+            "these statistics were accumulated with gram=False (no XᵀX); least squares and "
+            "ridge need GramStats(gram=True)"
+        )
+    if fit_intercept:
+        return stats.centred()
+    return None, None, (stats.xx if gram else None), stats.xy
+
+
+def cv_errors(
+    stats: GramStats, alphas: Sequence[float], *, fit_intercept: bool = False
+) -> np.ndarray:
+    """Mean squared validation error per alpha, by k-fold CV computed from the fold statistics.
+
+    Raises:
+        ValueError: the statistics were accumulated without folds (GramStats(folds=k), k ≥ 2).
+    """
+    if stats.folds < 2:
+        raise ValueError(
+            "cross-validation needs GramStats(folds=k) with k >= 2; "
+            f"these statistics have folds={stats.folds}"
+        )
+    sse = np.zeros(len(alphas))
+    for k in range(stats.folds):
+        train, val = stats.without(k), stats.fold(k)
+        mx, my, xx, xy = _moments(train, fit_intercept)
+        for i, W in enumerate(ridge_path(xx, xy, alphas)):
+            b = None if mx is None else my - mx @ W
+            sse[i] += val.sse(W, b)
+    return sse / (stats.n * stats.dims[1])
