@@ -1,6 +1,8 @@
 """LoRA fine-tunes of tiny causal LMs (PEFT): targets read from the family, the loss falls,
 the adapter folder is reused for the same recipe, and the merged model equals the adapter's."""
 
+import copy
+
 import torch
 
 from tasklift.lora import lora_finetune, lora_finetune_cached, lora_targets, merged
@@ -47,3 +49,58 @@ def test_cached_adapter_is_reused_for_the_same_recipe(tmp_path, monkeypatch):
     again = lora_finetune_cached("tiny", PROMPTS, TARGETS, tmp_path / "a", overwrite=True,
                                  **{**kw, "r": 4})  # fmt: skip
     assert not again["reused"]
+
+
+def _adapter(model, folder, r=4):
+    """A PEFT LoRA on `model` with random (not zero) factors, saved to `folder`."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(5)
+    config = LoraConfig(r=r, lora_alpha=8, target_modules=lora_targets(model),
+                        init_lora_weights=False, task_type="CAUSAL_LM")  # fmt: skip
+    get_peft_model(copy.deepcopy(model), config).save_pretrained(folder)
+    return folder
+
+
+def test_an_adapter_moves_to_an_exact_lora_of_the_target(tmp_path):
+    """A + LoRA -> B (a permuted copy of A): τ_B stays rank r (factors moved, never multiplied
+    out), equals the permuted dense τ to 1e-4, and the written PEFT folder, loaded by plain PEFT
+    onto B, computes B + τ_B (1e-5)."""
+    from peft import PeftModel
+
+    from tasklift.taskvector import LowRank, TaskVector
+    from tasklift.transfer import Transfer
+    from test_lm import permuted_lm, token_batches
+
+    a = tiny_lm("qwen2")
+    adapter = _adapter(a, tmp_path / "adapter")
+    a_ft = merged(a, adapter, device="cpu")
+    b = permuted_lm(a)
+    X = {
+        k: torch.cat([t[k] for t in token_batches(4)])
+        for k in ("input_ids", "attention_mask", "labels")
+    }
+    t = Transfer(a, adapter, b, scales=(1.0,)).fit(X)
+    assert all(isinstance(v, LowRank) and v.rank == 4 for v in t.task_vector_.deltas.values())
+    want = TaskVector.from_state_dicts(b.state_dict(), permuted_lm(a_ft).state_dict())
+    assert t.task_vector_.deltas.keys() == want.deltas.keys()
+    for k, v in want.deltas.items():
+        torch.testing.assert_close(t.task_vector_.deltas[k].dense(), v, atol=1e-4, rtol=0, msg=k)
+    assert t.save_adapter(tmp_path / "moved") == {}  # nothing re-factorised
+    loaded = PeftModel.from_pretrained(copy.deepcopy(b), tmp_path / "moved").eval()
+    ids = X["input_ids"][:5]
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, t.model_(input_ids=ids).logits,
+                                   atol=1e-5, rtol=0)  # fmt: skip
+
+
+def test_an_adapter_that_does_not_fit_the_source_is_refused(tmp_path):
+    import pytest
+
+    from tasklift.transfer import Transfer
+
+    adapter = _adapter(tiny_lm("qwen2", hidden=48), tmp_path / "adapter")
+    X = {"input_ids": torch.ones(2, 4, dtype=torch.long)}
+    X = {**X, "attention_mask": X["input_ids"], "labels": X["input_ids"]}
+    with pytest.raises(ValueError, match="does not fit A|cannot load|size mismatch"):
+        Transfer(tiny_lm("qwen2"), adapter, tiny_lm("qwen2"), scales=(1.0,)).fit(X)

@@ -1,11 +1,12 @@
-"""LoRA fine-tunes of causal LMs with PEFT: what users hold, and the A_ft of the decoder
-experiments. Training counts the loss on the target tokens only (as calibration does); the
-adapter is saved as a plain PEFT folder (with tasklift's recipe stamp) and reused when the
-recipe matches; `merged` gives the dense A_ft = A + (α/r)·B·A that a task vector reads.
+"""LoRA adapters (PEFT), what users hold: fine-tunes of causal LMs (loss on the target tokens
+only, as calibration counts it; cached by recipe), the dense A_ft = A + (α/r)·B·A (`merged`),
+and adapters read as task vectors of factors and written back as PEFT folders for another base
+(`read_adapter`, `write_adapter`): BiCo moves a rank-r LoRA to an exact rank-r LoRA of B.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -19,9 +20,13 @@ from tqdm.auto import tqdm
 
 from .families import family_of, roles
 from .io import atomic_dir, check_output
+from .taskvector import LowRank, TaskVector
 from .transfer.lm import lm_encode
 
-__all__ = ["lora_targets", "lora_finetune", "lora_finetune_cached", "merged"]
+__all__ = [
+    "lora_targets", "lora_finetune", "lora_finetune_cached", "merged", "is_adapter",
+    "read_adapter", "write_adapter",
+]  # fmt: skip
 
 #: the modules a LoRA adapts, by role: attention and FFN projections
 LORA_ROLES = ("q", "k", "v", "o", "qkv", "ffn_gate", "ffn_in", "ffn_out")
@@ -112,11 +117,9 @@ def lora_finetune_cached(
     t0 = time.time()
     model, tok = load_model(base, lm=True, device=device, dtype="fp32")
     peft_model, losses = lora_finetune(model, prompts, targets, tok, progress=progress, **recipe)
-    from . import __version__
-
     with atomic_dir(out) as tmp:
         peft_model.save_pretrained(tmp)
-        (tmp / STAMP).write_text(json.dumps({"tasklift": __version__, "recipe": stamp}, indent=1))
+        (tmp / STAMP).write_text(json.dumps({"tasklift": _version(), "recipe": stamp}, indent=1))
     seconds = round(time.time() - t0, 1)
     return {
         **stamp,
@@ -128,10 +131,109 @@ def lora_finetune_cached(
 
 def merged(base: str | os.PathLike | nn.Module, adapter: str | os.PathLike, **load) -> nn.Module:
     """The dense fine-tuned model A + adapter (PEFT's merge), as a plain *ForCausalLM (a model
-    passed as `base` is merged into in place)."""
+    passed as `base` is copied first)."""
     from peft import PeftModel
 
     from .loading import load_model
 
+    if isinstance(base, nn.Module):  # merging writes into the model: never into the caller's
+        base = copy.deepcopy(base)
     model, _ = load_model(base, lm=True, **load)
-    return PeftModel.from_pretrained(model, str(adapter)).merge_and_unload().eval()
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(adapter))
+    except RuntimeError as e:  # PEFT's size-mismatch report: dozens of lines
+        raise ValueError(
+            f"the adapter {adapter} does not fit A ({base}): "
+            f"{str(e).strip().splitlines()[-1].strip()[:160]}; pass the base it was trained on"
+        ) from None
+    out = peft_model.merge_and_unload().eval()
+    out.requires_grad_(True)  # PEFT froze the base: calibration needs its gradients
+    return out
+
+
+ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+_PREFIX = "base_model.model."
+
+
+def is_adapter(src) -> bool:
+    """Whether `src` is a PEFT adapter folder (not a model)."""
+    return isinstance(src, (str, os.PathLike)) and (Path(src) / ADAPTER_CONFIG).is_file()
+
+
+def read_adapter(folder: str | os.PathLike) -> tuple[TaskVector, dict]:
+    """A PEFT LoRA adapter as a task vector of `LowRank` deltas (module.weight: (scaling · B,
+    A), never multiplied out) and its config.
+
+    Raises:
+        ValueError: not a LoRA adapter, or one whose form tasklift does not move (per-module
+            alpha/rank patterns, fan_in_fan_out layers, trained biases, modules_to_save).
+    """
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config = json.loads((folder / ADAPTER_CONFIG).read_text())
+    bad = [k for k in ("alpha_pattern", "fan_in_fan_out", "modules_to_save") if config.get(k)]
+    bad += ["bias"] if config.get("bias", "none") != "none" else []
+    if config.get("peft_type") != "LORA" or bad:
+        raise ValueError(
+            f"{folder} is a {config.get('peft_type')} adapter with {bad or 'nothing'} set; "
+            "tasklift moves plain LoRA adapters (no alpha_pattern, fan_in_fan_out, trained "
+            "bias or modules_to_save): merge it and pass the merged model instead"
+        )
+    weights = load_file(folder / ADAPTER_WEIGHTS)
+    deltas = {}
+    for key in weights:
+        if not key.endswith(".lora_A.weight"):
+            continue
+        module = key[len(_PREFIX) : -len(".lora_A.weight")]
+        down, up = weights[key], weights[key.replace(".lora_A.", ".lora_B.")]
+        r = down.shape[0]
+        scaling = config["lora_alpha"] / (r**0.5 if config.get("use_rslora") else r)
+        deltas[f"{module}.weight"] = LowRank(scaling * up.float(), down.float())
+    if not deltas:
+        raise ValueError(f"{folder} holds no LoRA weights ({ADAPTER_WEIGHTS})")
+    return TaskVector(deltas), config
+
+
+def write_adapter(
+    folder: str | os.PathLike,
+    tv: TaskVector,
+    config: dict,
+    base: str,
+    *,
+    overwrite: bool = False,
+) -> dict[str, float]:
+    """τ as a PEFT LoRA adapter folder for the model `base` (atomically), the source adapter's
+    r and lora_alpha kept. Low-rank deltas are written exactly; a dense one (GradFix's mask)
+    is re-factorised by truncated SVD at rank r. Returns {module: relative error} of those."""
+    from safetensors.torch import save_file
+
+    r = int(config["r"])
+    scaling = config["lora_alpha"] / (r**0.5 if config.get("use_rslora") else r)
+    tensors, errors = {}, {}
+    for key, delta in tv.deltas.items():
+        module = key.removesuffix(".weight")
+        if not isinstance(delta, LowRank):
+            u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
+            delta = LowRank((u[:, :r] * s[:r]).float(), vh[:r].float())
+            errors[module] = float(s[r:].norm() / s.norm().clamp_min(1e-30))
+        rank = delta.rank  # r, or the sum of ranks of added adapters
+        tensors[f"{_PREFIX}{module}.lora_A.weight"] = delta.down.contiguous()
+        tensors[f"{_PREFIX}{module}.lora_B.weight"] = (delta.up / scaling).contiguous()
+        if rank != r:
+            raise ValueError(f"{module}: rank {rank}, not the adapter's r = {r}")
+    targets = sorted({k.removesuffix(".weight").rsplit(".", 1)[-1] for k in tv.deltas})
+    out_config = {**config, "base_model_name_or_path": str(base), "target_modules": targets}
+    check_output(folder, overwrite=overwrite)
+    with atomic_dir(folder) as tmp:
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (tmp / ADAPTER_CONFIG).write_text(json.dumps(out_config, indent=2))
+        (tmp / STAMP).write_text(json.dumps({"tasklift": _version(), "moved_to": str(base),
+                                             "refactorised": errors}, indent=1))  # fmt: skip
+    return errors
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__

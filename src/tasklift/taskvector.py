@@ -1,7 +1,9 @@
 """Task vectors τ = θ_ft − θ_base: a dict of per-parameter deltas with +, −, scalar ×, apply_to.
 
 The basis of task arithmetic and of BiCo transfer (arXiv 2605.28444), which moves a τ
-computed on one model onto another.
+computed on one model onto another. A delta is a dense tensor or a `LowRank` pair of factors
+(a LoRA's B·A): BiCo's transport is linear on both sides, so factors move as factors and a
+LoRA stays an exact LoRA of the same rank, never materialised until it is applied.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -16,7 +19,48 @@ from torch import nn
 from . import __version__
 from .io import load_tensors, save_tensors
 
-__all__ = ["TaskVector"]
+__all__ = ["TaskVector", "LowRank", "dense"]
+
+
+@dataclass(frozen=True)
+class LowRank:
+    """A weight delta kept as factors: up (d_out, r) @ down (r, d_in), float32 on CPU."""
+
+    up: torch.Tensor
+    down: torch.Tensor
+
+    def __post_init__(self) -> None:
+        for name in ("up", "down"):
+            object.__setattr__(self, name, getattr(self, name).detach().to("cpu", torch.float32))
+
+    @property
+    def shape(self) -> torch.Size:
+        return torch.Size((self.up.shape[0], self.down.shape[1]))
+
+    @property
+    def rank(self) -> int:
+        return self.up.shape[1]
+
+    def dense(self) -> torch.Tensor:
+        """The delta as a matrix (d_out, d_in)."""
+        return self.up @ self.down
+
+    def __mul__(self, scale: float) -> LowRank:
+        return LowRank(self.up * scale, self.down)
+
+    __rmul__ = __mul__
+
+    def __add__(self, other):
+        if isinstance(other, LowRank):  # exact: rank r1 + r2
+            return LowRank(torch.cat([self.up, other.up], 1), torch.cat([self.down, other.down]))
+        return self.dense() + other
+
+    __radd__ = __add__
+
+
+def dense(delta) -> torch.Tensor:
+    """A delta as a tensor, whether dense or `LowRank`."""
+    return delta.dense() if isinstance(delta, LowRank) else delta
 
 
 class TaskVector:
@@ -27,8 +71,11 @@ class TaskVector:
         >>> merged = (0.5 * tv + other).apply_to(base)          # a new model; base is untouched
     """
 
-    def __init__(self, deltas: Mapping[str, torch.Tensor]) -> None:
-        self.deltas = {k: v.detach().to("cpu", torch.float32) for k, v in deltas.items()}
+    def __init__(self, deltas: Mapping[str, torch.Tensor | LowRank]) -> None:
+        self.deltas = {
+            k: v if isinstance(v, LowRank) else v.detach().to("cpu", torch.float32)
+            for k, v in deltas.items()
+        }
 
     @classmethod
     def from_state_dicts(
@@ -99,7 +146,7 @@ class TaskVector:
 
     def norm(self) -> float:
         """Global L2 norm over every delta."""
-        return float(torch.sqrt(sum((v.double() ** 2).sum() for v in self.deltas.values())))
+        return float(torch.sqrt(sum((dense(v).double() ** 2).sum() for v in self.deltas.values())))
 
     def apply_to(self, model: nn.Module, *, scale: float = 1.0, inplace: bool = False) -> nn.Module:
         """θ + scale · τ. Returns a copy unless `inplace`.
@@ -125,7 +172,7 @@ class TaskVector:
                         f"{k}: model shape {tuple(state[k].shape)} but delta "
                         f"{tuple(v.shape)}; transfer the task vector first"
                     )
-                state[k].add_(scale * v.to(state[k].device, state[k].dtype))
+                state[k].add_(scale * dense(v).to(state[k].device, state[k].dtype))
         return target
 
     @contextmanager
@@ -142,7 +189,12 @@ class TaskVector:
         """Write the deltas to a safetensors file (atomically); an existing `path` is replaced
         only if tasklift wrote it and `overwrite` is set."""
         meta = {"class": "TaskVector", "version": __version__, **meta}
-        save_tensors(path, self.deltas, meta, overwrite=overwrite)
+        tensors = {}
+        for k, v in self.deltas.items():  # factors under NAME@up / NAME@down
+            tensors.update(
+                {f"{k}@up": v.up, f"{k}@down": v.down} if isinstance(v, LowRank) else {k: v}
+            )
+        save_tensors(path, tensors, meta, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TaskVector:
@@ -150,4 +202,7 @@ class TaskVector:
         tensors, info = load_tensors(path)
         if info.get("class") != "TaskVector":
             raise ValueError(f"{path} holds a {info.get('class')!r}, not a TaskVector")
-        return cls(tensors)
+        deltas = {k: v for k, v in tensors.items() if "@" not in k}
+        for k in {k.rsplit("@", 1)[0] for k in tensors if "@" in k}:
+            deltas[k] = LowRank(tensors[f"{k}@up"], tensors[f"{k}@down"])
+        return cls(deltas)

@@ -20,6 +20,7 @@ from ..data import is_texts, num_items, take
 from ..evaluate import accuracy
 from ..io import atomic_dir, check_output, write_text
 from ..loading import load_model
+from ..lora import is_adapter, merged, read_adapter, write_adapter
 from ..models import encode, token_limit
 from ..taskvector import TaskVector
 from .calibration import calibrate, plan_passes, word_pooling
@@ -158,10 +159,18 @@ class Transfer(ClassifierMixin, BaseEstimator):
         n = num_items(X)
         if n == 0:
             raise ValueError("the calibration set is empty; pass some inputs (about 128)")
-        a_ft, proc_a = self._load(self.finetuned, head=True)
+        self.adapter_config_ = None
+        if is_adapter(self.finetuned):  # A_ft = A + a PEFT LoRA: τ_A from its factors
+            tv_a, self.adapter_config_ = read_adapter(self.finetuned)
+            a_ft, proc_a = merged(self.source, self.finetuned, device=self.device), None
+        else:
+            tv_a, (a_ft, proc_a) = None, self._load(self.finetuned, head=True)
         self.lm_ = is_causal_lm(a_ft)
+        if tv_a is not None and not self.lm_:
+            raise ValueError("adapters are moved for causal LMs; merge a classifier's adapter")
         self.max_length_ = self._max_length(X, (a_ft, proc_a))
-        prep = (lm_setup if self.lm_ else classifier_setup)(self, a_ft, proc_a, X, y)
+        setup = lm_setup if self.lm_ else classifier_setup
+        prep = setup(self, a_ft, proc_a, X, y, **({"tv": tv_a} if tv_a else {}))
         a, b, pairs, proc_b = prep["source"], prep["target"], prep["pairs"], prep["processor"]
         self.processor_ = proc_b
         self.max_length_ = self._max_length(X, (a_ft, proc_a), (b, proc_b))  # before any loss
@@ -259,6 +268,21 @@ class Transfer(ClassifierMixin, BaseEstimator):
         if getattr(self, "lm_", False):
             return self._score_model(self._model(scale), X, y)
         return scored(self.predict(X, scale), y, sample_weight)
+
+    def save_adapter(self, path: str | os.PathLike, *, overwrite: bool = False) -> dict:
+        """τ_B at the chosen scale as a PEFT LoRA folder for B (`PeftModel.from_pretrained(B,
+        path)` loads it): the source adapter's rank and alpha, factors moved exactly
+        (B_B = R_outᵀ B_A, A_B = A_A R_in); returns {module: relative error} of any delta
+        re-factorised by truncated SVD (GradFix's mask breaks low rank).
+
+        Raises:
+            ValueError: A_ft was not given as a PEFT adapter folder.
+        """
+        check_fitted(self, "model_")
+        if self.adapter_config_ is None:
+            raise ValueError("save_adapter needs A_ft given as a PEFT adapter folder; use save()")
+        return write_adapter(path, self.task_vector_ * self.scale_, self.adapter_config_,
+                             str(self.target), overwrite=overwrite)  # fmt: skip
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the transferred classifier as a Hugging Face checkpoint folder (atomically), with

@@ -192,11 +192,12 @@ def _targets(y, choices: Sequence[str] | None) -> list[str]:
     return list(y)
 
 
-def lm_setup(est, a_ft: nn.Module, proc_a, X, y) -> dict:
+def lm_setup(est, a_ft: nn.Module, proc_a, X, y, tv: TaskVector | None = None) -> dict:
     """What `Transfer.fit` needs when A_ft is a causal LM: A and B as LMs (B keeps its LM
     head), τ_A, the module pairs (the vocabulary's modules only between equal vocabularies) and
     the next-token loss on the targets: y, or A_ft's greedy continuations (label-free).
-    Pre-encoded X (a dict with input_ids, attention_mask and labels) is used as it is."""
+    Pre-encoded X (a dict with input_ids, attention_mask and labels) is used as it is; `tv`
+    is τ_A when A_ft came as an adapter (its factors)."""
     from .pairing import match_modules
 
     a, tok_a = est._load(est.source, lm=True)
@@ -226,7 +227,16 @@ def lm_setup(est, a_ft: nn.Module, proc_a, X, y) -> dict:
     if not same_vocabulary(proc_a, proc_b, a, b):  # token i means another word in B
         vocab = {n for n, (role, _) in roles(b).items() if role in VOCAB_ROLES}
         pairs = {t: s for t, s in pairs.items() if t not in vocab}
-    tv = TaskVector.from_state_dicts(a.state_dict(), a_ft.state_dict())
+    if tv is None:
+        tv = TaskVector.from_state_dicts(a.state_dict(), a_ft.state_dict())
+    else:  # an adapter: its modules must be A's, with A's shapes
+        state = a.state_dict()
+        bad = [k for k, v in tv.deltas.items() if k not in state or state[k].shape != v.shape]
+        if bad:
+            raise ValueError(
+                f"the adapter does not fit A ({est.source}): {len(bad)} module(s) missing or "
+                f"of other shapes, e.g. {bad[:2]}; pass the base it was trained on as source"
+            )
     return dict(source=a, target=b, processor=proc_b, tv=tv, pairs=pairs, texts=texts,
                 loss=lambda model, idx: lm_loss(model, batch(model, idx)))  # fmt: skip
 

@@ -22,7 +22,7 @@ from ..families import FIXED_ROLES, attention_blocks, family_of, head_counts, ro
 from ..maps import MAPS
 from ..solvers import NULL_RTOL
 from ..stats import GramStats
-from ..taskvector import TaskVector
+from ..taskvector import LowRank, TaskVector, dense
 from .methods import Method, get_method
 from .pairing import is_matrix, module_dims
 
@@ -167,8 +167,12 @@ def solve_maps(
     return maps
 
 
-def _move(delta: torch.Tensor, module: nn.Module, r_in, r_out, param: str) -> torch.Tensor:
-    """One parameter's delta in B's coordinates (a map of None is the identity)."""
+def _move(delta, module: nn.Module, r_in, r_out, param: str):
+    """One parameter's delta in B's coordinates (a map of None is the identity); the factors of
+    a `LowRank` delta move alone: R_outᵀ (up · down) R_in = (R_outᵀ up)(down R_in)."""
+    if isinstance(delta, LowRank):
+        up = delta.up if r_out is None else r_out.T @ delta.up
+        return LowRank(up, delta.down if r_in is None else delta.down @ r_in)
     if param == "weight" and isinstance(module, Conv1D):  # (d_in, d_out)
         delta = delta if r_in is None else r_in.T @ delta
         return delta if r_out is None else delta @ r_out
@@ -247,7 +251,8 @@ def gradient_sign_mask(
                     vote += g.sign() if mode == "majority" else g
                     seen.add(k)
     target.zero_grad(set_to_none=True)
-    kept = {k: v * (v * votes[k] > 0) if k in seen else v for k, v in tv.deltas.items()}
+    deltas = {k: dense(v) for k, v in tv.deltas.items()}  # a sign mask breaks low rank
+    kept = {k: v * (v * votes[k] > 0) if k in seen else v for k, v in deltas.items()}
     return TaskVector(kept)
 
 
