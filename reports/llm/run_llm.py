@@ -111,15 +111,20 @@ def transfer(method: str, draw: int) -> None:
     X = [d["train"]["prompts"][i] for i in idx]
     y = [d["train"]["labels"][i] for i in idx]
     t0 = time.time()
-    t = Transfer(A, RUNS / "a_ft", B, method=method, choices=d["choices"], progress=True,
-                 **TRANSFER)  # fmt: skip
+    t = Transfer(
+        A, RUNS / "a_lora", B, method=method, choices=d["choices"], progress=True, **TRANSFER
+    )  # fmt: skip  (A_ft as its PEFT adapter: τ moves as factors)
     t.fit(X, y, X_val=d["val"]["prompts"], y_val=d["val"]["labels"])
     fit_s = time.time() - t0
     acc = t.score(d["test"]["prompts"], d["test"]["labels"])
+    moved = RUNS / f"adapter_{method}_{draw}"
+    refactorised = t.save_adapter(moved, overwrite=True)  # a PEFT LoRA folder for B
     _write(f"transfer_{method}_{draw}", {
         "method": method, "draw": draw, "accuracy": acc, "scale": t.scale_,
         "val_scores": t.val_scores_, "moved": f"{t.moved_params_}/{t.source_params_}",
         "fit_seconds": round(fit_s, 1), "seconds": round(time.time() - t0, 1),
+        "adapter_mb": round(sum(f.stat().st_size for f in moved.iterdir()) / 2**20, 2),
+        "refactorised": refactorised,
     })  # fmt: skip
 
 

@@ -185,8 +185,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         dtype = np.dtype(self.stats_dtype)
         budget = None if self.max_stats_gb is None else self.max_stats_gb * 2**30
         passes = plan_passes(a, b, pairs, method.signals, budget, dtype.itemsize)
-        maps = {}
-        for i, part in enumerate(passes):  # each pass's statistics are freed once solved
+        moved = {}
+        for i, part in enumerate(passes):  # each pass's statistics and maps freed once used
             desc = f"calibrate ({method.name}{f', pass {i + 1}/{len(passes)}' if i else ''})"
             stats = None
             if method.signals:
@@ -195,9 +195,13 @@ class Transfer(ClassifierMixin, BaseEstimator):
                     token=self.token, words=words, dtype=dtype, grids=images,
                 )  # fmt: skip
             kw = dict(tie_break=self.tie_break, center=self.center)
-            maps.update(solve_maps(a, b, part, stats, method, **kw))
-            del stats
-        tv_b = transport(prep["tv"], a, b, pairs, maps)
+            maps = solve_maps(a, b, part, stats, method, **kw)
+            del stats  # a 1.5B's FFN maps alone are 0.5 GB a block: moved pass by pass
+            moved.update(transport(prep["tv"], a, b, part, maps, strict=False).deltas)
+            del maps
+        if not moved:
+            transport(prep["tv"], a, b, {}, {})  # raises: nothing of τ_A could be moved
+        tv_b = TaskVector(moved)
         source_params, a = len(prep.pop("tv").deltas), prep.pop("source")  # A and τ_A: freed
         if method.post is not None:
             tv_b = POST_STEPS[method.post](tv_b, b, self._batches(n, method.post), prep["loss"])

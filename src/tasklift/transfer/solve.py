@@ -189,6 +189,8 @@ def transport(
     target: nn.Module,
     pairs: Mapping[str, str],
     maps: Mapping[str, tuple[torch.Tensor | None, torch.Tensor]],
+    *,
+    strict: bool = True,
 ) -> TaskVector:
     """τ_B: every delta of τ_A on a matched module moved by that module's maps.
 
@@ -196,7 +198,8 @@ def transport(
     length) and modules without maps are left out; `len(result.deltas)` says what was covered.
 
     Raises:
-        ValueError: no delta of τ_A could be moved (wrong pairs or task vector).
+        ValueError: (strict) no delta of τ_A could be moved (wrong pairs or task vector); a
+            calibration pass over modules the task did not touch moves nothing with strict=False.
     """
     mods_a, params_b = dict(source.named_modules()), dict(target.named_parameters())
     out = {}
@@ -211,7 +214,7 @@ def transport(
             moved = _move(tv.deltas[key], mods_a[a], r_in, r_out, param)
             if moved.shape == params_b[f"{b}.{param}"].shape:
                 out[f"{b}.{param}"] = moved
-    if not out:
+    if strict and not out:
         raise ValueError(
             "no delta of the task vector could be moved: do the module pairs and maps come "
             "from these models, and does the task vector hold their parameters?"
