@@ -85,7 +85,7 @@ def lora_finetune(
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     peft_model.eval()
     return peft_model, losses
 
