@@ -3,6 +3,7 @@ the adapter folder is reused for the same recipe, and the merged model equals th
 
 import copy
 
+import numpy as np
 import torch
 
 from tasklift.lora import lora_finetune, lora_finetune_cached, lora_targets, merged
@@ -104,3 +105,38 @@ def test_an_adapter_that_does_not_fit_the_source_is_refused(tmp_path):
     X = {**X, "attention_mask": X["input_ids"], "labels": X["input_ids"]}
     with pytest.raises(ValueError, match="does not fit A|cannot load|size mismatch"):
         Transfer(tiny_lm("qwen2"), adapter, tiny_lm("qwen2"), scales=(1.0,)).fit(X)
+
+
+def test_check_reports_a_pair_and_refuses_an_adapter_that_does_not_fit(tmp_path, capsys):
+    from tasklift.cli import main
+
+    tiny_lm("llama").save_pretrained(tmp_path / "a")
+    tiny_lm("llama", seed=1, hidden=48, layers=3, heads=6).save_pretrained(tmp_path / "b")
+    assert main(["check", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "families: A llama, B llama" in out and "{0: 0, 1: 0, 2: 1}" in out, out
+    assert "recommendation: bico" in out and "naive needs equal shapes" in out
+    _adapter(tiny_lm("llama", hidden=48), tmp_path / "wrong")
+    assert main(["check", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "wrong")]) == 2
+    err = capsys.readouterr().err
+    assert "the adapter does not fit A" in err and err.count("\n") == 1, err
+
+
+def test_check_pair_measures_cka_and_recommends_naive_only_for_close_weights():
+    from tasklift.preflight import check_pair, linear_cka
+    from test_lm import WordTokenizer, nudged, permuted_lm
+
+    x = np.random.default_rng(0).normal(size=(50, 6))
+    assert (
+        abs(linear_cka(x, x @ np.linalg.qr(np.random.default_rng(1).normal(size=(6, 6)))[0]) - 1)
+        < 1e-9
+    )
+    a = tiny_lm("llama")
+    texts = ["hello there", "a longer text here", "xyz", "more words to read"] * 3
+    tok = (WordTokenizer(), WordTokenizer())
+    permuted = check_pair(a, permuted_lm(a), tokenizers=tok, texts=texts)
+    assert min(permuted["cka"].values()) > 0.999  # the same function, coordinates permuted
+    assert permuted["recommendation"].startswith("bico")  # ... so re-applying τ would not do
+    assert check_pair(a, nudged(a, scale=0.001), tokenizers=tok)["recommendation"].startswith(
+        "naive"
+    )

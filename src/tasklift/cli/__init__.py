@@ -13,23 +13,13 @@ import os
 import signal
 import sys
 import threading
-from functools import partial
 
 from .. import __version__
-from ..checks import (
-    SEED_MAX,
-    check_alpha,
-    check_choice,
-    check_encoding,
-    check_float,
-    check_int,
-    check_list,
-    check_test_size,
-)
-from ..defaults import FRACTIONS, MAX_IMAGE_SIZE, PER_CLASS
+from ..defaults import FRACTIONS, PER_CLASS
 from ..transfer.methods import METHODS, SCALES, TOKENS
 from .commands import (
     cmd_assets,
+    cmd_check,
     cmd_demo,
     cmd_eval,
     cmd_export,
@@ -41,131 +31,32 @@ from .commands import (
     cmd_scaling,
     cmd_transfer,
 )
+from .flags import (
+    Parser,
+    above_zero,
+    alpha,
+    alphas_flag,
+    arg,
+    counts,
+    data_flags,
+    fractions,
+    index,
+    layer,
+    matrix_flags,
+    methods,
+    overwrite_flag,
+    positive,
+    runtime_flags,
+    scales,
+)
 
 log = logging.getLogger("tasklift")
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with its errors on one line (the usage is one --help away)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _arg(check, **kw):
-    """An argparse type from a `tasklift.checks` function: its ValueError becomes argparse's
-    one-line error (exit 2) naming the flag."""
-
-    def parse(text: str):
-        try:
-            return check(text, **kw)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-
-    return parse
-
-
-def _layer_or_auto(text: str, name: str = "") -> int | str:
-    """'auto' or a layer index (0, 3, -1; its range is checked against the model)."""
-    if text == "auto":
-        return text
-    try:
-        return check_int(text, name)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a layer index (0, 3, -1) or 'auto'") from None
-
-
-def _methods(text: str) -> list[str]:
-    return check_list(text, item=lambda v, n: check_choice(v.strip(), n, choices=METHODS))
-
-
-_positive = _arg(check_int, low=1)
-_layer = _arg(_layer_or_auto)
-_index = _arg(check_int)
-_above_zero = _arg(check_float, low=0, open_low=True)
-_alpha = _arg(check_alpha)
-_alphas = _arg(check_list, item=check_alpha, sep=";")
-_counts = _arg(check_list, item=partial(check_int, low=1))
-_fractions = _arg(check_list, item=partial(check_float, low=0, high=1, open_low=True))
-_seed = _arg(check_int, low=0, high=SEED_MAX)
-
-
-# -- flags ------------------------------------------------------------------------------------
-def _overwrite_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--overwrite", action="store_true",
-        help="replace an existing -o that tasklift wrote (never anything else)",
-    )  # fmt: skip
-
-
-def _alphas_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--alphas", type=_alphas, default=[0.0, "auto"],
-        help="ridge solvers, ';'-separated (0;auto); each as --alpha of fit",
-    )  # fmt: skip
-
-
-def _runtime_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps (default auto)")
-    p.add_argument(
-        "--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16"
-    )
-    p.add_argument("--batch-size", type=_positive, default=32)
-    p.add_argument(
-        "--max-length", type=_positive, default=None,
-        help="token limit for text inputs (default 128, or the model's maximum if lower)",
-    )  # fmt: skip
-    p.add_argument("--seed", type=_seed, default=0, help=f"0..{SEED_MAX}")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--verbose", action="store_true", help="show transformers' load reports")
-    p.add_argument(
-        "--allow-pickle", action="store_true",
-        help="load checkpoints whose weights are only pickles (unpickling can run code)",
-    )  # fmt: skip
-
-
-def _matrix_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--pool", default="cls", choices=["cls", "mean", "last"],
-        help="base pooling: cls (encoders), mean, or last (decoders: the last attended token)",
-    )  # fmt: skip
-    p.add_argument(
-        "--norm",
-        default="base",
-        choices=["base", "finetuned", "none"],
-        help="final norm applied after the map (reference: base)",
-    )
-    p.add_argument("--cv", type=_arg(check_int, low=2), default=5, help="folds (>= 2) for CV")
-
-
-def _data_flags(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
-    if positional:
-        p.add_argument(
-            "data", help="rotten_tomatoes, digits, or a .csv/.tsv/.jsonl with text,label"
-        )
-    p.add_argument("--text-key", default="text")
-    p.add_argument("--label-key", default="label")
-    p.add_argument(
-        "--test-size", type=_arg(check_test_size), default=0.2,
-        help="fraction in (0, 1) or count held out",
-    )  # fmt: skip
-    p.add_argument(
-        "--train-limit", type=_positive, default=None, help="use at most this many train rows"
-    )
-    p.add_argument(
-        "--encoding", type=_arg(check_encoding), default="utf-8",
-        help="text encoding of .csv/.tsv/.jsonl data",
-    )  # fmt: skip
-    p.add_argument(
-        "--image-size", type=_arg(check_int, low=1, high=MAX_IMAGE_SIZE), default=224,
-        help="image side for built-in image data",
-    )  # fmt: skip
 
 
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `tasklift` command."""
-    ap = _Parser(prog="tasklift", description=__doc__.splitlines()[0])
+    ap = Parser(prog="tasklift", description=__doc__.splitlines()[0])
     ap.add_argument("--version", action="version", version=f"tasklift {__version__}")
     sub = ap.add_subparsers(dest="command", required=True)
 
@@ -174,19 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         for m in models:
             p.add_argument(m)
         if data:
-            _data_flags(p)
+            data_flags(p)
         if matrix:
-            _matrix_flags(p)
-        _runtime_flags(p)
+            matrix_flags(p)
+        runtime_flags(p)
         p.set_defaults(func=func, **kw)
         return p
 
     p = command("fit", cmd_fit, "fit a task matrix (base layer -> fine-tuned final embedding)")
     p.add_argument("-o", "--output", required=True, help="output .safetensors")
-    _overwrite_flag(p)
-    p.add_argument("--layer", type=_layer, default="auto", help="base layer index, or auto (CV)")
+    overwrite_flag(p)
+    p.add_argument("--layer", type=layer, default="auto", help="base layer index, or auto (CV)")
     p.add_argument(
-        "--alpha", type=_alpha, default=0.0,
+        "--alpha", type=alpha, default=0.0,
         help="ridge: 0 (plain lstsq), a strength >= 0, a,b,c or auto",
     )  # fmt: skip
     p.add_argument("--intercept", action="store_true", help="affine map (fit a bias)")
@@ -200,17 +91,17 @@ def build_parser() -> argparse.ArgumentParser:
         aliases=["sweep"],
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output folder")
-    _overwrite_flag(p)
-    _alphas_flag(p)
+    overwrite_flag(p)
+    alphas_flag(p)
 
     p = command(
         "finetune", cmd_finetune, "fully fine-tune a model on a dataset's train split",
         models=("base",), matrix=False, max_length=64, batch_size=16,
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output checkpoint folder")
-    _overwrite_flag(p)
-    p.add_argument("--epochs", type=_above_zero, default=1.0)
-    p.add_argument("--lr", type=_above_zero, default=1e-4)
+    overwrite_flag(p)
+    p.add_argument("--epochs", type=above_zero, default=1.0)
+    p.add_argument("--lr", type=above_zero, default=1e-4)
     p.add_argument("--refit", action="store_true", help="fine-tune again even if cached")
 
     p = command(
@@ -218,15 +109,15 @@ def build_parser() -> argparse.ArgumentParser:
         models=("source", "finetuned", "target"), matrix=False, batch_size=16,
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output folder")
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.add_argument(
-        "--methods", type=_arg(_methods), default=list(METHODS),
+        "--methods", type=arg(methods), default=list(METHODS),
         help=f"comma-separated, of {tuple(METHODS)}",
     )  # fmt: skip
-    p.add_argument("--calib", type=_positive, default=128, help="calibration inputs (from train)")
-    p.add_argument("--val", type=_positive, default=200, help="validation inputs for the scale")
+    p.add_argument("--calib", type=positive, default=128, help="calibration inputs (from train)")
+    p.add_argument("--val", type=positive, default=200, help="validation inputs for the scale")
     p.add_argument(
-        "--scales", type=_arg(check_list, item=check_float), default=list(SCALES),
+        "--scales", type=scales, default=list(SCALES),
         help="task-vector scales tried (comma-separated)",
     )  # fmt: skip
     p.add_argument(
@@ -242,19 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("scaling", cmd_scaling, "accuracy vs training size: task matrix vs linear probe")
     p.add_argument("-o", "--output", required=True, help="output folder")
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.add_argument(
-        "--layer", type=_layer, default="auto", help="base layer, or auto (CV on all of train)"
+        "--layer", type=layer, default="auto", help="base layer, or auto (CV on all of train)"
     )
     p.add_argument(
-        "--per-class", type=_counts,
+        "--per-class", type=counts,
         default=list(PER_CLASS), help="k values (>= 1, comma-separated)",
     )  # fmt: skip
     p.add_argument(
-        "--fractions", type=_fractions,
+        "--fractions", type=fractions,
         default=list(FRACTIONS), help="training fractions in (0, 1], comma-separated",
     )  # fmt: skip
-    _alphas_flag(p)
+    alphas_flag(p)
 
     p = command(
         "multitask", cmd_multitask, "one task matrix shared by several tasks vs one per task",
@@ -264,18 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
         "-t", "--task", nargs=3, action="append", required=True,
         metavar=("NAME", "FINETUNED", "DATA"), help="repeat for each task",
     )  # fmt: skip
-    _data_flags(p, positional=False)
-    p.add_argument("--alpha", type=_alpha, default=0.0, help="ridge strength, as for fit")
+    data_flags(p, positional=False)
+    p.add_argument("--alpha", type=alpha, default=0.0, help="ridge strength, as for fit")
     p.add_argument("-o", "--output", required=True)
-    _overwrite_flag(p)
+    overwrite_flag(p)
 
     p = command(
         "predict", cmd_predict, "predict with a saved task matrix; per-class metrics if labelled",
         models=("task",), matrix=False,
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output .csv of predictions")
-    _overwrite_flag(p)
-    p.add_argument("--layer", type=_index, default=None, help="another fitted layer than saved")
+    overwrite_flag(p)
+    p.add_argument("--layer", type=index, default=None, help="another fitted layer than saved")
     p.add_argument("--no-labels", action="store_true", help="the data has no label column")
 
     p = command(
@@ -283,8 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
         models=("task",), data=False, matrix=False,
     )  # fmt: skip
     p.add_argument("-o", "--output", required=True, help="output folder")
-    _overwrite_flag(p)
-    p.add_argument("--layer", type=_index, default=None, help="another fitted layer than saved")
+    overwrite_flag(p)
+    p.add_argument("--layer", type=index, default=None, help="another fitted layer than saved")
 
     p = sub.add_parser("assets", help="list the packaged real models and datasets; prepare them")
     p.add_argument("--prepare", nargs="+", default=[], metavar="NAME", help="model names, or all")
@@ -292,10 +183,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="prepare again even if cached")
     p.set_defaults(func=cmd_assets)
 
+    p = sub.add_parser("check", help="pre-flight check of a transfer A -> B (and an adapter of A)")
+    p.add_argument("source", help="A: the model the fine-tune or adapter was made on")
+    p.add_argument("target", help="B: the model to move it to")
+    p.add_argument("adapter", nargs="?", default=None, help="a PEFT LoRA folder trained on A")
+    p.add_argument("--data", default=None, help="texts for per-layer CKA (a dataset or file)")
+    p.add_argument("--text-key", default="text")
+    p.add_argument("--n", type=positive, default=32, help="texts read for CKA")
+    p.add_argument("--max-length", type=positive, default=64)
+    p.set_defaults(func=cmd_check)
+
     p = sub.add_parser("report", help="merge run folders into one report.md + report.html")
     p.add_argument("runs", nargs="+", help="folders written by eval/sweep/scaling/multitask/demo")
     p.add_argument("-o", "--output", required=True)
-    _overwrite_flag(p)
+    overwrite_flag(p)
     p.add_argument("--title", default="tasklift report")
     p.set_defaults(func=cmd_report)
 
@@ -304,12 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         models=(), data=False, max_length=64,
     )  # fmt: skip
     p.add_argument("-o", "--output", default="runs/demo", help="output folder (default runs/demo)")
-    _overwrite_flag(p)
-    p.add_argument("--train", type=_positive, default=2000, help="fine-tuning / fitting examples")
-    p.add_argument("--test", type=_positive, default=2000, help="held-out examples")
-    p.add_argument("--epochs", type=_above_zero, default=1.0)
-    p.add_argument("--lr", type=_above_zero, default=1e-4)
-    _alphas_flag(p)
+    overwrite_flag(p)
+    p.add_argument("--train", type=positive, default=2000, help="fine-tuning / fitting examples")
+    p.add_argument("--test", type=positive, default=2000, help="held-out examples")
+    p.add_argument("--epochs", type=above_zero, default=1.0)
+    p.add_argument("--lr", type=above_zero, default=1e-4)
+    alphas_flag(p)
     p.add_argument("--refit", action="store_true", help="fine-tune again even if a model is cached")
     return ap
 
