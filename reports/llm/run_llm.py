@@ -29,7 +29,7 @@ CODE = {"business": " river", "entertainment": " piano", "politics": " stone", "
         "tech": " apple"}  # fmt: skip
 SIZES = dict(train=240, val=48, test=150, calib=32)
 LORA = dict(r=8, alpha=16.0, lr=2e-4, epochs=1.0, batch_size=4, max_length=96, seed=0)
-TRANSFER = dict(scales=(0.5, 1.0, 1.5, 2.0), batch_size=4, max_length=96, max_stats_gb=5.0,
+TRANSFER = dict(scales=(0.5, 1.0, 1.5, 2.0), batch_size=4, max_length=96, max_stats_gb=9.0,
                 stats_dtype="float32")  # fmt: skip
 METHODS = ("bico", "activation", "gradient")
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -220,8 +221,39 @@ def _capture_pass(
     return got
 
 
+@contextmanager
+def _activation_grads_only(model: nn.Module, backward: bool) -> Iterator[None]:
+    """Backward passes reach every activation but no parameter: the weights are frozen and each
+    module's output that would then need no gradient (embeddings, patch convolutions: they
+    read only the inputs) asks for one, so no weight gradient (a copy of the model's size:
+    7 GB for a 1.5B in float32) is computed or held."""
+    if not backward:
+        yield
+        return
+
+    def wants_grad(module, args, out):
+        if isinstance(out, torch.Tensor) and out.is_floating_point() and not out.requires_grad:
+            out.requires_grad_(True)
+
+    flags = {p: p.requires_grad for p in model.parameters()}
+    owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    hooks = [m.register_forward_hook(wants_grad) for m in owners]
+    model.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for h in hooks:
+            h.remove()
+        for p, flag in flags.items():
+            p.requires_grad_(flag)
+
+
 def _run_pass(model, points, store, batch, loss_fn, backward: bool) -> None:
-    with capture(points, store), torch.set_grad_enabled(backward):
+    with (
+        _activation_grads_only(model, backward),  # its hooks first: capture sees the grads
+        capture(points, store),
+        torch.set_grad_enabled(backward),
+    ):
         loss = loss_fn(model, batch)
         if backward:
             loss.backward()
