@@ -69,6 +69,17 @@ def tiny_tokenizer(words):
     return tf.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)})
 
 
+def nudged(model, seed=7, scale=0.05):
+    """A 'fine-tuned' copy: every parameter (tied ones once) moved by seeded noise."""
+    out = type(model)(model.config).eval()
+    out.load_state_dict(model.state_dict())
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in out.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g))
+    return out
+
+
 def tiny_text_inputs(n: int = 12, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(5, V, (n, 9), generator=g)

@@ -8,6 +8,7 @@ import pytest
 import torch
 import transformers as tf
 
+from conftest import nudged
 from tasklift.families import family_of, roles
 from tasklift.taskvector import TaskVector
 from tasklift.transfer import Transfer, calibrate, match_modules, solve_maps, transport
@@ -32,17 +33,6 @@ def tiny_lm(kind: str, seed: int = 0, hidden: int = 32, layers: int = 2, heads: 
     }[kind]()  # fmt: skip
     model = tf.AutoModelForCausalLM.from_config(cfg).eval()
     return nudged(model, seed=seed + 3, scale=0.2)
-
-
-def nudged(model, seed=7, scale=0.05):
-    """A 'fine-tuned' copy: every parameter (tied ones once) moved by seeded noise."""
-    out = type(model)(model.config).eval()
-    out.load_state_dict(model.state_dict())
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in out.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return out
 
 
 def _perm(n, seed):

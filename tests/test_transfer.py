@@ -9,7 +9,7 @@ import torch
 import transformers as tf
 from torch import nn
 
-from conftest import permuted, tiny_classifier
+from conftest import nudged, permuted, tiny_classifier
 from tasklift.solvers import procrustes
 from tasklift.stats import GramStats
 from tasklift.taskvector import TaskVector
@@ -106,17 +106,6 @@ def gpt2_classifier(seed=0):
         pad_token_id=0, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
     )  # fmt: skip
     return tf.GPT2ForSequenceClassification(cfg).eval()
-
-
-def nudged(model, seed=7, scale=0.05):
-    """A 'fine-tuned' copy: every parameter moved by seeded noise."""
-    out = type(model)(model.config).eval()
-    out.load_state_dict(model.state_dict())
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in out.parameters():
-            p.add_(scale * torch.randn(p.shape, generator=g))
-    return out
 
 
 def text_batches(n_batches=4, size=16, seed=0):
