@@ -280,3 +280,59 @@ def test_scaling_with_no_valid_size_fails_before_any_work(tmp_path):
                        ({"fractions": [], "per_class": []}, "no training size")):  # fmt: skip
         with pytest.raises(ValueError, match=match):  # before the (missing) models are loaded
             scaling(tmp_path / "no-base", tmp_path / "no-ft", None, None, **bad)
+
+
+def test_a_users_temp_looking_file_is_never_removed_and_keeps_its_folder_theirs(tmp_path):
+    folder = tmp_path / "user"
+    folder.mkdir()
+    odd = folder / f".draft.{_dead_pid()}.old.tmp"  # looks like a killed run's temp
+    odd.write_text("mine")
+    with pytest.raises(ValueError, match="not written by tasklift"):
+        check_output(folder, overwrite=True)
+    assert odd.read_text() == "mine"
+
+
+def test_files_put_into_an_output_folder_while_a_run_works_stop_the_replacement(tmp_path):
+    from tasklift.io import atomic_dir
+
+    out = tmp_path / "out"
+    check_output(out)  # nothing there yet: the run starts
+    out.mkdir()
+    (out / "notes.txt").write_text("added by the user meanwhile")
+    with pytest.raises(ValueError, match="did not write"), atomic_dir(out) as tmp:
+        (tmp / "model.bin").write_bytes(b"x")
+    assert (out / "notes.txt").read_text() == "added by the user meanwhile"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # the temp is gone too
+
+
+def test_a_file_never_replaces_a_folder(task_file, tmp_path, text_task, capsys):
+    from tasklift.io import write_text
+
+    (tmp_path / "ft").mkdir()
+    (tmp_path / "ft" / "tasklift_finetune.json").write_text('{"tasklift": "0.1.0"}')
+    with pytest.raises(ValueError, match="is a folder"):
+        write_text(tmp_path / "ft", "a,b\n")
+    assert (tmp_path / "ft" / "tasklift_finetune.json").exists()
+    notes = tmp_path / "notes.json"
+    for text in ('"my tasklift notes"', '["bert", "tasklift"]', '{"tasklift": 1}'):
+        notes.write_text(text)
+        assert not written_by_tasklift(notes), text
+
+
+def test_export_never_replaces_the_models_its_task_matrix_was_fitted_from(tmp_path, capsys):
+    """The fine-tuned folder is tasklift's own, so --overwrite alone would have allowed it."""
+    import conftest
+    from tasklift.data import Dataset
+    from tasklift.finetune import finetune_cached
+
+    conftest.tiny_classifier("bert", seed=1).bert.save_pretrained(tmp_path / "base")
+    X, y = conftest.token_task(40, seed=3)
+    finetune_cached(tmp_path / "base", Dataset(X, y, ["a", "b", "c"], "t", "g"), tmp_path / "ft",
+                    epochs=1)  # fmt: skip
+    from tasklift.taskmatrix import TaskMatrix
+
+    TaskMatrix(tmp_path / "base", tmp_path / "ft", layer=1).fit(X).save(tmp_path / "t.safetensors")
+    before = _snapshot(tmp_path / "ft")
+    assert main(["export", str(tmp_path / "t.safetensors"), "-o", str(tmp_path / "ft"),
+                 "--overwrite", "--quiet"]) == 2  # fmt: skip
+    assert "is the input" in capsys.readouterr().err and _snapshot(tmp_path / "ft") == before

@@ -55,7 +55,7 @@ def _disk_error(e: Exception, path: Path) -> Exception:
     """A full disk as one OSError naming `path` (safetensors reports it as its own error)."""
     if (isinstance(e, OSError) and e.errno == errno.ENOSPC) or "No space left" in str(e):
         return OSError(errno.ENOSPC, f"no space left on the device while writing {path}; "
-                       "free some space or pick another -o (nothing was written)")  # fmt: skip
+                       "free some space or pick another -o (it was not written)")  # fmt: skip
     return e
 
 
@@ -72,12 +72,32 @@ def _replacing(path: Path, make: Callable[[str], str], remove: Callable[[str], N
             if err is e:
                 raise
             raise err from e
-        if os.path.lexists(path) and (tmp.is_dir() or path.is_dir()):  # a file replaces a file
-            (shutil.rmtree if path.is_dir() and not path.is_symlink() else os.unlink)(path)
-        os.replace(tmp, path)
+        _swap(tmp, path)
     finally:
         if tmp.exists():
             remove(tmp)
+
+
+def _swap(tmp: Path, path: Path) -> None:
+    """Put `tmp` at `path`. A file replaces a file (one rename); a folder replaces only an empty
+    folder or one tasklift wrote, checked again now (the user may have put files there since
+    the run started), moved aside before the new one goes in and deleted only after, so an
+    interruption never leaves neither. A file never replaces a folder, nor a folder a file."""
+    if not os.path.lexists(path):
+        os.replace(tmp, path)
+        return
+    if tmp.is_dir() != (path.is_dir() and not path.is_symlink()):
+        kinds = ("folder", "file") if tmp.is_dir() else ("file", "folder")
+        raise ValueError(f"{path} is a {kinds[1]}; tasklift will not replace it by a {kinds[0]}")
+    if not tmp.is_dir():
+        os.replace(tmp, path)
+        return
+    if any(path.iterdir()) and not written_by_tasklift(path):
+        raise ValueError(f"{path} now holds files tasklift did not write; nothing was replaced")
+    old = path.with_name(f".{path.name}.{os.getpid()}.old.tmp")
+    os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old)
 
 
 def _mkstemp(**kw) -> str:
@@ -128,8 +148,9 @@ def _tasklift_file(path: Path) -> bool:
         if path.suffix == ".safetensors":
             with safe_open(str(path), framework="pt") as f:
                 return FORMAT_KEY in (f.metadata() or {})
-        if path.suffix == ".json":
-            return FORMAT_KEY in json.loads(path.read_text())
+        if path.suffix == ".json":  # tasklift's settings: {"tasklift": "<version>", ...}
+            info = json.loads(path.read_text())
+            return isinstance(info, dict) and isinstance(info.get(FORMAT_KEY), str)
         if path.suffix == ".csv":
             with open(path, newline="") as f:
                 return tuple(next(csv.reader(f), ()))[:2] == PREDICTIONS_HEADER
@@ -150,15 +171,18 @@ def _within(inner: Path, outer: Path) -> bool:
     return inner == outer or outer in inner.parents
 
 
-def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+def remove_stale_temps(folder: str | os.PathLike, name: str | None = None) -> list[Path]:
     """Remove the temp files and folders (`.NAME.PID.*.tmp`) that runs killed by a signal
-    left in `folder`; those of live processes are kept. Returns what was removed."""
+    left in `folder` (only those for output `name`, when given); those of live processes are
+    kept. Returns what was removed."""
     folder, removed = Path(folder), []
     if not folder.is_dir():
         return removed
     for p in folder.iterdir():
         m = _TEMP.match(p.name)
-        if not m or _alive(int(m.group(1))):
+        if not m or (name is not None and not p.name.startswith(f".{name}.")):
+            continue
+        if _alive(int(m.group(1))):
             continue
         (shutil.rmtree if p.is_dir() and not p.is_symlink() else os.unlink)(p)
         removed.append(p)
@@ -169,7 +193,7 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # no such process, or no pid at all
         return False
     except PermissionError:  # another user's live process
         return True
@@ -198,9 +222,7 @@ def check_output(
         if _within(out, inp) or _within(inp, out):
             how = "is" if out == inp else "is inside" if _within(out, inp) else "contains"
             raise ValueError(f"the output {path} {how} the input {item}; pick another -o")
-    remove_stale_temps(out.parent)
-    if out.is_dir():
-        remove_stale_temps(out)
+    remove_stale_temps(out.parent, out.name)  # only this output's own temps
     if not os.path.lexists(path) or (out.is_dir() and not any(out.iterdir())):
         return  # nothing there, or an empty folder: nothing to lose
     if not written_by_tasklift(path):
@@ -213,6 +235,8 @@ def check_output(
             f"{path} holds an earlier tasklift output; pass --overwrite (overwrite=True in "
             "Python) to replace it"
         )
+    if out.is_dir():
+        remove_stale_temps(out)  # inside a folder of tasklift's own
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -240,6 +264,19 @@ def save_tensors(
     tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={FORMAT_KEY: json.dumps(meta)})
+
+
+def recorded_models(path: str | os.PathLike) -> list[str]:
+    """The model folders a tasklift file records (a task matrix's base and fine-tuned), made
+    absolute as `load` resolves them; [] for anything else."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            params = json.loads((f.metadata() or {}).get(FORMAT_KEY, "{}")).get("params", {})
+    except Exception:  # not a readable tasklift file: its own loading will say so
+        return []
+    here = Path(path).absolute().parent
+    models = [params.get("base"), params.get("finetuned")]
+    return [v if os.path.isabs(v) else str(here / v) for v in models if isinstance(v, str)]
 
 
 def load_tensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

@@ -230,13 +230,18 @@ def _raise_terminated(signum, frame):
 
 
 def _inputs(args) -> list[str]:
-    """Every input path named on the command line (multitask's -t triples included)."""
+    """Every input path named on the command line (multitask's -t triples included), and the
+    model folders a task-matrix file (predict, export) was fitted from."""
+    from ..io import recorded_models
+
     found = []
     for key in _INPUTS:
         value = getattr(args, key, None)
         values = value if isinstance(value, list) else [value]
         for v in values:
             found += v if isinstance(v, list) else [v]
+    if args.command in ("predict", "export"):
+        found += recorded_models(args.task)
     return [str(v) for v in found if v is not None]
 
 
