@@ -278,7 +278,7 @@ def prepare(name: str, *, force: bool = False) -> Path:
     Raises:
         FileNotFoundError: its wheel is not installed (the message holds the pip command).
     """
-    from .io import atomic_dir
+    from .io import atomic_dir, remove_stale_temps
 
     asset = _lookup(name)
     why = _missing(asset)
@@ -290,6 +290,7 @@ def prepare(name: str, *, force: bool = False) -> Path:
     if (entry / MANIFEST).is_file() and not force:
         return entry
     log.warning("preparing %s once into %s", asset.name, entry)
+    remove_stale_temps(entry.parent, entry.name)  # a killed prepare of the 1.5B leaves 6 GB
     with atomic_dir(entry) as tmp:
         _BUILDS[asset.build](asset, tmp)
         files = {p.name: _sha256(p) for p in sorted(tmp.iterdir()) if p.is_file()}

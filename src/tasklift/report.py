@@ -57,13 +57,20 @@ def _mark_run(out: Path, kind: str) -> None:
     write_json(out / "tasklift_run.json", {"tasklift": __version__, "kind": kind})
 
 
-def merge_reports(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, title: str) -> None:
+def merge_reports(
+    runs: Sequence[str | os.PathLike],
+    out: str | os.PathLike,
+    *,
+    title: str,
+    overwrite: bool = False,
+) -> None:
     """One report.md + self-contained report.html from several run folders' reports, their
-    headings pushed one level down and their plots copied beside under per-run names."""
-    import shutil
-
+    headings pushed one level down and their plots copied beside under per-run names (the
+    output rules of `io.check_output`: an existing `out` only if tasklift's and `overwrite`)."""
     from . import __version__
+    from .io import check_output
 
+    check_output(out, overwrite=overwrite, inputs=runs)
     out = Path(out)
     _mark_run(out, "merged report")
     parts = [f"# {title}\n", f"tasklift {__version__}; sections below are the runs' own reports.\n"]
@@ -79,7 +86,9 @@ def merge_reports(runs: Sequence[str | os.PathLike], out: str | os.PathLike, *, 
         )
         used.add(prefix)
         for png in run.glob("*.png"):
-            shutil.copyfile(png, out / f"{prefix}_{png.name}")
+            write_with(
+                out / f"{prefix}_{png.name}", lambda tmp, png=png: tmp.write_bytes(png.read_bytes())
+            )
             md = md.replace(f"]({png.name})", f"]({prefix}_{png.name})")
         parts.append(
             "\n".join(("#" + line) if line.startswith("#") else line for line in md.splitlines())

@@ -176,7 +176,7 @@ def cmd_multitask(args) -> None:
 def cmd_report(args) -> None:
     from ..report import merge_reports
 
-    merge_reports(args.runs, args.output, title=args.title)
+    merge_reports(args.runs, args.output, title=args.title, overwrite=args.overwrite)
     print(f"wrote {args.output}/report.md and {args.output}/report.html ({len(args.runs)} runs)")
 
 
