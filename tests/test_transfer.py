@@ -582,3 +582,20 @@ def test_transfer_across_tokenizers_pairs_words(text_task, tmp_path):
     t = Transfer(**kw, token="word").fit(texts)
     assert t.moved_params_ == t.source_params_ > 0
     assert np.isfinite(t.decision_function(texts[:5])).all()
+
+
+def test_a_weight_moved_between_linear_and_conv1d_is_turned_round():
+    """GPT-2's Conv1D stores (d_in, d_out), a Linear (d_out, d_in): Llama -> GPT-2 pairs o_proj
+    with c_proj, and the delta must land transposed (dense or as factors), and back again."""
+    from transformers.pytorch_utils import Conv1D
+
+    from tasklift.taskvector import LowRank
+    from tasklift.transfer.solve import _move
+
+    lin, conv = nn.Linear(4, 6), Conv1D(6, 4)  # both map 4 -> 6
+    d = torch.randn(6, 4)
+    torch.testing.assert_close(_move(d, lin, conv, None, None, "weight"), d.T)
+    torch.testing.assert_close(_move(d.T, conv, lin, None, None, "weight"), d)
+    torch.testing.assert_close(_move(d.T, conv, conv, None, None, "weight"), d.T)
+    low = LowRank(torch.randn(6, 2), torch.randn(2, 4))
+    torch.testing.assert_close(_move(low, lin, conv, None, None, "weight").dense(), low.dense().T)

@@ -167,20 +167,27 @@ def solve_maps(
     return maps
 
 
-def _move(delta, module: nn.Module, r_in, r_out, param: str):
-    """One parameter's delta in B's coordinates (a map of None is the identity); the factors of
-    a `LowRank` delta move alone: R_outᵀ (up · down) R_in = (R_outᵀ up)(down R_in)."""
+def _transposed(delta):
+    return LowRank(delta.down.T, delta.up.T) if isinstance(delta, LowRank) else delta.T
+
+
+def _move(delta, module: nn.Module, target: nn.Module, r_in, r_out, param: str):
+    """One parameter's delta in B's coordinates and B's layout (a map of None is the identity;
+    GPT-2's Conv1D keeps weights as (d_in, d_out), a Linear as (d_out, d_in), so a weight
+    moved between the two is turned round); the factors of a `LowRank` delta move alone:
+    R_outᵀ (up · down) R_in = (R_outᵀ up)(down R_in)."""
+    if param == "weight" and isinstance(module, Conv1D):
+        delta = _transposed(delta)  # to (d_out, d_in)
     if isinstance(delta, LowRank):
         up = delta.up if r_out is None else r_out.T @ delta.up
-        return LowRank(up, delta.down if r_in is None else delta.down @ r_in)
-    if param == "weight" and isinstance(module, Conv1D):  # (d_in, d_out)
-        delta = delta if r_in is None else r_in.T @ delta
-        return delta if r_out is None else delta @ r_out
-    if param in ("weight", "in_proj_weight") and is_matrix(module):  # (d_out, d_in, *kernel)
+        moved = LowRank(up, delta.down if r_in is None else delta.down @ r_in)
+    elif param in ("weight", "in_proj_weight") and is_matrix(module):  # (d_out, d_in, *kernel)
         if r_out is not None:
             delta = torch.einsum("oi...,ob->bi...", delta, r_out)
-        return delta if r_in is None else torch.einsum("bi...,ic->bc...", delta, r_in)
-    return delta if r_out is None else delta @ r_out  # biases, norms, embeddings: (..., d_out)
+        moved = delta if r_in is None else torch.einsum("bi...,ic->bc...", delta, r_in)
+    else:
+        moved = delta if r_out is None else delta @ r_out  # biases, norms, embeddings: (..., d)
+    return _transposed(moved) if param == "weight" and isinstance(target, Conv1D) else moved
 
 
 def transport(
@@ -201,7 +208,8 @@ def transport(
         ValueError: (strict) no delta of τ_A could be moved (wrong pairs or task vector); a
             calibration pass over modules the task did not touch moves nothing with strict=False.
     """
-    mods_a, params_b = dict(source.named_modules()), dict(target.named_parameters())
+    mods_a, mods_b = dict(source.named_modules()), dict(target.named_modules())
+    params_b = dict(target.named_parameters())
     out = {}
     for b, a in pairs.items():
         if b not in maps:
@@ -211,8 +219,9 @@ def transport(
             key = f"{a}.{param}"
             if key not in tv.deltas:
                 continue
-            moved = _move(tv.deltas[key], mods_a[a], r_in, r_out, param)
-            if moved.shape == params_b[f"{b}.{param}"].shape:
+            moved = _move(tv.deltas[key], mods_a[a], mods_b[b], r_in, r_out, param)
+            have = params_b.get(f"{b}.{param}")  # B may lack it (no q bias; a tied LM head)
+            if have is not None and moved.shape == have.shape:
                 out[f"{b}.{param}"] = moved
     if strict and not out:
         raise ValueError(
