@@ -140,3 +140,21 @@ def test_check_pair_measures_cka_and_recommends_naive_only_for_close_weights():
     assert check_pair(a, nudged(a, scale=0.001), tokenizers=tok)["recommendation"].startswith(
         "naive"
     )
+
+
+def test_adapters_of_other_kinds_are_refused_and_a_layers_choice_is_not_carried(tmp_path):
+    import json
+
+    import pytest
+
+    from tasklift.lora import read_adapter, write_adapter
+
+    folder = _adapter(tiny_lm("llama"), tmp_path / "a")
+    config = json.loads((folder / "adapter_config.json").read_text())
+    tv, _ = read_adapter(folder)
+    write_adapter(tmp_path / "b", tv, {**config, "layers_to_transform": [0]}, "B")
+    written = json.loads((tmp_path / "b" / "adapter_config.json").read_text())
+    assert "layers_to_transform" not in written and written["base_model_name_or_path"] == "B"
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
+    with pytest.raises(ValueError, match="use_dora"):
+        read_adapter(folder)

@@ -55,8 +55,10 @@ def test_mismatches_are_errors():
         TaskVector.from_state_dicts(base.state_dict(), wide)
     tv = TaskVector.from_state_dicts(base.state_dict(), sd)
     small = TaskVector.from_state_dicts({"a": torch.zeros(2)}, {"a": torch.ones(2)})
-    with pytest.raises(KeyError, match="different parameters"):
-        tv + small
+    both = tv + small  # a parameter one fine-tune left unchanged counts as zero there
+    assert both.deltas.keys() == tv.deltas.keys() | {"a"}
+    with pytest.raises(ValueError, match="deltas of shapes"):
+        small + TaskVector({"a": torch.ones(3)})
     with pytest.raises(KeyError, match="no parameter"):
         small.apply_to(base)
     with pytest.raises(ValueError, match="only one model"):
@@ -64,3 +66,14 @@ def test_mismatches_are_errors():
     other = tiny_classifier("vit")
     with pytest.raises((KeyError, ValueError)):
         tv.apply_to(other)
+
+
+def test_a_scale_tried_in_place_leaves_a_bf16_model_exactly_as_it_was():
+    base, ft = pair()
+    tv = TaskVector.from_state_dicts(base.state_dict(), ft.state_dict())
+    model = base.to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for s in (0.25, 0.5, 1.0, 2.0):
+        with tv.applied(model, scale=s):
+            pass
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())

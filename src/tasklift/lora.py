@@ -152,6 +152,10 @@ def merged(base: str | os.PathLike | nn.Module, adapter: str | os.PathLike, **lo
 
 
 ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
+#: adapter settings whose deltas are not B·A alone (DoRA's magnitudes, LoRA biases, patterns)
+_UNMOVED = ("alpha_pattern", "fan_in_fan_out", "modules_to_save", "use_dora", "lora_bias")
+#: settings that name A's layers or modules: not B's (layers 0-5 of A are not B's layers)
+_A_ONLY = ("layers_to_transform", "layers_pattern", "rank_pattern", "exclude_modules")
 _PREFIX = "base_model.model."
 
 
@@ -172,13 +176,13 @@ def read_adapter(folder: str | os.PathLike) -> tuple[TaskVector, dict]:
 
     folder = Path(folder)
     config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    bad = [k for k in ("alpha_pattern", "fan_in_fan_out", "modules_to_save") if config.get(k)]
+    bad = [k for k in _UNMOVED if config.get(k)]
     bad += ["bias"] if config.get("bias", "none") != "none" else []
     if config.get("peft_type") != "LORA" or bad:
         raise ValueError(
             f"{folder} is a {config.get('peft_type')} adapter with {bad or 'nothing'} set; "
-            "tasklift moves plain LoRA adapters (no alpha_pattern, fan_in_fan_out, trained "
-            "bias or modules_to_save): merge it and pass the merged model instead"
+            f"tasklift moves plain LoRA adapters (none of {', '.join(_UNMOVED)}, no trained "
+            "bias): merge it and pass the merged model instead"
         )
     weights = load_file(folder / ADAPTER_WEIGHTS)
     deltas = {}
@@ -190,6 +194,9 @@ def read_adapter(folder: str | os.PathLike) -> tuple[TaskVector, dict]:
         r = down.shape[0]
         scaling = config["lora_alpha"] / (r**0.5 if config.get("use_rslora") else r)
         deltas[f"{module}.weight"] = LowRank(scaling * up.float(), down.float())
+    unread = [k for k in weights if "lora_" in k and ".lora_A." not in k and ".lora_B." not in k]
+    if unread:  # e.g. an embedding LoRA (lora_embedding_A): merged() would include it, τ_A not
+        raise ValueError(f"{folder} holds LoRA weights tasklift does not move, e.g. {unread[:2]}")
     if not deltas:
         raise ValueError(f"{folder} holds no LoRA weights ({ADAPTER_WEIGHTS})")
     return TaskVector(deltas), config
@@ -223,7 +230,8 @@ def write_adapter(
         if rank != r:
             raise ValueError(f"{module}: rank {rank}, not the adapter's r = {r}")
     targets = sorted({k.removesuffix(".weight").rsplit(".", 1)[-1] for k in tv.deltas})
-    out_config = {**config, "base_model_name_or_path": str(base), "target_modules": targets}
+    out_config = {k: v for k, v in config.items() if k not in _A_ONLY}
+    out_config.update(base_model_name_or_path=str(base), target_modules=targets)
     check_output(folder, overwrite=overwrite)
     with atomic_dir(folder) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})

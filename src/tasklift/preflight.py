@@ -1,9 +1,9 @@
 """The pre-flight check of a transfer A -> B (and an adapter of A), before any calibration:
 families and the roles both models have, widths and head counts, the depth map, how far the
 tokenizers agree, per-layer linear CKA on a few texts, which methods can run, a
-recommendation, and the reasons nothing can run where that is so. `tasklift check` prints it;
-`Transfer.fit` runs the structural part first, so a pair that cannot work is refused instead
-of yielding B unchanged.
+recommendation, and the reasons nothing can run where that is so. `tasklift check` prints it.
+(`Transfer.fit` refuses on its own what cannot move: no module pairs, an adapter that does not
+fit A, nothing of τ_A moved.)
 """
 
 from __future__ import annotations

@@ -118,14 +118,21 @@ class TaskVector:
         deltas = {k: finetuned[k].float() - base[k].float() for k in shared}
         return cls({k: v for k, v in deltas.items() if v.any()})  # untouched ones move nothing
 
-    def _check_keys(self, other: TaskVector) -> None:
-        if self.deltas.keys() != other.deltas.keys():
-            diff = sorted(set(self.deltas) ^ set(other.deltas))
-            raise KeyError(f"task vectors cover different parameters, e.g. {diff[:3]}")
-
     def __add__(self, other: TaskVector) -> TaskVector:
-        self._check_keys(other)
-        return TaskVector({k: v + other.deltas[k] for k, v in self.deltas.items()})
+        """The sum over the parameters of either: one that a fine-tune left unchanged (so its
+        vector has no delta there) counts as zero.
+
+        Raises:
+            ValueError: a shared parameter's deltas differ in shape.
+        """
+        out = dict(self.deltas)
+        for k, v in other.deltas.items():
+            if k in out and out[k].shape != v.shape:
+                raise ValueError(
+                    f"{k}: deltas of shapes {tuple(out[k].shape)} and {tuple(v.shape)}"
+                )
+            out[k] = out[k] + v if k in out else v
+        return TaskVector(out)
 
     def __radd__(self, other: TaskVector | int) -> TaskVector:
         """`0 + tv` is tv, so `sum([tv1, tv2, ...])` works."""
@@ -177,13 +184,22 @@ class TaskVector:
 
     @contextmanager
     def applied(self, model: nn.Module, scale: float = 1.0) -> Iterator[nn.Module]:
-        """`model` with θ + scale · τ in place for the block, then θ again (to rounding): a
-        scale is tried without a copy of a model of several GB."""
+        """`model` with θ + scale · τ in place for the block, then θ again: a scale is tried
+        without a copy of a model of several GB. In float32 θ comes back by subtracting (to a
+        rounding); in bf16/fp16, where + then − drifts by several % of τ, the touched
+        parameters are kept and copied back."""
+        state = model.state_dict()
+        kept = {k: state[k].clone() for k in self.deltas if state[k].dtype != torch.float32}
         self.apply_to(model, scale=scale, inplace=True)
         try:
             yield model
         finally:
-            self.apply_to(model, scale=-scale, inplace=True)
+            with torch.no_grad():
+                for k, v in kept.items():
+                    state[k].copy_(v)
+            TaskVector({k: v for k, v in self.deltas.items() if k not in kept}).apply_to(
+                model, scale=-scale, inplace=True
+            )
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False, **meta: object) -> None:
         """Write the deltas to a safetensors file (atomically); an existing `path` is replaced

@@ -278,8 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return _run(args)
     finally:
-        if threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, previous)
+        if threading.current_thread() is threading.main_thread() and previous is not None:
+            signal.signal(signal.SIGTERM, previous)  # None: a handler set from C, left as is
 
 
 def _run(args) -> int:

@@ -162,7 +162,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         self.adapter_config_ = None
         if is_adapter(self.finetuned):  # A_ft = A + a PEFT LoRA: τ_A from its factors
             tv_a, self.adapter_config_ = read_adapter(self.finetuned)
-            a_ft, proc_a = merged(self.source, self.finetuned, device=self.device), None
+            a_ft = merged(self.source, self.finetuned, device=self.device, dtype=self.dtype)
+            proc_a = None
         else:
             tv_a, (a_ft, proc_a) = None, self._load(self.finetuned, head=True)
         self.lm_ = is_causal_lm(a_ft)
@@ -236,7 +237,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
     @property
     def target_model_(self) -> nn.Module:
         """B with the carried-over head and no task vector (a copy, made on demand)."""
-        return self._model(0.0)
+        check_fitted(self, "model_")
+        return self.task_vector_.apply_to(self.model_, scale=-self.scale_)
 
     def _model(self, scale: float | None) -> nn.Module:
         check_fitted(self, "model_")
@@ -285,8 +287,11 @@ class Transfer(ClassifierMixin, BaseEstimator):
         check_fitted(self, "model_")
         if self.adapter_config_ is None:
             raise ValueError("save_adapter needs A_ft given as a PEFT adapter folder; use save()")
+        base = self.target
+        if isinstance(base, nn.Module):  # a model object: the folder it came from, if any
+            base = getattr(getattr(base, "config", None), "_name_or_path", "") or "target"
         return write_adapter(path, self.task_vector_ * self.scale_, self.adapter_config_,
-                             str(self.target), overwrite=overwrite)  # fmt: skip
+                             str(base), overwrite=overwrite)  # fmt: skip
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the transferred classifier as a Hugging Face checkpoint folder (atomically), with
@@ -331,6 +336,6 @@ class Transfer(ClassifierMixin, BaseEstimator):
         t.scale_ = float(info["scale"])
         t.val_scores_ = {float(k): v for k, v in info["val_scores"].items()}
         t.moved_params_, t.source_params_ = info["moved_params"], info["source_params"]
-        t.lm_ = is_causal_lm(t.model_)
+        t.lm_, t.adapter_config_ = is_causal_lm(t.model_), None
         t.classes_ = t._classes(t.model_)
         return t
