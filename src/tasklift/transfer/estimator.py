@@ -34,7 +34,7 @@ from .lm import (
     verbalise,
 )
 from .methods import SCALES, TOKENS, get_method
-from .solve import POST_STEPS, TIE_BREAK, solve_maps, transport
+from .solve import POST_STEPS, TIE_BREAK, iter_maps, transport
 
 __all__ = ["Transfer"]
 
@@ -196,10 +196,10 @@ class Transfer(ClassifierMixin, BaseEstimator):
                     token=self.token, words=words, dtype=dtype, grids=images,
                 )  # fmt: skip
             kw = dict(tie_break=self.tie_break, center=self.center)
-            maps = solve_maps(a, b, part, stats, method, **kw)
-            del stats  # a 1.5B's FFN maps alone are 0.5 GB a block: moved pass by pass
-            moved.update(transport(prep["tv"], a, b, part, maps, strict=False).deltas)
-            del maps
+            for name, maps in iter_maps(a, b, part, stats or {}, method, **kw):  # one at a time
+                one = transport(prep["tv"], a, b, {name: part[name]}, {name: maps}, strict=False)
+                moved.update(one.deltas)
+            del stats
         if not moved:
             transport(prep["tv"], a, b, {}, {})  # raises: nothing of τ_A could be moved
         tv_b = TaskVector(moved)

@@ -10,7 +10,7 @@ and embeddings.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -23,10 +23,11 @@ from ..maps import MAPS
 from ..solvers import NULL_RTOL
 from ..stats import GramStats
 from ..taskvector import LowRank, TaskVector, dense
+from .calibration import SIGNALS
 from .methods import Method, get_method
 from .pairing import is_matrix, module_dims
 
-__all__ = ["solve_maps", "transport", "gradient_sign_mask", "POST_STEPS", "TIE_BREAK"]
+__all__ = ["solve_maps", "iter_maps", "transport", "gradient_sign_mask", "POST_STEPS", "TIE_BREAK"]
 
 #: a side's later signals settle only the directions its first signal leaves open: those whose
 #: singular value is at most TIE_BREAK × the largest (the numerical null space). The gradient of
@@ -125,17 +126,32 @@ def solve_maps(
             fraction of the largest are left to its later signals (see `TIE_BREAK`).
         center: align centred covariances (means removed) instead of raw second moments.
     """
+    kw = dict(tie_break=tie_break, center=center)
+    return dict(iter_maps(source, target, pairs, dict(stats or {}), method, **kw))
+
+
+def iter_maps(
+    source: nn.Module,
+    target: nn.Module,
+    pairs: Mapping[str, str],
+    stats: dict[tuple[str, str], GramStats],
+    method: str | Method = "bico",
+    *,
+    tie_break: float = TIE_BREAK,
+    center: bool = False,
+) -> Iterator[tuple[str, tuple[torch.Tensor | None, torch.Tensor | None]]]:
+    """`solve_maps` one module at a time, consuming `stats`: a module's statistics are dropped
+    from the dict once its maps are made, so a caller that moves each module's delta at once
+    never holds more than one module's maps (a 1.5B's FFN: 0.5 GB a block)."""
     method = get_method(method)
     mods_a, mods_b = dict(source.named_modules()), dict(target.named_modules())
     roles_a, roles_b = roles(source), roles(target)
-    stats = stats or {}
     kv_orders = _kv_orders(source, target, pairs, stats, method, roles_a, roles_b)
-    maps = {}
     for b, a in pairs.items():
         (ia, oa), (ib, ob) = module_dims(mods_a[a]), module_dims(mods_b[b])
         if roles_b.get(b, ("",))[0] in FIXED_ROLES:  # per-head coordinates: as they are
             if (ia, oa) == (ib, ob):
-                maps[b] = (None, None)
+                yield b, (None, None)
             continue
         rs = []
         for side, da, db, sigs in (("in", ia, ib, method.inputs), ("out", oa, ob, method.outputs)):
@@ -163,8 +179,9 @@ def solve_maps(
                 r = r * _embed_scale(source, da) / _embed_scale(target, db)
             rs.append(torch.from_numpy(r).float())
         else:
-            maps[b] = (rs[0], rs[1])
-    return maps
+            for sig in SIGNALS:
+                stats.pop((b, sig), None)
+            yield b, (rs[0], rs[1])
 
 
 def _transposed(delta):
