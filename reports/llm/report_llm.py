@@ -65,6 +65,8 @@ def report(runs: Path, out: Path) -> None:
         "tasklift assets --prepare qwen2.5-coder-0.5b qwen2.5-coder-1.5b\n"
         "python reports/llm/run_llm.py all --draws 3\npython reports/llm/run_llm.py report\n```\n"
     )
+    status = out / "status.md"  # what is not measured yet, and why
+    text += "\n" + status.read_text() if status.is_file() else ""
     write_text(out / "report.md", text)
     write_text(out / "results.json", json.dumps(res, indent=1) + "\n")
     print(text)
