@@ -18,7 +18,7 @@ from .families import GENERIC, family_of, head_counts, roles
 from .models import hidden_size, num_layers
 from .transfer.methods import METHODS
 
-__all__ = ["check_pair", "linear_cka", "format_check"]
+__all__ = ["check_pair", "check_paths", "linear_cka", "format_check"]
 
 
 def linear_cka(x: np.ndarray, y: np.ndarray) -> float:
@@ -103,6 +103,31 @@ def check_pair(
         out["recommendation"] = f"bico (token={token!r})"
     out["ok"], out["reasons"], out["notes"] = not reasons, reasons, notes
     return out
+
+
+def check_paths(
+    source,
+    target,
+    adapter=None,
+    *,
+    data=None,
+    text_key: str = "text",
+    n: int = 32,
+    max_length: int = 64,
+) -> dict:
+    """`check_pair` on checkpoint folders (or names): both as causal LMs when A is one or an
+    adapter is given; CKA on the first `n` texts of `data` (a dataset name or file)."""
+    from .data import load_dataset
+    from .loading import load_model
+    from .lora import read_adapter
+    from .transfer.lm import is_lm_checkpoint
+
+    lm = adapter is not None or is_lm_checkpoint(source)
+    (a, tok_a), (b, tok_b) = (load_model(m, lm=lm, device="cpu") for m in (source, target))
+    tv = read_adapter(adapter)[0] if adapter else None
+    texts = load_dataset(data, text_key=text_key, labels=False).X[:n] if data else None
+    return check_pair(a, b, tokenizers=(tok_a, tok_b), adapter_tv=tv, texts=texts,
+                      max_length=max_length)  # fmt: skip
 
 
 def _distance(source: nn.Module, target: nn.Module) -> float:

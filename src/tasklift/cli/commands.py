@@ -383,22 +383,10 @@ def cmd_export(args) -> None:
 
 
 def cmd_check(args) -> None:
-    from ..data import load_dataset
-    from ..loading import load_model
-    from ..lora import read_adapter
-    from ..preflight import check_pair, format_check
-    from ..transfer.lm import is_lm_checkpoint
+    from ..preflight import check_paths, format_check
 
-    lm = args.adapter is not None or is_lm_checkpoint(args.source)
-    (a, tok_a), (b, tok_b) = (
-        load_model(m, lm=lm, device="cpu") for m in (args.source, args.target)
-    )
-    tv = read_adapter(args.adapter)[0] if args.adapter else None
-    texts = None
-    if args.data:
-        texts = load_dataset(args.data, text_key=args.text_key, labels=False).X[: args.n]
-    report = check_pair(a, b, tokenizers=(tok_a, tok_b), adapter_tv=tv, texts=texts,
-                        max_length=args.max_length)  # fmt: skip
+    report = check_paths(args.source, args.target, args.adapter, data=args.data,
+                         text_key=args.text_key, n=args.n, max_length=args.max_length)  # fmt: skip
     print(format_check(report))
     if not report["ok"]:
         raise ValueError("nothing can be moved from A to B: " + "; ".join(report["reasons"]))
