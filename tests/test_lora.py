@@ -52,11 +52,11 @@ def test_cached_adapter_is_reused_for_the_same_recipe(tmp_path, monkeypatch):
     assert not again["reused"]
 
 
-def _adapter(model, folder, r=4):
+def _adapter(model, folder, r=4, seed=5):
     """A PEFT LoRA on `model` with random (not zero) factors, saved to `folder`."""
     from peft import LoraConfig, get_peft_model
 
-    torch.manual_seed(5)
+    torch.manual_seed(seed)
     config = LoraConfig(r=r, lora_alpha=8, target_modules=lora_targets(model),
                         init_lora_weights=False, task_type="CAUSAL_LM")  # fmt: skip
     get_peft_model(copy.deepcopy(model), config).save_pretrained(folder)
@@ -158,3 +158,42 @@ def test_adapters_of_other_kinds_are_refused_and_a_layers_choice_is_not_carried(
     (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
     with pytest.raises(ValueError, match="use_dora"):
         read_adapter(folder)
+
+
+def test_many_adapters_move_with_one_calibration_as_each_would_alone(tmp_path):
+    """Three adapters of A -> B (wider, deeper) with one calibration: each written PEFT folder
+    equals moving that adapter on its own with the same calibration (1e-6), and the manifest
+    says what went where; label-free calibration is refused (its maps would be per adapter)."""
+    import json
+
+    import pytest
+
+    from tasklift.transfer import Transfer
+    from test_lm import token_batches
+
+    a = tiny_lm("qwen2")
+    b = tiny_lm("qwen2", seed=1, hidden=48, layers=3, heads=6)
+    adapters = []
+    for i in range(3):
+        adapters.append(_adapter(a, tmp_path / f"task{i}", r=2 + i, seed=10 + i))
+    X = {
+        k: torch.cat([t[k] for t in token_batches(3)])
+        for k in ("input_ids", "attention_mask", "labels")
+    }
+    t = Transfer(a, None, b, scales=(1.0,))
+    records = t.move_adapters(adapters, X, out=tmp_path / "moved")
+    assert [r["moved_to"] for r in records] == [
+        str(tmp_path / "moved" / f"task{i}") for i in range(3)
+    ]
+    manifest = json.loads((tmp_path / "moved" / "tasklift_run.json").read_text())
+    assert manifest["kind"] == "moved adapters" and len(manifest["adapters"]) == 3
+    from tasklift.lora import read_adapter
+
+    for i, folder in enumerate(adapters):
+        alone = Transfer(a, folder, b, scales=(1.0,)).fit(X)
+        many, _ = read_adapter(tmp_path / "moved" / f"task{i}")
+        for k, v in alone.task_vector_.deltas.items():
+            torch.testing.assert_close(many.deltas[k].dense(), v.dense(), atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="needs targets"):
+        t.move_adapters(adapters, {k: X[k] for k in ("input_ids", "attention_mask")},
+                        out=tmp_path / "again")  # fmt: skip

@@ -25,7 +25,7 @@ from .transfer.lm import lm_encode
 
 __all__ = [
     "lora_targets", "lora_finetune", "lora_finetune_cached", "merged", "is_adapter",
-    "read_adapter", "write_adapter",
+    "read_adapter", "write_adapter", "write_moved",
 ]  # fmt: skip
 
 #: the modules a LoRA adapts, by role: attention and FFN projections
@@ -245,3 +245,40 @@ def _version() -> str:
     from . import __version__
 
     return __version__
+
+
+def write_moved(
+    out: str | os.PathLike,
+    adapters: Sequence,
+    read: Sequence[tuple[TaskVector, dict]],
+    moved: Sequence[dict],
+    *,
+    scale: float,
+    source: str,
+    target: str,
+    method: str,
+    overwrite: bool = False,
+) -> list[dict]:
+    """Each moved adapter as a PEFT folder out/<its name> for `target`, and the manifest
+    out/tasklift_run.json of what went where; returns the manifest's records."""
+    from .io import write_text
+
+    records = []
+    for path, (tv, config), deltas in zip(adapters, read, moved, strict=True):
+        folder = Path(out) / Path(path).name
+        errors = write_adapter(
+            folder, TaskVector(deltas) * scale, config, target, overwrite=overwrite
+        )
+        moved_n = f"{len(deltas)}/{len(tv.deltas)}"
+        records.append(
+            {
+                "adapter": str(path),
+                "moved_to": str(folder),
+                "moved": moved_n,
+                "refactorised": errors,
+            }
+        )
+    info = {"tasklift": _version(), "kind": "moved adapters", "source": source, "target": target,
+            "method": method, "scale": scale, "adapters": records}  # fmt: skip
+    write_text(Path(out) / "tasklift_run.json", json.dumps(info, indent=1))
+    return records

@@ -20,7 +20,7 @@ from ..data import is_texts, num_items, take
 from ..evaluate import accuracy
 from ..io import atomic_dir, check_output, write_text
 from ..loading import load_model
-from ..lora import is_adapter, merged, read_adapter, write_adapter
+from ..lora import is_adapter, merged, read_adapter, write_adapter, write_moved
 from ..models import encode, token_limit
 from ..taskvector import TaskVector
 from .calibration import calibrate, plan_passes, word_pooling
@@ -137,6 +137,30 @@ class Transfer(ClassifierMixin, BaseEstimator):
                 out.append(model(**{k: v.to(dev) for k, v in batch.items()}).logits.float().cpu())
         return torch.cat(out)
 
+    def _move_all(self, method, prep: dict, tvs: list, n: int, words, images: bool) -> list:
+        """Calibrate A and B once (in passes under the memory budget) and move every task
+        vector in `tvs` with the same maps, module by module: [{B parameter: delta}, ...]."""
+        a, b, pairs = prep["source"], prep["target"], prep["pairs"]
+        dtype = np.dtype(self.stats_dtype)
+        budget = None if self.max_stats_gb is None else self.max_stats_gb * 2**30
+        passes = plan_passes(a, b, pairs, method.signals, budget, dtype.itemsize)
+        moved: list[dict] = [{} for _ in tvs]
+        for i, part in enumerate(passes):  # each pass's statistics and maps freed once used
+            desc = f"calibrate ({method.name}{f', pass {i + 1}/{len(passes)}' if i else ''})"
+            stats = None
+            if method.signals:
+                stats = calibrate(
+                    a, b, part, self._batches(n, desc), prep["loss"], signals=method.signals,
+                    token=self.token, words=words, dtype=dtype, grids=images,
+                )  # fmt: skip
+            kw = dict(tie_break=self.tie_break, center=self.center)
+            for name, maps in iter_maps(a, b, part, stats or {}, method, **kw):  # one at a time
+                for tv, out in zip(tvs, moved, strict=True):
+                    one = transport(tv, a, b, {name: part[name]}, {name: maps}, strict=False)
+                    out.update(one.deltas)
+            del stats
+        return moved
+
     def fit(self, X, y=None, *, X_val=None, y_val=None) -> Transfer:
         """Calibrate on X (~128 inputs) and labels y (A_ft's own predictions or continuations
         without), transport τ_A, and choose the scale on (X_val, y_val).
@@ -183,23 +207,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
                 raise ValueError("token='word' pairs the words of raw texts: pass X as strings")
             words = lambda idx: word_pooling(take(texts, idx), (proc_a, proc_b), self.max_length_)  # noqa: E731
         images = not (is_texts(X) or (isinstance(X, dict) and "input_ids" in X))  # patch grids
-        dtype = np.dtype(self.stats_dtype)
-        budget = None if self.max_stats_gb is None else self.max_stats_gb * 2**30
-        passes = plan_passes(a, b, pairs, method.signals, budget, dtype.itemsize)
-        moved = {}
-        for i, part in enumerate(passes):  # each pass's statistics and maps freed once used
-            desc = f"calibrate ({method.name}{f', pass {i + 1}/{len(passes)}' if i else ''})"
-            stats = None
-            if method.signals:
-                stats = calibrate(
-                    a, b, part, self._batches(n, desc), prep["loss"], signals=method.signals,
-                    token=self.token, words=words, dtype=dtype, grids=images,
-                )  # fmt: skip
-            kw = dict(tie_break=self.tie_break, center=self.center)
-            for name, maps in iter_maps(a, b, part, stats or {}, method, **kw):  # one at a time
-                one = transport(prep["tv"], a, b, {name: part[name]}, {name: maps}, strict=False)
-                moved.update(one.deltas)
-            del stats
+        (moved,) = self._move_all(method, prep, [prep["tv"]], n, words, images)
         if not moved:
             transport(prep["tv"], a, b, {}, {})  # raises: nothing of τ_A could be moved
         tv_b = TaskVector(moved)
@@ -274,6 +282,55 @@ class Transfer(ClassifierMixin, BaseEstimator):
         if getattr(self, "lm_", False):
             return self._score_model(self._model(scale), X, y)
         return scored(self.predict(X, scale), y, sample_weight)
+
+    def move_adapters(
+        self,
+        adapters: Sequence[str | os.PathLike],
+        X,
+        y=None,
+        *,
+        out: str | os.PathLike,
+        scale: float = 1.0,
+        overwrite: bool = False,
+    ) -> list[dict]:
+        """Move several PEFT LoRA adapters of A (`source`) to B (`target`) with one calibration.
+
+        In a causal-LM transfer the maps come from A and B alone, calibrated on X with the
+        targets y (or X's own labels), so one calibration serves every adapter of A: each is
+        written to out/<its folder name> as an exact LoRA of B at `scale`, and
+        out/tasklift_run.json records what went where. Returns those records.
+
+        Raises:
+            ValueError: no targets (label-free targets come from each A_ft, so the maps would
+                depend on the adapter), adapters sharing a folder name, or one that does not fit A.
+        """
+        from ..io import check_output
+        from .lm import check_fits
+
+        method = get_method(self.method)
+        check_runtime(self)
+        if y is None and not (isinstance(X, dict) and "labels" in X):
+            raise ValueError(
+                "one calibration for many adapters needs targets y (or X with labels): label-free "
+                "targets are each A_ft's own output, so its maps would be its own"
+            )
+        names = [Path(p).name for p in adapters]
+        if len(set(names)) < len(names):
+            raise ValueError(f"adapters share folder names {names}; each gets out/<name>")
+        check_output(out, overwrite=overwrite, inputs=[str(p) for p in adapters])
+        read = [read_adapter(p) for p in adapters]
+        self.lm_, self.adapter_config_ = True, None
+        a, tok_a = self._load(self.source, lm=True)
+        for p, (tv, _) in zip(adapters, read, strict=True):
+            check_fits(a, tv, f"{self.source}, adapter {p}")
+        self.max_length_ = self._max_length(X, (a, tok_a))
+        del a
+        prep = lm_setup(self, None, tok_a, X, y, tv=read[0][0])
+        self.processor_ = prep["processor"]
+        moved = self._move_all(method, prep, [tv for tv, _ in read], num_items(X), None, False)
+        base = self.target if not isinstance(self.target, nn.Module) else "target"
+        info = {"source": str(self.source), "target": str(base), "method": method.name}
+        return write_moved(out, adapters, read, moved, scale=scale, overwrite=overwrite, **info)
 
     def save_adapter(self, path: str | os.PathLike, *, overwrite: bool = False) -> dict:
         """τ_B at the chosen scale as a PEFT LoRA folder for B (`PeftModel.from_pretrained(B,

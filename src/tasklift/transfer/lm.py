@@ -22,6 +22,7 @@ from ..taskvector import TaskVector
 __all__ = [
     "is_causal_lm", "is_lm_checkpoint", "same_vocabulary", "lm_encode", "lm_loss",
     "greedy_targets", "target_logprob", "choice_tokens", "verbalise", "lm_setup", "lm_score",
+    "check_fits",
 ]  # fmt: skip
 
 IGNORE = -100  # the label transformers' loss skips
@@ -229,16 +230,25 @@ def lm_setup(est, a_ft: nn.Module, proc_a, X, y, tv: TaskVector | None = None) -
         pairs = {t: s for t, s in pairs.items() if t not in vocab}
     if tv is None:
         tv = TaskVector.from_state_dicts(a.state_dict(), a_ft.state_dict())
-    else:  # an adapter: its modules must be A's, with A's shapes
-        state = a.state_dict()
-        bad = [k for k, v in tv.deltas.items() if k not in state or state[k].shape != v.shape]
-        if bad:
-            raise ValueError(
-                f"the adapter does not fit A ({est.source}): {len(bad)} module(s) missing or "
-                f"of other shapes, e.g. {bad[:2]}; pass the base it was trained on as source"
-            )
+    else:
+        check_fits(a, tv, est.source)
     return dict(source=a, target=b, processor=proc_b, tv=tv, pairs=pairs, texts=texts,
                 loss=lambda model, idx: lm_loss(model, batch(model, idx)))  # fmt: skip
+
+
+def check_fits(model: nn.Module, tv: TaskVector, name) -> None:
+    """An adapter's modules must be the model's, with its shapes.
+
+    Raises:
+        ValueError: naming how many modules do not fit, and some of them.
+    """
+    state = model.state_dict()
+    bad = [k for k, v in tv.deltas.items() if k not in state or state[k].shape != v.shape]
+    if bad:
+        raise ValueError(
+            f"the adapter does not fit A ({name}): {len(bad)} module(s) missing or of other "
+            f"shapes, e.g. {bad[:2]}; pass the base it was trained on as source"
+        )
 
 
 def lm_score(
