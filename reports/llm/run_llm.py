@@ -28,7 +28,9 @@ A, B = "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
 CODE = {"business": " river", "entertainment": " piano", "politics": " stone", "sports": " cloud",
         "tech": " apple"}  # fmt: skip
 SIZES = dict(train=240, val=48, test=150, calib=32)
-LORA = dict(r=8, alpha=16.0, lr=2e-4, epochs=1.0, batch_size=4, max_length=96, seed=0)
+# attention only: the FFN's maps (4864 x 8960 per side) cost ~100 min of SVDs a transfer here
+LORA = dict(r=8, alpha=16.0, lr=2e-4, epochs=2.0, batch_size=4, max_length=96, seed=0,
+            modules=("q_proj", "k_proj", "v_proj", "o_proj"))  # fmt: skip
 TRANSFER = dict(scales=(0.5, 1.0, 1.5, 2.0), batch_size=4, max_length=96, max_stats_gb=9.0,
                 stats_dtype="float32")  # fmt: skip
 METHODS = ("bico", "activation", "gradient")

@@ -57,14 +57,17 @@ def lora_finetune(
     batch_size: int = 8,
     max_length: int = 128,
     seed: int = 0,
+    modules: Sequence[str] | None = None,
     progress: bool = False,
 ):
     """Train a LoRA adapter on (prompt, target) pairs, loss on the target tokens; returns the
-    PeftModel (its base `model` is wrapped in place) and the step losses."""
+    PeftModel (its base `model` is wrapped in place) and the step losses. `modules`: PEFT
+    target_modules (default: every attention and FFN projection, `lora_targets`)."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=lora_targets(model),
+    adapted = list(modules) if modules else lora_targets(model)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, target_modules=adapted,
                         task_type="CAUSAL_LM")  # fmt: skip
     peft_model = get_peft_model(model, config)
     params = [p for p in peft_model.parameters() if p.requires_grad]

@@ -139,8 +139,12 @@ class Transfer(ClassifierMixin, BaseEstimator):
 
     def _move_all(self, method, prep: dict, tvs: list, n: int, words, images: bool) -> list:
         """Calibrate A and B once (in passes under the memory budget) and move every task
-        vector in `tvs` with the same maps, module by module: [{B parameter: delta}, ...]."""
-        a, b, pairs = prep["source"], prep["target"], prep["pairs"]
+        vector in `tvs` with the same maps, module by module: [{B parameter: delta}, ...].
+        Only modules some task vector changes are calibrated and solved (a LoRA on attention
+        leaves the FFN, whose maps cost most, alone)."""
+        a, b = prep["source"], prep["target"]
+        touched = {k.rsplit(".", 1)[0] for tv in tvs for k in tv.deltas}
+        pairs = {t: s for t, s in prep["pairs"].items() if s in touched}
         dtype = np.dtype(self.stats_dtype)
         budget = None if self.max_stats_gb is None else self.max_stats_gb * 2**30
         passes = plan_passes(a, b, pairs, method.signals, budget, dtype.itemsize)
