@@ -197,3 +197,12 @@ def test_many_adapters_move_with_one_calibration_as_each_would_alone(tmp_path):
     with pytest.raises(ValueError, match="needs targets"):
         t.move_adapters(adapters, {k: X[k] for k in ("input_ids", "attention_mask")},
                         out=tmp_path / "again")  # fmt: skip
+
+
+def test_a_recipe_with_a_tuple_of_modules_is_reused(tmp_path, monkeypatch):
+    import tasklift.loading
+
+    monkeypatch.setattr(tasklift.loading, "load_model", lambda src, **k: (tiny_lm("qwen2"), _Tok()))
+    kw = dict(r=2, epochs=1, batch_size=8, max_length=32, modules=("q_proj", "v_proj"))
+    assert not lora_finetune_cached("tiny", PROMPTS, TARGETS, tmp_path / "a", **kw)["reused"]
+    assert lora_finetune_cached("tiny", PROMPTS, TARGETS, tmp_path / "a", **kw)["reused"]

@@ -114,6 +114,7 @@ def lora_finetune_cached(
     out = Path(out)
     data = hashlib.sha256(json.dumps([list(prompts), list(targets)]).encode()).hexdigest()
     stamp = {"base": str(base), "n_train": len(prompts), "data_sha256": data, **recipe}
+    stamp = json.loads(json.dumps(stamp))  # as it reads back (tuples become lists)
     if (out / STAMP).is_file() and json.loads((out / STAMP).read_text()).get("recipe") == stamp:
         return {**stamp, "reused": True}
     check_output(out, overwrite=overwrite)
