@@ -33,7 +33,8 @@ def report(runs: Path, out: Path) -> None:
         ("B = Qwen2.5-Coder-1.5B + nothing", b, "0%" if b is not None else "", "", ""),
     ]
     for method in ("bico", "activation", "gradient"):
-        draws = [v for k, v in res.items() if k.startswith(f"transfer_{method}_")]
+        draws = [v for k, v in res.items() if k.startswith(f"transfer_{method}_")
+                 and v.get("modules", "all adapted") == "all adapted"]  # fmt: skip
         if not draws:
             continue
         a = np.array([d["accuracy"] for d in draws])
@@ -42,6 +43,11 @@ def report(runs: Path, out: Path) -> None:
         rss = f"{max(d['peak_rss_gb'] for d in draws):.1f}"
         rows.append((f"B + τ_B, {method} ({len(a)} draw{'s' * (len(a) > 1)})", cell,
                      _gap(a.mean(), b, b_ft), secs, rss))  # fmt: skip
+    for k, v in res.items():  # diagnostics: a part of the adapter moved alone
+        if k.startswith("transfer_") and v.get("modules", "all adapted") != "all adapted":
+            rows.append((f"B + τ_B, {v['method']}, only {v['modules']}", v["accuracy"],
+                         _gap(v["accuracy"], b, b_ft), f"{v['fit_seconds']:.0f}",
+                         f"{v['peak_rss_gb']:.1f}"))  # fmt: skip
     rows.append(("B fine-tuned (LoRA, same recipe)", b_ft, "100%" if b_ft else "", "", ""))
     fmt = lambda v: v if isinstance(v, str) else ("" if v is None else f"{v:.3f}")  # noqa: E731
     table = [

@@ -103,7 +103,21 @@ def evaluate(which: str) -> None:
     _write(f"eval_{which}", {"model": str(src), "accuracy": acc, "seconds": time.time() - t0})
 
 
-def transfer(method: str, draw: int) -> None:
+def only(modules: str) -> Path:
+    """A's adapter restricted to some modules (e.g. v_proj,o_proj, which RoPE does not rotate):
+    a diagnostic of which part of the move fails."""
+    from tasklift.lora import read_adapter, write_adapter
+
+    keep = modules.split(",")
+    out = RUNS / f"a_lora_{'_'.join(k.split('_')[0] for k in keep)}"
+    if not out.exists():
+        tv, config = read_adapter(RUNS / "a_lora")
+        kept = {k: v for k, v in tv.deltas.items() if k.rsplit(".", 2)[-2] in keep}
+        write_adapter(out, type(tv)(kept), config, A)
+    return out
+
+
+def transfer(method: str, draw: int, modules: str = "") -> None:
     """One transfer A_ft -> B: calibration rows drawn from the training split by `draw`."""
     from tasklift.transfer import Transfer
 
@@ -113,16 +127,17 @@ def transfer(method: str, draw: int) -> None:
     X = [d["train"]["prompts"][i] for i in idx]
     y = [d["train"]["labels"][i] for i in idx]
     t0 = time.time()
-    t = Transfer(
-        A, RUNS / "a_lora", B, method=method, choices=d["choices"], progress=True, **TRANSFER
-    )  # fmt: skip  (A_ft as its PEFT adapter: τ moves as factors)
+    adapter = only(modules) if modules else RUNS / "a_lora"  # A_ft as its adapter: τ as factors
+    t = Transfer(A, adapter, B, method=method, choices=d["choices"], progress=True, **TRANSFER)
     t.fit(X, y, X_val=d["val"]["prompts"], y_val=d["val"]["labels"])
     fit_s = time.time() - t0
     acc = t.score(d["test"]["prompts"], d["test"]["labels"])
-    moved = RUNS / f"adapter_{method}_{draw}"
+    tag = f"{method}_{draw}" + (f"_{modules.replace(',', '_')}" if modules else "")
+    moved = RUNS / f"adapter_{tag}"
     refactorised = t.save_adapter(moved, overwrite=True)  # a PEFT LoRA folder for B
-    _write(f"transfer_{method}_{draw}", {
-        "method": method, "draw": draw, "accuracy": acc, "scale": t.scale_,
+    _write(f"transfer_{tag}", {
+        "method": method, "draw": draw, "modules": modules or "all adapted",
+        "accuracy": acc, "scale": t.scale_,
         "val_scores": t.val_scores_, "moved": f"{t.moved_params_}/{t.source_params_}",
         "fit_seconds": round(fit_s, 1), "seconds": round(time.time() - t0, 1),
         "adapter_mb": round(sum(f.stat().st_size for f in moved.iterdir()) / 2**20, 2),
@@ -157,6 +172,7 @@ def main() -> None:
     ap.add_argument("--method", default="bico")
     ap.add_argument("--draw", type=int, default=0)
     ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--modules", default="", help="transfer: only these adapted modules")
     args = ap.parse_args()
     RUNS.mkdir(parents=True, exist_ok=True)
     if args.step == "finetune":
@@ -164,7 +180,7 @@ def main() -> None:
     elif args.step == "eval":
         evaluate(args.which)
     elif args.step == "transfer":
-        transfer(args.method, args.draw)
+        transfer(args.method, args.draw, args.modules)
     elif args.step == "all":
         run_all(args.draws)
     else:
