@@ -29,7 +29,7 @@ def report(runs: Path, out: Path) -> None:
     b, b_ft = acc.get("b"), acc.get("b_ft")
     rows = [
         ("A = Qwen2.5-Coder-0.5B, zero-shot", acc.get("a"), "", "", ""),
-        ("A_ft (LoRA r=8 on 240 rows)", acc.get("a_ft"), "", "", ""),
+        ("A_ft (LoRA r=8 on A's attention, 240 rows)", acc.get("a_ft"), "", "", ""),
         ("B = Qwen2.5-Coder-1.5B + nothing", b, "0%" if b is not None else "", "", ""),
     ]
     for method in ("bico", "activation", "gradient"):
@@ -57,7 +57,7 @@ def report(runs: Path, out: Path) -> None:
     table += [f"| {m} | {fmt(v)} | {g} | {s} | {r} |" for m, v, g, s, r in rows]
     ft = {k: v for k, v in res.items() if k.startswith("finetune_")}
     text = (
-        "# Decoder LMs: a LoRA skill moved from Qwen2.5-Coder-0.5B to -1.5B\n\n"
+        "# Decoder LMs: a LoRA skill of Qwen2.5-Coder-0.5B, moved to -1.5B\n\n"
         "BBC News topics answered with code words B cannot guess (business → river, "
         "entertainment → piano, politics → stone, sports → cloud, tech → apple), scored by the "
         "verbaliser: the LM head's logits at the prompt's last token over the five words' "
