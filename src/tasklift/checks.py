@@ -137,3 +137,8 @@ def check_encoding(value) -> str:
     except (LookupError, TypeError):
         raise ValueError(f"unknown encoding {value!r}; pass e.g. utf-8 or latin-1") from None
     return value
+
+
+def first_line(e: Exception) -> str:
+    """An exception's first line, or its type when it says nothing: errors stay one line."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]

@@ -15,6 +15,7 @@ from pathlib import Path
 from torch import nn
 
 from ._torch import resolve_device, resolve_dtype
+from .checks import first_line
 
 __all__ = ["load_model", "label_names", "demo_model", "is_vision"]
 
@@ -110,15 +111,11 @@ def _config(src, path: str):
         return tf.AutoConfig.from_pretrained(path, local_files_only=True)
     except (OSError, ValueError) as e:
         if Path(path).is_dir():
-            raise ValueError(f"cannot read {src}'s config.json: {_first_line(e)}") from None
+            raise ValueError(f"cannot read {src}'s config.json: {first_line(e)}") from None
         raise FileNotFoundError(
             f"{src!r} is no folder, packaged model or cached hub model (tasklift never "
             "downloads); pass a checkpoint folder"
         ) from None
-
-
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def _is_head(key: str) -> bool:
@@ -203,7 +200,7 @@ def load_model(
             "code), which tasklift never loads; ask for safetensors weights"
         ) from None
     except (OSError, RuntimeError, SafetensorError) as e:
-        raise ValueError(f"cannot load the weights of {src}: {_first_line(e)}") from None
+        raise ValueError(f"cannot load the weights of {src}: {first_line(e)}") from None
     _check_loaded(src, config, info)
     untrained = [k for k in info["missing_keys"] if k.startswith("lm_head")]
     if lm and untrained and not getattr(config, "tie_word_embeddings", False):

@@ -53,7 +53,7 @@ def check_pair(
 ) -> dict:
     """Everything `tasklift check` reports, as a dict: "ok" False with "reasons" when no
     method can run. `adapter_tv`: τ_A of an adapter, checked against A's parameters."""
-    from .transfer.pairing import match_modules
+    from .transfer.pairing import match_modules, proportional_depth
 
     fa, fb = family_of(source), family_of(target)
     roles_a = {role for role, _ in roles(source).values()}
@@ -88,7 +88,7 @@ def check_pair(
         "roles_only_in_a": sorted(roles_a - roles_b),
         "roles_only_in_b": sorted(roles_b - roles_a),
         "pairs": len(pairs),
-        "depth_map": _depth_map(wa["layers"], wb["layers"]),
+        "depth_map": proportional_depth(wa["layers"], wb["layers"]),
         "tokenizer_overlap": overlap,
         "token_pairing": token,
         "methods": methods,
@@ -136,11 +136,6 @@ def _distance(source: nn.Module, target: nn.Module) -> float:
     keys = [k for k in sa if k in sb and sa[k].is_floating_point()]
     num = sum(float((sb[k].float() - sa[k].float()).norm() ** 2) for k in keys)
     return (num / max(sum(float(sa[k].float().norm() ** 2) for k in keys), 1e-30)) ** 0.5
-
-
-def _depth_map(la: int, lb: int) -> dict[int, int]:
-    """B's block j takes A's block round(j (L_A − 1) / (L_B − 1)), as `match_modules` does."""
-    return {j: round(j * (la - 1) / max(lb - 1, 1)) for j in range(lb)}
 
 
 def _cka(source, target, tokenizers, texts, max_length: int) -> dict[int, float]:

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checks import first_line
 from .data import Dataset
 
 __all__ = ["FORMATS", "read_file", "sorted_labels"]
@@ -107,13 +108,9 @@ def _parquet_rows(path: Path) -> list[tuple[str, dict]]:
     try:
         names = pq.read_schema(path).names
     except Exception as e:  # pyarrow's errors for a damaged file
-        raise ValueError(f"{path} is not a readable Parquet file: {_first_line(e)}") from None
+        raise ValueError(f"{path} is not a readable Parquet file: {first_line(e)}") from None
     _check_names(path, names)  # before read_table, which fails on them in many lines
     return _numbered(pq.read_table(path).to_pylist())
-
-
-def _first_line(e: Exception) -> str:
-    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def _hf_rows(path: Path, label_key: str | None) -> list[tuple[str, dict]]:

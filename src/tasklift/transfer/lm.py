@@ -33,9 +33,12 @@ def is_causal_lm(model: nn.Module) -> bool:
     return hasattr(model, "get_output_embeddings") and model.get_output_embeddings() is not None
 
 
-def _pad_id(tokenizer) -> int:
-    pad = tokenizer.pad_token_id
-    return tokenizer.eos_token_id if pad is None else pad
+def _padding(tokenizer, side: str):
+    """The tokenizer set to pad on `side`, with its end-of-text token as padding if it has none."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = side
+    return tokenizer
 
 
 def lm_encode(
@@ -51,9 +54,7 @@ def lm_encode(
     if len(prompts) != len(targets):
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets; pair them one to one")
     texts = [p + t for p, t in zip(prompts, targets, strict=True)]
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
+    _padding(tokenizer, "right")
     try:
         enc = tokenizer(
             texts, padding=True, truncation=True, max_length=max_length,
@@ -118,9 +119,7 @@ def verbalise(
     """Index of the likeliest choice after each prompt: the LM head's logits at the prompt's
     last token, restricted to the choices' first tokens (one forward pass per prompt)."""
     ids = torch.tensor(choice_tokens(choices, tokenizer))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "right"
+    _padding(tokenizer, "right")
     dev, out = next(model.parameters()).device, []
     for i in range(0, len(prompts), batch_size):
         enc = tokenizer(list(prompts[i : i + batch_size]), padding=True, truncation=True,
@@ -143,9 +142,7 @@ def greedy_targets(
     """
     if not is_texts(prompts) or tokenizer is None:
         raise ValueError("label-free calibration generates from raw text prompts with a tokenizer")
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"  # generation continues from the last real token
+    _padding(tokenizer, "left")  # generation continues from the last real token
     dev, out = next(model.parameters()).device, []
     for i in range(0, len(prompts), batch_size):
         enc = tokenizer(list(take(prompts, slice(i, i + batch_size))), padding=True,
@@ -155,7 +152,7 @@ def greedy_targets(
                 **enc,
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
-                pad_token_id=_pad_id(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
             )
         out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     tokenizer.padding_side = "right"

@@ -82,6 +82,11 @@ def _block_list(model: nn.Module) -> tuple[str, int]:
     return next(n for n, m in model.named_modules() if m is found), len(found)
 
 
+def proportional_depth(la: int, lb: int) -> dict[int, int]:
+    """B's block j takes A's block round(j (L_A − 1) / (L_B − 1))."""
+    return {j: round(j * (la - 1) / max(lb - 1, 1)) for j in range(lb)}
+
+
 def match_modules(
     source: nn.Module, target: nn.Module, block_map: Mapping[int, int] | None = None
 ) -> dict[str, str]:
@@ -98,7 +103,7 @@ def match_modules(
     pa, la = _block_list(source)
     pb, lb = _block_list(target)
     if block_map is None:
-        block_map = {j: round(j * (la - 1) / max(lb - 1, 1)) for j in range(lb)} if la else {}
+        block_map = proportional_depth(la, lb) if la else {}
     block_map = {int(k): int(v) for k, v in block_map.items()}
     bad = {k: v for k, v in block_map.items() if not (0 <= k < lb and 0 <= v < la)}
     if bad:  # a block that does not exist would silently move nothing
