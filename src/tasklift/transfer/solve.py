@@ -14,13 +14,12 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from ..families import FIXED_ROLES, attention_blocks, family_of, head_counts, roles
 from ..maps import MAPS
-from ..solvers import NULL_RTOL
+from ..solvers import NULL_RTOL, _assign
 from ..stats import GramStats
 from ..taskvector import LowRank, TaskVector, dense
 from .calibration import SIGNALS
@@ -100,7 +99,7 @@ def _kv_orders(source, target, pairs, stats, method: Method, roles_a, roles_b) -
                     block = xy[i * a : (i + 1) * a, k * b : (k + 1) * b]
                     score[i, k] += np.linalg.svd(block, compute_uv=False).sum()
         else:
-            orders[j] = list(linear_sum_assignment(score, maximize=True)[1])
+            orders[j] = list(_assign(score)[1])
     return orders
 
 
