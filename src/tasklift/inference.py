@@ -19,6 +19,7 @@ from .extract import embed, resolve_layers
 from .loading import load_model
 from .maps import identity_map
 from .models import Head, final_norm, hidden_size, layer_width, num_layers
+from .verbaliser import Verbaliser
 
 __all__ = ["TaskMatrixModel", "HeadClassifier", "NORMS"]
 
@@ -32,7 +33,7 @@ class TaskMatrixModel(nn.Module):
 
     Args:
         base: HF encoder (its device/dtype are used for the base pass).
-        head: the fine-tuned model's `Head`.
+        head: the fine-tuned model's `Head`, or a causal LM's `Verbaliser`.
         layer: base hidden-state index read (0..L).
         weight, bias: the map, (d_out, d_in) and (d_out,).
         norm: final norm applied after the map, or None.
@@ -43,7 +44,7 @@ class TaskMatrixModel(nn.Module):
     def __init__(
         self,
         base: nn.Module,
-        head: Head,
+        head: Head | Verbaliser,
         *,
         layer: int,
         weight: torch.Tensor,
@@ -181,34 +182,59 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
     `maps_` and `layer_`; predictions are class ids of the head (`classes_`), whose names are
     in `class_names_`."""
 
-    def _models(self, base, finetuned) -> None:
-        """Load (or reuse, while the parameters are unchanged) both models into the fitted state."""
+    def _models(self, base, finetuned, *, head: Verbaliser | None = None) -> None:
+        """Load (or reuse, while the parameters are unchanged) both models into the fitted state.
+        With `choices` the fine-tuned model is a causal LM and the head its verbaliser; a saved
+        verbaliser `head` needs no fine-tuned model, unless norm='finetuned' reads its norm."""
         check_runtime(self)
         check_choice(self.norm, "norm", choices=NORMS)
-        if base is None or finetuned is None:
+        choices = getattr(self, "choices", None)
+        if head is not None and self.norm != "finetuned":
+            finetuned = None
+        if base is None or (finetuned is None and head is None):
             raise ValueError(
                 f"{type(self).__name__} needs its models: pass base= and finetuned= (a folder "
                 "or a model object)"
             )
+        if finetuned is None and self.norm == "finetuned":
+            raise ValueError(
+                "norm='finetuned' applies the fine-tuned model's final norm: pass finetuned= "
+                "(a folder or a model object), or use norm='base'"
+            )
 
         def load():
             kw = dict(device=self.device, dtype=self.dtype)
-            ft, ft_proc = load_model(finetuned, head=True, **kw)
+            ft, ft_proc = (None, None)
+            if finetuned is not None:
+                lm = choices is not None
+                ft, ft_proc = load_model(finetuned, head=not lm, lm=lm, **kw)
             bm, proc = (ft, None) if base is finetuned else load_model(base, **kw)
             return bm, ft, next((p for p in (self.processor, proc, ft_proc) if p is not None), None)
 
-        key = model_key(base, finetuned, self.device, self.dtype, self.processor)
+        key = model_key(base, finetuned, choices is None, self.device, self.dtype, self.processor)
         self.base_model_, self.finetuned_model_, self.processor_ = cached(self, key, load)
-        _warn_if_unrelated(self.base_model_, self.finetuned_model_, base, finetuned)
-        self.head_ = Head(self.finetuned_model_)
+        ft = self.finetuned_model_
+        if ft is not None:
+            _warn_if_unrelated(self.base_model_, ft, base, finetuned)
+        if head is not None:  # a saved verbaliser: run it where and as the base runs
+            p = next(self.base_model_.parameters())
+            self.head_ = head.to(p.device, p.dtype)
+        else:
+            self.head_ = (
+                Head(ft) if choices is None else Verbaliser.from_lm(ft, choices, self.processor_)
+            )
         if self.head_.reads == "last" and self.pool in ("cls", "first"):
             raise ValueError(
-                f"{type(self.finetuned_model_).__name__} is a decoder: its head reads the last "
-                "token, and token 0 says nothing about the text; pass pool='last' (--pool last)"
+                f"{type(ft).__name__ if ft is not None else 'the fine-tuned model'} is a decoder: "
+                "its head reads the last token, and token 0 says nothing about the text; pass "
+                "pool='last' (--pool last)"
             )
         self.classes_ = np.arange(self.head_.num_classes)
-        names = self.finetuned_model_.config.id2label
-        self.class_names_ = [str(names.get(i, i)) for i in self.classes_]
+        if isinstance(self.head_, Verbaliser):
+            self.class_names_ = list(self.head_.class_names)
+        else:
+            names = ft.config.id2label
+            self.class_names_ = [str(names.get(i, i)) for i in self.classes_]
 
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "maps_")
@@ -234,11 +260,8 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
                 f"no task matrix was fitted for layer {layer}; fitted: {sorted(self.maps_)}"
             )
         m = self.maps_[layer]
-        norm = {
-            "base": final_norm(self.base_model_),
-            "finetuned": final_norm(self.finetuned_model_),
-            "none": None,
-        }[self.norm]
+        source = self.base_model_ if self.norm == "base" else self.finetuned_model_
+        norm = None if self.norm == "none" else final_norm(source)
         width = getattr(norm, "normalized_shape", (m.coef_.shape[0],))[0]
         if norm is not None and width != m.coef_.shape[0]:
             raise ValueError(

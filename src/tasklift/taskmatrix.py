@@ -9,7 +9,7 @@ k-fold cross-validation on those statistics.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from .maps import (
 from .models import num_layers
 from .solvers import cv_errors
 from .stats import GramStats
+from .verbaliser import Verbaliser
 
 __all__ = ["TaskMatrix"]
 
@@ -97,6 +98,11 @@ class TaskMatrix(HeadClassifier):
             with other alphas without extracting again (`fit_stats(tm.stats_)`). Off by
             default: they take 2 · folds · layers · d² floats (2 GB at d = 1024, 25 layers,
             5 folds), which inference never reads.
+        choices: the fine-tuned model is a causal LM answering in words: its label words, each as
+            it follows the prompt (' river', ' piano'), or {class name: word}. The head is then
+            the verbaliser: the LM head's rows for the words' first tokens, read at the last
+            token (pool "last" or "mean"); class i answers choices[i]. None: the fine-tuned
+            model's classification head.
         processor: tokenizer / image processor, when the models are passed as objects.
 
     Example:
@@ -123,9 +129,11 @@ class TaskMatrix(HeadClassifier):
         dtype: str = "auto",
         progress: bool = False,
         keep_stats: bool = False,
+        choices: Sequence[str] | Mapping[str, str] | None = None,
         processor=None,
     ) -> None:
         self.base, self.finetuned = base, finetuned
+        self.choices = choices
         self.keep_stats = keep_stats
         self.layer, self.alpha, self.fit_intercept, self.cv = layer, alpha, fit_intercept, cv
         self.solver = solver
@@ -256,7 +264,8 @@ class TaskMatrix(HeadClassifier):
         relative_to: str | os.PathLike | None = None,
     ) -> None:
         """Write every fitted layer's map and the settings to one safetensors file (atomically);
-        an existing `path` is replaced only if tasklift wrote it and `overwrite` is set.
+        an existing `path` is replaced only if tasklift wrote it and `overwrite` is set. A
+        verbaliser head is written too, so the file predicts without the fine-tuned model.
 
         Model folders are recorded as absolute paths, or relative to `relative_to` (a folder
         that travels with the file, as `tasklift export` writes).
@@ -266,6 +275,10 @@ class TaskMatrix(HeadClassifier):
         for i, m in self.maps_.items():
             t, maps[i] = m.state()
             tensors.update({f"{i}.{k}": v for k, v in t.items()})
+        head = None
+        if isinstance(self.head_, Verbaliser):
+            t, head = self.head_.state()
+            tensors.update({f"head.{k}": v for k, v in t.items()})
         params = {k: recorded(v) for k, v in self.get_params().items() if k != "processor"}
         if relative_to is not None:
             for k in ("base", "finetuned"):
@@ -281,13 +294,15 @@ class TaskMatrix(HeadClassifier):
                 "alphas": self.alphas_,
                 "cv_errors": self.cv_errors_,
                 "maps": maps,
+                "head": head,
             },
             overwrite=overwrite,
         )
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, base=None, finetuned=None, **overrides) -> TaskMatrix:
-        """Read a saved task matrix; models come from the recorded paths unless given."""
+        """Read a saved task matrix; models come from the recorded paths unless given (a saved
+        verbaliser needs the base alone, unless norm='finetuned')."""
         tensors, info = load_tensors(path)
         if info.get("class") != "TaskMatrix":
             raise ValueError(f"{path} holds a {info.get('class')!r}, not a TaskMatrix")
@@ -298,13 +313,18 @@ class TaskMatrix(HeadClassifier):
                 params[k] = beside if os.path.isdir(beside) else params[k]  # else a model name
         params["base"] = base if base is not None else params["base"]
         params["finetuned"] = finetuned if finetuned is not None else params["finetuned"]
-        if params["base"] is None or params["finetuned"] is None:
+        head = info.get("head")  # a verbaliser's: its rows are in the file
+        if head is not None:
+            head = Verbaliser.from_state(
+                {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}, head
+            )
+        if params["base"] is None or (params["finetuned"] is None and head is None):
             raise ValueError(
                 f"{path} does not record model folders (they were passed as objects); "
                 "pass base= and finetuned= to load()"
             )
         tm = cls(**params)
-        tm._models(tm.base, tm.finetuned)
+        tm._models(tm.base, tm.finetuned, head=head)
         tm.maps_ = {
             int(i): LinearMap.from_state(
                 {k.split(".", 1)[1]: v for k, v in tensors.items() if k.split(".")[0] == i}, meta

@@ -37,6 +37,7 @@ from .flags import (
     alpha,
     alphas_flag,
     arg,
+    choices_flag,
     counts,
     data_flags,
     fractions,
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--solver", default="qr", choices=["qr", "gram"],
         help="plain least squares by a streamed QR (= numpy lstsq) or from XᵀX (gram)",
     )  # fmt: skip
+    choices_flag(p)
 
     p = command(
         "eval", cmd_eval, "layer sweep: head-only, linear probe, task matrix per layer, fine-tuned",

@@ -58,8 +58,9 @@ def cmd_fit(args) -> None:
     from ..distributed import is_main
     from ..io import write_text
     from ..taskmatrix import TaskMatrix
+    from ..verbaliser import name_choices
 
-    train, test = _splits(args, classifier=args.finetuned)
+    train, test = _splits(args, classifier=None if args.choices else args.finetuned)
     tm = TaskMatrix(
         args.base,
         args.finetuned,
@@ -67,6 +68,7 @@ def cmd_fit(args) -> None:
         alpha=args.alpha,
         fit_intercept=args.intercept,
         solver=args.solver,
+        choices=None if args.choices is None else name_choices(args.choices, train.classes),
         **_matrix(args),
     ).fit(train.X)
     if not is_main():
@@ -326,7 +328,6 @@ def cmd_assets(args) -> None:
 def cmd_predict(args) -> None:
     from ..data import align_labels, load_dataset
     from ..evaluate import accuracy, confusion, per_class
-    from ..loading import label_names
     from ..report import markdown_table, write_csv
     from ..taskmatrix import TaskMatrix
 
@@ -347,7 +348,7 @@ def cmd_predict(args) -> None:
     if isinstance(ds.X, list):
         rows = [{**r, args.text_key: x} for r, x in zip(rows, ds.X, strict=True)]
     if not args.no_labels:
-        ds = align_labels(ds, label_names(tm.finetuned_model_), model=str(tm.finetuned))
+        ds = align_labels(ds, dict(enumerate(names)), model=str(tm.finetuned))
         for r, y in zip(rows, ds.y, strict=True):
             r["label"] = names[y]
     write_csv(args.output, rows)

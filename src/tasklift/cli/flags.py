@@ -114,6 +114,15 @@ def matrix_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cv", type=arg(check_int, low=2), default=5, help="folds (>= 2) for CV")
 
 
+def choices_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--choices", type=arg(check_list, item=lambda word, name: word), default=None,
+        help="FINETUNED is a causal LM answering in words: one label word per class, in the "
+        "data's sorted label order, comma-separated, leading spaces kept (' river, piano'); "
+        "the head is then the LM head on the words' first tokens (use --pool last)",
+    )  # fmt: skip
+
+
 def data_flags(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
     if positional:
         p.add_argument(

@@ -95,16 +95,23 @@ def choice_tokens(choices: Sequence[str], tokenizer) -> list[int]:
     """The first token of each label word as it follows a prompt.
 
     Raises:
-        ValueError: two choices start with the same token (the verbaliser could not tell them
-            apart); pick words that differ at their first token.
+        ValueError: a choice has no tokens, or two choices start with the same token (the
+            verbaliser could not tell them apart), naming them and the fix.
     """
-    first = [tokenizer(c, add_special_tokens=False)["input_ids"][0] for c in choices]
-    if len(set(first)) < len(first):
-        raise ValueError(
-            f"choices {list(choices)} share first tokens {first}; the verbaliser reads one "
-            "token per choice: pick label words whose first tokens differ (e.g. ' alpha', ' bravo')"
-        )
-    return first
+    first: dict[int, str] = {}
+    for c in choices:
+        ids = tokenizer(c, add_special_tokens=False)["input_ids"]
+        if not len(ids):
+            raise ValueError(f"choice {c!r} has no tokens; give every class a label word")
+        t = int(ids[0])
+        if t in first:
+            raise ValueError(
+                f"choices {first[t]!r} and {c!r} both start with token {t}; the "
+                "verbaliser reads one token per choice: pick label words whose first tokens "
+                "differ (e.g. ' river', ' piano')"
+            )
+        first[t] = c
+    return list(first)
 
 
 def verbalise(

@@ -1,0 +1,140 @@
+"""Task matrices on decoders answering in words (issue 19, item 3): the verbaliser head is the LM
+head's rows for the label words' first tokens, so through the task-matrix path its logits are the
+LM's own next-token logits on those tokens (left or right padding); at the last layer of the
+fine-tuned LM itself a task matrix predicts what `verbalise` predicts; W is numpy's lstsq on
+last-token embeddings; a saved matrix predicts without the fine-tuned model."""
+
+import csv
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import WORDS, nudged, tiny_classifier, tiny_tokenizer
+from tasklift.cli import main
+from tasklift.inference import TaskMatrixModel
+from tasklift.models import final_norm, num_layers
+from tasklift.taskmatrix import TaskMatrix
+from tasklift.transfer.lm import verbalise
+from tasklift.verbaliser import Verbaliser
+from test_lm import tiny_lm
+
+CHOICES = [" alpha", " beta", " gamma", " w7"]
+
+
+def _texts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, rng.integers(2, 9))) for _ in range(n)]
+
+
+def _last(mask: torch.Tensor) -> torch.Tensor:
+    """Index of each row's last attended token, whichever side pads."""
+    return mask.shape[1] - 1 - mask.flip(1).argmax(1)
+
+
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("kind", ["qwen2", "llama", "gemma3"])
+def test_verbaliser_logits_are_the_lms_own_next_token_logits_on_the_choices(kind, side):
+    lm, tok = tiny_lm(kind, hidden=48), tiny_tokenizer(WORDS)
+    if kind == "gemma3":  # Gemma-2-style final logit soft-capping, read from the config
+        lm.config.final_logit_softcapping = 2.0
+    tok.padding_side = side
+    X = dict(tok(_texts(24), padding=True, return_tensors="pt"))
+    head = Verbaliser.from_lm(lm, CHOICES, tok)
+    assert head.tokens == tok.convert_tokens_to_ids([w.strip() for w in CHOICES])
+    assert head.class_names == ["alpha", "beta", "gamma", "w7"]
+    d, L = lm.config.hidden_size, num_layers(lm)
+    path = TaskMatrixModel(lm, head, layer=L, weight=torch.eye(d), norm=final_norm(lm), pool="last")
+    with torch.no_grad():
+        want = lm(**X).logits[torch.arange(24), _last(X["attention_mask"])][:, head.tokens]
+        torch.testing.assert_close(path(**X), want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kind", ["qwen2", "llama"])
+def test_a_task_matrix_at_the_last_layer_of_the_lm_itself_predicts_what_verbalise_does(kind):
+    lm, tok = tiny_lm(kind), tiny_tokenizer(WORDS)
+    texts = _texts(120)
+    tm = TaskMatrix(lm, lm, layer=-1, pool="last", choices=CHOICES, processor=tok).fit(texts)
+    want = verbalise(lm, texts, CHOICES, tok, max_length=64)
+    assert len(set(want)) > 1  # the words compete: not one answer for every text
+    np.testing.assert_array_equal(tm.predict(texts), want)
+    assert list(tm.classes_) == [0, 1, 2, 3] and tm.class_names_ == ["alpha", "beta", "gamma", "w7"]
+    assert tm.score(texts, want) == 1.0
+
+
+def test_a_verbaliser_task_matrix_is_lstsq_on_last_tokens_and_saved_needs_no_finetuned(tmp_path):
+    """Qwen2 base (4 query / 2 KV heads) layer 1 -> the fine-tuned LM's last block at the last
+    attended token (left padding; RoPE makes other pad widths equal only to float error):
+    numpy lstsq's W. Saved and loaded with the base alone, it
+    predicts the same; named classes ({class: word}) travel with the file."""
+    ft, base = tiny_lm("qwen2"), tiny_lm("qwen2", seed=5).model
+    tok = tiny_tokenizer(WORDS)
+    tok.padding_side = "left"
+    texts = _texts(80, seed=1)
+    choices = dict(zip("abcd", CHOICES, strict=True))
+    tm = TaskMatrix(
+        base, ft, layer=1, pool="last", choices=choices, processor=tok, batch_size=80
+    ).fit(texts)  # one batch: the reference's padding, to the bit
+    X = dict(tok(texts, padding=True, return_tensors="pt"))
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, a, out, k=k: seen.__setitem__(k, out))
+             for k, m in (("x", base.layers[0]), ("y", ft.model.layers[-1]))]  # fmt: skip
+    with torch.no_grad():
+        base(**X), ft(**X)
+    for h in hooks:
+        h.remove()
+    last = _last(X["attention_mask"])
+    x, y = ((seen[k][0] if isinstance(seen[k], tuple) else seen[k])[torch.arange(80), last]
+            for k in "xy")  # fmt: skip
+    want = np.linalg.lstsq(x.double().numpy(), y.double().numpy(), rcond=None)[0]
+    np.testing.assert_allclose(tm.maps_[1].coef_.T, want, atol=1e-6)
+    tm.save(tmp_path / "tm.safetensors")
+    back = TaskMatrix.load(tmp_path / "tm.safetensors", base=base, processor=tok)
+    assert back.finetuned_model_ is None and back.class_names_ == list("abcd")
+    np.testing.assert_array_equal(back.decision_function(texts), tm.decision_function(texts))
+    with pytest.raises(ValueError, match="norm='finetuned' applies the fine-tuned model's"):
+        TaskMatrix.load(tmp_path / "tm.safetensors", base=base, processor=tok, norm="finetuned")
+
+
+def test_bad_choices_are_refused_in_one_line_naming_them_and_the_fix():
+    lm, tok = tiny_lm("llama"), tiny_tokenizer(WORDS)
+    texts = _texts(40)
+    fit = lambda **kw: TaskMatrix(lm, lm, layer=-1, processor=tok, **kw).fit(texts)  # noqa: E731
+    with pytest.raises(ValueError, match="' alpha' and 'alpha' both start with token 5; .*differ"):
+        fit(pool="last", choices=[" alpha", " beta", "alpha"])
+    with pytest.raises(ValueError, match="choice '' has no tokens"):
+        fit(pool="last", choices=[" alpha", ""])
+    with pytest.raises(ValueError, match="pool='last'"):
+        fit(choices=CHOICES)
+    with pytest.raises(ValueError, match="list of label words"):
+        fit(pool="last", choices=" alpha, beta")
+    clf = tiny_classifier("bert")
+    with pytest.raises(ValueError, match="choices need a causal LM"):
+        TaskMatrix(clf.bert, clf, choices=CHOICES, pool="last", processor=tok).fit(texts)
+
+
+def test_cli_fit_with_choices_then_predict_without_the_finetuned_model(tmp_path, capsys):
+    """`fit --choices` on a Llama LM folder (labels a, b, c answered ' alpha', ' beta', ' gamma');
+    `predict` from the saved file after the fine-tuned folder is gone."""
+    base = tiny_lm("llama")
+    for name, model in (("base", base), ("ft", nudged(base, seed=2, scale=0.3))):
+        model.save_pretrained(tmp_path / name)
+        tiny_tokenizer(WORDS).save_pretrained(tmp_path / name)
+    data = tmp_path / "data.csv"
+    rows = [f"{t},{'abc'[i % 3]}" for i, t in enumerate(_texts(90))]
+    data.write_text("\n".join(["sentence,label", *rows]) + "\n")
+    out = tmp_path / "tm.safetensors"
+    argv = ["fit", str(tmp_path / "base"), str(tmp_path / "ft"), str(data), "--text-key",
+            "sentence", "--quiet", "--pool", "last", "--layer", "2", "-o", str(out)]  # fmt: skip
+    assert main([*argv, "--choices", " alpha, beta"]) == 2
+    assert "2 choices [' alpha', ' beta'] for 3 classes ['a', 'b', 'c']" in capsys.readouterr().err
+    assert main([*argv, "--choices", " alpha, beta, gamma"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    shutil.rmtree(tmp_path / "ft")
+    preds = tmp_path / "preds.csv"
+    assert main(["predict", str(out), str(data), "--text-key", "sentence", "--quiet",
+                 "-o", str(preds)]) == 0  # fmt: skip
+    assert "accuracy" in capsys.readouterr().out
+    with preds.open() as f:
+        assert {r["prediction"] for r in csv.DictReader(f)} <= {"a", "b", "c"}
