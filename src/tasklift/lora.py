@@ -258,13 +258,13 @@ def write_moved(
     moved: Sequence[dict],
     *,
     scale: float,
-    source: str,
     target: str,
-    method: str,
     overwrite: bool = False,
+    **info: object,
 ) -> list[dict]:
     """Each moved adapter as a PEFT folder out/<its name> for `target`, and the manifest
-    out/tasklift_run.json of what went where; returns the manifest's records."""
+    out/tasklift_run.json of what went where (with `info`: source, method, how the maps were
+    made); returns the manifest's records."""
     from .io import write_text
 
     records = []
@@ -282,7 +282,7 @@ def write_moved(
                 "refactorised": errors,
             }
         )
-    info = {"tasklift": _version(), "kind": "moved adapters", "source": source, "target": target,
-            "method": method, "scale": scale, "adapters": records}  # fmt: skip
-    write_text(Path(out) / "tasklift_run.json", json.dumps(info, indent=1))
+    manifest = {"tasklift": _version(), "kind": "moved adapters", "target": target, **info,
+                "scale": scale, "adapters": records}  # fmt: skip
+    write_text(Path(out) / "tasklift_run.json", json.dumps(manifest, indent=1))
     return records

@@ -20,10 +20,10 @@ from ..data import is_texts, num_items, take
 from ..evaluate import accuracy
 from ..io import atomic_dir, check_output, write_text
 from ..loading import load_model
-from ..lora import is_adapter, merged, read_adapter, write_adapter, write_moved
+from ..lora import is_adapter, merged, read_adapter, write_adapter
 from ..models import encode, token_limit
 from ..taskvector import TaskVector
-from .calibration import calibrate, plan_passes, word_pooling
+from .calibration import word_pooling
 from .head import classifier_setup
 from .lm import (
     greedy_targets,
@@ -33,8 +33,9 @@ from .lm import (
     lm_setup,
     verbalise,
 )
+from .many import move_all, solved_maps, touched_pairs
 from .methods import SCALES, TOKENS, get_method
-from .solve import POST_STEPS, TIE_BREAK, iter_maps, transport
+from .solve import POST_STEPS, TIE_BREAK, transport
 
 __all__ = ["Transfer"]
 
@@ -140,30 +141,10 @@ class Transfer(ClassifierMixin, BaseEstimator):
     def _move_all(self, method, prep: dict, tvs: list, n: int, words, images: bool) -> list:
         """Calibrate A and B once (in passes under the memory budget) and move every task
         vector in `tvs` with the same maps, module by module: [{B parameter: delta}, ...].
-        Only modules some task vector changes are calibrated and solved (a LoRA on attention
-        leaves the FFN, whose maps cost most, alone)."""
-        a, b = prep["source"], prep["target"]
-        touched = {k.rsplit(".", 1)[0] for tv in tvs for k in tv.deltas}
-        pairs = {t: s for t, s in prep["pairs"].items() if s in touched}
-        dtype = np.dtype(self.stats_dtype)
-        budget = None if self.max_stats_gb is None else self.max_stats_gb * 2**30
-        passes = plan_passes(a, b, pairs, method.signals, budget, dtype.itemsize)
-        moved: list[dict] = [{} for _ in tvs]
-        for i, part in enumerate(passes):  # each pass's statistics and maps freed once used
-            desc = f"calibrate ({method.name}{f', pass {i + 1}/{len(passes)}' if i else ''})"
-            stats = None
-            if method.signals:
-                stats = calibrate(
-                    a, b, part, self._batches(n, desc), prep["loss"], signals=method.signals,
-                    token=self.token, words=words, dtype=dtype, grids=images,
-                )  # fmt: skip
-            kw = dict(tie_break=self.tie_break, center=self.center)
-            for name, maps in iter_maps(a, b, part, stats or {}, method, **kw):  # one at a time
-                for tv, out in zip(tvs, moved, strict=True):
-                    one = transport(tv, a, b, {name: part[name]}, {name: maps}, strict=False)
-                    out.update(one.deltas)
-            del stats
-        return moved
+        Only modules some task vector changes are calibrated and solved."""
+        pairs = touched_pairs(prep["pairs"], tvs)
+        maps = solved_maps(self, method, prep, pairs, n, words, images)
+        return move_all(tvs, prep["source"], prep["target"], pairs, maps)
 
     def fit(self, X, y=None, *, X_val=None, y_val=None) -> Transfer:
         """Calibrate on X (~128 inputs) and labels y (A_ft's own predictions or continuations
@@ -296,45 +277,25 @@ class Transfer(ClassifierMixin, BaseEstimator):
         out: str | os.PathLike,
         scale: float = 1.0,
         overwrite: bool = False,
+        map_cache: bool | str | os.PathLike | None = True,
     ) -> list[dict]:
         """Move several PEFT LoRA adapters of A (`source`) to B (`target`) with one calibration.
 
-        In a causal-LM transfer the maps come from A and B alone, calibrated on X with the
-        targets y (or X's own labels), so one calibration serves every adapter of A: each is
-        written to out/<its folder name> as an exact LoRA of B at `scale`, and
-        out/tasklift_run.json records what went where. Returns those records.
+        With targets y (or X's own labels) the maps of a causal-LM transfer come from A and B
+        alone: they are solved once, or read from `map_cache` (True: tasklift's cache folder; a
+        folder; False: none) when A, B, X, y and the settings are the same, and move every
+        adapter. Label-free targets (each A_ft's own) and GradFix's mask depend on the adapter:
+        each is then calibrated alone, with a warning. Each adapter is written to out/<its
+        folder name> as an exact LoRA of B at `scale`, and out/tasklift_run.json records what
+        went where and how the maps were made. Returns those records.
 
         Raises:
-            ValueError: no targets (label-free targets come from each A_ft, so the maps would
-                depend on the adapter), adapters sharing a folder name, or one that does not fit A.
+            ValueError: no adapters, adapters sharing a folder name, or one that does not fit A.
         """
-        from ..io import check_output
-        from .lm import check_fits
+        from .many import move_adapters
 
-        method = get_method(self.method)
-        check_runtime(self)
-        if y is None and not (isinstance(X, dict) and "labels" in X):
-            raise ValueError(
-                "one calibration for many adapters needs targets y (or X with labels): label-free "
-                "targets are each A_ft's own output, so its maps would be its own"
-            )
-        names = [Path(p).name for p in adapters]
-        if len(set(names)) < len(names):
-            raise ValueError(f"adapters share folder names {names}; each gets out/<name>")
-        check_output(out, overwrite=overwrite, inputs=[str(p) for p in adapters])
-        read = [read_adapter(p) for p in adapters]
-        self.lm_, self.adapter_config_ = True, None
-        a, tok_a = self._load(self.source, lm=True)
-        for p, (tv, _) in zip(adapters, read, strict=True):
-            check_fits(a, tv, f"{self.source}, adapter {p}")
-        self.max_length_ = self._max_length(X, (a, tok_a))
-        del a
-        prep = lm_setup(self, None, tok_a, X, y, tv=read[0][0])
-        self.processor_ = prep["processor"]
-        moved = self._move_all(method, prep, [tv for tv, _ in read], num_items(X), None, False)
-        base = self.target if not isinstance(self.target, nn.Module) else "target"
-        info = {"source": str(self.source), "target": str(base), "method": method.name}
-        return write_moved(out, adapters, read, moved, scale=scale, overwrite=overwrite, **info)
+        return move_adapters(self, adapters, X, y, out=out, scale=scale, overwrite=overwrite,
+                             map_cache=map_cache)  # fmt: skip
 
     def save_adapter(self, path: str | os.PathLike, *, overwrite: bool = False) -> dict:
         """τ_B at the chosen scale as a PEFT LoRA folder for B (`PeftModel.from_pretrained(B,

@@ -1,0 +1,173 @@
+"""Many adapters of A, one calibration: with the calibration targets given, the maps A -> B come
+from A and B alone, so they are solved once (or read from the on-disk cache, `transfer.cache`)
+and move every adapter. Where they depend on the adapter (label-free targets are each A_ft's own
+continuations; GradFix masks each τ_B by B's gradient signs), each adapter is calibrated alone,
+and the log and the manifest say so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from torch import nn
+
+from .. import __version__
+from .._estimator import check_runtime
+from ..data import num_items
+from ..io import check_output
+from ..lora import read_adapter, write_moved
+from ..taskvector import TaskVector
+from .cache import MapCache, Maps, data_fingerprint, default_dir, model_fingerprint
+from .calibration import calibrate, plan_passes
+from .lm import check_fits, lm_setup
+from .methods import Method, get_method
+from .solve import iter_maps, transport
+
+__all__ = ["move_adapters", "per_adapter", "touched_pairs", "solved_maps", "move_all"]
+
+log = logging.getLogger(__name__)
+
+#: the Transfer settings that shape the maps, besides the method, models, data and module pairs
+_MAP_PARAMS = ("token", "tie_break", "center", "batch_size", "stats_dtype", "choices")
+
+
+def touched_pairs(pairs: Mapping[str, str], tvs: Sequence[TaskVector]) -> dict[str, str]:
+    """The pairs {B module: A module} whose A module some task vector changes (a LoRA on
+    attention leaves the FFN, whose maps cost most, alone)."""
+    touched = {k.rsplit(".", 1)[0] for tv in tvs for k in tv.deltas}
+    return {t: s for t, s in pairs.items() if s in touched}
+
+
+def solved_maps(
+    est, method: Method, prep: dict, pairs: Mapping[str, str], n: int, words=None, images=False
+) -> Maps:
+    """Calibrate A and B (`prep`) on n inputs, in passes under `est.max_stats_gb`, and yield
+    each module's (R_in, R_out) as soon as it is solved; each pass's statistics are freed once
+    its maps are made."""
+    a, b = prep["source"], prep["target"]
+    dtype = np.dtype(est.stats_dtype)
+    budget = None if est.max_stats_gb is None else est.max_stats_gb * 2**30
+    passes = plan_passes(a, b, pairs, method.signals, budget, dtype.itemsize)
+    for i, part in enumerate(passes):
+        desc = f"calibrate ({method.name}{f', pass {i + 1}/{len(passes)}' if i else ''})"
+        stats = None
+        if method.signals:
+            stats = calibrate(
+                a, b, part, est._batches(n, desc), prep["loss"], signals=method.signals,
+                token=est.token, words=words, dtype=dtype, grids=images,
+            )  # fmt: skip
+        yield from iter_maps(a, b, part, stats or {}, method, tie_break=est.tie_break,
+                             center=est.center)  # fmt: skip
+        del stats
+
+
+def move_all(
+    tvs: Sequence[TaskVector], source: nn.Module, target: nn.Module, pairs, maps: Maps
+) -> list[dict]:
+    """Every task vector moved by the same maps, module by module: [{B parameter: delta}]."""
+    moved: list[dict] = [{} for _ in tvs]
+    for name, m in maps:  # one module's maps at a time
+        for tv, out in zip(tvs, moved, strict=True):
+            one = transport(tv, source, target, {name: pairs[name]}, {name: m}, strict=False)
+            out.update(one.deltas)
+    return moved
+
+
+def per_adapter(method: Method, X, y) -> str | None:
+    """Why each adapter needs maps of its own, or None when one calibration serves them all."""
+    if method.post is not None:
+        return f"{method.name} masks each τ_B by the signs of B's gradients"
+    if y is None and not (isinstance(X, dict) and "labels" in X):
+        return "label-free: the calibration targets are each A_ft's own continuations"
+    return None
+
+
+def _name(model, default: str) -> str:
+    if isinstance(model, nn.Module):  # a model object: the folder it came from, if any
+        return getattr(getattr(model, "config", None), "_name_or_path", "") or default
+    return str(model)
+
+
+def _key(est, method: Method, prep: dict, tok_a, pairs: dict, X, y) -> dict:
+    """What the maps depend on (`cache.MapCache`'s key)."""
+    a, b = prep["source"], prep["target"]
+    skip = ("summary", "post", "baseline")
+    fields = {k: v for k, v in dataclasses.asdict(method).items() if k not in skip}
+    return {
+        "tasklift": __version__, "method": fields,
+        "params": {k: getattr(est, k) for k in _MAP_PARAMS},
+        "max_length": est.max_length_, "dtype": str(next(a.parameters()).dtype),
+        "source": model_fingerprint(a, tok_a), "target": model_fingerprint(b, prep["processor"]),
+        "data": data_fingerprint(X, y), "pairs": pairs,
+    }  # fmt: skip
+
+
+def _shared(est, method: Method, adapters, tvs: list, X, y, cache: MapCache | None):
+    """One calibration (or a cache hit: none) moving every adapter; and the manifest's note."""
+    a, tok_a = est._load(est.source, lm=True)
+    for p, tv in zip(adapters, tvs, strict=True):
+        check_fits(a, tv, f"{est.source}, adapter {p}")
+    del a
+    prep = lm_setup(est, None, tok_a, X, y, tv=tvs[0])
+    est.processor_ = prep["processor"]
+    est.max_length_ = est._max_length(X, (prep["source"], tok_a), (prep["target"], est.processor_))
+    pairs = touched_pairs(prep["pairs"], tvs)
+    note: dict = {"maps": "shared", "map_cache": None}
+    maps = solved_maps(est, method, prep, pairs, num_items(X))  # runs only when read
+    if cache is not None and method.signals:
+        key = _key(est, method, prep, tok_a, pairs, X, y)
+        found = cache.load(key)
+        note["map_cache"] = {"folder": str(cache.folder), "entry": cache.digest(key),
+                             "hit": found is not None}  # fmt: skip
+        about = {"source": _name(est.source, "source"), "target": _name(est.target, "target")}
+        maps = found if found is not None else cache.store(key, maps, about=about)
+    return move_all(tvs, prep["source"], prep["target"], pairs, maps), note
+
+
+def move_adapters(
+    est,
+    adapters: Sequence[str | os.PathLike],
+    X,
+    y=None,
+    *,
+    out: str | os.PathLike,
+    scale: float = 1.0,
+    overwrite: bool = False,
+    map_cache: bool | str | os.PathLike | None = True,
+) -> list[dict]:
+    """`Transfer.move_adapters`: each adapter of A (`est.source`) as an exact LoRA of B at
+    `scale` in out/<its folder name>, and out/tasklift_run.json; returns its records.
+
+    `map_cache`: True (tasklift's cache folder), a folder, or False / None (no cache).
+
+    Raises:
+        ValueError: no adapters, adapters sharing a folder name, or one that does not fit A.
+    """
+    method = get_method(est.method)
+    check_runtime(est)
+    if not adapters:
+        raise ValueError("no adapters to move; pass one or more PEFT LoRA folders trained on A")
+    names = [Path(p).name for p in adapters]
+    if len(set(names)) < len(names):
+        raise ValueError(f"adapters share folder names {names}; each gets out/<name>")
+    check_output(out, overwrite=overwrite, inputs=[str(p) for p in adapters])
+    read = [read_adapter(p) for p in adapters]
+    why = per_adapter(method, X, y)
+    if why is None:
+        folder = default_dir() if map_cache is True else map_cache or None
+        cache = None if folder is None else MapCache(folder)
+        moved, note = _shared(est, method, adapters, [tv for tv, _ in read], X, y, cache)
+    else:
+        log.warning("maps computed per adapter (%d calibrations): %s", len(adapters), why)
+        params = {**est.get_params(deep=False), "scales": (1.0,)}
+        moved = [type(est)(**{**params, "finetuned": p}).fit(X, y).task_vector_.deltas
+                 for p in adapters]  # fmt: skip
+        note = {"maps": "per adapter", "why": why, "map_cache": None}
+    info = {"source": _name(est.source, "source"), "target": _name(est.target, "target")}
+    return write_moved(out, adapters, read, moved, scale=scale, overwrite=overwrite,
+                       method=method.name, **info, **note)  # fmt: skip
