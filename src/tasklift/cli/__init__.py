@@ -54,6 +54,30 @@ from .flags import (
 log = logging.getLogger("tasklift")
 
 
+class TransferPaths(argparse.Action):
+    """transfer's paths, A A_FT B DATA or A B ADAPTER [ADAPTER ...] DATA (told apart by the
+    third: a model, or a PEFT adapter folder), as source, finetuned or adapters, target, data."""
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:
+        from ..lora import is_adapter
+
+        forms = "A A_FT B DATA, or A B ADAPTER [ADAPTER ...] DATA"
+        if len(values) < 4:
+            raise argparse.ArgumentError(self, f"takes {forms}; got {len(values)} path(s)")
+        source, second, *middle, data = values
+        if len(middle) == 1 and not is_adapter(middle[0]):
+            namespace.finetuned, namespace.target = second, middle[0]
+        else:
+            bad = next((p for p in middle if not is_adapter(p)), None)
+            if bad is not None:
+                raise argparse.ArgumentError(
+                    self, f"{bad} is no PEFT adapter folder (it has no adapter_config.json); "
+                    f"the paths are {forms}",
+                )  # fmt: skip
+            namespace.target, namespace.adapters = second, middle
+        namespace.source, namespace.data = source, data
+
+
 # -- parser -----------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the `tasklift` command."""
@@ -107,14 +131,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--refit", action="store_true", help="fine-tune again even if cached")
 
     p = command(
-        "transfer", cmd_transfer, "move A's fine-tuning onto model B without training",
-        models=("source", "finetuned", "target"), matrix=False, batch_size=16,
+        "transfer", cmd_transfer, "move A's fine-tuning (or LoRA adapters) onto B without training",
+        models=(), data=False, matrix=False, batch_size=16,
     )  # fmt: skip
+    p.add_argument(
+        "paths", nargs="+", action=TransferPaths, default=argparse.SUPPRESS, metavar="PATH",
+        help="A A_FT B DATA (A_ft: A fine-tuned, or a PEFT adapter of A), or A B ADAPTER "
+        "[ADAPTER ...] DATA: PEFT LoRA adapters of A moved to B with one calibration on DATA's "
+        "texts (chat data: prompts and responses), one folder each in -o and a manifest",
+    )  # fmt: skip
+    data_flags(p, positional=False)
     p.add_argument("-o", "--output", required=True, help="output folder")
     overwrite_flag(p)
     p.add_argument(
-        "--methods", type=arg(methods), default=list(METHODS),
-        help=f"comma-separated, of {tuple(METHODS)}",
+        "--methods", type=arg(methods), default=None,
+        help=f"comma-separated, of {tuple(METHODS)} (default all; moving adapters: one, bico)",
+    )  # fmt: skip
+    p.add_argument(
+        "--map-cache", default=None, metavar="DIR",
+        help="moving adapters: where solved maps are cached and reused (default tasklift's "
+        "cache folder; off: none)",
     )  # fmt: skip
     p.add_argument("--calib", type=positive, default=128, help="calibration inputs (from train)")
     p.add_argument("--val", type=positive, default=200, help="validation inputs for the scale")
@@ -218,7 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # Positional arguments and flags that name input files or folders: no output may touch them.
-_INPUTS = ("base", "finetuned", "source", "target", "target_finetuned", "data", "task", "runs")
+_INPUTS = ("base", "finetuned", "source", "target", "target_finetuned", "data", "task", "runs",
+           "adapters")  # fmt: skip
 # Commands whose -o is a cache reused when its recipe matches: they decide on replacing it.
 _REUSED_OUTPUT = ("finetune",)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..checks import check_list
+from ..transfer.methods import METHODS
 
 
 def _runtime(args) -> dict:
@@ -183,11 +184,17 @@ def cmd_report(args) -> None:
 
 
 def cmd_transfer(args) -> None:
+    if getattr(args, "adapters", None):  # A B ADAPTER [ADAPTER ...] DATA
+        from .adapters import cmd_move_adapters
+
+        cmd_move_adapters(args)
+        return
     from ..data import calibration_split
     from ..experiments import transfer_table
     from ..loading import label_names
     from ..report import markdown_table, transfer_sections, write_report
 
+    args.methods = args.methods or list(METHODS)
     train, test = _splits(args, classifier=args.finetuned)
     if args.target_finetuned is not None:
         names = label_names(args.finetuned), label_names(args.target_finetuned)
