@@ -112,6 +112,49 @@ def test_procrustes_semi_orthogonal_for_width_mismatch():
     np.testing.assert_allclose(tall.T @ tall, np.eye(8), atol=1e-10)
 
 
+def _svd_procrustes(xy, tie=None, rtol=1e-6):
+    """The definition: U Vᵀ from a full SVD, the null spaces' best map under `tie`."""
+    u, s, vt = np.linalg.svd(xy, full_matrices=True)
+    k = min(xy.shape)
+    r = int((s > rtol * s[0]).sum())
+    if tie is None or r == k:
+        return u[:, :k] @ vt[:k]
+    un, vn = u[:, r:], vt[r:].T
+    q = _svd_procrustes(un.T @ tie @ vn, rtol=0.0)
+    return u[:, :r] @ vt[:r] + un @ q @ vn.T
+
+
+@pytest.mark.parametrize("spread, tol", [(1e-2, 1e-12), (1e-4, 1e-9), (2e-6, 1e-5)])
+@pytest.mark.parametrize("shape", [(30, 50), (50, 30)])
+def test_procrustes_equals_the_svd_definition(spread, tol, shape):
+    """The Gram-eigendecomposition route agrees with U Vᵀ of the SVD, and is exactly
+    (semi-)orthogonal, for singular values spanning 1e-2 to 2e-6."""
+    k = min(shape)
+    u, _ = np.linalg.qr(rng.normal(size=(shape[0], k)))
+    v, _ = np.linalg.qr(rng.normal(size=(shape[1], k)))
+    xy = (u * np.logspace(0, np.log10(spread), k)) @ v.T
+    R, open_dims = procrustes(xy)
+    want = _svd_procrustes(xy)
+    assert open_dims == 0
+    assert np.linalg.norm(R - want) / np.linalg.norm(want) < tol
+    gram = R @ R.T if shape[0] < shape[1] else R.T @ R
+    np.testing.assert_allclose(gram, np.eye(k), atol=1e-10)
+
+
+@pytest.mark.parametrize("shape", [(20, 32), (32, 20)])
+def test_procrustes_tie_settles_only_the_open_directions(shape):
+    """Rank-deficient XᵀY (rank 12 of 20): the determined directions as the SVD gives them,
+    the open ones by the tie's best map, as the full-SVD definition does."""
+    x, y = rng.normal(size=(12, shape[0])), rng.normal(size=(12, shape[1]))
+    xy, tie = x.T @ y, rng.normal(size=shape)
+    R, open_dims = procrustes(xy, tie)
+    assert open_dims == 8
+    np.testing.assert_allclose(R, _svd_procrustes(xy, tie), atol=1e-9)
+    k = min(shape)
+    gram = R @ R.T if shape[0] < shape[1] else R.T @ R
+    np.testing.assert_allclose(gram, np.eye(k), atol=1e-10)
+
+
 @pytest.mark.parametrize(
     "m",
     [

@@ -58,16 +58,29 @@ def procrustes(
     This is argmin ‖X R − Y‖ over (semi-)orthogonal R; semi-orthogonal when d_in ≠ d_out. The
     open directions are arbitrary in plain Procrustes; with `tie` (a second signal's XᵀY, same
     shape) they, and only they, are chosen to maximise tr(Rᵀ tie): R keeps every direction XᵀY
-    determines. Shapes: xy (d_in, d_out) -> R (d_in, d_out).
+    determines. R = (M Mᵀ)^(-1/2) M from the eigendecomposition of the smaller Gram M Mᵀ (4-5x
+    faster than an SVD of M at LLM widths; within 1e-10 of it for spectra spanning 1e-4, 1e-6
+    relative for 1e-6: `tests/test_maps.py`), then one Newton-Schulz step that restores exact
+    (semi-)orthogonality. Shapes: xy (d_in, d_out) -> R (d_in, d_out).
     """
-    u, s, vt = np.linalg.svd(xy, full_matrices=tie is not None)
-    k = min(xy.shape)
+    if xy.shape[0] > xy.shape[1]:  # work on the wide side: the Gram is the smaller one
+        R, open_dims = procrustes(xy.T, None if tie is None else tie.T, rtol=rtol)
+        return R.T, open_dims
+    k = xy.shape[0]
+    lam, u = np.linalg.eigh(xy @ xy.T)
+    lam, u = lam[::-1], u[:, ::-1]  # descending, as singular values
+    s = np.sqrt(np.clip(lam, 0.0, None))
     r = int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
-    if tie is None or r == k:
-        return u[:, :k] @ vt[:k], k - r
-    un, vn = u[:, r:], vt[r:].T  # bases of the null spaces on either side
-    q, _ = procrustes(un.T @ tie @ vn)  # the best (semi-)orthogonal map between them
-    return u[:, :r] @ vt[:r] + un @ q @ vn.T, k - r
+    if r < k and tie is None:  # no second signal: any completion will do, the SVD gives one
+        u_, _, vt = np.linalg.svd(xy, full_matrices=False)
+        return u_ @ vt, k - r
+    vt_r = (u[:, :r].T @ xy) / s[:r, None]  # Vᵀ of the determined directions
+    R = u[:, :r] @ vt_r
+    if r < k:  # the open directions: tie's best map between the two null spaces
+        un = u[:, r:]
+        d = un.T @ (tie - (tie @ vt_r.T) @ vt_r)  # tie, seen from A's null space into B's
+        R = R + un @ procrustes(d)[0]
+    return 1.5 * R - 0.5 * (R @ R.T) @ R, k - r
 
 
 def _assign(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
