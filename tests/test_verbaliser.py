@@ -2,9 +2,11 @@
 head's rows for the label words' first tokens, so through the task-matrix path its logits are the
 LM's own next-token logits on those tokens (left or right padding); at the last layer of the
 fine-tuned LM itself a task matrix predicts what `verbalise` predicts; W is numpy's lstsq on
-last-token embeddings; a saved matrix predicts without the fine-tuned model."""
+last-token embeddings; a saved matrix predicts without the fine-tuned model. The layer sweep
+(`compare`, `tasklift eval --choices`) scores the fine-tuned LM as `verbalise` does."""
 
 import csv
+import json
 import shutil
 
 import numpy as np
@@ -13,7 +15,10 @@ import torch
 
 from conftest import WORDS, nudged, tiny_classifier, tiny_tokenizer
 from tasklift.cli import main
+from tasklift.data import Dataset, split
+from tasklift.experiments import compare
 from tasklift.inference import TaskMatrixModel
+from tasklift.loading import load_model
 from tasklift.models import final_norm, num_layers
 from tasklift.taskmatrix import TaskMatrix
 from tasklift.transfer.lm import verbalise
@@ -138,3 +143,95 @@ def test_cli_fit_with_choices_then_predict_without_the_finetuned_model(tmp_path,
     assert "accuracy" in capsys.readouterr().out
     with preds.open() as f:
         assert {r["prediction"] for r in csv.DictReader(f)} <= {"a", "b", "c"}
+
+
+def qwen_tokenizer(texts: list[str]):
+    """A byte-level BPE Qwen2Tokenizer trained on `texts`: a folder whose config says qwen2
+    loads Qwen2Tokenizer whatever its tokenizer_config names (transformers 5), so tiny Qwen2
+    folders need a real one."""
+    import transformers as tf
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=320, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        special_tokens=["<|endoftext|>"], show_progress=False,
+    ))  # fmt: skip
+    merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
+    return tf.Qwen2Tokenizer(vocab=bpe.get_vocab(), merges=merges)
+
+
+def qwen_pair(root) -> tuple:
+    """A tiny Qwen2 LM (4 query / 2 KV heads, hidden 32, 2 layers) in root/base and its nudged
+    copy, the 'fine-tuned' LM, in root/ft, both with a Qwen2 tokenizer: (base, ft, tokenizer)."""
+    import transformers as tf
+
+    tok = qwen_tokenizer(_texts(400, seed=9))
+    torch.manual_seed(0)
+    cfg = tf.Qwen2Config(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=64, tie_word_embeddings=False,
+    )  # fmt: skip
+    base = nudged(tf.Qwen2ForCausalLM(cfg).eval(), seed=3, scale=0.2)
+    ft = nudged(base, seed=2, scale=0.3)
+    for name, model in (("base", base), ("ft", ft)):
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+    return base, ft, tok
+
+
+def _lm_task(root, n: int = 150) -> tuple[Dataset, Dataset]:
+    """`qwen_pair` in root, the fine-tuned LM answering ' alpha' / ' beta' / ' gamma' for
+    classes a, b, c; labels are what it answers, but wrong on every 4th text (so no method
+    scores 1.0 by construction)."""
+    _, ft, tok = qwen_pair(root)
+    texts = _texts(n, seed=3)
+    said = verbalise(ft, texts, CHOICES[:3], tok, max_length=64)
+    assert len(set(said)) == 3  # the words compete
+    y = np.where(np.arange(n) % 4 == 0, (said + 1) % 3, said)
+    return split(Dataset(texts, y, ["a", "b", "c"], "toy"), seed=0)
+
+
+def test_the_sweep_scores_a_verbaliser_lm_as_verbalise_does_and_maps_it_onto_itself(tmp_path):
+    """The fine-tuned row is `verbalise`'s accuracy; with the fine-tuned LM as its own base the
+    last-layer task matrix (W = I by lstsq) and head-only score the same."""
+    train, test = _lm_task(tmp_path)
+    ft, tok = load_model(tmp_path / "ft", lm=True)
+    want = float((verbalise(ft, test.X, CHOICES[:3], tok, max_length=64) == test.y).mean())
+    assert 0.5 < want < 1  # right on most, wrong on every 4th
+    kw = dict(pool="last", max_length=64, device="cpu", choices=CHOICES[:3])
+    rows = compare(tmp_path / "base", tmp_path / "ft", train, test, **kw)
+    acc = {(r["method"], r["layer"]): r["accuracy"] for r in rows}
+    assert acc[("fine-tuned", 2)] == want
+    assert {m for m, _ in acc} == {"majority class", "fine-tuned", "head-only", "linear probe",
+                                   "task matrix (lstsq)", "task matrix (ridge-CV)"}  # fmt: skip
+    assert [i for m, i in acc if m == "task matrix (lstsq)"] == [0, 1, 2]
+    fine = next(r for r in rows if r["method"] == "fine-tuned")
+    assert [c["class"] for c in fine["per_class"]] == ["a", "b", "c"]
+    itself = compare(tmp_path / "ft", tmp_path / "ft", train, test, alphas=(0.0,), **kw)
+    acc = {(r["method"], r["layer"]): r["accuracy"] for r in itself}
+    assert acc[("task matrix (lstsq)", 2)] == acc[("head-only", 2)] == want
+    with pytest.raises(ValueError, match=r"4 choices \[.*\] for 3 classes \['a', 'b', 'c'\]"):
+        compare(tmp_path / "base", tmp_path / "ft", train, test, **{**kw, "choices": CHOICES})
+
+
+def test_cli_sweep_with_choices_writes_its_report_and_refuses_a_wrong_count(tmp_path, capsys):
+    train, test = _lm_task(tmp_path, n=100)
+    data = tmp_path / "data.csv"
+    rows = [f"{t},{'abc'[y]}" for ds in (train, test) for t, y in zip(ds.X, ds.y, strict=True)]
+    data.write_text("\n".join(["sentence,label", *rows]) + "\n")
+    out = tmp_path / "sweep"
+    paths = [str(tmp_path / "base"), str(tmp_path / "ft"), str(data), "-o", str(out)]
+    argv = ["sweep", *paths, "--text-key", "sentence", "--quiet", "--pool", "last"]
+    capsys.readouterr()  # the models' saving
+    assert main([*argv, "--choices", " alpha, beta"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "2 choices [' alpha', ' beta'] for 3 classes ['a', 'b', 'c']" in err
+    assert "\n" not in err and not out.exists()
+    assert main([*argv, "--choices", " alpha, beta, gamma"]) == 0
+    assert "task matrix (lstsq), CV layer" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())
+    methods = {r["method"] for r in results["rows"]}
+    assert {"fine-tuned", "head-only", "linear probe", "task matrix (lstsq)"} <= methods
+    assert (out / "report.md").is_file() and (out / "layer_sweep.png").is_file()

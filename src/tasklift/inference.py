@@ -7,6 +7,7 @@ estimator shares (TaskMatrix, HeadOnly, FineTuned): model loading, predict, scor
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -21,9 +22,17 @@ from .maps import identity_map
 from .models import Head, final_norm, hidden_size, layer_width, num_layers
 from .verbaliser import Verbaliser
 
-__all__ = ["TaskMatrixModel", "HeadClassifier", "NORMS"]
+__all__ = ["TaskMatrixModel", "HeadClassifier", "NORMS", "finetuned_head"]
 
 NORMS = ("base", "finetuned", "none")
+
+
+def finetuned_head(
+    finetuned: nn.Module, choices: Sequence[str] | Mapping[str, str] | None = None, processor=None
+) -> Head | Verbaliser:
+    """The head a task matrix ends in: `finetuned`'s classification head, or with `choices` the
+    verbaliser of the causal LM `finetuned` (see `Verbaliser.from_lm`)."""
+    return Head(finetuned) if choices is None else Verbaliser.from_lm(finetuned, choices, processor)
 
 
 class TaskMatrixModel(nn.Module):
@@ -220,9 +229,7 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
             p = next(self.base_model_.parameters())
             self.head_ = head.to(p.device, p.dtype)
         else:
-            self.head_ = (
-                Head(ft) if choices is None else Verbaliser.from_lm(ft, choices, self.processor_)
-            )
+            self.head_ = finetuned_head(ft, choices, self.processor_)
         if self.head_.reads == "last" and self.pool in ("cls", "first"):
             raise ValueError(
                 f"{type(ft).__name__ if ft is not None else 'the fine-tuned model'} is a decoder: "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.linear_model import LogisticRegression
@@ -126,9 +128,11 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
 
 
 class HeadOnly(HeadClassifier):
-    """Baseline W = I: the fine-tuned head applied to the base's final [CLS]. Needs no data.
+    """Baseline W = I: the fine-tuned head applied to the base's final [CLS] (a decoder's last
+    token), through the base's final norm. Needs no data.
 
-    Args: as `TaskMatrix` (the layer is always the last one, the map the identity).
+    Args: as `TaskMatrix` (the layer is always the last one, the map the identity); with
+        `choices` the head is the fine-tuned causal LM's verbaliser.
     """
 
     def __init__(
@@ -143,9 +147,11 @@ class HeadOnly(HeadClassifier):
         device: str = "auto",
         dtype: str = "auto",
         progress: bool = False,
+        choices: Sequence[str] | Mapping[str, str] | None = None,
         processor=None,
     ) -> None:
         self.base, self.finetuned, self.norm, self.pool = base, finetuned, norm, pool
+        self.choices = choices
         self.batch_size, self.max_length = batch_size, max_length
         self.device, self.dtype, self.progress = device, dtype, progress
         self.processor = processor
@@ -159,7 +165,8 @@ class HeadOnly(HeadClassifier):
 class FineTuned(HeadClassifier):
     """The fine-tuned model itself, run through the same inference path (the upper bound).
 
-    Args: as `TaskMatrix`, less the base (the fine-tuned model is its own base and norm).
+    Args: as `TaskMatrix`, less the base (the fine-tuned model is its own base and norm); with
+        `choices` it is a causal LM answering in words, scored by its verbaliser.
     """
 
     norm = "finetuned"
@@ -174,14 +181,15 @@ class FineTuned(HeadClassifier):
         device: str = "auto",
         dtype: str = "auto",
         progress: bool = False,
+        choices: Sequence[str] | Mapping[str, str] | None = None,
         processor=None,
     ) -> None:
-        self.finetuned, self.pool = finetuned, pool
+        self.finetuned, self.pool, self.choices = finetuned, pool, choices
         self.batch_size, self.max_length = batch_size, max_length
         self.device, self.dtype, self.progress = device, dtype, progress
         self.processor = processor
 
     def fit(self, X=None, y=None) -> FineTuned:
-        """Use the fine-tuned model's own final [CLS] (W = I; inputs are ignored)."""
+        """Use the fine-tuned model's own final [CLS] or last token (W = I; inputs are ignored)."""
         self._models(self.finetuned, self.finetuned)
         return self._fit_identity()

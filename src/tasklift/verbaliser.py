@@ -29,18 +29,30 @@ def _words(choices: Sequence[str] | Mapping[str, str]) -> tuple[list[str], list[
     return [str(w) for w in choices], [str(w).strip() for w in choices]
 
 
-def name_choices(words: Sequence[str], classes: Sequence[str]) -> dict[str, str]:
-    """{class name: word}, the i-th word answering the i-th class.
+def name_choices(
+    choices: Sequence[str] | Mapping[str, str], classes: Sequence[str]
+) -> dict[str, str]:
+    """{class name: word} for `classes` in their order: the i-th word answers the i-th class, or
+    a {class name: word} mapping put in that order.
 
     Raises:
-        ValueError: the counts differ, naming both and the classes' order.
+        ValueError: the counts differ, or a mapping names other classes, naming both.
     """
+    if isinstance(choices, Mapping):
+        named = {str(k): str(w) for k, w in choices.items()}
+        if set(named) != {str(c) for c in classes}:
+            raise ValueError(
+                f"choices name the classes {list(named)} but the data's are {list(classes)}; "
+                "give one label word per class of the data"
+            )
+        return {str(c): named[str(c)] for c in classes}
+    words, _ = _words(choices)
     if len(words) != len(classes):
         raise ValueError(
-            f"{len(words)} choices {list(words)} for {len(classes)} classes {list(classes)}; "
+            f"{len(words)} choices {words} for {len(classes)} classes {list(classes)}; "
             "give one label word per class, in that order"
         )
-    return dict(zip(classes, words, strict=True))
+    return dict(zip(map(str, classes), words, strict=True))
 
 
 class Verbaliser(nn.Module):

@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="output folder")
     overwrite_flag(p)
     alphas_flag(p)
+    choices_flag(p)
 
     p = command(
         "finetune", cmd_finetune, "fully fine-tune a model on a dataset's train split",

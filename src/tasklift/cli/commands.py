@@ -92,13 +92,18 @@ def cmd_fit(args) -> None:
     )
 
 
-def _sweep(args, base, finetuned, train, test, *, title: str, intro: str = "", **extra) -> None:
-    """Compare every method on (train, test) and write the sweep report to args.output."""
+def _sweep(
+    args, base, finetuned, train, test, *, title: str, intro: str = "", choices=None, **extra
+) -> None:
+    """Compare every method on (train, test) and write the sweep report to args.output; with
+    `choices` the fine-tuned model is a causal LM answering in words."""
     from ..experiments import compare, summarise
     from ..report import markdown_table, sweep_sections, write_report
 
     t0 = time.time()
-    rows = compare(base, finetuned, train, test, alphas=args.alphas, **_matrix(args))
+    rows = compare(
+        base, finetuned, train, test, alphas=args.alphas, choices=choices, **_matrix(args)
+    )
     settings = _settings(
         args, seconds=round(time.time() - t0, 1), n_train=len(train), n_test=len(test), **extra
     )
@@ -112,9 +117,9 @@ def _sweep(args, base, finetuned, train, test, *, title: str, intro: str = "", *
 
 
 def cmd_eval(args) -> None:
-    train, test = _splits(args, classifier=args.finetuned)
+    train, test = _splits(args, classifier=None if args.choices else args.finetuned)
     title = f"{Path(args.finetuned).name} on {train.name}"
-    _sweep(args, args.base, args.finetuned, train, test, title=title)
+    _sweep(args, args.base, args.finetuned, train, test, title=title, choices=args.choices)
 
 
 def cmd_scaling(args) -> None:

@@ -1,10 +1,12 @@
 """Side-by-side comparison: majority class, head-only, linear probe, task matrix per layer,
 fine-tuned. Each model runs once per split (the base with all layers in one pass); every method
-is then scored from those embeddings, so the comparison costs four extraction passes in all."""
+is then scored from those embeddings, so the comparison costs four extraction passes in all.
+The fine-tuned model is a classifier, or (`choices`) a causal LM answering in words, whose head
+is its verbaliser."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,10 +16,12 @@ from torch import nn
 from ..data import Dataset
 from ..evaluate import accuracy, confusion, per_class
 from ..extract import embed
+from ..inference import finetuned_head
 from ..loading import load_model
-from ..models import Head, hidden_size, num_layers
+from ..models import hidden_size, num_layers
 from ..probe import FineTuned, HeadOnly, LinearProbe
 from ..taskmatrix import TaskMatrix
+from ..verbaliser import name_choices
 
 __all__ = ["Split", "load_pair", "embed_split", "compare", "summarise", "solver_name"]
 
@@ -35,7 +39,8 @@ def solver_name(alpha) -> str:
 class Split:
     """One extraction of a labelled split, reused by every method scored on it.
 
-    Shapes: base {layer: (N, d)}, finetuned (N, d_ft) (its final [CLS]), y (N,).
+    Shapes: base {layer: (N, d)}, finetuned (N, d_ft) (its last block where its head reads: [CLS]
+    or the last token), y (N,).
     """
 
     base: dict[int, torch.Tensor]
@@ -48,10 +53,11 @@ class Split:
         return Split({i: v[t] for i, v in self.base.items()}, self.finetuned[t], self.y[idx])
 
 
-def load_pair(base, finetuned, *, device: str = "auto", dtype: str = "auto"):
-    """(base encoder, fine-tuned classifier, processor): both models loaded once for a study."""
+def load_pair(base, finetuned, *, lm: bool = False, device: str = "auto", dtype: str = "auto"):
+    """(base encoder, fine-tuned classifier or with `lm` causal LM, processor): both models
+    loaded once for a study."""
     bm, proc = load_model(base, device=device, dtype=dtype)
-    fm, ft_proc = load_model(finetuned, head=True, device=device, dtype=dtype)
+    fm, ft_proc = load_model(finetuned, head=not lm, lm=lm, device=device, dtype=dtype)
     return bm, fm, proc if proc is not None else ft_proc
 
 
@@ -65,12 +71,14 @@ def embed_split(
     batch_size: int = 32,
     max_length: int = 128,
     progress: bool = False,
+    choices: Sequence[str] | Mapping[str, str] | None = None,
 ) -> Split:
-    """Run the base (all layers, one pass) and the fine-tuned model (final layer) over `ds`."""
+    """Run the base (all layers, one pass) and the fine-tuned model (final layer, where its head
+    reads: [CLS], or a decoder's last token; `choices`: its verbaliser's) over `ds`."""
     top = num_layers(finetuned)
+    reads = finetuned_head(finetuned, choices, processor).reads
     kw = dict(batch_size=batch_size, max_length=max_length, progress=progress)
     xs = embed(base, ds.X, processor, layers="all", pool=pool, desc=f"base: {ds.name}", **kw)
-    reads = Head(finetuned).reads  # where the fine-tuned head reads: [CLS] or the last token
     ys = embed(finetuned, ds.X, processor, layers=[top], pool=reads, desc="fine-tuned", **kw)
     return Split(xs, ys[top], ds.y)
 
@@ -90,6 +98,7 @@ def compare(
     device: str = "auto",
     dtype: str = "auto",
     progress: bool = False,
+    choices: Sequence[str] | Mapping[str, str] | None = None,
 ) -> list[dict]:
     """Accuracy rows {method, layer, accuracy, trained_params, ...} for every method on `test`.
 
@@ -98,18 +107,25 @@ def compare(
         train: fits the task matrices (inputs only) and the linear probe (inputs and labels).
         alphas: task-matrix solvers to compare: 0 (the paper's least squares), "auto" (ridge,
             CV), or a fixed relative ridge strength.
+        choices: `finetuned` is a causal LM answering in words: one label word per class of
+            `train` (in its class order), or {class name: word}; every head is its verbaliser.
 
     Holds (L+1) × N × d embeddings per split in memory; for very large N stream with
     `TaskMatrix.fit` instead.
+
+    Raises:
+        ValueError: choices that do not give one word per class (before any model runs).
     """
-    bm, fm, proc = load_pair(base, finetuned, device=device, dtype=dtype)
-    common = dict(pool=pool, batch_size=batch_size, max_length=max_length)
+    choices = None if choices is None else name_choices(choices, train.classes)
+    bm, fm, proc = load_pair(base, finetuned, lm=choices is not None, device=device, dtype=dtype)
+    common = dict(pool=pool, batch_size=batch_size, max_length=max_length, choices=choices)
+    heads = dict(processor=proc, **common)  # what every head-based estimator shares
+    ft = FineTuned(fm, **heads).fit()  # a bad head (choices, pool) fails before any pass
     tr = embed_split(bm, fm, proc, train, progress=progress, **common)
     te = embed_split(bm, fm, proc, test, progress=progress, **common)
     top_b, top_f = num_layers(bm), num_layers(fm)
     n, y = len(train), test.y
     majority = int(np.bincount(train.y).argmax())
-    ft = FineTuned(fm, processor=proc, **common).fit()
     rows = [
         {
             "method": "majority class",
@@ -128,7 +144,7 @@ def compare(
         },
     ]
     if hidden_size(bm) == hidden_size(fm):
-        head = HeadOnly(bm, fm, norm=norm, processor=proc, **common).fit()
+        head = HeadOnly(bm, fm, norm=norm, **heads).fit()
         rows.append(
             {
                 "method": "head-only",
@@ -150,10 +166,10 @@ def compare(
         }
     )
     # every solver refits from the same statistics (alpha 0's: folds for CV and the QR)
-    ref = TaskMatrix(bm, fm, layer="auto", alpha=0.0, norm=norm, cv=cv, **common)
+    ref = TaskMatrix(bm, fm, layer="auto", alpha=0.0, norm=norm, cv=cv, **heads)
     stats = ref.accumulate([(np.arange(n), tr.base, tr.finetuned)], sorted(tr.base))
     for alpha in alphas:
-        tm = TaskMatrix(bm, fm, layer="auto", alpha=alpha, norm=norm, cv=cv, **common)
+        tm = TaskMatrix(bm, fm, layer="auto", alpha=alpha, norm=norm, cv=cv, **heads)
         tm.fit_stats(stats)
         for i, acc in tm.score_embeddings(te.base, y).items():
             rows.append(
