@@ -4,8 +4,10 @@ For post-LN encoders whose head reads token 0 through a dense layer (BERT's pool
 and MPNet's classifier.dense) the map folds into that layer, z = W h + b feeding D z + d becomes
 (D W) h + (D b + d), and the base is cut after block i: `AutoModelForSequenceClassification.
 from_pretrained(DIR)` then computes the task matrix's logits. Anything else (pre-LN models, whose
-final norm sits between the map and the head; mean pooling) is written as a self-contained
-folder: the base cut after block i, the fine-tuned model, and the map, loaded with `load_export`.
+final norm sits between the map and the head; mean pooling; decoders) is written as a
+self-contained folder: the base cut after block i, the fine-tuned model, and the map, loaded
+with `load_export`. A verbaliser task matrix (a causal LM answering in words) carries its head in
+its file, so its bundle holds no fine-tuned model unless norm='finetuned' reads its final norm.
 """
 
 from __future__ import annotations
@@ -17,32 +19,47 @@ from pathlib import Path
 
 import torch
 
+from ._estimator import recorded
 from .families import family_of
 from .io import atomic_dir, check_output
 from .models import backbone, final_norm, hidden_size
+from .verbaliser import Verbaliser
 
 __all__ = ["export", "load_export"]
 
 MARKER = "tasklift_export.json"
 
 
+# config fields holding one entry per block (Qwen2's and Gemma-3's sliding/full attention kinds),
+# which transformers checks against num_hidden_layers when the cut model is loaded again
+_PER_LAYER = ("layer_types",)
+
+
 def _truncated(model: torch.nn.Module, layers: int) -> torch.nn.Module:
-    """A copy of `model` keeping its embeddings and first `layers` blocks (what layer i reads)."""
+    """A copy of `model` keeping its embeddings and first `layers` blocks (what layer i reads),
+    each block as it was (its attention kind too)."""
     cfg = copy.deepcopy(model.config)
     cfg.num_hidden_layers = layers
+    for name in _PER_LAYER:
+        if isinstance(getattr(cfg, name, None), (list, tuple)):
+            setattr(cfg, name, list(getattr(cfg, name))[:layers])
     out = type(model)(cfg)
     missing, _ = out.load_state_dict(model.state_dict(), strict=False)
     if missing:
         raise ValueError(f"cannot cut {type(model).__name__} after block {layers}: {missing[:3]}")
-    return out.eval()
+    p = next(model.parameters())
+    return out.to(p.device, p.dtype).eval()
 
 
 def _foldable(tm) -> str | None:
-    """The head layer the map folds into, or None when the architecture does not allow it."""
+    """The head layer the map folds into, or None when the architecture does not allow it (a
+    decoder reads the last token; a verbaliser is no classifier's head)."""
+    if tm.pool != "cls" or isinstance(tm.head_, Verbaliser):
+        return None
     ft, base = tm.finetuned_model_, tm.base_model_
     fam = family_of(ft)
     same_shape = family_of(base) is fam and hidden_size(base) == hidden_size(ft)
-    if tm.pool != "cls" or not fam.head or not same_shape or final_norm(ft) or final_norm(base):
+    if not fam.head or not same_shape or final_norm(ft) or final_norm(base):
         return None
     return fam.head[0]
 
@@ -66,7 +83,7 @@ def export(tm, out: str | os.PathLike, *, layer: int | None = None, overwrite: b
         else:
             _export_bundle(tm, layer, tmp)
         info = {"format": "transformers" if fold else "tasklift", "layer": layer,
-                "base": str(tm.base), "finetuned": str(tm.finetuned)}  # fmt: skip
+                "base": recorded(tm.base), "finetuned": recorded(tm.finetuned)}  # fmt: skip
         (tmp / MARKER).write_text(json.dumps(info, indent=1))
     return info["format"]
 
@@ -99,18 +116,23 @@ def _export_transformers(tm, layer: int, fold: str, out: Path) -> None:
 
 
 def _export_bundle(tm, layer: int, out: Path) -> None:
-    cut = _truncated(tm.base_model_, layer)
-    cut.save_pretrained(out / "base")
-    tm.finetuned_model_.save_pretrained(out / "finetuned")
-    if tm.processor_ is not None:
-        for sub in ("base", "finetuned"):
+    """The base cut after block `layer`, the fine-tuned model (unless a verbaliser head, written
+    in the task file, is all the task needs of it) and the task file with that layer's map."""
+    cut = _truncated(tm.base_model_, max(layer, 1))  # layer 0 is block 0's input: keep block 0
+    folders = {"base": cut}
+    if not isinstance(tm.head_, Verbaliser) or tm.norm == "finetuned":
+        folders["finetuned"] = tm.finetuned_model_
+    for sub, model in folders.items():
+        model.save_pretrained(out / sub)
+        if tm.processor_ is not None:
             tm.processor_.save_pretrained(out / sub)
     single = copy.copy(tm)
     single.maps_ = {layer: tm.maps_[layer]}
     single.alphas_ = {layer: tm.alphas_[layer]}
     single.cv_errors_ = {layer: tm.cv_errors_[layer]}
     single.layer_ = layer
-    single.base, single.finetuned = str(out / "base"), str(out / "finetuned")
+    single.base = str(out / "base")
+    single.finetuned = str(out / "finetuned") if "finetuned" in folders else None
     single.save(out / "task.safetensors", relative_to=out)  # the folder may move
 
 

@@ -282,7 +282,8 @@ class TaskMatrix(HeadClassifier):
         params = {k: recorded(v) for k, v in self.get_params().items() if k != "processor"}
         if relative_to is not None:
             for k in ("base", "finetuned"):
-                params[k] = os.path.relpath(params[k], relative_to)
+                if params[k] is not None:  # a verbaliser's fine-tuned model may be left out
+                    params[k] = os.path.relpath(params[k], relative_to)
         save_tensors(
             path,
             tensors,
