@@ -1,5 +1,7 @@
 """LoRA fine-tunes of tiny causal LMs (PEFT): targets read from the family, the loss falls,
-the adapter folder is reused for the same recipe, and the merged model equals the adapter's."""
+the adapter folder is reused for the same recipe, and the merged model equals the adapter's;
+adapters of a decoder and of a BERT classifier (its head saved whole) moved to B as exact
+rank-r PEFT folders that plain PEFT loads onto B."""
 
 import copy
 
@@ -52,23 +54,50 @@ def test_cached_adapter_is_reused_for_the_same_recipe(tmp_path, monkeypatch):
     assert not again["reused"]
 
 
-def _adapter(model, folder, r=4, seed=5):
-    """A PEFT LoRA on `model` with random (not zero) factors, saved to `folder`."""
+def _adapter(model, folder, r=4, seed=5, task_type="CAUSAL_LM", targets=None):
+    """A PEFT LoRA on `model` with random (not zero) factors, and for a classifier (SEQ_CLS) a
+    random head saved whole, saved to `folder`."""
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    config = LoraConfig(r=r, lora_alpha=8, target_modules=lora_targets(model),
-                        init_lora_weights=False, task_type="CAUSAL_LM")  # fmt: skip
-    get_peft_model(copy.deepcopy(model), config).save_pretrained(folder)
+    config = LoraConfig(r=r, lora_alpha=8, target_modules=targets or lora_targets(model),
+                        init_lora_weights=False, task_type=task_type)  # fmt: skip
+    peft_model = get_peft_model(copy.deepcopy(model), config)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if ".modules_to_save." in name:  # the head PEFT saves whole: trained, not A's
+                p.add_(0.5 * torch.randn_like(p))
+    peft_model.save_pretrained(folder)
     return folder
+
+
+def _saved_adapter_equals_the_transfer(t, b, folder, inputs: dict, r: int) -> dict:
+    """t.save_adapter(folder) writes every pair at rank exactly r (nothing re-factorised), and
+    plain PEFT loading it onto a copy of B computes t.model_, B + τ_B (1e-5); its config."""
+    import json
+
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    assert t.save_adapter(folder) == {}
+    weights = load_file(folder / "adapter_model.safetensors")
+    downs = [k for k in weights if k.endswith(".lora_A.weight")]
+    assert downs and len(downs) == len(t.task_vector_.deltas)
+    for k in downs:
+        up, down = weights[k.replace(".lora_A.", ".lora_B.")], weights[k]
+        assert up.shape[1] == down.shape[0] == r
+        assert torch.linalg.matrix_rank(up.double() @ down.double()) == r, k
+    loaded = PeftModel.from_pretrained(copy.deepcopy(b), folder).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(**inputs).logits, t.model_(**inputs).logits,
+                                   atol=1e-5, rtol=0)  # fmt: skip
+    return json.loads((folder / "adapter_config.json").read_text())
 
 
 def test_an_adapter_moves_to_an_exact_lora_of_the_target(tmp_path):
     """A + LoRA -> B (a permuted copy of A): τ_B stays rank r (factors moved, never multiplied
     out), equals the permuted dense τ to 1e-4, and the written PEFT folder, loaded by plain PEFT
     onto B, computes B + τ_B (1e-5)."""
-    from peft import PeftModel
-
     from tasklift.taskvector import LowRank, TaskVector
     from tasklift.transfer import Transfer
     from test_lm import permuted_lm, token_batches
@@ -87,12 +116,99 @@ def test_an_adapter_moves_to_an_exact_lora_of_the_target(tmp_path):
     assert t.task_vector_.deltas.keys() == want.deltas.keys()
     for k, v in want.deltas.items():
         torch.testing.assert_close(t.task_vector_.deltas[k].dense(), v, atol=1e-4, rtol=0, msg=k)
-    assert t.save_adapter(tmp_path / "moved") == {}  # nothing re-factorised
-    loaded = PeftModel.from_pretrained(copy.deepcopy(b), tmp_path / "moved").eval()
-    ids = X["input_ids"][:5]
+    _saved_adapter_equals_the_transfer(
+        t, b, tmp_path / "moved", {"input_ids": X["input_ids"][:5]}, 4
+    )
+
+
+def _bert(hidden=32, layers=2, seed=0):
+    """A tiny config-built BERT sequence classifier of 3 classes."""
+    import transformers as tf
+
+    torch.manual_seed(seed)
+    cfg = tf.BertConfig(vocab_size=50, hidden_size=hidden, num_hidden_layers=layers,
+                        num_attention_heads=4, intermediate_size=2 * hidden, num_labels=3,
+                        max_position_embeddings=64, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)  # fmt: skip
+    return tf.BertForSequenceClassification(cfg).eval()
+
+
+def test_a_classifier_adapter_moves_with_its_head_to_a_wider_deeper_bert(tmp_path):
+    """Issue 20.2, encoder: a SEQ_CLS LoRA of BERT (query, value; r = 4; head saved whole) moved
+    to a wider, deeper BERT as factors; the PEFT folder written for B holds every pair at rank
+    4 and B's carried head (pooler and classifier, under PEFT's own key names), and plain PEFT
+    on B's classifier computes tasklift's B + τ_B with that head (1e-5)."""
+    from safetensors.torch import load_file
+
+    from conftest import tiny_text_inputs
+    from tasklift.taskvector import LowRank
+    from tasklift.transfer import Transfer
+
+    a, b = _bert(), _bert(hidden=48, layers=3, seed=1)
+    adapter = _adapter(a, tmp_path / "adapter", task_type="SEQ_CLS", targets=["query", "value"])
+    X = tiny_text_inputs(24)
+    t = Transfer(a, adapter, b, scales=(1.0,)).fit(X)  # y: A_ft's own predictions
+    assert len(t.task_vector_.deltas) == 6  # query and value of B's 3 blocks
+    assert all(isinstance(v, LowRank) and v.rank == 4 for v in t.task_vector_.deltas.values())
+    config = _saved_adapter_equals_the_transfer(t, b, tmp_path / "moved", X, 4)
+    assert config["task_type"] == "SEQ_CLS" and config["target_modules"] == ["query", "value"]
+    assert config["modules_to_save"] == ["bert.pooler.dense", "classifier"]
+    head = [
+        k for k in load_file(tmp_path / "moved" / "adapter_model.safetensors") if "lora" not in k
+    ]
+    assert sorted(head) == [f"base_model.model.{m}.{p}" for m in ("bert.pooler.dense", "classifier")
+                            for p in ("bias", "weight")]  # fmt: skip
+
+
+def test_a_classifier_adapter_moved_to_a_permuted_copy_recovers_tau(tmp_path):
+    """B = A with its residual stream, heads and units permuted: the moved LoRA is A's LoRA
+    permuted (1e-4) and B + τ_B predicts as A + adapter does."""
+    from conftest import permuted, tiny_text_inputs
+    from tasklift.taskvector import TaskVector
+    from tasklift.transfer import Transfer
+    from test_transfer import trained_like
+
+    a = trained_like(_bert())
+    adapter = _adapter(a, tmp_path / "adapter", task_type="SEQ_CLS", targets=["query", "value"])
+    a_ft, b = merged(a, adapter, device="cpu"), permuted(a, "bert")
+    X = tiny_text_inputs(48)
+    t = Transfer(a, adapter, b, scales=(1.0,)).fit(X)
+    want = TaskVector.from_state_dicts(b.state_dict(), permuted(a_ft, "bert").state_dict())
+    assert t.task_vector_.deltas.keys() == {k for k in want.deltas if "classifier" not in k}
+    for k, v in t.task_vector_.deltas.items():
+        torch.testing.assert_close(v.dense(), want.deltas[k], atol=1e-4, rtol=0, msg=k)
     with torch.no_grad():
-        torch.testing.assert_close(loaded(input_ids=ids).logits, t.model_(input_ids=ids).logits,
-                                   atol=1e-5, rtol=0)  # fmt: skip
+        torch.testing.assert_close(torch.from_numpy(t.decision_function(X)),
+                                   a_ft(**X).logits, atol=1e-4, rtol=0)  # fmt: skip
+
+
+def test_a_classifier_adapter_merges_onto_a_from_a_classifier_a_backbone_or_their_folders(
+    tmp_path,
+):
+    """A_ft = A + adapter is the same classifier whether A comes as the classifier the adapter
+    was trained on, its bare backbone (a new head of the adapter's 3 classes), or a folder of
+    either; an adapter saving whole modules outside the head is refused in one line."""
+    import pytest
+    from safetensors.torch import load_file, save_file
+
+    from conftest import tiny_text_inputs
+
+    a = _bert()
+    adapter = _adapter(a, tmp_path / "adapter", task_type="SEQ_CLS", targets=["query", "value"])
+    a.save_pretrained(tmp_path / "a")
+    a.bert.save_pretrained(tmp_path / "backbone")
+    X = tiny_text_inputs(6)
+    with torch.no_grad():
+        want = merged(a, adapter, device="cpu")(**X).logits
+        assert (want - a(**X).logits).abs().max() > 0.1  # the adapter and its head do something
+        for base in (a.bert, tmp_path / "a", tmp_path / "backbone"):
+            got = merged(base, adapter, device="cpu")(**X).logits
+            torch.testing.assert_close(got, want, atol=1e-6, rtol=0, msg=str(base))
+    weights = load_file(adapter / "adapter_model.safetensors")
+    weights["base_model.model.bert.embeddings.LayerNorm.weight"] = torch.ones(32)
+    save_file(weights, adapter / "adapter_model.safetensors")
+    with pytest.raises(ValueError, match=r"outside the classification head \(\['bert.embeddings"):
+        merged(a, adapter, device="cpu")
 
 
 def test_an_adapter_that_does_not_fit_the_source_is_refused(tmp_path):
@@ -158,6 +274,11 @@ def test_adapters_of_other_kinds_are_refused_and_a_layers_choice_is_not_carried(
     (folder / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True}))
     with pytest.raises(ValueError, match="use_dora"):
         read_adapter(folder)
+    (folder / "adapter_config.json").write_text(
+        json.dumps({**config, "modules_to_save": ["lm_head"]})
+    )
+    with pytest.raises(ValueError, match=r"\['modules_to_save'\] set.*only for a SEQ_CLS head"):
+        read_adapter(folder)  # a causal LM's lm_head saved whole is not moved
 
 
 def test_many_adapters_move_with_one_calibration_as_each_would_alone(tmp_path):

@@ -1,7 +1,9 @@
 """Many adapters, one calibration (issue 20): the maps A -> B are cached on disk and reused
 bit for bit without calibrating; any change to the data, B, the method or the token limit
 misses; a damaged entry is recomputed with a warning; label-free and GradFix runs are per
-adapter; `tasklift transfer A B ADAPTER... DATA` writes PEFT folders and a manifest."""
+adapter, and each adapter's scale is chosen on validation as `fit` chooses it; `tasklift
+transfer A B ADAPTER... DATA` writes PEFT folders and a manifest, honours --val and --scales,
+moves a classifier's adapter with its head, and refuses the other form's flags."""
 
 import json
 import logging
@@ -135,25 +137,59 @@ def test_label_free_and_gradfix_maps_are_per_adapter_and_say_so(
     assert all(r["refactorised"] for r in info["adapters"])  # the sign mask breaks low rank
 
 
-def test_cli_moves_two_adapters_to_peft_folders_and_a_manifest(tmp_path, capsys):
-    """Llama (4 query / 2 KV heads): a Qwen2 config would load its own tokenizer class over
-    the tiny WordPiece files."""
-    from peft import PeftModel
+def test_each_adapter_s_scale_is_chosen_on_validation_as_fit_chooses_it(pair, tmp_path):
+    """With X_val, every adapter moved by the shared maps is written at the scale (and with the
+    validation scores) that `Transfer.fit` of that adapter alone chooses; a scale and X_val
+    together are refused."""
+    from tasklift.lora import read_adapter
 
+    a, b, adapters = pair
+    kw = dict(processor=WordTokenizer(), scales=(0.0, 0.5, 1.0))
+    val = dict(X_val=PROMPTS[:6], y_val=[t.upper() for t in TARGETS[:6]])
+    t = Transfer(a, None, b, **kw)
+    records = t.move_adapters(adapters, PROMPTS, TARGETS, out=tmp_path / "m", map_cache=False,
+                              **val)  # fmt: skip
+    for record, folder in zip(records, adapters, strict=True):
+        alone = Transfer(a, folder, b, **kw).fit(PROMPTS, TARGETS, **val)
+        assert record["scale"] == alone.scale_
+        assert record["val_scores"] == pytest.approx(alone.val_scores_, abs=1e-5)
+        moved, _ = read_adapter(tmp_path / "m" / folder.name)
+        for k, v in alone.task_vector_.deltas.items():
+            torch.testing.assert_close(moved.deltas[k].dense(), alone.scale_ * v.dense(),
+                                       atol=1e-6, rtol=0)  # fmt: skip
+    with pytest.raises(ValueError, match="scale=0.5 and X_val both set the scale"):
+        t.move_adapters(adapters, PROMPTS, TARGETS, out=tmp_path / "n", scale=0.5, **val)
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    """Llama folders A and B (4 query / 2 KV heads; a Qwen2 config would load its own tokenizer
+    class over the tiny WordPiece files), two adapters of A and 20 texts; their paths."""
     from conftest import WORDS, tiny_tokenizer
-    from tasklift.cli import main
 
+    root = tmp_path_factory.mktemp("cli")
     a, b = tiny_lm("llama"), tiny_lm("llama", seed=1, hidden=48, layers=3)
     for name, model in (("a", a), ("b", b)):
-        model.save_pretrained(tmp_path / name)
-        tiny_tokenizer(WORDS).save_pretrained(tmp_path / name)
-    adapters = [str(_adapter(a, tmp_path / f"task{i}", r=2, seed=i)) for i in range(2)]
-    (tmp_path / "texts.csv").write_text(
+        model.save_pretrained(root / name)
+        tiny_tokenizer(WORDS).save_pretrained(root / name)
+    adapters = [str(_adapter(a, root / f"task{i}", r=2, seed=i)) for i in range(2)]
+    (root / "texts.csv").write_text(
         "text\n" + "\n".join(" ".join(WORDS[i : i + 6]) for i in range(20)) + "\n"
     )
-    paths = [str(tmp_path / "a"), str(tmp_path / "b"), *adapters, str(tmp_path / "texts.csv")]
-    opts = ["--calib", "8", "--methods", "activation", "--quiet", "--device", "cpu"]
-    opts += ["--map-cache", str(tmp_path / "cache")]
+    return root, [str(root / "a"), str(root / "b"), *adapters, str(root / "texts.csv")]
+
+
+OPTS = ["--calib", "8", "--methods", "activation", "--quiet", "--device", "cpu"]
+
+
+def test_cli_moves_two_adapters_to_peft_folders_and_a_manifest(saved, tmp_path, capsys):
+    from peft import PeftModel
+
+    from tasklift.cli import main
+
+    root, paths = saved
+    b = tiny_lm("llama", seed=1, hidden=48, layers=3)
+    opts = [*OPTS, "--map-cache", str(tmp_path / "cache")]
     assert main(["transfer", *paths, "-o", str(tmp_path / "out"), *opts]) == 0
     printed = capsys.readouterr().out
     assert "calibrated on 8 texts and cached in" in printed, printed
@@ -161,16 +197,79 @@ def test_cli_moves_two_adapters_to_peft_folders_and_a_manifest(tmp_path, capsys)
     assert [r["moved_to"] for r in manifest["adapters"]] == [
         str(tmp_path / "out" / f"task{i}") for i in range(2)
     ]
-    assert manifest["method"] == "activation" and manifest["target"] == str(tmp_path / "b")
+    assert manifest["method"] == "activation" and manifest["target"] == str(root / "b")
+    assert [r["scale"] for r in manifest["adapters"]] == [1.0, 1.0]  # no --val, no --scales
     for i in range(2):
         loaded = PeftModel.from_pretrained(b, tmp_path / "out" / f"task{i}")
-        assert loaded.peft_config["default"].base_model_name_or_path == str(tmp_path / "b")
+        assert loaded.peft_config["default"].base_model_name_or_path == str(root / "b")
         b = loaded.unload()
     assert main(["transfer", *paths, "-o", str(tmp_path / "out2"), *opts]) == 0
     assert "(no calibration)" in capsys.readouterr().out
-    wrong = [*paths[:3], str(tmp_path / "b"), *paths[3:]]  # a model among the adapters
+    wrong = [*paths[:3], str(root / "b"), *paths[3:]]  # a model among the adapters
     assert main(["transfer", *wrong, "-o", str(tmp_path / "out3"), *opts]) == 2
     err = capsys.readouterr().err
-    assert f"{tmp_path / 'b'} is no PEFT adapter folder" in err and err.count("\n") == 1, err
-    assert main(["transfer", *paths, "-o", str(tmp_path / "out4"), *opts, "--probe"]) == 2
-    assert "--probe" in capsys.readouterr().err
+    assert f"{root / 'b'} is no PEFT adapter folder" in err and err.count("\n") == 1, err
+
+
+def test_cli_adapter_form_honours_val_and_scales_and_refuses_the_table_form_s_flags(
+    saved, tmp_path, capsys
+):
+    """--val / --scales choose each adapter's scale on rows held out of calibration; --title,
+    --probe, --train-limit (the table form's) are refused by the adapter form, and --map-cache
+    or an adapter as A_FT by the table form: one line naming the flag and its form, exit 2."""
+    from tasklift.cli import main
+
+    root, paths = saved
+    out = tmp_path / "out"
+    argv = ["transfer", *paths, "-o", str(out), *OPTS, "--map-cache", "off"]
+    assert main([*argv, "--val", "6", "--scales", "0,1"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("scale ") == 2 and "chosen on 6 rows" in printed, printed
+    manifest = json.loads((out / "tasklift_run.json").read_text())
+    for r in manifest["adapters"]:
+        scores = r["val_scores"]
+        assert set(scores) == {"0.0", "1.0"} and r["scale"] == float(max(scores, key=scores.get))
+    assert main([*argv, "--overwrite", "--val", "13"]) == 2  # 8 + 13 rows of 20
+    assert "--calib 8 and --val 13 rows are more than the 20" in capsys.readouterr().err
+    for flag in (["--title", "x"], ["--probe"], ["--train-limit", "5"]):
+        assert main([*argv, "--overwrite", *flag]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag[0]}: only A A_FT B DATA takes it" in err and err.count("\n") == 1, err
+    table = [paths[0], paths[2], paths[1], paths[-1]]  # A ADAPTER B DATA: the table form
+    assert main(["transfer", *table, "-o", str(tmp_path / "t"), *OPTS]) == 2
+    assert "is a PEFT adapter; A A_FT B DATA compares whole fine-tunes" in capsys.readouterr().err
+    table[1] = paths[0]  # A A B DATA: a model, but --map-cache is the adapter form's
+    assert main(["transfer", *table, "-o", str(tmp_path / "t"), *OPTS, "--map-cache", "off"]) == 2
+    assert "--map-cache is for moving adapters" in capsys.readouterr().err
+
+
+def test_cli_moves_a_classifier_adapter_with_its_head(tmp_path, capsys):
+    """A SEQ_CLS adapter of a BERT folder, moved by the adapter form to a wider BERT folder
+    (calibrated on the texts with A_ft's own predictions): plain PEFT loads the folder onto B's
+    classifier with B's carried head; --val is refused (the adapter names no classes)."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    from conftest import WORDS, tiny_tokenizer
+    from tasklift.cli import main
+    from test_lora import _bert
+
+    a, b = _bert(), _bert(hidden=48, layers=3, seed=1)
+    for name, model in (("a", a.bert), ("b", b.bert)):
+        model.save_pretrained(tmp_path / name)
+        tiny_tokenizer(WORDS).save_pretrained(tmp_path / name)
+    _adapter(a, tmp_path / "cls", task_type="SEQ_CLS", targets=["query", "value"])
+    (tmp_path / "texts.csv").write_text(
+        "text\n" + "\n".join(" ".join(WORDS[i : i + 6]) for i in range(20)) + "\n"
+    )
+    paths = [str(tmp_path / p) for p in ("a", "b", "cls", "texts.csv")]
+    argv = ["transfer", *paths, "-o", str(tmp_path / "out"), *OPTS, "--map-cache", "off"]
+    assert main(argv) == 0
+    assert "per adapter (a classifier's adapter carries its own head" in capsys.readouterr().out
+    b_cls = AutoModelForSequenceClassification.from_pretrained(tmp_path / "b", num_labels=3)
+    loaded = PeftModel.from_pretrained(b_cls, tmp_path / "out" / "cls")
+    assert loaded.peft_config["default"].task_type == "SEQ_CLS"
+    head = loaded.base_model.model.classifier.modules_to_save["default"].weight
+    assert head.shape == (3, 48) and head[:, 32:].abs().max() == 0  # A's head on B's features
+    assert main([*argv, "--overwrite", "--val", "4"]) == 2
+    assert "--val and --scales score against labels" in capsys.readouterr().err

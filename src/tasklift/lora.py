@@ -1,7 +1,9 @@
 """LoRA adapters (PEFT), what users hold: fine-tunes of causal LMs (loss on the target tokens
 only, as calibration counts it; cached by recipe), the dense A_ft = A + (α/r)·B·A (`merged`),
 and adapters read as task vectors of factors and written back as PEFT folders for another base
-(`read_adapter`, `write_adapter`): BiCo moves a rank-r LoRA to an exact rank-r LoRA of B.
+(`read_adapter`, `write_adapter`): BiCo moves a rank-r LoRA to an exact rank-r LoRA of B. A
+sequence classifier's adapter (task_type SEQ_CLS) also saves its head whole (modules_to_save):
+A_ft then carries that head, and B's carried head is saved the same way (`head_state`).
 """
 
 from __future__ import annotations
@@ -18,19 +20,28 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .adapter_io import (
+    STAMP,
+    adapter_config,
+    head_state,
+    is_adapter,
+    read_adapter,
+    saved_tensors,
+    write_adapter,
+    write_moved,
+)
 from .families import family_of, roles
 from .io import atomic_dir, check_output
-from .taskvector import LowRank, TaskVector
 from .transfer.lm import lm_encode
 
+# the adapter folders' functions live in `adapter_io`; they are named here for their callers
 __all__ = [
     "lora_targets", "lora_finetune", "lora_finetune_cached", "merged", "is_adapter",
-    "read_adapter", "write_adapter", "write_moved",
+    "read_adapter", "head_state", "write_adapter", "write_moved",
 ]  # fmt: skip
 
 #: the modules a LoRA adapts, by role: attention and FFN projections
 LORA_ROLES = ("q", "k", "v", "o", "qkv", "ffn_gate", "ffn_in", "ffn_out")
-STAMP = "tasklift_lora.json"
 
 
 def lora_targets(model: nn.Module) -> list[str]:
@@ -109,6 +120,7 @@ def lora_finetune_cached(
     `seconds` and `final_loss`. Any other existing `out` needs `overwrite` (and tasklift's)."""
     import hashlib
 
+    from . import __version__
     from .loading import load_model
 
     out = Path(out)
@@ -123,7 +135,7 @@ def lora_finetune_cached(
     peft_model, losses = lora_finetune(model, prompts, targets, tok, progress=progress, **recipe)
     with atomic_dir(out) as tmp:
         peft_model.save_pretrained(tmp)
-        (tmp / STAMP).write_text(json.dumps({"tasklift": _version(), "recipe": stamp}, indent=1))
+        (tmp / STAMP).write_text(json.dumps({"tasklift": __version__, "recipe": stamp}, indent=1))
     seconds = round(time.time() - t0, 1)
     return {
         **stamp,
@@ -134,15 +146,19 @@ def lora_finetune_cached(
 
 
 def merged(base: str | os.PathLike | nn.Module, adapter: str | os.PathLike, **load) -> nn.Module:
-    """The dense fine-tuned model A + adapter (PEFT's merge), as a plain *ForCausalLM (a model
-    passed as `base` is copied first)."""
+    """The dense fine-tuned model A + adapter (PEFT's merge): a plain *ForCausalLM, or for a
+    sequence classifier's adapter (task_type SEQ_CLS) a *ForSequenceClassification carrying the
+    adapter's head (a model passed as `base` is copied first)."""
     from peft import PeftModel
 
     from .loading import load_model
 
     if isinstance(base, nn.Module):  # merging writes into the model: never into the caller's
         base = copy.deepcopy(base)
-    model, _ = load_model(base, lm=True, **load)
+    if adapter_config(adapter).get("task_type") == "SEQ_CLS":
+        model = _classifier(base, Path(adapter), **load)
+    else:
+        model, _ = load_model(base, lm=True, **load)
     try:
         peft_model = PeftModel.from_pretrained(model, str(adapter))
     except RuntimeError as e:  # PEFT's size-mismatch report: dozens of lines
@@ -155,134 +171,56 @@ def merged(base: str | os.PathLike | nn.Module, adapter: str | os.PathLike, **lo
     return out
 
 
-ADAPTER_CONFIG, ADAPTER_WEIGHTS = "adapter_config.json", "adapter_model.safetensors"
-#: adapter settings whose deltas are not B·A alone (DoRA's magnitudes, LoRA biases, patterns)
-_UNMOVED = ("alpha_pattern", "fan_in_fan_out", "modules_to_save", "use_dora", "lora_bias")
-#: settings that name A's layers or modules: not B's (layers 0-5 of A are not B's layers)
-_A_ONLY = ("layers_to_transform", "layers_pattern", "rank_pattern", "exclude_modules")
-_PREFIX = "base_model.model."
-
-
-def is_adapter(src) -> bool:
-    """Whether `src` is a PEFT adapter folder (not a model)."""
-    return isinstance(src, (str, os.PathLike)) and (Path(src) / ADAPTER_CONFIG).is_file()
-
-
-def read_adapter(folder: str | os.PathLike) -> tuple[TaskVector, dict]:
-    """A PEFT LoRA adapter as a task vector of `LowRank` deltas (module.weight: (scaling · B,
-    A), never multiplied out) and its config.
+def _classifier(base: str | os.PathLike | nn.Module, folder: Path, **load) -> nn.Module:
+    """A as the sequence classifier a SEQ_CLS adapter was trained on: a head of the adapter's
+    class count (A's own where A is a classifier of that count), for PEFT to load the saved
+    head layers into.
 
     Raises:
-        ValueError: not a LoRA adapter, or one whose form tasklift does not move (per-module
-            alpha/rank patterns, fan_in_fan_out layers, trained biases, modules_to_save).
+        ValueError: the adapter saves whole modules outside the head (their change would not be
+            moved), no head at all, or leaves head layers untrained that A has no weights for.
     """
-    from safetensors.torch import load_file
+    import transformers as tf
 
-    folder = Path(folder)
-    config = json.loads((folder / ADAPTER_CONFIG).read_text())
-    bad = [k for k in _UNMOVED if config.get(k)]
-    bad += ["bias"] if config.get("bias", "none") != "none" else []
-    if config.get("peft_type") != "LORA" or bad:
+    from .loading import _config, _resolve_path, load_model
+    from .models import backbone, load_backbone
+    from .transfer.head import head_linears
+    from .transfer.pairing import head_pair
+
+    saved = saved_tensors(folder)
+    config = base.config if isinstance(base, nn.Module) else _config(base, _resolve_path(base))
+    with torch.device("meta"):  # the classifier's layout, no weights
+        probe = tf.AutoModelForSequenceClassification.from_config(copy.deepcopy(config))
+    layers = head_linears(probe)
+    outside = sorted({k.rsplit(".", 1)[0] for k in saved} - set(head_pair(probe, probe, layers)[0]))
+    if outside:
         raise ValueError(
-            f"{folder} is a {config.get('peft_type')} adapter with {bad or 'nothing'} set; "
-            f"tasklift moves plain LoRA adapters (none of {', '.join(_UNMOVED)}, no trained "
-            "bias): merge it and pass the merged model instead"
+            f"{folder} saves whole modules outside the classification head ({outside[:2]}); "
+            "tasklift moves LoRA factors and the head: merge it and pass the merged model"
         )
-    weights = load_file(folder / ADAPTER_WEIGHTS)
-    deltas = {}
-    for key in weights:
-        if not key.endswith(".lora_A.weight"):
-            continue
-        module = key[len(_PREFIX) : -len(".lora_A.weight")]
-        down, up = weights[key], weights[key.replace(".lora_A.", ".lora_B.")]
-        r = down.shape[0]
-        scaling = config["lora_alpha"] / (r**0.5 if config.get("use_rslora") else r)
-        deltas[f"{module}.weight"] = LowRank(scaling * up.float(), down.float())
-    unread = [k for k in weights if "lora_" in k and ".lora_A." not in k and ".lora_B." not in k]
-    if unread:  # e.g. an embedding LoRA (lora_embedding_A): merged() would include it, τ_A not
-        raise ValueError(f"{folder} holds LoRA weights tasklift does not move, e.g. {unread[:2]}")
-    if not deltas:
-        raise ValueError(f"{folder} holds no LoRA weights ({ADAPTER_WEIGHTS})")
-    return TaskVector(deltas), config
-
-
-def write_adapter(
-    folder: str | os.PathLike,
-    tv: TaskVector,
-    config: dict,
-    base: str,
-    *,
-    overwrite: bool = False,
-) -> dict[str, float]:
-    """τ as a PEFT LoRA adapter folder for the model `base` (atomically), the source adapter's
-    r and lora_alpha kept. Low-rank deltas are written exactly; a dense one (GradFix's mask)
-    is re-factorised by truncated SVD at rank r. Returns {module: relative error} of those."""
-    from safetensors.torch import save_file
-
-    r = int(config["r"])
-    scaling = config["lora_alpha"] / (r**0.5 if config.get("use_rslora") else r)
-    tensors, errors = {}, {}
-    for key, delta in tv.deltas.items():
-        module = key.removesuffix(".weight")
-        if not isinstance(delta, LowRank):
-            u, s, vh = torch.linalg.svd(delta.double(), full_matrices=False)
-            delta = LowRank((u[:, :r] * s[:r]).float(), vh[:r].float())
-            errors[module] = float(s[r:].norm() / s.norm().clamp_min(1e-30))
-        rank = delta.rank  # r, or the sum of ranks of added adapters
-        tensors[f"{_PREFIX}{module}.lora_A.weight"] = delta.down.contiguous()
-        tensors[f"{_PREFIX}{module}.lora_B.weight"] = (delta.up / scaling).contiguous()
-        if rank != r:
-            raise ValueError(f"{module}: rank {rank}, not the adapter's r = {r}")
-    targets = sorted({k.removesuffix(".weight").rsplit(".", 1)[-1] for k in tv.deltas})
-    out_config = {k: v for k, v in config.items() if k not in _A_ONLY}
-    out_config.update(base_model_name_or_path=str(base), target_modules=targets)
-    check_output(folder, overwrite=overwrite)
-    with atomic_dir(folder) as tmp:
-        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
-        (tmp / ADAPTER_CONFIG).write_text(json.dumps(out_config, indent=2))
-        (tmp / STAMP).write_text(json.dumps({"tasklift": _version(), "moved_to": str(base),
-                                             "refactorised": errors}, indent=1))  # fmt: skip
-    return errors
-
-
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
-def write_moved(
-    out: str | os.PathLike,
-    adapters: Sequence,
-    read: Sequence[tuple[TaskVector, dict]],
-    moved: Sequence[dict],
-    *,
-    scale: float,
-    target: str,
-    overwrite: bool = False,
-    **info: object,
-) -> list[dict]:
-    """Each moved adapter as a PEFT folder out/<its name> for `target`, and the manifest
-    out/tasklift_run.json of what went where (with `info`: source, method, how the maps were
-    made); returns the manifest's records."""
-    from .io import write_text
-
-    records = []
-    for path, (tv, config), deltas in zip(adapters, read, moved, strict=True):
-        folder = Path(out) / Path(path).name
-        errors = write_adapter(
-            folder, TaskVector(deltas) * scale, config, target, overwrite=overwrite
+    if f"{layers[-1]}.weight" not in saved:
+        raise ValueError(
+            f"{folder} saves no classification head ({layers[-1]} in modules_to_save); save the "
+            "adapter with task_type='SEQ_CLS', or merge it and pass the merged model"
         )
-        moved_n = f"{len(deltas)}/{len(tv.deltas)}"
-        records.append(
-            {
-                "adapter": str(path),
-                "moved_to": str(folder),
-                "moved": moved_n,
-                "refactorised": errors,
-            }
+    n = saved[f"{layers[-1]}.weight"].shape[0]
+    if isinstance(base, nn.Module):
+        own = "ForSequenceClassification" in type(base).__name__
+    else:
+        own = any("ForSequenceClassification" in k for k in config.architectures or [])
+    if own and config.num_labels == n:  # A's own head, the saved layers loaded over it
+        return load_model(base, head=True, **load)[0]
+    untrained = [h for h in layers if f"{h}.weight" not in saved]
+    if untrained:
+        raise ValueError(
+            f"{folder} does not save head layer(s) {untrained} and A ({base}) has no trained "
+            f"head of {n} classes: PEFT would run them random; pass the classifier it was "
+            "trained on as source"
         )
-    manifest = {"tasklift": _version(), "kind": "moved adapters", "target": target, **info,
-                "scale": scale, "adapters": records}  # fmt: skip
-    write_text(Path(out) / "tasklift_run.json", json.dumps(manifest, indent=1))
-    return records
+    if isinstance(base, nn.Module):  # a new head of n classes on A's backbone
+        cfg = copy.deepcopy(config)
+        cfg.num_labels = n  # fresh id2label / label2id of n classes
+        model = tf.AutoModelForSequenceClassification.from_config(cfg)
+        load_backbone(model, backbone(base))
+        base = model
+    return load_model(base, head=True, num_labels=n, **load)[0]

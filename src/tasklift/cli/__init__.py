@@ -17,6 +17,7 @@ import threading
 from .. import __version__
 from ..defaults import FRACTIONS, PER_CLASS
 from ..transfer.methods import METHODS, SCALES, TOKENS
+from .adapters import VAL
 from .commands import (
     cmd_assets,
     cmd_check,
@@ -137,9 +138,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "paths", nargs="+", action=TransferPaths, default=argparse.SUPPRESS, metavar="PATH",
-        help="A A_FT B DATA (A_ft: A fine-tuned, or a PEFT adapter of A), or A B ADAPTER "
-        "[ADAPTER ...] DATA: PEFT LoRA adapters of A moved to B with one calibration on DATA's "
-        "texts (chat data: prompts and responses), one folder each in -o and a manifest",
+        help="A A_FT B DATA (A_ft: A fine-tuned; every method compared in a report), or A B "
+        "ADAPTER [ADAPTER ...] DATA: PEFT LoRA adapters of A moved to B with one calibration on "
+        "DATA's texts (chat data: prompts and responses; a classifier's adapter: A_ft's own "
+        "predictions), one PEFT folder each in -o and a manifest",
     )  # fmt: skip
     data_flags(p, positional=False)
     p.add_argument("-o", "--output", required=True, help="output folder")
@@ -150,14 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--map-cache", default=None, metavar="DIR",
-        help="moving adapters: where solved maps are cached and reused (default tasklift's "
-        "cache folder; off: none)",
+        help="moving adapters only: where solved maps are cached and reused (default "
+        "tasklift's cache folder; off: none)",
     )  # fmt: skip
     p.add_argument("--calib", type=positive, default=128, help="calibration inputs (from train)")
-    p.add_argument("--val", type=positive, default=200, help="validation inputs for the scale")
     p.add_argument(
-        "--scales", type=scales, default=list(SCALES),
-        help="task-vector scales tried (comma-separated)",
+        "--val", type=positive, default=None,
+        help=f"validation inputs for the scale (default {VAL}); moving adapters: each "
+        "adapter's scale is chosen on them only with --val or --scales (else 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--scales", type=scales, default=None,
+        help=f"task-vector scales tried (comma-separated; default {','.join(map(str, SCALES))})",
     )  # fmt: skip
     p.add_argument(
         "--token", default="all", choices=TOKENS,
@@ -168,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target-finetuned", default=None, help="B fine-tuned, the upper bound")
     p.add_argument("--probe", action="store_true", help="a linear probe on B (calib + val labels)")
-    p.add_argument("--title", default=None)
+    p.add_argument("--title", default=None, help="the report's title (A A_FT B DATA)")
 
     p = command("scaling", cmd_scaling, "accuracy vs training size: task matrix vs linear probe")
     p.add_argument("-o", "--output", required=True, help="output folder")

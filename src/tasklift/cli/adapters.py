@@ -1,38 +1,98 @@
 """`tasklift transfer A B ADAPTER [ADAPTER ...] DATA`: PEFT LoRA adapters of A moved to B with
-one calibration (`Transfer.move_adapters`), one folder each and a manifest."""
+one calibration (`Transfer.move_adapters`), one folder each and a manifest; and what each of
+transfer's two forms refuses of the other's flags (a flag silently ignored is a defect)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+#: validation inputs a transfer's scale is chosen on (`transfer --val`)
+VAL = 200
+
+#: flags of A A_FT B DATA (a compared, reported transfer on a train/test split) and whether
+#: each was given: moving adapters takes none of them
+_TABLE_FLAGS = {
+    "--target-finetuned": lambda args: args.target_finetuned is not None,
+    "--probe": lambda args: args.probe,
+    "--title": lambda args: args.title is not None,
+    "--train-limit": lambda args: args.train_limit is not None,
+}
+
+
+def _texts(ds, classifier: bool) -> tuple:
+    """(X, y) of DATA's rows: chat data's prompts and responses; else the whole text as the LM
+    target (no prompt), or for classifiers' adapters the texts with no labels (A_ft's own)."""
+    if classifier:
+        return ds.X, None
+    return (ds.X, ds.targets) if ds.targets else ([""] * len(ds), ds.X)
+
+
+def table_form(args) -> None:
+    """A A_FT B DATA: refuse the adapter form's --map-cache and an adapter as A_FT, and fill
+    in --val and --scales (None when not given, so the adapter form can tell).
+
+    Raises:
+        ValueError: naming the flag or path and the form that takes it.
+    """
+    from ..adapter_io import is_adapter
+    from ..transfer import SCALES
+
+    if args.map_cache is not None:
+        raise ValueError("--map-cache is for moving adapters (A B ADAPTER [ADAPTER ...] DATA); "
+                         "A A_FT B DATA calibrates every method anew: drop it")  # fmt: skip
+    if is_adapter(args.finetuned):
+        raise ValueError(f"{args.finetuned} is a PEFT adapter; A A_FT B DATA compares whole "
+                         "fine-tunes: move it with tasklift transfer A B ADAPTER DATA")  # fmt: skip
+    args.val = VAL if args.val is None else args.val
+    args.scales = list(SCALES) if args.scales is None else args.scales
+
 
 def cmd_move_adapters(args) -> None:
     """`transfer A B ADAPTER [ADAPTER ...] DATA`: one calibration on --calib of DATA's texts
-    (chat data: its prompts and responses; else the LM loss on the whole text) for them all."""
+    (chat data: its prompts and responses; else the LM loss on the whole text) for them all;
+    with --val or --scales, each adapter's scale chosen on --val further rows."""
     import numpy as np
 
+    from ..adapter_io import adapter_config
     from ..data import load_dataset
-    from ..transfer import Transfer
+    from ..transfer import SCALES, Transfer
     from .commands import _runtime
 
-    if args.target_finetuned is not None or args.probe:
-        raise ValueError("--target-finetuned and --probe compare whole transfers; moving "
-                         "adapters takes neither: drop them, or pass A A_FT B DATA")  # fmt: skip
+    given = [flag for flag, set_ in _TABLE_FLAGS.items() if set_(args)]
+    if given:
+        raise ValueError(f"{', '.join(given)}: only A A_FT B DATA takes it (a compared, "
+                         "reported transfer); moving adapters does not: drop it")  # fmt: skip
     methods = args.methods or ["bico"]
     if len(methods) > 1:
         raise ValueError(f"moving adapters takes one method, not {methods}; pass --methods bico")
+    classifier = any(adapter_config(p).get("task_type") == "SEQ_CLS" for p in args.adapters)
+    choose = args.val is not None or args.scales is not None
+    if choose and classifier:
+        raise ValueError("--val and --scales score against labels in A_ft's class order, which "
+                         "a classifier's PEFT adapter does not name: drop them (scale 1), or "
+                         "choose the scale in Python: Transfer(A, ADAPTER, B).fit(X, y, "
+                         "X_val=..., y_val=...)")  # fmt: skip
     ds = load_dataset(args.data, text_key=args.text_key, image_size=args.image_size,
                       encoding=args.encoding, labels=False)  # fmt: skip
-    rows = np.sort(np.random.default_rng(args.seed).permutation(len(ds))[: args.calib])
-    calib = ds.subset(rows)
-    X, y = (calib.X, calib.targets) if calib.targets else ([""] * len(calib), calib.X)
+    n_val = (VAL if args.val is None else args.val) if choose else 0
+    if args.calib + n_val > len(ds):
+        raise ValueError(f"--calib {args.calib} and --val {n_val} rows are more than the "
+                         f"{len(ds)} of {args.data}: lower them")  # fmt: skip
+    order = np.random.default_rng(args.seed).permutation(len(ds))
+    calib = ds.subset(np.sort(order[: args.calib]))
+    X, y = _texts(calib, classifier)
+    val = {}
+    if choose:  # the next --val rows, none of them calibrated on
+        X_val, y_val = _texts(ds.subset(np.sort(order[args.calib : args.calib + n_val])), False)
+        val = {"X_val": X_val, "y_val": y_val}
     cache = {None: True, "off": False}.get(args.map_cache, args.map_cache)
     t = Transfer(args.source, None, args.target, method=methods[0], token=args.token,
-                 center=args.center, **_runtime(args))  # fmt: skip
+                 center=args.center, scales=args.scales or SCALES, **_runtime(args))  # fmt: skip
     for r in t.move_adapters(args.adapters, X, y, out=args.output, overwrite=args.overwrite,
-                             map_cache=cache):  # fmt: skip
-        print(f"{r['adapter']} -> {r['moved_to']} ({r['moved']} modules)")
+                             map_cache=cache, **val):  # fmt: skip
+        chosen = f", scale {r['scale']:g} chosen on {n_val} rows" if choose else ""
+        print(f"{r['adapter']} -> {r['moved_to']} ({r['moved']} modules{chosen})")
     info = json.loads((Path(args.output) / "tasklift_run.json").read_text())
     found, how = info["map_cache"], f"one set for {len(args.adapters)} adapter(s)"
     if info["maps"] == "per adapter":

@@ -189,9 +189,9 @@ def cmd_report(args) -> None:
 
 
 def cmd_transfer(args) -> None:
-    if getattr(args, "adapters", None):  # A B ADAPTER [ADAPTER ...] DATA
-        from .adapters import cmd_move_adapters
+    from .adapters import cmd_move_adapters, table_form
 
+    if getattr(args, "adapters", None):  # A B ADAPTER [ADAPTER ...] DATA
         cmd_move_adapters(args)
         return
     from ..data import calibration_split
@@ -199,6 +199,7 @@ def cmd_transfer(args) -> None:
     from ..loading import label_names
     from ..report import markdown_table, transfer_sections, write_report
 
+    table_form(args)
     args.methods = args.methods or list(METHODS)
     train, test = _splits(args, classifier=args.finetuned)
     if args.target_finetuned is not None:

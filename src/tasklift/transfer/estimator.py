@@ -20,7 +20,7 @@ from ..data import is_texts, num_items, take
 from ..evaluate import accuracy
 from ..io import atomic_dir, check_output, write_text
 from ..loading import load_model
-from ..lora import is_adapter, merged, read_adapter, write_adapter
+from ..lora import head_state, is_adapter, merged, read_adapter, write_adapter
 from ..models import encode, token_limit
 from ..taskvector import TaskVector
 from .calibration import word_pooling
@@ -51,7 +51,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
 
     Args:
         source, finetuned, target: checkpoint folders or models (A and B may be backbones or
-            classifiers; A_ft must be a classifier).
+            classifiers; A_ft a classifier or causal LM, or a PEFT LoRA adapter folder of A:
+            a causal LM's, or a SEQ_CLS classifier's with its head in modules_to_save).
         method: a name of `tasklift.transfer.METHODS` ("bico", "activation", "gradient",
             "permutation", "naive", "gradfix", "gradfix-mean").
         token: calibration token pairing: "all", "cls", "mean", or "word" (texts whose
@@ -70,7 +71,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         processor: tokenizer / image processor for both models (default: each model's own).
 
     Learned: `model_` (B + scale_ · τ_B), `task_vector_` (τ_B), `target_model_` (B with the
-    carried head, made on demand), `scale_`, `val_scores_` {scale: score}, `pairs_`, `classes_`.
+    carried head, made on demand), `scale_`, `val_scores_` {scale: score}, `pairs_`, `classes_`,
+    `head_` (B's carried head layers), `adapter_config_` (A_ft's PEFT config, if an adapter).
 
     Example:
         >>> t = Transfer(source="a", finetuned="a_ft", target="b", method="bico")
@@ -176,13 +178,11 @@ class Transfer(ClassifierMixin, BaseEstimator):
         else:
             tv_a, (a_ft, proc_a) = None, self._load(self.finetuned, head=True)
         self.lm_ = is_causal_lm(a_ft)
-        if tv_a is not None and not self.lm_:
-            raise ValueError("adapters are moved for causal LMs; merge a classifier's adapter")
         self.max_length_ = self._max_length(X, (a_ft, proc_a))
         setup = lm_setup if self.lm_ else classifier_setup
-        prep = setup(self, a_ft, proc_a, X, y, **({"tv": tv_a} if tv_a else {}))
+        prep = setup(self, a_ft, proc_a, X, y, tv=tv_a)
         a, b, pairs, proc_b = prep["source"], prep["target"], prep["pairs"], prep["processor"]
-        self.processor_ = proc_b
+        self.processor_, self.head_ = proc_b, prep.get("head", [])
         self.max_length_ = self._max_length(X, (a_ft, proc_a), (b, proc_b))  # before any loss
         del a_ft  # τ_A holds what is needed of it (an LM of several GB)
         words = None
@@ -202,17 +202,22 @@ class Transfer(ClassifierMixin, BaseEstimator):
         self.pairs_, self.task_vector_ = pairs, tv_b
         self.source_params_, self.moved_params_ = source_params, len(tv_b.deltas)
         del a
-        self.val_scores_ = {}
-        if X_val is not None:
-            for s in self.scales:  # in place: B may be several GB
-                with tv_b.applied(b, scale=s):
-                    self.val_scores_[float(s)] = self._score_model(b, X_val, y_val)
-        # the best validation score; ties go to the scale nearest 1 (the plain transfer)
-        scores = self.val_scores_ or {1.0: 0.0}
-        self.scale_ = max(scores, key=lambda s: (scores[s], -abs(s - 1.0)))
+        self.scale_, self.val_scores_ = self._choose_scale(tv_b, b, X_val, y_val)
         self.model_ = tv_b.apply_to(b, scale=self.scale_, inplace=True)
         self.classes_ = self._classes(b)
         return self
+
+    def _choose_scale(self, tv_b: TaskVector, b: nn.Module, X_val, y_val) -> tuple[float, dict]:
+        """The scale among `scales` whose B + scale · τ_B scores best on (X_val, y_val), ties
+        going to the scale nearest 1 (the plain transfer), and {scale: score}; 1 and {} without
+        X_val. τ_B is applied to B in place and removed again (B may be several GB)."""
+        scores = {}
+        if X_val is not None:
+            for s in self.scales:
+                with tv_b.applied(b, scale=s):
+                    scores[float(s)] = self._score_model(b, X_val, y_val)
+        best = scores or {1.0: 0.0}
+        return max(best, key=lambda s: (best[s], -abs(s - 1.0))), scores
 
     def _classes(self, model: nn.Module) -> np.ndarray | None:
         if self.lm_:
@@ -276,6 +281,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         *,
         out: str | os.PathLike,
         scale: float = 1.0,
+        X_val=None,
+        y_val=None,
         overwrite: bool = False,
         map_cache: bool | str | os.PathLike | None = True,
     ) -> list[dict]:
@@ -284,24 +291,28 @@ class Transfer(ClassifierMixin, BaseEstimator):
         With targets y (or X's own labels) the maps of a causal-LM transfer come from A and B
         alone: they are solved once, or read from `map_cache` (True: tasklift's cache folder; a
         folder; False: none) when A, B, X, y and the settings are the same, and move every
-        adapter. Label-free targets (each A_ft's own) and GradFix's mask depend on the adapter:
-        each is then calibrated alone, with a warning. Each adapter is written to out/<its
-        folder name> as an exact LoRA of B at `scale`, and out/tasklift_run.json records what
-        went where and how the maps were made. Returns those records.
+        adapter. Label-free targets (each A_ft's own), GradFix's mask and classifiers' adapters
+        (each carries its own head) depend on the adapter: each is then calibrated alone, with a
+        warning. Each adapter is written to out/<its folder name> as an exact LoRA of B at
+        `scale`, or with (X_val, y_val) at the scale of `scales` scoring best on them (chosen
+        per adapter, as `fit` does), and out/tasklift_run.json records what went where and how
+        the maps were made. Returns those records.
 
         Raises:
-            ValueError: no adapters, adapters sharing a folder name, or one that does not fit A.
+            ValueError: no adapters, adapters sharing a folder name, one that does not fit A,
+                or both a scale and X_val.
         """
         from .many import move_adapters
 
-        return move_adapters(self, adapters, X, y, out=out, scale=scale, overwrite=overwrite,
-                             map_cache=map_cache)  # fmt: skip
+        return move_adapters(self, adapters, X, y, out=out, scale=scale, X_val=X_val,
+                             y_val=y_val, overwrite=overwrite, map_cache=map_cache)  # fmt: skip
 
     def save_adapter(self, path: str | os.PathLike, *, overwrite: bool = False) -> dict:
         """τ_B at the chosen scale as a PEFT LoRA folder for B (`PeftModel.from_pretrained(B,
-        path)` loads it): the source adapter's rank and alpha, factors moved exactly
-        (B_B = R_outᵀ B_A, A_B = A_A R_in); returns {module: relative error} of any delta
-        re-factorised by truncated SVD (GradFix's mask breaks low rank).
+        path)` loads it): the source adapter's rank, alpha and task_type, factors moved exactly
+        (B_B = R_outᵀ B_A, A_B = A_A R_in), and a classifier's carried head saved whole under
+        modules_to_save; returns {module: relative error} of any delta re-factorised by
+        truncated SVD (GradFix's mask breaks low rank).
 
         Raises:
             ValueError: A_ft was not given as a PEFT adapter folder.
@@ -313,7 +324,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         if isinstance(base, nn.Module):  # a model object: the folder it came from, if any
             base = getattr(getattr(base, "config", None), "_name_or_path", "") or "target"
         return write_adapter(path, self.task_vector_ * self.scale_, self.adapter_config_,
-                             str(base), overwrite=overwrite)  # fmt: skip
+                             str(base), head=head_state(self.model_, self.head_),
+                             overwrite=overwrite)  # fmt: skip
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the transferred classifier as a Hugging Face checkpoint folder (atomically), with
@@ -358,6 +370,6 @@ class Transfer(ClassifierMixin, BaseEstimator):
         t.scale_ = float(info["scale"])
         t.val_scores_ = {float(k): v for k, v in info["val_scores"].items()}
         t.moved_params_, t.source_params_ = info["moved_params"], info["source_params"]
-        t.lm_, t.adapter_config_ = is_causal_lm(t.model_), None
+        t.lm_, t.adapter_config_, t.head_ = is_causal_lm(t.model_), None, []
         t.classes_ = t._classes(t.model_)
         return t

@@ -89,12 +89,14 @@ def transport_head(
             e_in = e_out
 
 
-def classifier_setup(est, a_ft: nn.Module, proc_a, X, y) -> dict:
+def classifier_setup(est, a_ft: nn.Module, proc_a, X, y, tv: TaskVector | None = None) -> dict:
     """What `Transfer.fit` needs when A_ft is a classifier: A's weights under A_ft's head (the
-    calibration model), B as a classifier with A_ft's head carried onto its features, τ_A
-    without the head, the module pairs and the task loss (labels y, or A_ft's predictions)."""
+    calibration model), B as a classifier with A_ft's head carried onto its features (`head`:
+    B's head layers), τ_A without the head (`tv` when A_ft came as an adapter: its factors),
+    the module pairs and the task loss (labels y, or A_ft's predictions)."""
     head = head_linears(a_ft)
-    a, _ = est._load(est.source)
+    a, proc = est._load(est.source)
+    proc_a = proc if proc_a is None else proc_a  # A_ft given as an adapter: A's processor
     b, proc_b = est._load(est.target)
     head, head_b = head_pair(a_ft, b, head)  # other names across families
     a_cal = copy.deepcopy(a_ft)  # A's own weights under A_ft's head: the calibration model
@@ -125,7 +127,8 @@ def classifier_setup(est, a_ft: nn.Module, proc_a, X, y) -> dict:
                       signals=("input",), token="cls")  # fmt: skip
     r_head = ProcrustesMap().fit_stats(stats[(head_b[0], "input")]).coef_.T  # (d_A, d_B)
     transport_head(a_ft, b_cls, torch.from_numpy(r_head).float(), head, head_b)
-    tv = TaskVector.from_state_dicts(a_cal.state_dict(), a_ft.state_dict())
+    if tv is None:
+        tv = TaskVector.from_state_dicts(a_cal.state_dict(), a_ft.state_dict())
     tv = TaskVector({k: v for k, v in tv.deltas.items() if k.rsplit(".", 1)[0] not in head})
     pairs = {
         t: s
@@ -134,4 +137,4 @@ def classifier_setup(est, a_ft: nn.Module, proc_a, X, y) -> dict:
     }
     texts = X if is_texts(X) else None
     return dict(source=a_cal, target=b_cls, processor=proc_b, tv=tv, pairs=pairs, loss=loss,
-                texts=texts)  # fmt: skip
+                texts=texts, head=head_b)  # fmt: skip

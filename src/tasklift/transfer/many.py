@@ -1,8 +1,9 @@
 """Many adapters of A, one calibration: with the calibration targets given, the maps A -> B come
 from A and B alone, so they are solved once (or read from the on-disk cache, `transfer.cache`)
 and move every adapter. Where they depend on the adapter (label-free targets are each A_ft's own
-continuations; GradFix masks each τ_B by B's gradient signs), each adapter is calibrated alone,
-and the log and the manifest say so.
+continuations; GradFix masks each τ_B by B's gradient signs; a classifier's adapter carries its
+own head, which the task loss runs through), each adapter is calibrated alone, and the log and
+the manifest say so. With validation inputs, each adapter's scale is chosen on them.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from .. import __version__
 from .._estimator import check_runtime
 from ..data import num_items
 from ..io import check_output
-from ..lora import read_adapter, write_moved
+from ..lora import head_state, read_adapter, write_moved
 from ..taskvector import TaskVector
 from .cache import MapCache, Maps, data_fingerprint, default_dir, model_fingerprint
 from .calibration import calibrate, plan_passes
@@ -78,8 +79,11 @@ def move_all(
     return moved
 
 
-def per_adapter(method: Method, X, y) -> str | None:
-    """Why each adapter needs maps of its own, or None when one calibration serves them all."""
+def per_adapter(method: Method, X, y, configs: Sequence[dict] = ()) -> str | None:
+    """Why each adapter needs maps of its own, or None when one calibration serves them all
+    (`configs`: the adapters' PEFT configs)."""
+    if any(c.get("task_type") == "SEQ_CLS" for c in configs):
+        return "a classifier's adapter carries its own head, which the task loss runs through"
     if method.post is not None:
         return f"{method.name} masks each τ_B by the signs of B's gradients"
     if y is None and not (isinstance(X, dict) and "labels" in X):
@@ -107,8 +111,26 @@ def _key(est, method: Method, prep: dict, tok_a, pairs: dict, X, y) -> dict:
     }  # fmt: skip
 
 
+def _scaled(est, deltas: dict, b: nn.Module, scale: float, X_val, y_val) -> dict:
+    """An adapter's τ_B (deltas) at `scale`, or with X_val at the scale of est.scales whose
+    B + scale · τ_B scores best on (X_val, y_val), as `Transfer.fit` chooses it."""
+    if X_val is None:
+        return {"deltas": deltas, "scale": scale, "val_scores": {}}
+    best, scores = est._choose_scale(TaskVector(deltas), b, X_val, y_val)
+    return {"deltas": deltas, "scale": best, "val_scores": scores}
+
+
+def _alone(est, adapter, X, y, scale: float, X_val, y_val) -> dict:
+    """One adapter calibrated and moved on its own (`Transfer.fit`), with its carried head."""
+    t = type(est)(**{**est.get_params(deep=False), "finetuned": adapter})
+    t.fit(X, y, X_val=X_val, y_val=y_val)
+    return {"deltas": t.task_vector_.deltas, "scale": scale if X_val is None else t.scale_,
+            "val_scores": t.val_scores_, "head": head_state(t.model_, t.head_)}  # fmt: skip
+
+
 def _shared(est, method: Method, adapters, tvs: list, X, y, cache: MapCache | None):
-    """One calibration (or a cache hit: none) moving every adapter; and the manifest's note."""
+    """One calibration (or a cache hit: none) moving every adapter; B and its loss (`prep`)
+    and the manifest's note."""
     a, tok_a = est._load(est.source, lm=True)
     for p, tv in zip(adapters, tvs, strict=True):
         check_fits(a, tv, f"{est.source}, adapter {p}")
@@ -126,7 +148,7 @@ def _shared(est, method: Method, adapters, tvs: list, X, y, cache: MapCache | No
                              "hit": found is not None}  # fmt: skip
         about = {"source": _name(est.source, "source"), "target": _name(est.target, "target")}
         maps = found if found is not None else cache.store(key, maps, about=about)
-    return move_all(tvs, prep["source"], prep["target"], pairs, maps), note
+    return move_all(tvs, prep["source"], prep["target"], pairs, maps), prep, note
 
 
 def move_adapters(
@@ -137,37 +159,43 @@ def move_adapters(
     *,
     out: str | os.PathLike,
     scale: float = 1.0,
+    X_val=None,
+    y_val=None,
     overwrite: bool = False,
     map_cache: bool | str | os.PathLike | None = True,
 ) -> list[dict]:
     """`Transfer.move_adapters`: each adapter of A (`est.source`) as an exact LoRA of B at
-    `scale` in out/<its folder name>, and out/tasklift_run.json; returns its records.
+    `scale` (or, with X_val, at the scale of est.scales scoring best on (X_val, y_val)) in
+    out/<its folder name>, and out/tasklift_run.json; returns its records.
 
     `map_cache`: True (tasklift's cache folder), a folder, or False / None (no cache).
 
     Raises:
-        ValueError: no adapters, adapters sharing a folder name, or one that does not fit A.
+        ValueError: no adapters, adapters sharing a folder name, one that does not fit A, or
+            both a scale and validation inputs.
     """
     method = get_method(est.method)
     check_runtime(est)
     if not adapters:
         raise ValueError("no adapters to move; pass one or more PEFT LoRA folders trained on A")
+    if X_val is not None and scale != 1.0:
+        raise ValueError(f"scale={scale} and X_val both set the scale; pass one of them")
     names = [Path(p).name for p in adapters]
     if len(set(names)) < len(names):
         raise ValueError(f"adapters share folder names {names}; each gets out/<name>")
     check_output(out, overwrite=overwrite, inputs=[str(p) for p in adapters])
     read = [read_adapter(p) for p in adapters]
-    why = per_adapter(method, X, y)
+    why = per_adapter(method, X, y, [config for _, config in read])
     if why is None:
         folder = default_dir() if map_cache is True else map_cache or None
         cache = None if folder is None else MapCache(folder)
-        moved, note = _shared(est, method, adapters, [tv for tv, _ in read], X, y, cache)
+        moved, prep, note = _shared(est, method, adapters, [tv for tv, _ in read], X, y, cache)
+        est.lm_ = True  # B is scored as `fit` scores a causal LM
+        moved = [_scaled(est, m, prep["target"], scale, X_val, y_val) for m in moved]
     else:
         log.warning("maps computed per adapter (%d calibrations): %s", len(adapters), why)
-        params = {**est.get_params(deep=False), "scales": (1.0,)}
-        moved = [type(est)(**{**params, "finetuned": p}).fit(X, y).task_vector_.deltas
-                 for p in adapters]  # fmt: skip
+        moved = [_alone(est, p, X, y, scale, X_val, y_val) for p in adapters]
         note = {"maps": "per adapter", "why": why, "map_cache": None}
     info = {"source": _name(est.source, "source"), "target": _name(est.target, "target")}
-    return write_moved(out, adapters, read, moved, scale=scale, overwrite=overwrite,
-                       method=method.name, **info, **note)  # fmt: skip
+    return write_moved(out, adapters, read, moved, overwrite=overwrite, method=method.name,
+                       **info, **note)  # fmt: skip
