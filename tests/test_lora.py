@@ -327,3 +327,22 @@ def test_a_recipe_with_a_tuple_of_modules_is_reused(tmp_path, monkeypatch):
     kw = dict(r=2, epochs=1, batch_size=8, max_length=32, modules=("q_proj", "v_proj"))
     assert not lora_finetune_cached("tiny", PROMPTS, TARGETS, tmp_path / "a", **kw)["reused"]
     assert lora_finetune_cached("tiny", PROMPTS, TARGETS, tmp_path / "a", **kw)["reused"]
+
+
+def test_check_takes_a_classifier_adapter_with_its_classifier(tmp_path, capsys):
+    """`tasklift check A B CLS_ADAPTER`: A as the SEQ_CLS classifier the adapter fits (not a
+    causal LM); an adapter of another width is refused in one line."""
+    from tasklift.cli import main
+
+    a, b = _bert(), _bert(hidden=48, layers=3, seed=1)
+    a.save_pretrained(tmp_path / "a")
+    b.bert.save_pretrained(tmp_path / "b")  # B as a bare backbone, as users hold it
+    _adapter(a, tmp_path / "adapter", task_type="SEQ_CLS", targets=["query", "value"])
+    args = ["check", str(tmp_path / "a"), str(tmp_path / "b")]
+    assert main([*args, str(tmp_path / "adapter")]) == 0
+    out = capsys.readouterr().out
+    assert "recommendation: bico" in out and "{0: 0, 1: 0, 2: 1}" in out, out
+    _adapter(_bert(hidden=48), tmp_path / "wrong", task_type="SEQ_CLS", targets=["query"])
+    assert main([*args, str(tmp_path / "wrong")]) == 2
+    err = capsys.readouterr().err
+    assert "adapter" in err and err.count("\n") == 1, err

@@ -215,7 +215,8 @@ def test_cli_adapter_form_honours_val_and_scales_and_refuses_the_table_form_s_fl
     saved, tmp_path, capsys
 ):
     """--val / --scales choose each adapter's scale on rows held out of calibration; --title,
-    --probe, --train-limit (the table form's) are refused by the adapter form, and --map-cache
+    --probe, --train-limit, --test-size, --label-key (the table form's) are refused by the
+    adapter form, and --map-cache
     or an adapter as A_FT by the table form: one line naming the flag and its form, exit 2."""
     from tasklift.cli import main
 
@@ -231,7 +232,8 @@ def test_cli_adapter_form_honours_val_and_scales_and_refuses_the_table_form_s_fl
         assert set(scores) == {"0.0", "1.0"} and r["scale"] == float(max(scores, key=scores.get))
     assert main([*argv, "--overwrite", "--val", "13"]) == 2  # 8 + 13 rows of 20
     assert "--calib 8 and --val 13 rows are more than the 20" in capsys.readouterr().err
-    for flag in (["--title", "x"], ["--probe"], ["--train-limit", "5"]):
+    split = (["--test-size", "0.2"], ["--label-key", "label"])  # even at their defaults
+    for flag in (["--title", "x"], ["--probe"], ["--train-limit", "5"], *split):
         assert main([*argv, "--overwrite", *flag]) == 2
         err = capsys.readouterr().err
         assert f"{flag[0]}: only A A_FT B DATA takes it" in err and err.count("\n") == 1, err

@@ -156,7 +156,7 @@ def merged(base: str | os.PathLike | nn.Module, adapter: str | os.PathLike, **lo
     if isinstance(base, nn.Module):  # merging writes into the model: never into the caller's
         base = copy.deepcopy(base)
     if adapter_config(adapter).get("task_type") == "SEQ_CLS":
-        model = _classifier(base, Path(adapter), **load)
+        model = adapter_classifier(base, Path(adapter), **load)
     else:
         model, _ = load_model(base, lm=True, **load)
     try:
@@ -171,7 +171,7 @@ def merged(base: str | os.PathLike | nn.Module, adapter: str | os.PathLike, **lo
     return out
 
 
-def _classifier(base: str | os.PathLike | nn.Module, folder: Path, **load) -> nn.Module:
+def adapter_classifier(base: str | os.PathLike | nn.Module, folder: Path, **load) -> nn.Module:
     """A as the sequence classifier a SEQ_CLS adapter was trained on: a head of the adapter's
     class count (A's own where A is a classifier of that count), for PEFT to load the saved
     head layers into.

@@ -115,16 +115,23 @@ def check_paths(
     n: int = 32,
     max_length: int = 64,
 ) -> dict:
-    """`check_pair` on checkpoint folders (or names): both as causal LMs when A is one or an
-    adapter is given; CKA on the first `n` texts of `data` (a dataset name or file)."""
+    """`check_pair` on checkpoint folders (or names): both as causal LMs when A is one or a
+    causal LM's adapter is given (as classifiers for a SEQ_CLS adapter); CKA on the first `n`
+    texts of `data` (a dataset name or file)."""
+    from pathlib import Path
+
     from .data import load_dataset
     from .loading import load_model
-    from .lora import read_adapter
+    from .lora import adapter_classifier, read_adapter
     from .transfer.lm import is_lm_checkpoint
 
-    lm = adapter is not None or is_lm_checkpoint(source)
-    (a, tok_a), (b, tok_b) = (load_model(m, lm=lm, device="cpu") for m in (source, target))
-    tv = read_adapter(adapter)[0] if adapter else None
+    tv, config = read_adapter(adapter) if adapter else (None, {})
+    if config.get("task_type") == "SEQ_CLS":  # the classifier the adapter was trained on
+        a, tok_a = adapter_classifier(source, Path(adapter), device="cpu"), load_model(source)[1]
+        b, tok_b = load_model(target, head=True, num_labels=a.config.num_labels, device="cpu")
+    else:
+        lm = adapter is not None or is_lm_checkpoint(source)
+        (a, tok_a), (b, tok_b) = (load_model(m, lm=lm, device="cpu") for m in (source, target))
     texts = load_dataset(data, text_key=text_key, labels=False).X[:n] if data else None
     return check_pair(a, b, tokenizers=(tok_a, tok_b), adapter_tv=tv, texts=texts,
                       max_length=max_length)  # fmt: skip

@@ -143,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "DATA's texts (chat data: prompts and responses; a classifier's adapter: A_ft's own "
         "predictions), one PEFT folder each in -o and a manifest",
     )  # fmt: skip
-    data_flags(p, positional=False)
+    data_flags(p, positional=False, split=False)  # the adapter form splits nothing
     p.add_argument("-o", "--output", required=True, help="output folder")
     overwrite_flag(p)
     p.add_argument(

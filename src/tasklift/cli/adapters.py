@@ -17,6 +17,8 @@ _TABLE_FLAGS = {
     "--probe": lambda args: args.probe,
     "--title": lambda args: args.title is not None,
     "--train-limit": lambda args: args.train_limit is not None,
+    "--test-size": lambda args: args.test_size is not None,
+    "--label-key": lambda args: args.label_key is not None,
 }
 
 
@@ -30,13 +32,15 @@ def _texts(ds, classifier: bool) -> tuple:
 
 def table_form(args) -> None:
     """A A_FT B DATA: refuse the adapter form's --map-cache and an adapter as A_FT, and fill
-    in --val and --scales (None when not given, so the adapter form can tell).
+    in --val, --scales, --label-key and --test-size (None when not given, so the adapter form
+    can tell).
 
     Raises:
         ValueError: naming the flag or path and the form that takes it.
     """
     from ..adapter_io import is_adapter
     from ..transfer import SCALES
+    from .flags import SPLIT_DEFAULTS
 
     if args.map_cache is not None:
         raise ValueError("--map-cache is for moving adapters (A B ADAPTER [ADAPTER ...] DATA); "
@@ -44,6 +48,8 @@ def table_form(args) -> None:
     if is_adapter(args.finetuned):
         raise ValueError(f"{args.finetuned} is a PEFT adapter; A A_FT B DATA compares whole "
                          "fine-tunes: move it with tasklift transfer A B ADAPTER DATA")  # fmt: skip
+    for key, default in SPLIT_DEFAULTS.items():
+        setattr(args, key, default if getattr(args, key) is None else getattr(args, key))
     args.val = VAL if args.val is None else args.val
     args.scales = list(SCALES) if args.scales is None else args.scales
 

@@ -123,16 +123,24 @@ def choices_flag(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-def data_flags(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
+#: the defaults of the flags that only a labelled train/test split reads
+SPLIT_DEFAULTS = {"label_key": "label", "test_size": 0.2}
+
+
+def data_flags(p: argparse.ArgumentParser, *, positional: bool = True, split: bool = True) -> None:
+    """DATA and how it is read; with `split=False` --label-key and --test-size default to None
+    (the command fills in SPLIT_DEFAULTS where it splits, and can tell they were given)."""
     if positional:
         p.add_argument(
             "data", help="rotten_tomatoes, digits, or a .csv/.tsv/.jsonl with text,label"
         )
     p.add_argument("--text-key", default="text")
-    p.add_argument("--label-key", default="label")
+    p.add_argument("--label-key", default=SPLIT_DEFAULTS["label_key"] if split else None,
+                   help="label column (default label)")  # fmt: skip
     p.add_argument(
-        "--test-size", type=arg(check_test_size), default=0.2,
-        help="fraction in (0, 1) or count held out",
+        "--test-size", type=arg(check_test_size),
+        default=SPLIT_DEFAULTS["test_size"] if split else None,
+        help="fraction in (0, 1) or count held out (default 0.2)",
     )  # fmt: skip
     p.add_argument(
         "--train-limit", type=positive, default=None, help="use at most this many train rows"
