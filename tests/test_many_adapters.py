@@ -73,7 +73,7 @@ def test_a_cache_hit_gives_the_same_adapters_bit_for_bit_without_calibrating(
     assert off["map_cache"] is None
 
 
-def test_the_cache_misses_when_data_b_method_or_token_limit_change(pair, tmp_path, calls):
+def test_the_cache_misses_when_data_b_method_token_limit_or_solver_change(pair, tmp_path, calls):
     cache = tmp_path / "cache"
     base, _ = _move(pair, tmp_path / "base", cache, max_length=16)
     changes = {
@@ -89,6 +89,11 @@ def test_the_cache_misses_when_data_b_method_or_token_limit_change(pair, tmp_pat
         assert calls and info["map_cache"]["hit"] is False, name
         entries.add(info["map_cache"]["entry"])
     assert len(entries) == 1 + len(changes)
+    with pytest.MonkeyPatch.context() as mp:  # the solving code changed: its maps never match
+        mp.setattr("tasklift.transfer.cache.solver_revision", lambda: "another")
+        calls.clear()
+        info, _ = _move(pair, tmp_path / "code", cache, max_length=16)
+        assert calls and info["map_cache"]["hit"] is False
     calls.clear()
     assert _move(pair, tmp_path / "again", cache, max_length=16)[0]["map_cache"]["hit"]
     assert not calls

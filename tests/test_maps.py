@@ -11,7 +11,7 @@ from tasklift.maps import (
     RidgeMap,
     load_map,
 )
-from tasklift.solvers import cv_errors, permutation, procrustes, ridge_path
+from tasklift.solvers import cv_errors, permutation, procrustes, procrustes_svd, ridge_path
 from tasklift.stats import GramStats
 
 rng = np.random.default_rng(0)
@@ -112,18 +112,6 @@ def test_procrustes_semi_orthogonal_for_width_mismatch():
     np.testing.assert_allclose(tall.T @ tall, np.eye(8), atol=1e-10)
 
 
-def _svd_procrustes(xy, tie=None, rtol=1e-6):
-    """The definition: U Vᵀ from a full SVD, the null spaces' best map under `tie`."""
-    u, s, vt = np.linalg.svd(xy, full_matrices=True)
-    k = min(xy.shape)
-    r = int((s > rtol * s[0]).sum())
-    if tie is None or r == k:
-        return u[:, :k] @ vt[:k]
-    un, vn = u[:, r:], vt[r:].T
-    q = _svd_procrustes(un.T @ tie @ vn, rtol=0.0)
-    return u[:, :r] @ vt[:r] + un @ q @ vn.T
-
-
 @pytest.mark.parametrize("spread, tol", [(1e-2, 1e-12), (1e-4, 1e-9), (2e-6, 1e-5)])
 @pytest.mark.parametrize("shape", [(30, 50), (50, 30)])
 def test_procrustes_equals_the_svd_definition(spread, tol, shape):
@@ -134,25 +122,39 @@ def test_procrustes_equals_the_svd_definition(spread, tol, shape):
     v, _ = np.linalg.qr(rng.normal(size=(shape[1], k)))
     xy = (u * np.logspace(0, np.log10(spread), k)) @ v.T
     R, open_dims = procrustes(xy)
-    want = _svd_procrustes(xy)
+    want = procrustes_svd(xy)
     assert open_dims == 0
     assert np.linalg.norm(R - want) / np.linalg.norm(want) < tol
     gram = R @ R.T if shape[0] < shape[1] else R.T @ R
     np.testing.assert_allclose(gram, np.eye(k), atol=1e-10)
 
 
-@pytest.mark.parametrize("shape", [(20, 32), (32, 20)])
-def test_procrustes_tie_settles_only_the_open_directions(shape):
-    """Rank-deficient XᵀY (rank 12 of 20): the determined directions as the SVD gives them,
-    the open ones by the tie's best map, as the full-SVD definition does."""
+def _tie_case(shape, tie_rank):
+    """XᵀY of rank 12 and a tie of `tie_rank` (0: none at all), of one shape."""
     x, y = rng.normal(size=(12, shape[0])), rng.normal(size=(12, shape[1]))
-    xy, tie = x.T @ y, rng.normal(size=shape)
+    if tie_rank == 0:
+        return x.T @ y, np.zeros(shape)
+    x2, y2 = rng.normal(size=(tie_rank, shape[0])), rng.normal(size=(tie_rank, shape[1]))
+    return x.T @ y, x2.T @ y2
+
+
+@pytest.mark.parametrize("shape", [(20, 32), (32, 20), (24, 24)])
+@pytest.mark.parametrize("tie_rank", [40, 4, 0], ids=["full-tie", "low-rank-tie", "zero-tie"])
+def test_procrustes_tie_settles_only_the_open_directions(shape, tie_rank):
+    """Rank-deficient XᵀY (rank 12): R is exactly (semi-)orthogonal, optimal for XᵀY, and for
+    the tie within the open directions, as the full-SVD definition is; with a full-rank tie it
+    is the definition's R itself (a low-rank or zero tie leaves some directions arbitrary)."""
+    xy, tie = _tie_case(shape, tie_rank)
     R, open_dims = procrustes(xy, tie)
-    assert open_dims == 8
-    np.testing.assert_allclose(R, _svd_procrustes(xy, tie), atol=1e-9)
+    want = procrustes_svd(xy, tie)
     k = min(shape)
+    assert open_dims == k - 12
     gram = R @ R.T if shape[0] < shape[1] else R.T @ R
     np.testing.assert_allclose(gram, np.eye(k), atol=1e-10)
+    np.testing.assert_allclose(np.trace(R.T @ xy), np.trace(want.T @ xy), rtol=1e-10)
+    np.testing.assert_allclose(np.trace(R.T @ tie), np.trace(want.T @ tie), rtol=1e-8, atol=1e-8)
+    if tie_rank >= k:
+        np.testing.assert_allclose(R, want, atol=1e-9)
 
 
 @pytest.mark.parametrize(

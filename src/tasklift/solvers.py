@@ -15,7 +15,7 @@ import numpy as np
 
 from .stats import GramStats
 
-__all__ = ["ridge_path", "cv_errors", "procrustes", "permutation", "NULL_RTOL"]
+__all__ = ["ridge_path", "cv_errors", "procrustes", "procrustes_svd", "permutation", "NULL_RTOL"]
 
 
 def ridge_path(
@@ -59,9 +59,10 @@ def procrustes(
     open directions are arbitrary in plain Procrustes; with `tie` (a second signal's XᵀY, same
     shape) they, and only they, are chosen to maximise tr(Rᵀ tie): R keeps every direction XᵀY
     determines. R = (M Mᵀ)^(-1/2) M from the eigendecomposition of the smaller Gram M Mᵀ (4-5x
-    faster than an SVD of M at LLM widths; within 1e-10 of it for spectra spanning 1e-4, 1e-6
-    relative for 1e-6: `tests/test_maps.py`), then one Newton-Schulz step that restores exact
-    (semi-)orthogonality. Shapes: xy (d_in, d_out) -> R (d_in, d_out).
+    faster than an SVD of M at LLM widths; within 1e-9 of it for spectra spanning 1e-4, 1e-5
+    relative for 2e-6: `tests/test_maps.py`), then one Newton-Schulz step that restores exact
+    (semi-)orthogonality; where the tie leaves directions open too, the full SVDs of
+    `procrustes_svd`. Shapes: xy (d_in, d_out) -> R (d_in, d_out).
     """
     if xy.shape[0] > xy.shape[1]:  # work on the wide side: the Gram is the smaller one
         R, open_dims = procrustes(xy.T, None if tie is None else tie.T, rtol=rtol)
@@ -79,8 +80,23 @@ def procrustes(
     if r < k:  # the open directions: tie's best map between the two null spaces
         un = u[:, r:]
         d = un.T @ (tie - (tie @ vt_r.T) @ vt_r)  # tie, seen from A's null space into B's
-        R = R + un @ procrustes(d)[0]
+        q, still_open = procrustes(d, rtol=rtol)
+        if still_open:  # any completion of q must avoid Vᵀ's rows: B's explicit null basis
+            return procrustes_svd(xy, tie, rtol=rtol), k - r
+        R = R + un @ q
     return 1.5 * R - 0.5 * (R @ R.T) @ R, k - r
+
+
+def procrustes_svd(xy: np.ndarray, tie: np.ndarray | None = None, *, rtol: float = NULL_RTOL):
+    """`procrustes` by its definition, U Vᵀ from full SVDs (the open directions mapped between
+    explicit null bases of both sides): exact in every case, slow at LLM widths (n × n)."""
+    u, s, vt = np.linalg.svd(xy, full_matrices=tie is not None)
+    k = min(xy.shape)
+    r = int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
+    if tie is None or r == k:
+        return u[:, :k] @ vt[:k]
+    un, vn = u[:, r:], vt[r:].T  # bases of the null spaces on either side
+    return u[:, :r] @ vt[:r] + un @ procrustes_svd(un.T @ tie @ vn, rtol=rtol) @ vn.T
 
 
 def _assign(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

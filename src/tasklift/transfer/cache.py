@@ -10,7 +10,9 @@ a shard whose SHA-256 does not match is ignored with a warning, never trusted.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import importlib
 import json
 import logging
 import os
@@ -30,7 +32,10 @@ __all__ = ["MapCache", "default_dir", "model_fingerprint", "data_fingerprint", "
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1  # bump when what a key means, or how maps are solved, changes
+FORMAT = 2  # bump when what a key means changes (2: keys carry the solver's revision)
+#: the modules whose code decides what a solved map is: any change to them is a cache miss
+SOLVER_MODULES = ("tasklift.solvers", "tasklift.maps", "tasklift.stats", "tasklift.transfer.solve",
+                  "tasklift.transfer.calibration", "tasklift.transfer.pairing")  # fmt: skip
 SHARD_BYTES = 1 << 30
 _SAMPLE = 256  # entries of each parameter read in order (a permuted model has the same sums)
 
@@ -194,7 +199,17 @@ class MapCache:
         return True
 
 
+@functools.cache
+def solver_revision() -> str:
+    """A digest of the source of SOLVER_MODULES: maps solved by other code never match."""
+    h = hashlib.sha256()
+    for name in SOLVER_MODULES:
+        h.update(Path(importlib.import_module(name).__file__).read_bytes())
+    return h.hexdigest()[:16]
+
+
 def _entry(key: dict) -> tuple[dict, str]:
-    """`key` as its index reads back (tuples as lists), and its entry's file stem."""
-    key = json.loads(json.dumps(key, sort_keys=True))
+    """`key` with the solver's revision, as its index reads back (tuples as lists), and its
+    entry's file stem."""
+    key = json.loads(json.dumps({**key, "solver": solver_revision()}, sort_keys=True))
     return key, hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
