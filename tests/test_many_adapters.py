@@ -280,3 +280,58 @@ def test_cli_moves_a_classifier_adapter_with_its_head(tmp_path, capsys):
     assert head.shape == (3, 48) and head[:, 32:].abs().max() == 0  # A's head on B's features
     assert main([*argv, "--overwrite", "--val", "4"]) == 2
     assert "--val and --scales score against labels" in capsys.readouterr().err
+
+
+def test_moving_adapters_checks_parameters_and_refuses_what_it_cannot_do(pair, tmp_path):
+    """The shared path checks Transfer's parameters as `fit` does (tie_break 5 was solved with
+    and cached), refuses token='word' in one line, and writes nothing for an adapter none of
+    whose modules B has."""
+    a, b, adapters = pair
+    kw = dict(out=tmp_path / "out", map_cache=False)
+    with pytest.raises(ValueError, match="tie_break"):
+        Transfer(a, None, b, tie_break=5.0).move_adapters(adapters, PROMPTS, TARGETS, **kw)
+    with pytest.raises(ValueError, match="token='word' pairs the words"):
+        Transfer(a, None, b, token="word").move_adapters(adapters, PROMPTS, TARGETS, **kw)
+    t = Transfer(a, None, b, processor=WordTokenizer(), block_map={0: 0, 1: 0, 2: 0})
+    lone = _adapter(a, tmp_path / "late", r=2, seed=3, targets=["layers.1.self_attn.q_proj"])
+    with pytest.raises(ValueError, match="nothing of .*late could be moved"):
+        t.move_adapters([lone], PROMPTS, TARGETS, **kw)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failure_while_writing_leaves_no_partial_output(pair, tmp_path, monkeypatch):
+    """All adapter folders and the manifest appear together: a write failing at the second
+    adapter leaves no output folder (a rerun is not refused as someone else's folder)."""
+    import tasklift.adapter_io as adapter_io
+
+    real, written = adapter_io.write_adapter, []
+
+    def fail_second(*args, **kw):
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(1)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(adapter_io, "write_adapter", fail_second)
+    with pytest.raises(OSError):
+        _move(pair, tmp_path / "out", False)
+    assert not (tmp_path / "out").exists()
+    monkeypatch.undo()
+    manifest, _ = _move(pair, tmp_path / "out", False)
+    assert len(manifest["adapters"]) == 2
+
+
+def test_cli_refuses_classifier_and_lm_adapters_together(pair, tmp_path, capsys):
+    from tasklift.cli import main
+    from test_lora import _bert
+
+    a, b, adapters = pair
+    cls = _adapter(_bert(), tmp_path / "cls", task_type="SEQ_CLS", targets=["query", "value"])
+    a.save_pretrained(tmp_path / "a")
+    b.save_pretrained(tmp_path / "b")
+    (tmp_path / "texts.csv").write_text("text\n" + "\n".join(PROMPTS) + "\n")
+    paths = [tmp_path / "a", tmp_path / "b", adapters[0], cls, tmp_path / "texts.csv"]
+    argv = ["transfer", *map(str, paths), "-o", str(tmp_path / "out"), *OPTS]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "mix classifier (SEQ_CLS) and causal-LM ones" in err and err.count("\n") == 1, err

@@ -178,33 +178,33 @@ def write_moved(
     moved: Sequence[dict],
     *,
     target: str,
-    overwrite: bool = False,
     **info: object,
 ) -> list[dict]:
     """Each moved adapter as a PEFT folder out/<its name> for `target`, and the manifest
     out/tasklift_run.json of what went where (with `info`: source, method, how the maps were
-    made); returns the manifest's records. `moved`: per adapter, its τ_B deltas ("deltas"),
-    the scale they are written at ("scale"), the validation scores it was chosen by
-    ("val_scores", {} for none) and a classifier's head ("head", `head_state`)."""
-    from .io import write_text
+    made), all written at once (atomically; the caller checks `out` first); returns the
+    manifest's records. `moved`: per adapter, its τ_B deltas ("deltas"), the scale they are
+    written at ("scale"), the validation scores it was chosen by ("val_scores", {} for none)
+    and a classifier's head ("head", `head_state`)."""
+    from .io import atomic_dir
 
     records = []
-    for path, (tv, config), one in zip(adapters, read, moved, strict=True):
-        folder = Path(out) / Path(path).name
-        deltas = one["deltas"]
-        errors = write_adapter(folder, TaskVector(deltas) * one["scale"], config, target,
-                               head=one.get("head"), overwrite=overwrite)  # fmt: skip
-        records.append(
-            {
-                "adapter": str(path),
-                "moved_to": str(folder),
-                "moved": f"{len(deltas)}/{len(tv.deltas)}",
-                "scale": one["scale"],
-                "val_scores": one.get("val_scores", {}),
-                "refactorised": errors,
-            }
-        )
-    manifest = {"tasklift": _version(), "kind": "moved adapters", "target": target, **info,
-                "adapters": records}  # fmt: skip
-    write_text(Path(out) / "tasklift_run.json", json.dumps(manifest, indent=1))
+    with atomic_dir(out) as tmp:  # all folders and the manifest appear together, or none
+        for path, (tv, config), one in zip(adapters, read, moved, strict=True):
+            deltas = one["deltas"]
+            errors = write_adapter(tmp / Path(path).name, TaskVector(deltas) * one["scale"],
+                                   config, target, head=one.get("head"))  # fmt: skip
+            records.append(
+                {
+                    "adapter": str(path),
+                    "moved_to": str(Path(out) / Path(path).name),
+                    "moved": f"{len(deltas)}/{len(tv.deltas)}",
+                    "scale": one["scale"],
+                    "val_scores": one.get("val_scores", {}),
+                    "refactorised": errors,
+                }
+            )
+        manifest = {"tasklift": _version(), "kind": "moved adapters", "target": target, **info,
+                    "adapters": records}  # fmt: skip
+        (tmp / "tasklift_run.json").write_text(json.dumps(manifest, indent=1))
     return records

@@ -34,7 +34,7 @@ from .lm import (
     verbalise,
 )
 from .many import move_all, solved_maps, touched_pairs
-from .methods import SCALES, TOKENS, get_method
+from .methods import SCALES, TOKENS, Method, get_method
 from .solve import POST_STEPS, TIE_BREAK, transport
 
 __all__ = ["Transfer"]
@@ -148,6 +148,21 @@ class Transfer(ClassifierMixin, BaseEstimator):
         maps = solved_maps(self, method, prep, pairs, n, words, images)
         return move_all(tvs, prep["source"], prep["target"], pairs, maps)
 
+    def check_params(self) -> Method:
+        """Every parameter in its range, before any model loads (`fit` and `move_adapters`);
+        returns the method's description.
+
+        Raises:
+            ValueError: naming the parameter, its value and what it takes.
+        """
+        method = get_method(self.method)
+        check_runtime(self)
+        check_choice(self.token, "token", choices=TOKENS)
+        check_list(self.scales, "scales", item=check_float)
+        check_float(self.tie_break, "tie_break", low=0, high=1)
+        check_bool(self.center, "center")
+        return method
+
     def fit(self, X, y=None, *, X_val=None, y_val=None) -> Transfer:
         """Calibrate on X (~128 inputs) and labels y (A_ft's own predictions or continuations
         without), transport τ_A, and choose the scale on (X_val, y_val).
@@ -159,12 +174,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
             ValueError: unknown method, missing models, empty calibration set, heads or shapes
                 that cannot be carried over.
         """
-        method = get_method(self.method)
-        check_runtime(self)
-        check_choice(self.token, "token", choices=TOKENS)
-        check_list(self.scales, "scales", item=check_float)
-        check_float(self.tie_break, "tie_break", low=0, high=1)
-        check_bool(self.center, "center")
+        method = self.check_params()
         if None in (self.source, self.finetuned, self.target):
             raise ValueError("Transfer needs source=, finetuned= and target= (folders or models)")
         n = num_items(X)

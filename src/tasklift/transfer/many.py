@@ -18,7 +18,6 @@ import numpy as np
 from torch import nn
 
 from .. import __version__
-from .._estimator import check_runtime
 from ..data import num_items
 from ..io import check_output
 from ..lora import head_state, read_adapter, write_moved
@@ -26,7 +25,7 @@ from ..taskvector import TaskVector
 from .cache import MapCache, Maps, data_fingerprint, default_dir, model_fingerprint
 from .calibration import calibrate, plan_passes
 from .lm import check_fits, lm_setup
-from .methods import Method, get_method
+from .methods import Method
 from .solve import iter_maps, transport
 
 __all__ = ["move_adapters", "per_adapter", "touched_pairs", "solved_maps", "move_all"]
@@ -174,8 +173,13 @@ def move_adapters(
         ValueError: no adapters, adapters sharing a folder name, one that does not fit A, or
             both a scale and validation inputs.
     """
-    method = get_method(est.method)
-    check_runtime(est)
+    method = est.check_params()
+    if est.token == "word":
+        raise ValueError(
+            "token='word' pairs the words of each calibration text inside one transfer; shared "
+            "maps for many adapters need token='all': move each adapter with "
+            "Transfer(A, ADAPTER, B, token='word').fit"
+        )
     if not adapters:
         raise ValueError("no adapters to move; pass one or more PEFT LoRA folders trained on A")
     if X_val is not None and scale != 1.0:
@@ -197,5 +201,8 @@ def move_adapters(
         moved = [_alone(est, p, X, y, scale, X_val, y_val) for p in adapters]
         note = {"maps": "per adapter", "why": why, "map_cache": None}
     info = {"source": _name(est.source, "source"), "target": _name(est.target, "target")}
-    return write_moved(out, adapters, read, moved, overwrite=overwrite, method=method.name,
-                       **info, **note)  # fmt: skip
+    empty = [str(p) for p, m in zip(adapters, moved, strict=True) if not m["deltas"]]
+    if empty:
+        raise ValueError(f"nothing of {empty[0]} could be moved to {info['target']} (no module "
+                         "of B pairs with the ones it adapts); nothing was written")  # fmt: skip
+    return write_moved(out, adapters, read, moved, method=method.name, **info, **note)
