@@ -100,6 +100,8 @@ def test_a_verbaliser_task_matrix_is_lstsq_on_last_tokens_and_saved_needs_no_fin
     np.testing.assert_array_equal(back.decision_function(texts), tm.decision_function(texts))
     with pytest.raises(ValueError, match="norm='finetuned' applies the fine-tuned model's"):
         TaskMatrix.load(tmp_path / "tm.safetensors", base=base, processor=tok, norm="finetuned")
+    with pytest.raises(ValueError, match="was fitted with choices=.*load it without choices="):
+        TaskMatrix.load(tmp_path / "tm.safetensors", base=base, processor=tok, choices=CHOICES)
 
 
 def test_bad_choices_are_refused_in_one_line_naming_them_and_the_fix():

@@ -315,6 +315,11 @@ class TaskMatrix(HeadClassifier):
         params["base"] = base if base is not None else params["base"]
         params["finetuned"] = finetuned if finetuned is not None else params["finetuned"]
         head = info.get("head")  # a verbaliser's: its rows are in the file
+        if "choices" in overrides and overrides["choices"] != info["params"].get("choices"):
+            raise ValueError(
+                f"{path} was fitted with choices={info['params'].get('choices')!r}; its maps "
+                "read that head: load it without choices=, or fit a matrix for the new words"
+            )
         if head is not None:
             head = Verbaliser.from_state(
                 {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}, head

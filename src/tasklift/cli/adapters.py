@@ -74,8 +74,10 @@ def cmd_move_adapters(args) -> None:
         raise ValueError(f"moving adapters takes one method, not {methods}; pass --methods bico")
     kinds = {adapter_config(p).get("task_type") == "SEQ_CLS" for p in args.adapters}
     if len(kinds) > 1:  # a classifier's calibrates on A_ft's predictions, an LM's on DATA's text
-        raise ValueError("the adapters mix classifier (SEQ_CLS) and causal-LM ones, which "
-                         "calibrate on different targets: move each kind in its own run")  # fmt: skip
+        raise ValueError(
+            "the adapters mix classifier (SEQ_CLS) and causal-LM ones, which calibrate on "
+            "different targets: move each kind in its own run"
+        )
     classifier = kinds == {True}
     choose = args.val is not None or args.scales is not None
     if choose and classifier:

@@ -33,7 +33,7 @@ from .lm import (
     lm_setup,
     verbalise,
 )
-from .many import move_all, solved_maps, touched_pairs
+from .many import model_name, move_all, solved_maps, touched_pairs
 from .methods import SCALES, TOKENS, Method, get_method
 from .solve import POST_STEPS, TIE_BREAK, transport
 
@@ -330,9 +330,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         check_fitted(self, "model_")
         if self.adapter_config_ is None:
             raise ValueError("save_adapter needs A_ft given as a PEFT adapter folder; use save()")
-        base = self.target
-        if isinstance(base, nn.Module):  # a model object: the folder it came from, if any
-            base = getattr(getattr(base, "config", None), "_name_or_path", "") or "target"
+        base = model_name(self.target, "target")
         return write_adapter(path, self.task_vector_ * self.scale_, self.adapter_config_,
                              str(base), head=head_state(self.model_, self.head_),
                              overwrite=overwrite)  # fmt: skip

@@ -90,7 +90,8 @@ def per_adapter(method: Method, X, y, configs: Sequence[dict] = ()) -> str | Non
     return None
 
 
-def _name(model, default: str) -> str:
+def model_name(model, default: str) -> str:
+    """A model's folder or name as given; a model object's the folder it came from, if any."""
     if isinstance(model, nn.Module):  # a model object: the folder it came from, if any
         return getattr(getattr(model, "config", None), "_name_or_path", "") or default
     return str(model)
@@ -145,7 +146,10 @@ def _shared(est, method: Method, adapters, tvs: list, X, y, cache: MapCache | No
         found = cache.load(key)
         note["map_cache"] = {"folder": str(cache.folder), "entry": cache.digest(key),
                              "hit": found is not None}  # fmt: skip
-        about = {"source": _name(est.source, "source"), "target": _name(est.target, "target")}
+        about = {
+            "source": model_name(est.source, "source"),
+            "target": model_name(est.target, "target"),
+        }
         maps = found if found is not None else cache.store(key, maps, about=about)
     return move_all(tvs, prep["source"], prep["target"], pairs, maps), prep, note
 
@@ -200,7 +204,7 @@ def move_adapters(
         log.warning("maps computed per adapter (%d calibrations): %s", len(adapters), why)
         moved = [_alone(est, p, X, y, scale, X_val, y_val) for p in adapters]
         note = {"maps": "per adapter", "why": why, "map_cache": None}
-    info = {"source": _name(est.source, "source"), "target": _name(est.target, "target")}
+    info = {"source": model_name(est.source, "source"), "target": model_name(est.target, "target")}
     empty = [str(p) for p, m in zip(adapters, moved, strict=True) if not m["deltas"]]
     if empty:
         raise ValueError(f"nothing of {empty[0]} could be moved to {info['target']} (no module "
