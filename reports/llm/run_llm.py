@@ -32,8 +32,8 @@ MODELS = {"q05": "qwen2.5-coder-0.5b", "q15": "qwen2.5-coder-1.5b", "smol": "smo
 PLAN = [
     ("bbc", "q05", "q05", ("bico",), 1),
     ("bbc", "q05", "q15", ("bico", "activation", "gradient"), None),
-    ("persona", "q05", "q15", ("bico", "activation", "gradient"), None),
     ("bbc", "smol", "q05", ("bico", "activation", "gradient"), None),
+    ("persona", "q05", "q15", ("bico", "activation", "gradient"), None),
 ]
 TRANSFER = dict(scales=(0.5, 1.0, 1.5, 2.0), batch_size=4, max_stats_gb=9.0,
                 stats_dtype="float32")  # fmt: skip
@@ -158,19 +158,26 @@ def many(method: str) -> None:
 
 
 def _steps(draws: int) -> list[list[str]]:
-    """Every step of PLAN: per pair A's fine-tune, the scores of A, A_ft and B and the first
-    draw's transfers; the adapters moved together and the task matrices; B's fine-tunes (the
+    """Every step of PLAN, most informative first (on this CPU a transfer to the 1.5B takes
+    ~20 min): per pair A's fine-tune, the scores of A, A_ft and B and the first draw of BiCo
+    and activation-only; the bbc task matrices; then gradient-only; the adapters moved
+    together and their plain-PEFT check; the imdb task matrices; B's fine-tunes (the
     slowest); then the other draws."""
-    first, fine, rest = [], [], []
+    first, second, fine, rest = [], [], [], []
     for task, a, b, methods, n in PLAN:
         first += [["finetune", task, a], ["eval", task, a], ["eval", task, f"{a}_ft"]]
-        first += [["eval", task, b]] + [["transfer", task, a, b, m, "0"] for m in methods]
+        first += [["eval", task, b]]
+        first += [["transfer", task, a, b, m, "0"] for m in methods if m != "gradient"]
+        second += [["transfer", task, a, b, m, "0"] for m in methods if m == "gradient"]
         fine += [["finetune", task, b], ["eval", task, f"{b}_ft"]]
         rest += [["transfer", task, a, b, m, str(k)] for k in range(1, n or draws) for m in methods]
-    first += [["many", "many", m] for m in ("bico", "activation")]
-    first += [["finetune", "imdb", "q05"], ["tm", "tm", "bbc"], ["tm", "tm", "imdb"]]
+        if task == "bbc" and b == "q15":
+            first += [["tm", "tm", "bbc"]]
+    second += [["many", "many", m] for m in ("bico", "activation")]
+    second += [["peft", task, "adapter_q05_q15_[ba]*_0"] for task in ("bbc", "persona")]
+    second += [["finetune", "imdb", "q05"], ["tm", "tm", "imdb"]]
     unique = []
-    for s in first + fine + rest:
+    for s in first + second + fine + rest:
         unique += [s] if s not in unique else []
     return unique
 
@@ -190,9 +197,19 @@ def export_test(task: str) -> None:
     write_text(RUNS / task / "test_split.json", json.dumps(test, indent=1) + "\n")
 
 
+def _peft_done(task: str, pattern: str) -> bool:
+    """Every adapter folder matching `pattern` is in peft_check.json."""
+    path = RUNS / task / "peft_check.json"
+    scored = json.loads(path.read_text()) if path.is_file() else {}
+    folders = [f.name for f in (RUNS / task).glob(pattern)]
+    return bool(folders) and all(f in scored for f in folders)
+
+
 def run_all(draws: int) -> None:
     """Every missing step, each in its own process (heavy ones one at a time); a step that
     fails is reported and retried once after the others."""
+    from tasklift.assets import prepare
+
     for task in {p[0] for p in PLAN}:
         export_test(task)
     failed = []
@@ -201,6 +218,14 @@ def run_all(draws: int) -> None:
             if step[0] == "tm":  # run_tm.py: task matrices on the 0.5B and its adapters
                 done = (HERE / f"taskmatrix_{step[2]}" / "results.json").is_file()
                 argv = [str(HERE / "run_tm.py"), step[2]]
+            elif step[0] == "peft":  # peft_check.py: moved adapters on B by plain PEFT
+                done = _peft_done(step[1], step[2])
+                argv = [
+                    str(HERE / "peft_check.py"),
+                    str(RUNS / step[1]),
+                    str(prepare(MODELS["q15"])),
+                    step[2],
+                ]
             else:
                 done = _done(step[1], _name(step)) is not None
                 if step[0] == "transfer":
