@@ -51,8 +51,11 @@ def main() -> None:
     test = json.loads((runs / "test_split.json").read_text())
     tok = AutoTokenizer.from_pretrained(base)
     tok.pad_token = tok.pad_token or tok.eos_token
-    out = {}
+    path = runs / "peft_check.json"  # resumable: folders already scored are kept
+    out = json.loads(path.read_text()) if path.is_file() else {}
     for folder in sorted(runs.glob(pattern)):
+        if folder.name in out:
+            continue
         config = json.loads((folder / "adapter_config.json").read_text())
         model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32).eval()
         model = PeftModel.from_pretrained(model, folder).eval()
@@ -63,7 +66,7 @@ def main() -> None:
         base_name = config.get("base_model_name_or_path")
         out[folder.name] = {"score": score, "rank": config["r"], "base": base_name}
         print(folder.name, out[folder.name], flush=True)
-    (runs / f"peft_check_{pattern.strip('*_')}.json").write_text(json.dumps(out, indent=1) + "\n")
+        path.write_text(json.dumps(out, indent=1) + "\n")
 
 
 if __name__ == "__main__":

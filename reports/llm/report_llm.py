@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from run_llm import MODELS, PLAN
 
-METRICS = {"bbc": ("accuracy",), "persona": ("nll", "style")}
+METRICS = {"bbc": ("accuracy",), "imdb": ("accuracy",), "persona": ("nll", "style")}
 INTRO = {
     "bbc": "BBC News topics answered with code words no model guesses zero-shot (business → "
     "river, entertainment → piano, politics → stone, sports → cloud, tech → apple), scored by "
@@ -86,14 +86,12 @@ def samples(res: dict, task: str) -> str:
 
 def many_table(res: dict) -> str:
     """Issue 20.5: both adapters moved with one calibration, beside their own transfers."""
-    lines = ["| method | one calibration s | bbc accuracy | persona nll | persona style |",
-             "|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| method | one calibration s | bbc accuracy | imdb accuracy |", "|---|---|---|---|"]
     for key, r in sorted(res.items()):
         if key.startswith("many/many_"):
             sc = r["scores"]
-            lines.append(f"| {r['method']} | {r['move_seconds']:.0f} | "
-                         f"{sc['bbc']['accuracy']:.3f} | {sc['persona']['nll']:.3f} | "
-                         f"{sc['persona']['style']:.3f} |")  # fmt: skip
+            acc = [f"{sc[t]['accuracy']:.3f}" for t in ("bbc", "imdb")]
+            lines.append(f"| {r['method']} | {r['move_seconds']:.0f} | {' | '.join(acc)} |")
     return "\n".join(lines)
 
 
@@ -112,6 +110,20 @@ def peft_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def taskmatrix_table(out: Path) -> str:
+    """The task-matrix sweeps of run_tm.py, one row per task and method (summarised)."""
+    from tasklift.experiments.sweep import summarise
+
+    lines = ["| task | method | layer | accuracy | trained params |", "|---|---|---|---|---|"]
+    for path in sorted(out.glob("taskmatrix_*/results.json")):
+        task = path.parent.name.removeprefix("taskmatrix_")
+        for r in summarise(json.loads(path.read_text())["rows"]):
+            layer = "" if r["layer"] is None else r["layer"]
+            lines.append(f"| [{task}]({path.parent.name}/report.md) | {r['method']} | {layer} | "
+                         f"{r['accuracy']:.3f} | {r['trained_params']:,} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def report(runs: Path, out: Path) -> None:
     """Write out/report.md and out/results.json (the step results as they are)."""
     from tasklift.io import write_text
@@ -124,16 +136,23 @@ def report(runs: Path, out: Path) -> None:
              "the validation split. Gap closed: (B + τ_B − B) / (B fine-tuned − B) on the "
              "first score. Fit seconds and peak RSS are the transfer's own process (models "
              "included), on this 2-core CPU.\n"]  # fmt: skip
+    seen = set()
     for task, a, b, _, _ in PLAN:
         if not any(k.startswith(f"{task}/") for k in res):
             continue
-        parts.append(f"## {task}: {MODELS[a]} → {MODELS[b]}\n\n{INTRO[task]}\n\n"
+        intro = "" if task in seen else f"{INTRO[task]}\n\n"
+        seen.add(task)
+        parts.append(f"## {task}: {MODELS[a]} → {MODELS[b]}\n\n{intro}"
                      + pair_table(res, task, a, b) + "\n")  # fmt: skip
-    if any(k.startswith("persona/") for k in res):
-        parts.append("## Persona samples (greedy, first two test prompts)\n\n"
-                     + samples(res, "persona") + "\n")  # fmt: skip
+    if list(out.glob("taskmatrix_*/results.json")):
+        parts.append("## Task matrices on Qwen2.5-Coder-0.5B (issue 19.3)\n\nBase = the 0.5B, "
+                     "fine-tuned = the 0.5B + its LoRA (the bbc / imdb adapters above), read by "
+                     "the verbaliser at the last token; task matrices fitted on 800 other rows "
+                     "without labels, the probe on their labels, 150 test prompts "
+                     "(`python reports/llm/run_tm.py`).\n\n"
+                     + taskmatrix_table(out) + "\n")  # fmt: skip
     if any(k.startswith("many/") for k in res):
-        parts.append("## Many adapters, one calibration (issue 20)\n\nThe bbc and persona "
+        parts.append("## Many adapters, one calibration (issue 20)\n\nThe bbc and imdb "
                      "adapters of Qwen-0.5B moved to the 1.5B together, calibrated once on 32 "
                      "IMDB reviews (LM loss on the whole text: maps that depend on no task), "
                      "written as PEFT LoRAs of B at scale 1 and loaded back with PEFT.\n\n"

@@ -38,6 +38,7 @@ PLAN = [
 TRANSFER = dict(scales=(0.5, 1.0, 1.5, 2.0), batch_size=4, max_stats_gb=9.0,
                 stats_dtype="float32")  # fmt: skip
 CALIB = 32  # calibration rows per draw, from the training split
+MANY = ("bbc", "imdb")  # the adapters `many` moves together
 
 
 def _done(task: str, name: str) -> dict | None:
@@ -123,7 +124,7 @@ def transfer(task: str, a: str, b: str, method: str, draw: int, modules: str = "
 
 
 def many(method: str) -> None:
-    """Issue 20.5: the bbc and persona adapters of Qwen-0.5B moved to the 1.5B with ONE
+    """Issue 20.5: the bbc and imdb adapters of Qwen-0.5B moved to the 1.5B with ONE
     calibration on generic text (32 IMDB reviews, the LM loss on the whole text: maps that
     depend on no task), each written as a PEFT LoRA of B at scale 1 and scored on its task."""
     from peft import PeftModel
@@ -134,7 +135,7 @@ def many(method: str) -> None:
 
     src = RUNS / "many" / "in"
     src.mkdir(parents=True, exist_ok=True)
-    for task in ("bbc", "persona"):  # one folder name per adapter: out/<name>
+    for task in MANY:  # one folder name per adapter: out/<name>
         if not (src / task).exists():
             (src / task).symlink_to((RUNS / task / "lora_q05").resolve())
     reviews = load_dataset("imdb").X
@@ -144,11 +145,11 @@ def many(method: str) -> None:
     tr = Transfer(MODELS["q05"], None, MODELS["q15"], method=method, max_length=128,
                   progress=True, **TRANSFER)  # fmt: skip
     out = RUNS / "many" / method
-    records = tr.move_adapters([src / "bbc", src / "persona"], [""] * len(texts), texts,
+    records = tr.move_adapters([src / t for t in MANY], [""] * len(texts), texts,
                                out=out, overwrite=True, map_cache=False)  # fmt: skip
     move_s = time.time() - t0
     scores = {}
-    for task in ("bbc", "persona"):
+    for task in MANY:
         model, tok = load_model(MODELS["q15"], lm=True, device="cpu")
         model = PeftModel.from_pretrained(model, out / task).merge_and_unload()
         scores[task] = TASKS[task].score(model, tok, TASKS[task].data(), RUNS / task)
@@ -160,9 +161,9 @@ def many(method: str) -> None:
 def _steps(draws: int) -> list[list[str]]:
     """Every step of PLAN, most informative first (on this CPU a transfer to the 1.5B takes
     ~20 min): per pair A's fine-tune, the scores of A, A_ft and B and the first draw of BiCo
-    and activation-only; the bbc task matrices; then gradient-only; the adapters moved
-    together and their plain-PEFT check; the imdb task matrices; B's fine-tunes (the
-    slowest); then the other draws."""
+    and activation-only (after bbc's: their plain-PEFT check and the task matrices; after
+    the cross-family pair: imdb's task matrices); then gradient-only; the adapters moved
+    together; B's fine-tunes (the slowest); then the other draws."""
     first, second, fine, rest = [], [], [], []
     for task, a, b, methods, n in PLAN:
         first += [["finetune", task, a], ["eval", task, a], ["eval", task, f"{a}_ft"]]
@@ -171,11 +172,14 @@ def _steps(draws: int) -> list[list[str]]:
         second += [["transfer", task, a, b, m, "0"] for m in methods if m == "gradient"]
         fine += [["finetune", task, b], ["eval", task, f"{b}_ft"]]
         rest += [["transfer", task, a, b, m, str(k)] for k in range(1, n or draws) for m in methods]
-        if task == "bbc" and b == "q15":
-            first += [["tm", "tm", "bbc"]]
+        if task == "bbc" and b == "q15":  # plain PEFT on B equals tasklift's B + τ_B?
+            first += [["peft", "bbc", "adapter_q05_q15_[ba]*_0"], ["tm", "tm", "bbc"]]
+        if task == "bbc" and a == "smol":
+            first += [["finetune", "imdb", "q05"], ["tm", "tm", "imdb"]]
+            first += [["eval", "imdb", m] for m in ("q05", "q05_ft", "q15")]
+            first += [["many", "many", "bico"]]
     second += [["many", "many", m] for m in ("bico", "activation")]
-    second += [["peft", task, "adapter_q05_q15_[ba]*_0"] for task in ("bbc", "persona")]
-    second += [["finetune", "imdb", "q05"], ["tm", "tm", "imdb"]]
+    second += [["peft", "persona", "adapter_q05_q15_[ba]*_0"]]
     unique = []
     for s in first + second + fine + rest:
         unique += [s] if s not in unique else []
