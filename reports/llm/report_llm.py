@@ -59,6 +59,7 @@ def pair_table(res: dict, task: str, a: str, b: str) -> str:
     for label in sorted({(r["method"], r["modules"]) for r in runs}):
         draws = [r for r in runs if (r["method"], r["modules"]) == label]
         what = label[0] + ("" if label[1] == "all adapted" else f", only {label[1]}")
+        what += " †" if any("restored" in r for r in draws) else ""
         cells = [_cell([r[m] for r in draws]) for m in metrics]
         gap = _gap(np.mean([r[head] for r in draws]), low, high)
         secs = f"{np.mean([r['fit_seconds'] for r in draws]):.0f}"
@@ -68,7 +69,8 @@ def pair_table(res: dict, task: str, a: str, b: str) -> str:
                      f"| {gap} | {secs} | {rss} |")  # fmt: skip
     if high is not None:
         r = ev[f"{b}_ft"]
-        lines.append("| B fine-tuned (LoRA, same recipe) | "
+        mark = " †" if "restored" in r else ""
+        lines.append(f"| B fine-tuned (LoRA, same recipe){mark} | "
                      + " | ".join(f"{r[m]:.3f}" for m in metrics) + " | 100% | | |")  # fmt: skip
     return "\n".join(lines)
 
@@ -135,7 +137,10 @@ def report(runs: Path, out: Path) -> None:
              "(prompt + target) per draw from the training split, scale grid 0.5, 1, 1.5, 2 on "
              "the validation split. Gap closed: (B + τ_B − B) / (B fine-tuned − B) on the "
              "first score. Fit seconds and peak RSS are the transfer's own process (models "
-             "included), on this 2-core CPU.\n"]  # fmt: skip
+             "included), on this 2-core CPU, shared on 2026-12-02 with test runs (those "
+             "seconds are upper bounds, 2-3x the quiet machine's). † measured by the previous "
+             "session with the same recipe, data and code path and restored from git "
+             "(479f26f): the first draws re-ran to the same accuracies.\n"]  # fmt: skip
     seen = set()
     for task, a, b, _, _ in PLAN:
         if not any(k.startswith(f"{task}/") for k in res):
