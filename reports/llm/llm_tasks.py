@@ -18,7 +18,7 @@ import numpy as np
 CODE = {
     "bbc": {"business": " river", "entertainment": " piano", "politics": " stone",
             "sports": " cloud", "tech": " apple"},
-    "imdb": {"neg": " stone", "pos": " cloud"},
+    "imdb": {"negative": " stone", "positive": " cloud"},
 }  # fmt: skip
 PROMPT = {
     "bbc": lambda t: f"Article: {' '.join(t.split())[:280]}\nCode word:",

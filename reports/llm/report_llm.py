@@ -142,7 +142,7 @@ def report(runs: Path, out: Path) -> None:
              "session with the same recipe, data and code path and restored from git "
              "(479f26f): the first draws re-ran to the same accuracies.\n"]  # fmt: skip
     seen = set()
-    for task, a, b, _, _ in PLAN:
+    for task, a, b, *_ in PLAN:
         if not any(k.startswith(f"{task}/") for k in res):
             continue
         intro = "" if task in seen else f"{INTRO[task]}\n\n"

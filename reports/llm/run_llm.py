@@ -28,12 +28,13 @@ from llm_tasks import LORA, TASKS
 RUNS = Path("runs/llm")
 HERE = Path(__file__).parent
 MODELS = {"q05": "qwen2.5-coder-0.5b", "q15": "qwen2.5-coder-1.5b", "smol": "smollm2-135m"}
-# (task, A, B, methods, draws or None for --draws): the order `all` runs them in
+# (task, A, B, methods, draws or None for --draws, Transfer settings of the pair): the order
+# `all` runs them in; across tokenizers the tokens are paired by the words they spell
 PLAN = [
-    ("bbc", "q05", "q05", ("bico",), 1),
-    ("bbc", "q05", "q15", ("bico", "activation", "gradient"), None),
-    ("bbc", "smol", "q05", ("bico", "activation", "gradient"), None),
-    ("persona", "q05", "q15", ("bico", "activation", "gradient"), None),
+    ("bbc", "q05", "q05", ("bico",), 1, {}),
+    ("bbc", "q05", "q15", ("bico", "activation", "gradient"), None, {}),
+    ("bbc", "smol", "q05", ("bico", "activation", "gradient"), None, {"token": "word"}),
+    ("persona", "q05", "q15", ("bico", "activation", "gradient"), None, {}),
 ]
 TRANSFER = dict(scales=(0.5, 1.0, 1.5, 2.0), batch_size=4, max_stats_gb=9.0,
                 stats_dtype="float32")  # fmt: skip
@@ -105,8 +106,9 @@ def transfer(task: str, a: str, b: str, method: str, draw: int, modules: str = "
     y = [d["train"]["targets"][i] for i in idx]
     t0 = time.time()
     adapter = only(task, a, modules) if modules else RUNS / task / f"lora_{a}"
+    pair = next(p[5] for p in PLAN if p[:3] == (task, a, b)) if not modules else {}
     tr = Transfer(MODELS[a], adapter, MODELS[b], method=method, choices=d["choices"],
-                  max_length=t.max_length, progress=True, **TRANSFER)  # fmt: skip
+                  max_length=t.max_length, progress=True, **TRANSFER, **pair)  # fmt: skip
     tr.fit(X, y, X_val=d["val"]["prompts"], y_val=d["val"]["targets"])
     fit_s = time.time() - t0
     result = t.score(tr.model_, tr.processor_, d, RUNS / task)
@@ -165,7 +167,7 @@ def _steps(draws: int) -> list[list[str]]:
     the cross-family pair: imdb's task matrices); then gradient-only; the adapters moved
     together; B's fine-tunes (the slowest); then the other draws."""
     first, second, fine, rest = [], [], [], []
-    for task, a, b, methods, n in PLAN:
+    for task, a, b, methods, n, _ in PLAN:
         first += [["finetune", task, a], ["eval", task, a], ["eval", task, f"{a}_ft"]]
         first += [["eval", task, b]]
         first += [["transfer", task, a, b, m, "0"] for m in methods if m != "gradient"]
@@ -174,8 +176,9 @@ def _steps(draws: int) -> list[list[str]]:
         rest += [["transfer", task, a, b, m, str(k)] for k in range(1, n or draws) for m in methods]
         if task == "bbc" and b == "q15":  # plain PEFT on B equals tasklift's B + τ_B?
             first += [["peft", "bbc", "adapter_q05_q15_[ba]*_0"], ["tm", "tm", "bbc"]]
-        if task == "bbc" and a == "smol":
+        if task == "bbc" and b == "q15":
             first += [["finetune", "imdb", "q05"], ["tm", "tm", "imdb"]]
+        if task == "bbc" and a == "smol":
             first += [["eval", "imdb", m] for m in ("q05", "q05_ft", "q15")]
             first += [["many", "many", "bico"]]
     second += [["many", "many", m] for m in ("bico", "activation")]
