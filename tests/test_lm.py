@@ -331,3 +331,8 @@ def test_lms_with_different_tokenizers_are_paired_by_words(tmp_path):
     moved = set(t.task_vector_.deltas)
     assert moved and not any("embed_tokens" in k or "lm_head" in k for k in moved)
     assert any("layers.1.mlp.down_proj" in k for k in moved)
+    from test_lora import _adapter  # A_ft as A's adapter: words paired with A's own tokenizer
+
+    _adapter(tiny_lm("llama"), tmp_path / "adapter", r=2)
+    t = Transfer(**{**kw, "finetuned": tmp_path / "adapter"}, token="word").fit(prompts, targets)
+    assert t.task_vector_.deltas and t.save_adapter(tmp_path / "moved") == {}

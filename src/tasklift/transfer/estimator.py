@@ -192,6 +192,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         setup = lm_setup if self.lm_ else classifier_setup
         prep = setup(self, a_ft, proc_a, X, y, tv=tv_a)
         a, b, pairs, proc_b = prep["source"], prep["target"], prep["pairs"], prep["processor"]
+        proc_a = prep["source_processor"]  # A's own where A_ft came as an adapter
         self.processor_, self.head_ = proc_b, prep.get("head", [])
         self.max_length_ = self._max_length(X, (a_ft, proc_a), (b, proc_b))  # before any loss
         del a_ft  # τ_A holds what is needed of it (an LM of several GB)

@@ -136,5 +136,6 @@ def classifier_setup(est, a_ft: nn.Module, proc_a, X, y, tv: TaskVector | None =
         if t not in head_b and s not in head
     }
     texts = X if is_texts(X) else None
-    return dict(source=a_cal, target=b_cls, processor=proc_b, tv=tv, pairs=pairs, loss=loss,
+    return dict(source=a_cal, target=b_cls, processor=proc_b, source_processor=proc_a, tv=tv,
+                pairs=pairs, loss=loss,
                 texts=texts, head=head_b)  # fmt: skip

@@ -236,7 +236,8 @@ def lm_setup(est, a_ft: nn.Module, proc_a, X, y, tv: TaskVector | None = None) -
         tv = TaskVector.from_state_dicts(a.state_dict(), a_ft.state_dict())
     else:
         check_fits(a, tv, est.source)
-    return dict(source=a, target=b, processor=proc_b, tv=tv, pairs=pairs, texts=texts,
+    return dict(source=a, target=b, processor=proc_b, source_processor=proc_a, tv=tv,
+                pairs=pairs, texts=texts,
                 loss=lambda model, idx: lm_loss(model, batch(model, idx)))  # fmt: skip
 
 
