@@ -195,6 +195,22 @@ def test_qr_solver_equals_numpy_lstsq_on_every_layer(tiny_task, tmp_path):
         TaskMatrix(base, ft, solver="svd").fit(Xtr)
 
 
+def last_token_states(base, ft, X: dict, last: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The reference of a decoder's task matrix at layer 1: the base's block 0 and the
+    fine-tuned model's last block at each row's `last` token (float64), by forward hooks."""
+    seen = {}
+    hooks = [m.register_forward_hook(lambda mod, a, out, k=k: seen.__setitem__(k, out))
+             for k, m in (("x", base.layers[0]), ("y", ft.model.layers[-1]))]  # fmt: skip
+    with torch.no_grad():
+        base(**X), ft(**X)
+    for h in hooks:
+        h.remove()
+    rows = torch.arange(len(last))
+    return tuple(
+        (seen[k][0] if isinstance(seen[k], tuple) else seen[k])[rows, last].double() for k in "xy"
+    )
+
+
 def test_task_matrix_of_a_decoder_equals_lstsq_on_its_last_token_embeddings():
     """Qwen2 (4 query / 2 KV heads): base layer 1 and the fine-tuned final hidden state, each
     read at the last attended token (right padding), give numpy lstsq's W; token 0 is refused."""
@@ -212,18 +228,7 @@ def test_task_matrix_of_a_decoder_equals_lstsq_on_its_last_token_embeddings():
     ids[mask == 0] = 0
     X = {"input_ids": ids, "attention_mask": mask}
     tm = TaskMatrix(base, ft, layer=1, pool="last", alpha=0.0).fit(X)
-    last = mask.sum(1) - 1
-    seen = {}
-    hooks = [m.register_forward_hook(lambda mod, a, out, k=k: seen.__setitem__(k, out))
-             for k, m in (("x", base.layers[0]), ("y", ft.model.layers[-1]))]  # fmt: skip
-    with torch.no_grad():
-        base(**X), ft(**X)
-    for h in hooks:
-        h.remove()
-    x, y = (
-        (seen[k][0] if isinstance(seen[k], tuple) else seen[k])[torch.arange(80), last].double()
-        for k in "xy"
-    )
+    x, y = last_token_states(base, ft, X, mask.sum(1) - 1)
     want = np.linalg.lstsq(x.numpy(), y.numpy(), rcond=None)[0]
     np.testing.assert_allclose(tm.maps_[1].coef_.T, want, atol=1e-6)
     with pytest.raises(ValueError, match="pool='last'"):

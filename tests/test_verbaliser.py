@@ -24,6 +24,7 @@ from tasklift.taskmatrix import TaskMatrix
 from tasklift.transfer.lm import verbalise
 from tasklift.verbaliser import Verbaliser
 from test_lm import tiny_lm
+from test_taskmatrix import last_token_states
 
 CHOICES = [" alpha", " beta", " gamma", " w7"]
 
@@ -82,17 +83,8 @@ def test_a_verbaliser_task_matrix_is_lstsq_on_last_tokens_and_saved_needs_no_fin
         base, ft, layer=1, pool="last", choices=choices, processor=tok, batch_size=80
     ).fit(texts)  # one batch: the reference's padding, to the bit
     X = dict(tok(texts, padding=True, return_tensors="pt"))
-    seen = {}
-    hooks = [m.register_forward_hook(lambda mod, a, out, k=k: seen.__setitem__(k, out))
-             for k, m in (("x", base.layers[0]), ("y", ft.model.layers[-1]))]  # fmt: skip
-    with torch.no_grad():
-        base(**X), ft(**X)
-    for h in hooks:
-        h.remove()
-    last = _last(X["attention_mask"])
-    x, y = ((seen[k][0] if isinstance(seen[k], tuple) else seen[k])[torch.arange(80), last]
-            for k in "xy")  # fmt: skip
-    want = np.linalg.lstsq(x.double().numpy(), y.double().numpy(), rcond=None)[0]
+    x, y = last_token_states(base, ft, X, _last(X["attention_mask"]))
+    want = np.linalg.lstsq(x.numpy(), y.numpy(), rcond=None)[0]
     np.testing.assert_allclose(tm.maps_[1].coef_.T, want, atol=1e-6)
     tm.save(tmp_path / "tm.safetensors")
     back = TaskMatrix.load(tmp_path / "tm.safetensors", base=base, processor=tok)

@@ -72,3 +72,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def linear_from(
+    weight: torch.Tensor, bias: torch.Tensor | None, *, like: torch.Tensor
+) -> torch.nn.Linear:
+    """An nn.Linear holding `weight` (out, in) and `bias`, on `like`'s device and dtype."""
+    layer = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    layer.to(like.device, like.dtype)
+    with torch.no_grad():
+        layer.weight.copy_(weight)
+        if bias is not None:
+            layer.bias.copy_(bias)
+    return layer

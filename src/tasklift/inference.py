@@ -15,6 +15,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 
 from ._estimator import as_labels, cached, check_fitted, check_runtime, model_key, scored
+from ._torch import linear_from
 from .checks import check_choice
 from .extract import embed, resolve_layers
 from .loading import load_model
@@ -72,13 +73,7 @@ class TaskMatrixModel(nn.Module):
             )
         self.base, self.head, self.norm = base, head, norm
         self.layer, self.pool, self.processor = layer, pool, processor
-        ref = next(head.parameters())
-        self.map = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-        self.map.to(ref.device, ref.dtype)
-        with torch.no_grad():
-            self.map.weight.copy_(weight)
-            if bias is not None:
-                self.map.bias.copy_(bias)
+        self.map = linear_from(weight, bias, like=next(head.parameters()))
 
     @torch.inference_mode()
     def from_embedding(self, x: torch.Tensor) -> torch.Tensor:

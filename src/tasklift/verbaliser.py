@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import nn
 
+from ._torch import linear_from
 from .transfer.lm import choice_tokens, is_causal_lm
 
 __all__ = ["Verbaliser", "name_choices"]
@@ -80,12 +81,7 @@ class Verbaliser(nn.Module):
         softcap: float | None = None,
     ) -> None:
         super().__init__()
-        self.classifier = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
-        self.classifier.to(weight.device, weight.dtype)
-        with torch.no_grad():
-            self.classifier.weight.copy_(weight)
-            if bias is not None:
-                self.classifier.bias.copy_(bias)
+        self.classifier = linear_from(weight, bias, like=weight)
         self.tokens, self.class_names, self.softcap = list(tokens), list(class_names), softcap
 
     @classmethod
