@@ -213,10 +213,21 @@ def load_model(
             f"{src} has no trained classification head (missing {missing[:2]}); "
             "pass the fine-tuned checkpoint, or num_labels to start a new head"
         )
-    processor = None
-    for auto in (tf.AutoImageProcessor,) if vision else (tf.AutoTokenizer,):
-        try:
-            processor = auto.from_pretrained(path, local_files_only=True)
-        except (OSError, ValueError, TypeError, KeyError):
-            processor = None  # tiny test checkpoints have none: inputs must then be pre-encoded
-    return model.to(dev, dt).eval(), processor
+    return model.to(dev, dt).eval(), _processor(path, vision)
+
+
+def _processor(path: str, vision: bool):
+    """The checkpoint's image processor or tokenizer; None where it has none."""
+    import transformers as tf
+
+    auto = tf.AutoImageProcessor if vision else tf.AutoTokenizer
+    try:
+        return auto.from_pretrained(path, local_files_only=True)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None  # tiny test checkpoints have none: inputs must then be pre-encoded
+
+
+def load_processor(src: str | os.PathLike):
+    """The processor `load_model(src)` would return, without loading any weights."""
+    path = _resolve_path(src)
+    return _processor(path, is_vision(_config(src, path)))

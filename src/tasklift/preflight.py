@@ -121,13 +121,13 @@ def check_paths(
     from pathlib import Path
 
     from .data import load_dataset
-    from .loading import load_model
+    from .loading import load_model, load_processor
     from .lora import adapter_classifier, read_adapter
     from .transfer.lm import is_lm_checkpoint
 
     tv, config = read_adapter(adapter) if adapter else (None, {})
     if config.get("task_type") == "SEQ_CLS":  # the classifier the adapter was trained on
-        a, tok_a = adapter_classifier(source, Path(adapter), device="cpu"), load_model(source)[1]
+        a, tok_a = adapter_classifier(source, Path(adapter), device="cpu"), load_processor(source)
         b, tok_b = load_model(target, head=True, num_labels=a.config.num_labels, device="cpu")
     else:
         lm = adapter is not None or is_lm_checkpoint(source)
