@@ -274,7 +274,8 @@ def test_transfer_estimator_carries_the_head_and_task_onto_a_permuted_model(tmp_
     b = permuted(a, "bert").bert  # a backbone: the head comes from A_ft
     X = {"input_ids": torch.randint(1, 50, (48, 8), generator=torch.Generator().manual_seed(1))}
     y = a_ft(**X).logits.argmax(-1).detach().numpy()
-    t = Transfer(a, a_ft, b, method="bico", batch_size=16).fit(X, y, X_val=X, y_val=y)
+    t = Transfer(a, a_ft, b, method="bico", batch_size=16, scale_search="grid")
+    t.fit(X, y, X_val=X, y_val=y)
     assert t.val_scores_[1.0] == 1.0 and t.val_scores_[0.0] < 1.0 and t.scale_ == 1.0
     np.testing.assert_allclose(t.decision_function(X), a_ft(**X).logits.detach(), atol=1e-4)
     assert t.score(X, y) == 1.0 and t.moved_params_ == t.source_params_
@@ -282,6 +283,7 @@ def test_transfer_estimator_carries_the_head_and_task_onto_a_permuted_model(tmp_
     t.save(tmp_path / "out")
     info = json.loads((tmp_path / "out" / "tasklift_transfer.json").read_text())
     assert info["params"]["method"] == "bico" and info["scale"] == 1.0
+    assert info["timings"] == t.timings_ and info["params"]["scale_search"] == "grid"
     assert info["params"]["scales"] == list(t.scales) and info["params"]["tie_break"] == 1e-6
     again = tf.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     np.testing.assert_allclose(again(**X).logits.detach(), a_ft(**X).logits.detach(), atol=1e-4)
@@ -599,3 +601,103 @@ def test_a_weight_moved_between_linear_and_conv1d_is_turned_round():
     torch.testing.assert_close(_move(d.T, conv, conv, None, None, "weight"), d.T)
     low = LowRank(torch.randn(6, 2), torch.randn(2, 4))
     torch.testing.assert_close(_move(low, lin, conv, None, None, "weight").dense(), low.dense().T)
+
+
+# -- issue 21: where the time goes, and a scale search of at most four evaluations ------------
+def test_timings_never_overlap_and_count_a_generators_work(monkeypatch):
+    from types import SimpleNamespace
+
+    from tasklift.timing import Timings
+
+    now = [0.0]
+    monkeypatch.setattr("tasklift.timing.time", SimpleNamespace(perf_counter=lambda: now[0]))
+
+    def work(seconds):
+        now[0] += seconds
+
+    def made():
+        work(2)
+        yield 1
+        work(3)
+
+    t = Timings()
+    with t("outer"):
+        work(1)
+        with t("inner"):
+            work(5)
+        for _ in t.each(made(), "made"):
+            work(0.5)
+    assert t == {"outer": 1.5, "inner": 5.0, "made": 5.0}
+
+
+def test_fit_records_every_phase_within_its_wall_time():
+    import time
+
+    a = trained_like(tiny_classifier("bert"))
+    a_ft = nudged(a)
+    b = permuted(a, "bert").bert
+    X = {"input_ids": torch.randint(1, 50, (32, 8), generator=torch.Generator().manual_seed(1))}
+    t = Transfer(a, a_ft, b, method="gradfix", batch_size=16).fit(X, X_val=X, y_val=[0] * 32)
+    phases = {"load", "setup", "labels", "head", "calibrate", "statistics", "solve",
+              "transport", "post", "scale search"}  # fmt: skip
+    assert set(t.timings_) == phases - {"calibrate", "statistics"}  # GradFix calibrates nothing
+    t = Transfer(a, a_ft, b, method="bico", batch_size=16)
+    start = time.perf_counter()
+    t.fit(X, X_val=X, y_val=[0] * 32)
+    wall = time.perf_counter() - start
+    assert set(t.timings_) == phases
+    assert all(v >= 0 for v in t.timings_.values()) and sum(t.timings_.values()) <= wall
+
+
+def _unimodal(n: int, peak: int, seed: int) -> list[float]:
+    """n strictly unimodal scores with their maximum at index `peak`."""
+    rng = np.random.default_rng(seed)
+    return [*np.sort(rng.random(peak)), 2.0, *np.sort(rng.random(n - peak - 1))[::-1]]
+
+
+@pytest.mark.parametrize("n", range(1, 9))
+def test_fibonacci_search_finds_the_grids_best_in_four_evaluations(n):
+    """Exact on unimodal scores over up to 7 scales; on 8 (the default grid) at most one grid
+    step off, and exact with a fifth evaluation."""
+    from tasklift.transfer.scales import best_scale, search_scales
+
+    grid = [0.25 * i for i in range(n)]
+    for peak in range(n):
+        for seed in range(20):
+            v = dict(zip(grid, _unimodal(n, peak, seed), strict=True))
+            got = search_scales(grid[::-1], v.__getitem__)  # any order: the grid is sorted
+            assert len(got) <= 4 and all(got[s] == v[s] for s in got)
+            off = abs(grid.index(best_scale(got)) - peak)
+            assert off == 0 if n <= 7 else off <= 1
+            assert best_scale(search_scales(grid, v.__getitem__, evals=5)) == grid[peak]
+    flat = search_scales(grid, lambda s: 0.5)
+    assert best_scale(flat) == (1.0 if n >= 5 else grid[-1])  # ties go towards scale 1
+
+
+def test_choose_scale_searches_b_plus_scaled_task_vector(monkeypatch):
+    """Through `Transfer`'s own scoring (monkeypatched to read the scale off B's one weight):
+    the Fibonacci search picks the full grid's argmax on the report's 5-scale grid in at most
+    four evaluations, and val_scores_ holds just the scales it evaluated."""
+    from tasklift.transfer.scales import choose_scale
+
+    b = nn.Linear(1, 1, bias=False)
+    nn.init.zeros_(b.weight)
+    tv = TaskVector({"weight": torch.ones(1, 1)})  # B + s · τ_B has weight s
+    grid = [0.0, 0.5, 1.0, 1.5, 2.0]
+    for peak in grid:
+        calls = []
+
+        def score(model, X, y, peak=peak, calls=calls):
+            calls.append(model.weight.item())
+            return -abs(model.weight.item() - peak)
+
+        monkeypatch.setattr(Transfer, "_score_model", lambda self, *a, s=score: s(*a))
+        full = choose_scale(Transfer(scales=grid, scale_search="grid"), tv, b, [0], [0])
+        assert full[0] == peak and len(calls) == 5
+        calls.clear()
+        best, scores = choose_scale(
+            Transfer(scales=grid, scale_search="fibonacci"), tv, b, [0], [0]
+        )
+        assert best == peak and len(calls) == len(scores) <= 4 and set(calls) == set(scores)
+        assert b.weight.item() == 0.0  # τ_B removed again
+    assert choose_scale(Transfer(), tv, b, None, None) == (1.0, {})

@@ -18,6 +18,7 @@ from torch import nn
 from ..families import FIXED_ROLES, roles
 from ..hooks import capture
 from ..stats import GramStats
+from ..timing import Timings
 from .methods import TOKENS
 from .pairing import is_matrix, module_dims
 
@@ -321,6 +322,7 @@ def calibrate(
     words: Callable[[object], Sequence[torch.Tensor]] | None = None,
     dtype=np.float64,
     grids: bool = True,
+    timings: Timings | None = None,
 ) -> dict[tuple[str, str], GramStats]:
     """Cross-covariance statistics A vs B of each calibration signal of every matched module.
 
@@ -335,6 +337,8 @@ def calibrate(
         dtype: precision of the cross-covariances (float32 halves them; see `GramStats`).
         grids: token counts that differ may be square patch grids, resampled (images); False
             for text, whose token counts are never grids.
+        timings: records the seconds of the passes ("calibrate") and of pairing and
+            accumulating the rows ("statistics").
 
     Returns:
         {(target module, signal): GramStats(gram=False) of rows (x_A, x_B)}: `.xy` is
@@ -366,15 +370,20 @@ def calibrate(
     pts_a = {(pairs[b], sig): (hook_a(pairs[b]), sig) for b in pairs for sig in sigs[b]}
     pts_b = {(b, sig): (hook_b(b), sig) for b in pairs for sig in sigs[b]}
     out: dict[tuple[str, str], GramStats] = {}
+    clock = Timings() if timings is None else timings
     for batch in batches:
-        got_a = _capture_pass(source, pts_a, batch, loss_fn, backward, proj_a)
-        got_b = _capture_pass(target, pts_b, batch, loss_fn, backward, proj_b)
-        pools = words(batch) if token == "word" else None
-        for b, a in pairs.items():
-            for sig in sigs[b]:
-                if (a, sig) not in got_a or (b, sig) not in got_b:
-                    continue  # e.g. no gradient reaches the model's raw inputs
-                where = f"{a} -> {b} ({sig})"
-                xa, xb = align_tokens(got_a[(a, sig)], got_b[(b, sig)], token, where, pools, grids)
-                out.setdefault((b, sig), GramStats(gram=False, dtype=dtype)).update(xa, xb)
+        with clock("calibrate"):
+            got_a = _capture_pass(source, pts_a, batch, loss_fn, backward, proj_a)
+            got_b = _capture_pass(target, pts_b, batch, loss_fn, backward, proj_b)
+        with clock("statistics"):
+            pools = words(batch) if token == "word" else None
+            for b, a in pairs.items():
+                for sig in sigs[b]:
+                    if (a, sig) not in got_a or (b, sig) not in got_b:
+                        continue  # e.g. no gradient reaches the model's raw inputs
+                    where = f"{a} -> {b} ({sig})"
+                    xa, xb = align_tokens(
+                        got_a[(a, sig)], got_b[(b, sig)], token, where, pools, grids
+                    )
+                    out.setdefault((b, sig), GramStats(gram=False, dtype=dtype)).update(xa, xb)
     return out

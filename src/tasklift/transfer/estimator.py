@@ -23,6 +23,7 @@ from ..loading import load_model
 from ..lora import head_state, is_adapter, merged, read_adapter, write_adapter
 from ..models import encode, token_limit
 from ..taskvector import TaskVector
+from ..timing import Timings
 from .calibration import word_pooling
 from .head import classifier_setup
 from .lm import (
@@ -35,6 +36,7 @@ from .lm import (
 )
 from .many import model_name, move_all, solved_maps, touched_pairs
 from .methods import SCALES, TOKENS, Method, get_method
+from .scales import SEARCHES, choose_scale
 from .solve import POST_STEPS, TIE_BREAK, transport
 
 __all__ = ["Transfer"]
@@ -58,6 +60,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         token: calibration token pairing: "all", "cls", "mean", or "word" (texts whose
             tokenizers differ: each word's tokens averaged, words matched by characters).
         scales: task-vector scales tried on the validation split (1 without one).
+        scale_search: "fibonacci" (at most 4 of `scales` evaluated: exact when the validation
+            score is unimodal over up to 7 scales; see `transfer.scales`) or "grid" (all).
         tie_break: singular values of a side's first cross-covariance at or below this fraction
             of the largest are settled by its later signals (see `solve.TIE_BREAK`).
         center: align centred covariances (means removed) rather than raw second moments.
@@ -71,8 +75,12 @@ class Transfer(ClassifierMixin, BaseEstimator):
         processor: tokenizer / image processor for both models (default: each model's own).
 
     Learned: `model_` (B + scale_ · τ_B), `task_vector_` (τ_B), `target_model_` (B with the
-    carried head, made on demand), `scale_`, `val_scores_` {scale: score}, `pairs_`, `classes_`,
-    `head_` (B's carried head layers), `adapter_config_` (A_ft's PEFT config, if an adapter).
+    carried head, made on demand), `scale_`, `val_scores_` {scale evaluated: score}, `pairs_`,
+    `classes_`, `head_` (B's carried head layers), `adapter_config_` (A_ft's PEFT config, if
+    an adapter), `timings_` {phase: seconds} of `fit`, never overlapping: "load", "setup" (τ_A,
+    pairs, copies; an LM's loads and targets), "labels" (A_ft's predictions), "head" (the head
+    alignment pass), "calibrate" (A's and B's forward-backward passes), "statistics" (pairing
+    and accumulating their rows), "solve", "transport", "post" (GradFix), "scale search".
 
     Example:
         >>> t = Transfer(source="a", finetuned="a_ft", target="b", method="bico")
@@ -89,6 +97,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         method: str = "bico",
         token: str = "all",
         scales: Sequence[float] = SCALES,
+        scale_search: str = "grid",
         tie_break: float = TIE_BREAK,
         center: bool = False,
         block_map: Mapping[int, int] | None = None,
@@ -105,6 +114,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
     ) -> None:
         self.source, self.finetuned, self.target = source, finetuned, target
         self.method, self.token, self.scales = method, token, scales
+        self.scale_search = scale_search
         self.tie_break, self.center, self.block_map = tie_break, center, block_map
         self.batch_size, self.max_length, self.progress = batch_size, max_length, progress
         self.device, self.dtype, self.processor = device, dtype, processor
@@ -145,8 +155,10 @@ class Transfer(ClassifierMixin, BaseEstimator):
         vector in `tvs` with the same maps, module by module: [{B parameter: delta}, ...].
         Only modules some task vector changes are calibrated and solved."""
         pairs = touched_pairs(prep["pairs"], tvs)
-        maps = solved_maps(self, method, prep, pairs, n, words, images)
-        return move_all(tvs, prep["source"], prep["target"], pairs, maps)
+        clock = self.timings_
+        maps = solved_maps(self, method, prep, pairs, n, words, images, timings=clock)
+        with clock("transport"):  # less the solves and calibration it pulls from `maps`
+            return move_all(tvs, prep["source"], prep["target"], pairs, clock.each(maps, "solve"))
 
     def check_params(self) -> Method:
         """Every parameter in its range, before any model loads (`fit` and `move_adapters`);
@@ -159,6 +171,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         check_runtime(self)
         check_choice(self.token, "token", choices=TOKENS)
         check_list(self.scales, "scales", item=check_float)
+        check_choice(self.scale_search, "scale_search", choices=SEARCHES)
         check_float(self.tie_break, "tie_break", low=0, high=1)
         check_bool(self.center, "center")
         return method
@@ -180,17 +193,20 @@ class Transfer(ClassifierMixin, BaseEstimator):
         n = num_items(X)
         if n == 0:
             raise ValueError("the calibration set is empty; pass some inputs (about 128)")
-        self.adapter_config_ = None
-        if is_adapter(self.finetuned):  # A_ft = A + a PEFT LoRA: τ_A from its factors
-            tv_a, self.adapter_config_ = read_adapter(self.finetuned)
-            a_ft = merged(self.source, self.finetuned, device=self.device, dtype=self.dtype)
-            proc_a = None
-        else:
-            tv_a, (a_ft, proc_a) = None, self._load(self.finetuned, head=True)
+        self.adapter_config_, self.timings_ = None, Timings()
+        clock = self.timings_
+        with clock("load"):
+            if is_adapter(self.finetuned):  # A_ft = A + a PEFT LoRA: τ_A from its factors
+                tv_a, self.adapter_config_ = read_adapter(self.finetuned)
+                a_ft = merged(self.source, self.finetuned, device=self.device, dtype=self.dtype)
+                proc_a = None
+            else:
+                tv_a, (a_ft, proc_a) = None, self._load(self.finetuned, head=True)
         self.lm_ = is_causal_lm(a_ft)
         self.max_length_ = self._max_length(X, (a_ft, proc_a))
         setup = lm_setup if self.lm_ else classifier_setup
-        prep = setup(self, a_ft, proc_a, X, y, tv=tv_a)
+        with clock("setup"):
+            prep = setup(self, a_ft, proc_a, X, y, tv=tv_a)
         a, b, pairs, proc_b = prep["source"], prep["target"], prep["pairs"], prep["processor"]
         proc_a = prep["source_processor"]  # A's own where A_ft came as an adapter
         self.processor_, self.head_ = proc_b, prep.get("head", [])
@@ -208,27 +224,18 @@ class Transfer(ClassifierMixin, BaseEstimator):
             transport(prep["tv"], a, b, {}, {})  # raises: nothing of τ_A could be moved
         tv_b = TaskVector(moved)
         source_params, a = len(prep.pop("tv").deltas), prep.pop("source")  # A and τ_A: freed
-        if method.post is not None:
-            tv_b = POST_STEPS[method.post](tv_b, b, self._batches(n, method.post), prep["loss"])
+        with clock("post"):
+            if method.post is not None:
+                post = POST_STEPS[method.post]
+                tv_b = post(tv_b, b, self._batches(n, method.post), prep["loss"])
         self.pairs_, self.task_vector_ = pairs, tv_b
         self.source_params_, self.moved_params_ = source_params, len(tv_b.deltas)
         del a
-        self.scale_, self.val_scores_ = self._choose_scale(tv_b, b, X_val, y_val)
+        with clock("scale search"):
+            self.scale_, self.val_scores_ = choose_scale(self, tv_b, b, X_val, y_val)
         self.model_ = tv_b.apply_to(b, scale=self.scale_, inplace=True)
         self.classes_ = self._classes(b)
         return self
-
-    def _choose_scale(self, tv_b: TaskVector, b: nn.Module, X_val, y_val) -> tuple[float, dict]:
-        """The scale among `scales` whose B + scale · τ_B scores best on (X_val, y_val), ties
-        going to the scale nearest 1 (the plain transfer), and {scale: score}; 1 and {} without
-        X_val. τ_B is applied to B in place and removed again (B may be several GB)."""
-        scores = {}
-        if X_val is not None:
-            for s in self.scales:
-                with tv_b.applied(b, scale=s):
-                    scores[float(s)] = self._score_model(b, X_val, y_val)
-        best = scores or {1.0: 0.0}
-        return max(best, key=lambda s: (best[s], -abs(s - 1.0))), scores
 
     def _classes(self, model: nn.Module) -> np.ndarray | None:
         if self.lm_:
@@ -353,6 +360,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
             "val_scores": self.val_scores_,
             "moved_params": self.moved_params_,
             "source_params": self.source_params_,
+            "timings": self.timings_,
         }
         with atomic_dir(path) as tmp:
             self.model_.save_pretrained(tmp)
@@ -379,6 +387,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         t.scale_ = float(info["scale"])
         t.val_scores_ = {float(k): v for k, v in info["val_scores"].items()}
         t.moved_params_, t.source_params_ = info["moved_params"], info["source_params"]
+        t.timings_ = info.get("timings", {})  # of the fit that wrote it (older files: none)
         t.lm_, t.adapter_config_, t.head_ = is_causal_lm(t.model_), None, []
         t.classes_ = t._classes(t.model_)
         return t

@@ -93,11 +93,14 @@ def classifier_setup(est, a_ft: nn.Module, proc_a, X, y, tv: TaskVector | None =
     """What `Transfer.fit` needs when A_ft is a classifier: A's weights under A_ft's head (the
     calibration model), B as a classifier with A_ft's head carried onto its features (`head`:
     B's head layers), τ_A without the head (`tv` when A_ft came as an adapter: its factors),
-    the module pairs and the task loss (labels y, or A_ft's predictions)."""
+    the module pairs and the task loss (labels y, or A_ft's predictions). Records its loads,
+    labelling and head alignment in `est.timings_`."""
+    clock = est.timings_
     head = head_linears(a_ft)
-    a, proc = est._load(est.source)
+    with clock("load"):
+        a, proc = est._load(est.source)
+        b, proc_b = est._load(est.target)
     proc_a = proc if proc_a is None else proc_a  # A_ft given as an adapter: A's processor
-    b, proc_b = est._load(est.target)
     head, head_b = head_pair(a_ft, b, head)  # other names across families
     a_cal = copy.deepcopy(a_ft)  # A's own weights under A_ft's head: the calibration model
     try:
@@ -113,7 +116,8 @@ def classifier_setup(est, a_ft: nn.Module, proc_a, X, y, tv: TaskVector | None =
     b_cls = classifier_like(a_ft, backbone(b))
     n = num_items(X)
     if y is None:
-        y = est._logits(a_ft, X, proc_a).argmax(-1).numpy()
+        with clock("labels"):
+            y = est._logits(a_ft, X, proc_a).argmax(-1).numpy()
     labels = torch.from_numpy(as_labels(y, n))
     procs = {id(a_cal): proc_a, id(b_cls): proc_b}
 
@@ -123,10 +127,11 @@ def classifier_setup(est, a_ft: nn.Module, proc_a, X, y, tv: TaskVector | None =
         return model(**{k: v.to(dev) for k, v in batch.items()}, labels=labels[idx].to(dev)).loss
 
     # A_ft's head onto B first, so B's calibration gradients flow through the task's head
-    stats = calibrate(a_cal, b_cls, {head_b[0]: head[0]}, est._batches(n, "align head"), loss,
-                      signals=("input",), token="cls")  # fmt: skip
-    r_head = ProcrustesMap().fit_stats(stats[(head_b[0], "input")]).coef_.T  # (d_A, d_B)
-    transport_head(a_ft, b_cls, torch.from_numpy(r_head).float(), head, head_b)
+    with clock("head"):
+        stats = calibrate(a_cal, b_cls, {head_b[0]: head[0]}, est._batches(n, "align head"),
+                          loss, signals=("input",), token="cls")  # fmt: skip
+        r_head = ProcrustesMap().fit_stats(stats[(head_b[0], "input")]).coef_.T  # (d_A, d_B)
+        transport_head(a_ft, b_cls, torch.from_numpy(r_head).float(), head, head_b)
     if tv is None:
         tv = TaskVector.from_state_dicts(a_cal.state_dict(), a_ft.state_dict())
     tv = TaskVector({k: v for k, v in tv.deltas.items() if k.rsplit(".", 1)[0] not in head})

@@ -22,10 +22,12 @@ from ..data import num_items
 from ..io import check_output
 from ..lora import head_state, read_adapter, write_moved
 from ..taskvector import TaskVector
+from ..timing import Timings
 from .cache import MapCache, Maps, data_fingerprint, default_dir, model_fingerprint
 from .calibration import calibrate, plan_passes
 from .lm import check_fits, lm_setup
 from .methods import Method
+from .scales import choose_scale
 from .solve import iter_maps, transport
 
 __all__ = ["move_adapters", "per_adapter", "touched_pairs", "solved_maps", "move_all"]
@@ -44,11 +46,18 @@ def touched_pairs(pairs: Mapping[str, str], tvs: Sequence[TaskVector]) -> dict[s
 
 
 def solved_maps(
-    est, method: Method, prep: dict, pairs: Mapping[str, str], n: int, words=None, images=False
+    est,
+    method: Method,
+    prep: dict,
+    pairs: Mapping[str, str],
+    n: int,
+    words=None,
+    images=False,
+    timings: Timings | None = None,
 ) -> Maps:
     """Calibrate A and B (`prep`) on n inputs, in passes under `est.max_stats_gb`, and yield
     each module's (R_in, R_out) as soon as it is solved; each pass's statistics are freed once
-    its maps are made."""
+    its maps are made. `timings` records the calibration's phases (see `calibrate`)."""
     a, b = prep["source"], prep["target"]
     dtype = np.dtype(est.stats_dtype)
     budget = None if est.max_stats_gb is None else est.max_stats_gb * 2**30
@@ -59,7 +68,7 @@ def solved_maps(
         if method.signals:
             stats = calibrate(
                 a, b, part, est._batches(n, desc), prep["loss"], signals=method.signals,
-                token=est.token, words=words, dtype=dtype, grids=images,
+                token=est.token, words=words, dtype=dtype, grids=images, timings=timings,
             )  # fmt: skip
         yield from iter_maps(a, b, part, stats or {}, method, tie_break=est.tie_break,
                              center=est.center)  # fmt: skip
@@ -116,7 +125,7 @@ def _scaled(est, deltas: dict, b: nn.Module, scale: float, X_val, y_val) -> dict
     B + scale · τ_B scores best on (X_val, y_val), as `Transfer.fit` chooses it."""
     if X_val is None:
         return {"deltas": deltas, "scale": scale, "val_scores": {}}
-    best, scores = est._choose_scale(TaskVector(deltas), b, X_val, y_val)
+    best, scores = choose_scale(est, TaskVector(deltas), b, X_val, y_val)
     return {"deltas": deltas, "scale": best, "val_scores": scores}
 
 
