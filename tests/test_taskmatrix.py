@@ -80,6 +80,28 @@ def test_refit_from_stats_without_reextraction(tiny_task):
     assert ridge.layer_ == min(ridge.cv_errors_, key=ridge.cv_errors_.get)
 
 
+def test_cv_choosing_a_layer_whose_inputs_are_constant_warns_and_names_the_fix(tiny_task):
+    """Fewer rows than the width: least squares interpolates noise, so CV picks a layer whose
+    inputs are all the same (as when every prompt ends in one token) - said, with the fix."""
+    import warnings
+
+    from tasklift.stats import GramStats
+
+    base, ft, _, _ = tiny_task
+    rng = np.random.default_rng(0)
+    y = rng.normal(size=(20, 32))
+    const = np.tile(rng.normal(size=(1, 32)), (20, 1))
+    stats = {0: GramStats(folds=5, qr=True).update(const, y),
+             1: GramStats(folds=5, qr=True).update(rng.normal(size=(20, 32)), y)}  # fmt: skip
+    with pytest.warns(UserWarning, match=r"CV chose layer 0, whose inputs are constant.*alpha="):
+        tm = TaskMatrix(base, ft, layer="auto", alpha=0.0).fit_stats(stats)
+    assert tm.layer_ == 0
+    stats[0] = GramStats(folds=5, qr=True).update(y + 0.1 * rng.normal(size=y.shape), y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert TaskMatrix(base, ft, layer="auto", alpha=0.0).fit_stats(stats).layer_ == 0
+
+
 def test_linear_probe(tiny_task):
     base, _, (Xtr, ytr), (Xte, yte) = tiny_task
     probe = LinearProbe(base).fit(Xtr, ytr)

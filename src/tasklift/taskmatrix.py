@@ -9,6 +9,7 @@ k-fold cross-validation on those statistics.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -64,6 +65,24 @@ def _join(parts: list) -> tuple:
         {i: cat([p[1][i] for p in parts]) for i in parts[0][1]},
         cat([p[2] for p in parts]),
     )
+
+
+def _warn_constant(layer: int, s: GramStats, share: float = 1e-5) -> None:
+    """Warn when the CV-chosen layer's inputs barely vary (e.g. every prompt ends in the same
+    token): its map then predicts Y's mean, which won only because every other layer's fit
+    did worse than a constant (least squares with fewer rows than the width)."""
+    if not s.gram or s.n < 2:
+        return
+    mean_square = float(np.trace(s.xx)) / s.n
+    variance = mean_square - float(np.sum((s.sx / s.n) ** 2))
+    if variance <= share * max(mean_square, 1e-300):
+        warnings.warn(
+            f"CV chose layer {layer}, whose inputs are constant across the {s.n} rows "
+            f"(variance {variance / max(mean_square, 1e-300):.1e} of their mean square): the map "
+            "predicts the mean, and every other layer did worse; use ridge (alpha='auto') or "
+            "pool the tokens differently (pool='mean')",
+            stacklevel=3,
+        )
 
 
 def _same_rows(i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -254,6 +273,8 @@ class TaskMatrix(HeadClassifier):
             if self.layer == "auto"
             else self._layers()[0]
         )
+        if self.layer == "auto" and self.layer_ in stats:
+            _warn_constant(self.layer_, stats[self.layer_])
         return self
 
     def save(
