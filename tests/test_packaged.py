@@ -14,6 +14,8 @@ def _fake_packages(tmp_path, monkeypatch):
     import io
     import zipfile
 
+    from PIL import Image
+
     import tasklift.packaged as packaged
 
     root = tmp_path / "pkgs"
@@ -50,6 +52,12 @@ def _fake_packages(tmp_path, monkeypatch):
     imdb.write_text(
         "text,label,source\ngreat<br />film,1,imdb\nawful,0,imdb\nfine,1,rotten_tomatoes\n"
     )
+    elpv = root / "elpv_dataset" / packaged._ELPV
+    (elpv.parent / "images").mkdir(parents=True)
+    for i, level in enumerate((255, 0)):
+        Image.new("L", (6, 6), level).save(elpv.parent / f"images/cell{i}.png")
+    elpv.write_text("images/cell0.png  1.0                 mono\n"
+                    "images/cell1.png  0.3333333333333333  poly\n")  # fmt: skip
     chat = root / "depresso" / packaged._DEPRESSO
     chat.parent.mkdir(parents=True)
     rows = [{"prompt": "Hi?", "response": "Sigh.", "kind": "depressed"},
@@ -74,6 +82,10 @@ def test_packaged_datasets_parse_their_files(tmp_path, monkeypatch):
     mnist = load_dataset("mnist-5k", image_size=4)
     assert mnist.X.shape == (2, 3, 4, 4) and mnist.y.tolist() == [7, 3]
     assert mnist.X[0].min() == 1.0 and mnist.X[1].max() == -1.0  # ink 255 -> 1, blank -> -1
+    elpv = load_dataset("elpv", image_size=4)  # defect probability 1 and 1/3
+    assert elpv.X.shape == (2, 3, 4, 4) and elpv.y.tolist() == [3, 1] and len(elpv.classes) == 4
+    assert elpv.X[0].min() == 1.0 and elpv.X[1].max() == -1.0
+    assert "non-commercial" in elpv.source and "non-commercial" in elpv.meta["licence"]
 
 
 def test_imdb_keeps_its_own_rows_and_depresso_pairs_prompts_with_responses(tmp_path, monkeypatch):

