@@ -16,6 +16,9 @@ INTRO = {
     "river, entertainment → piano, politics → stone, sports → cloud, tech → apple), scored by "
     "the verbaliser: the LM head's logits at the prompt's last token over the five words' first "
     "tokens. 150 test articles (chance 0.2), τ_B's scale chosen on 48 validation articles.",
+    "imdb": "IMDB review sentiment answered with code words (negative → stone, positive → "
+    "cloud), scored by the verbaliser as bbc is: 150 test reviews (chance 0.5), their first "
+    "280 characters.",
     "persona": "depresso's depressed-persona chat responses (its 36 refusals left out): 200 "
     "training rows, 24 validation, 48 test. **nll**: mean negative log-likelihood per token of "
     "the 48 reference responses (lower is better; the scale is chosen on the validation NLL); "
@@ -105,7 +108,10 @@ def peft_table(res: dict) -> str:
             continue
         task = key.split("/")[0]
         for folder, got in r.items():
-            mine = res.get(f"{task}/transfer_{folder.removeprefix('adapter_')}", {})
+            name = folder.removeprefix("adapter_")
+            mine = res.get(f"{task}/transfer_{name}", {})
+            if name.startswith("many_"):  # moved together: scored by the many step
+                mine = res.get(f"many/{name}", {}).get("scores", {}).get(task, {})
             want = mine.get("accuracy", mine.get("nll"))
             cell = "" if want is None else f"{want:.4f}"
             lines.append(f"| {task}/{folder} | {cell} | {got['score']:.4f} | {got['rank']} |")

@@ -33,6 +33,7 @@ MODELS = {"q05": "qwen2.5-coder-0.5b", "q15": "qwen2.5-coder-1.5b", "smol": "smo
 PLAN = [
     ("bbc", "q05", "q05", ("bico",), 1, {}),
     ("bbc", "q05", "q15", ("bico", "activation", "gradient"), None, {}),
+    ("imdb", "q05", "q15", ("bico", "activation"), 1, {}),  # the adapters' second task (20.5)
     ("bbc", "smol", "q05", ("bico", "activation", "gradient"), None, {"token": "word"}),
     ("persona", "q05", "q15", ("bico", "activation", "gradient"), None, {}),
 ]
@@ -150,6 +151,10 @@ def many(method: str) -> None:
     records = tr.move_adapters([src / t for t in MANY], [""] * len(texts), texts,
                                out=out, overwrite=True, map_cache=False)  # fmt: skip
     move_s = time.time() - t0
+    for task in MANY:  # beside the task's other moved adapters, for peft_check.py
+        link = RUNS / task / f"adapter_many_{method}"
+        if not link.exists():
+            link.symlink_to((out / task).resolve())
     scores = {}
     for task in MANY:
         model, tok = load_model(MODELS["q15"], lm=True, device="cpu")
@@ -174,14 +179,18 @@ def _steps(draws: int) -> list[list[str]]:
         second += [["transfer", task, a, b, m, "0"] for m in methods if m == "gradient"]
         fine += [["finetune", task, b], ["eval", task, f"{b}_ft"]]
         rest += [["transfer", task, a, b, m, str(k)] for k in range(1, n or draws) for m in methods]
-        if task == "bbc" and b == "q15":  # plain PEFT on B equals tasklift's B + τ_B?
-            first += [["peft", "bbc", "adapter_q05_q15_[ba]*_0"], ["tm", "tm", "bbc"]]
+        if b == "q15" and task != "persona":  # plain PEFT on B equals tasklift's B + τ_B?
+            first += [["peft", task, "adapter_q05_q15_[ba]*_0"]]
+        if task == "bbc" and b == "q15":
+            first += [["tm", "tm", "bbc"]]
         if task == "bbc" and b == "q15":
             first += [["finetune", "imdb", "q05"], ["tm", "tm", "imdb"]]
         if task == "bbc" and a == "smol":
             first += [["eval", "imdb", m] for m in ("q05", "q05_ft", "q15")]
             first += [["many", "many", "bico"]]
-    second += [["many", "many", m] for m in ("bico", "activation")]
+            first += [["peft", t, "adapter_many_bico"] for t in MANY]
+    second += [["many", "many", "activation"]]
+    second += [["peft", t, "adapter_many_activation"] for t in MANY]
     second += [["peft", "persona", "adapter_q05_q15_[ba]*_0"]]
     unique = []
     for s in first + second + fine + rest:
