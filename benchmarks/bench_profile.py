@@ -1,0 +1,137 @@
+"""Where `Transfer.fit`'s time goes on the real pairs of reports/transfer_real, beside its floor,
+side by side in one run (issue 21.1): `timings_` of a BiCo fit with the full scale grid and
+with the Fibonacci search, and the floor: one forward-backward of A and of B over the
+calibration set plus one forward of B over the validation set per scale the search evaluated.
+Also whether the search's scale and test accuracy equal the grid's, per draw.
+
+    python benchmarks/bench_profile.py [--pair minilm-l6:minilm-l3] [--data bbc_news] [--draws 1]
+
+Needs A_ft of reports/run_real.sh: runs/real/<A>_<data>_ft (`tasklift finetune`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+from _common import machine, write
+
+from tasklift.data import align_labels, calibration_split, load_dataset, split, subsample, take
+from tasklift.loading import label_names, load_model
+from tasklift.models import encode
+from tasklift.report import markdown_table
+from tasklift.transfer import Transfer
+from tasklift.transfer.scales import best_scale, search_scales
+
+SEARCHES = ("grid", "fibonacci")
+
+
+def real_split(data: str, a_ft: str, test_size: float):
+    """(train, test) as reports/run_real.sh split them: seed 0, train capped at 1,000."""
+    ds = align_labels(load_dataset(data), label_names(a_ft), model=a_ft)
+    train, test = split(ds, test_size=test_size, seed=0)
+    return subsample(train, fraction=min(1.0, 1000 / len(train)), seed=0), test
+
+
+PHASES = ("load", "setup", "labels", "head", "calibrate", "statistics", "solve", "transport",
+          "post", "scale search")  # fmt: skip
+
+
+def passes(model, proc, X, y, *, backward: bool, batch_size: int, max_length: int) -> float:
+    """Seconds of one pass over (X, y) in batches: forward and loss, and backward if asked."""
+    start = time.perf_counter()
+    with torch.set_grad_enabled(backward):
+        for i in range(0, len(X), batch_size):
+            idx = np.arange(i, min(i + batch_size, len(X)))
+            batch = encode(take(X, idx), proc, max_length=max_length)
+            loss = model(**batch, labels=torch.as_tensor(y[idx])).loss
+            if backward:
+                loss.backward()
+                model.zero_grad(set_to_none=True)
+    return time.perf_counter() - start
+
+
+def floor(a_ft: str, b: str, calib, val, classes: int, max_length: int) -> dict:
+    """Seconds of a forward-backward of A and of B over `calib` and of B's forward over `val`
+    (A_ft stands in for A under A_ft's head: the same architecture)."""
+    kw = dict(batch_size=16, max_length=max_length)
+    out = {}
+    for name, src in (("A", a_ft), ("B", b)):
+        model, proc = load_model(src, head=True, num_labels=classes, dtype="fp32")
+        out[f"fwd-bwd {name}"] = passes(model, proc, calib.X, calib.y, backward=True, **kw)
+        if name == "B":
+            out["val forward B"] = passes(model.eval(), proc, val.X, val.y, backward=False, **kw)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pair", default="minilm-l6:minilm-l3", help="A:B, comma-separated pairs")
+    ap.add_argument("--data", default="bbc_news")
+    ap.add_argument("--runs", default="runs/real", help="where the fine-tuned A are")
+    ap.add_argument("--token", default="all", help="'word' for pairs across tokenizers")
+    ap.add_argument("--draws", type=int, default=1)
+    ap.add_argument("--max-length", type=int, default=64)
+    args = ap.parse_args()
+    runs = []
+    for pair in args.pair.split(","):
+        a, b = pair.split(":")
+        a_ft = f"{args.runs}/{a}_{args.data}_ft"
+        train, test = real_split(args.data, a_ft, 0.2)
+        for draw in range(args.draws):
+            calib, val, _ = calibration_split(train, calib=128, val=200, seed=draw)
+            fits = {}
+            for search in SEARCHES:
+                t0 = time.perf_counter()
+                t = Transfer(a, a_ft, b, method="bico", token=args.token, scale_search=search,
+                             max_length=args.max_length, device="cpu")  # fmt: skip
+                t.fit(calib.X, calib.y, X_val=val.X, y_val=val.y)
+                fits[search] = (time.perf_counter() - t0, t, t.score(test.X, test.y))
+                print(search, round(fits[search][0], 1), t.scale_, t.val_scores_, flush=True)
+            grid = fits["grid"][1]
+            base = floor(a_ft, b, calib, val, len(grid.classes_), args.max_length)
+            print(base, flush=True)
+            on5 = search_scales([0, 0.5, 1, 1.5, 2], grid.val_scores_.__getitem__)
+            for search, (wall, t, acc) in fits.items():
+                k = len(t.val_scores_)
+                fl = base["fwd-bwd A"] + base["fwd-bwd B"] + k * base["val forward B"]
+                runs.append({
+                    "pair": f"{a} -> {b}", "draw": draw, "search": search, "evaluations": k,
+                    "scale": t.scale_, "test accuracy": round(acc, 4), "fit s": round(wall, 1),
+                    "floor s": round(fl, 1), "fit / floor": round(wall / fl, 2),
+                    "timings": t.timings_, "floor": base, "val_scores": t.val_scores_,
+                })  # fmt: skip
+            runs.append({
+                "pair": f"{a} -> {b}", "draw": draw, "search": "fibonacci on 0,0.5,1,1.5,2",
+                "evaluations": len(on5), "scale": best_scale(on5),
+                "test accuracy": round(grid.score(test.X, test.y, scale=best_scale(on5)), 4),
+                "grid's scale on 0,0.5,1,1.5,2": best_scale(
+                    {s: grid.val_scores_[s] for s in (0.0, 0.5, 1.0, 1.5, 2.0)}),
+            })  # fmt: skip
+    shares = [
+        {**r, **{p: f"{r['timings'][p]:.1f} ({100 * r['timings'][p] / r['fit s']:.0f}%)"
+                 for p in PHASES if p in r["timings"]}}
+        for r in runs if "timings" in r
+    ]  # fmt: skip
+    cols = ["pair", "draw", "search", "evaluations", "scale", "test accuracy", "fit s",
+            "floor s", "fit / floor", "grid's scale on 0,0.5,1,1.5,2"]  # fmt: skip
+    notes = (
+        f"BiCo, {args.data}, 128 calibration + 200 validation inputs, {args.max_length} tokens, "
+        f"token={args.token!r}, CPU threads={machine()['threads']}; the default 8-scale grid "
+        "unless named. Floor: one forward-backward (with parameter gradients) of A and of B "
+        "over the calibration set, plus one forward of B over the validation set per scale "
+        "evaluated, measured in the same run; seconds are context, the ratios are the result. "
+        "'fibonacci on 0,0.5,1,1.5,2': the search replayed on the grid fit's own validation "
+        "scores of the report's 5-scale grid.\n\n"
+        "Phases of `Transfer.fit` (`timings_`): seconds (share of the fit's wall time; the rest "
+        "is outside every phase).\n\n"
+        + markdown_table(shares, ["pair", "draw", "search", "fit s", *PHASES])
+    )
+    write("profile", runs, cols, title="Where Transfer.fit's time goes, beside its floor",
+          notes=notes)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
