@@ -1,19 +1,29 @@
-"""Multi-process fitting with torch.distributed: shard the rows, all-reduce the statistics.
+"""Multi-process work with torch.distributed: shard the rows, all-reduce the statistics.
 
 Launch any tasklift command under `torchrun --nproc_per_node N` (gloo on CPU, nccl on GPU; for
 several machines add `--nnodes M --node_rank R --rdzv_endpoint HOST:PORT`). Each process
-extracts a contiguous shard; `GramStats.all_reduce` sums the statistics, so every process
-solves the same W that one process would.
+handles a share of the rows; `GramStats.all_reduce` sums the statistics, so every process
+solves the same maps that one process would, and rank 0 writes them.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["rank_world", "shard", "init_from_env", "is_main"]
+from .stats import GramStats
+
+__all__ = [
+    "rank_world", "shard", "deal", "gathered", "all_reduce_stats", "all_reduce_tensors",
+    "everywhere", "init_from_env", "is_main",
+]  # fmt: skip
+
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 def rank_world() -> tuple[int, int]:
@@ -32,6 +42,60 @@ def shard(n: int) -> slice:
     """This process's contiguous share of n rows (all of them when not distributed)."""
     rank, world = rank_world()
     return slice(n * rank // world, n * (rank + 1) // world)
+
+
+def deal(items: Iterable[T]) -> Iterator[T]:
+    """This process's items of a stream, dealt round-robin (all of them when not distributed):
+    whole batches, so each is the batch one process would see (same padding, same numbers)."""
+    rank, world = rank_world()
+    return (x for i, x in enumerate(items) if i % world == rank)
+
+
+def gathered(fn: Callable[[T], R], items: Sequence[T]) -> list[R]:
+    """[fn(x) for x in items] with each item computed by one process (`deal`) and every result
+    gathered back, in order, on every process."""
+    rank, world = rank_world()
+    mine = [fn(x) for x in deal(items)]
+    if world == 1:
+        return mine
+    parts: list = [None] * world
+    dist.all_gather_object(parts, mine)
+    return [parts[i % world][i // world] for i in range(len(items))]
+
+
+def all_reduce_stats(stats: dict, empty: Callable[[], GramStats]) -> dict:
+    """Sum a dict of statistics over every process, in place: a key some process lacks (it saw
+    no batch, or no row of that signal) joins as `empty()`, so all reduce the same keys in the
+    same order."""
+    world = rank_world()[1]
+    if world == 1:
+        return stats
+    keys: list = [None] * world
+    dist.all_gather_object(keys, sorted(stats))
+    for key in sorted(set().union(*keys)):
+        stats.setdefault(key, empty()).all_reduce()
+    return stats
+
+
+def everywhere(flag: bool) -> bool:
+    """Whether `flag` holds on every process (so all take the same branch, e.g. a cache hit
+    on one machine's disk but not another's)."""
+    t = {"flag": torch.tensor(float(flag))}
+    all_reduce_tensors(t)
+    return bool(t["flag"] == rank_world()[1])
+
+
+def all_reduce_tensors(tensors: dict[str, torch.Tensor]) -> None:
+    """Sum every process's tensors of the same names, in place (a no-op when not running
+    distributed)."""
+    if rank_world()[1] == 1:
+        return
+    nccl = dist.get_backend() == "nccl"
+    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    for name in sorted(tensors):
+        t = tensors[name].to(device)
+        dist.all_reduce(t)
+        tensors[name].copy_(t)
 
 
 def init_from_env() -> str | None:

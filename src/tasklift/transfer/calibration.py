@@ -1,7 +1,7 @@
 """Calibration: one forward-backward pass of A and of B over the same inputs, recording each
 matched module's input, output and their gradients, with token rows paired between the models
-and the A-vs-B cross-covariances streamed into `GramStats` (so they all-reduce like any other
-statistics under torch.distributed)."""
+and the A-vs-B cross-covariances streamed into `GramStats`. Under torchrun the batches are
+dealt to the processes and the statistics all-reduced, so every process solves the same maps."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import all_reduce_stats, deal
 from ..families import FIXED_ROLES, roles
 from ..hooks import capture
 from ..stats import GramStats
@@ -343,7 +344,8 @@ def calibrate(
     Returns:
         {(target module, signal): GramStats(gram=False) of rows (x_A, x_B)}: `.xy` is
         X_Aᵀ X_B (d_A, d_B). A signal that never arrives (the input gradient of the first
-        layer) is absent.
+        layer) is absent. Under torch.distributed each process calibrates its share of the
+        batches (`distributed.deal`) and all return the statistics summed over all of them.
 
     Raises:
         KeyError: a module named in `pairs` does not exist.
@@ -371,7 +373,7 @@ def calibrate(
     pts_b = {(b, sig): (hook_b(b), sig) for b in pairs for sig in sigs[b]}
     out: dict[tuple[str, str], GramStats] = {}
     clock = Timings() if timings is None else timings
-    for batch in batches:
+    for batch in deal(batches):
         with clock("calibrate"):
             got_a = _capture_pass(source, pts_a, batch, loss_fn, backward, proj_a)
             got_b = _capture_pass(target, pts_b, batch, loss_fn, backward, proj_b)
@@ -386,4 +388,4 @@ def calibrate(
                         got_a[(a, sig)], got_b[(b, sig)], token, where, pools, grids
                     )
                     out.setdefault((b, sig), GramStats(gram=False, dtype=dtype)).update(xa, xb)
-    return out
+    return all_reduce_stats(out, lambda: GramStats(gram=False, dtype=dtype))

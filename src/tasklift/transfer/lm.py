@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..data import is_texts, take
+from ..distributed import gathered
 from ..families import VOCAB_ROLES, roles
 from ..taskvector import TaskVector
 
@@ -142,7 +143,8 @@ def verbalise(
 def greedy_targets(
     model: nn.Module, prompts, tokenizer, *, max_new_tokens: int = 32, batch_size: int = 8
 ) -> list[str]:
-    """A_ft's own greedy continuation of each prompt: the label-free calibration targets.
+    """A_ft's own greedy continuation of each prompt: the label-free calibration targets. Under
+    torch.distributed each process generates its share of the batches and all get every one.
 
     Raises:
         ValueError: the prompts are not raw texts (pre-encoded inputs carry their labels).
@@ -150,8 +152,9 @@ def greedy_targets(
     if not is_texts(prompts) or tokenizer is None:
         raise ValueError("label-free calibration generates from raw text prompts with a tokenizer")
     _padding(tokenizer, "left")  # generation continues from the last real token
-    dev, out = next(model.parameters()).device, []
-    for i in range(0, len(prompts), batch_size):
+    dev = next(model.parameters()).device
+
+    def batch(i: int) -> list[str]:
         enc = tokenizer(list(take(prompts, slice(i, i + batch_size))), padding=True,
                         return_tensors="pt").to(dev)  # fmt: skip
         with torch.no_grad():
@@ -161,7 +164,9 @@ def greedy_targets(
                 do_sample=False,
                 pad_token_id=tokenizer.pad_token_id,
             )
-        out += tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        return tokenizer.batch_decode(ids[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+    out = [t for part in gathered(batch, range(0, len(prompts), batch_size)) for t in part]
     tokenizer.padding_side = "right"
     return out
 

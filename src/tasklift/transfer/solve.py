@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
+from ..distributed import all_reduce_tensors, deal
 from ..families import FIXED_ROLES, attention_blocks, family_of, head_counts, roles
 from ..maps import MAPS
 from ..solvers import NULL_RTOL, _assign
@@ -260,13 +261,14 @@ def gradient_sign_mask(
     GradFix's default) or by the sign of their summed gradient ("mean"). Ties are dropped.
 
     `batches` are index arrays given to `loss_fn(target, idx)`; "majority" splits them into single
-    examples (one backward pass each).
+    examples (one backward pass each). Under torch.distributed each process takes its share of
+    the batches and the votes are summed over all.
     """
     if mode not in ("majority", "mean"):
         raise ValueError(f"GradFix mode must be 'majority' or 'mean', not {mode!r}")
     params = dict(target.named_parameters())
     votes, seen = {k: torch.zeros(v.shape) for k, v in tv.deltas.items()}, set()
-    for batch in batches:
+    for batch in deal(batches):
         for unit in (
             [batch[i : i + 1] for i in range(len(batch))] if mode == "majority" else [batch]
         ):
@@ -279,6 +281,10 @@ def gradient_sign_mask(
                     vote += g.sign() if mode == "majority" else g
                     seen.add(k)
     target.zero_grad(set_to_none=True)
+    flags = {k: torch.tensor(float(k in seen)) for k in votes}
+    all_reduce_tensors(votes)
+    all_reduce_tensors(flags)  # seen by any process
+    seen = {k for k, f in flags.items() if f > 0}
     deltas = {k: dense(v) for k, v in tv.deltas.items()}  # a sign mask breaks low rank
     kept = {k: v * (v * votes[k] > 0) if k in seen else v for k, v in deltas.items()}
     return TaskVector(kept)
