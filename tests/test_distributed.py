@@ -1,7 +1,10 @@
-"""Sharded fitting over 2 CPU processes (gloo) gives the statistics and W of one process."""
+"""Sharded fitting over 2 CPU processes (gloo) gives the statistics and W of one process; a
+sharded transfer (calibration, head alignment, label-free targets, GradFix votes, the map
+cache) gives the τ_B of one process, and only rank 0 writes."""
 
 import os
 import shutil
+import string
 import subprocess
 import sys
 
@@ -11,9 +14,14 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from conftest import WORDS, nudged, permuted, tiny_classifier, tiny_tokenizer, token_task
 from tasklift.maps import LeastSquaresMap, RidgeCVMap
 from tasklift.stats import GramStats
 from tasklift.taskmatrix import TaskMatrix
+from tasklift.transfer import Transfer
+from test_lm import WordTokenizer, _GenTokenizer, tiny_lm
+from test_lora import _adapter
+from test_transfer import _piece_tokenizer, trained_like
 
 
 def _worker(rank, world, init_file, X, Y, out):
@@ -106,3 +114,109 @@ def test_torchrun_fit_matches_one_process(text_task, tmp_path):
     for i in one.maps_:  # norm-wise: this tiny model's layers have condition numbers ~1e11
         a, b = two.maps_[i].coef_, one.maps_[i].coef_
         assert np.linalg.norm(a - b) <= 1e-5 * np.linalg.norm(b), i
+
+
+_CHARS = list(string.ascii_letters + string.digits)  # varied tokens: no degenerate directions
+PROMPTS = ["".join(np.random.default_rng(i).choice(_CHARS, 12)) + ":" for i in range(21)]
+TARGETS = [" yes" if i % 3 else " no" for i in range(21)]
+
+
+def _models(root) -> None:
+    """Folders of three pairs: BERT classifier A_ft -> another BERT; Qwen2 32 wide -> 48 wide
+    and 3 layers (with two LoRA adapters of A); Llama -> a wider Llama of another tokenizer."""
+    a = trained_like(tiny_classifier("bert"))
+    a.bert.save_pretrained(root / "enc_a")
+    nudged(a).save_pretrained(root / "enc_ft")
+    permuted(a, "bert").bert.save_pretrained(root / "enc_b")  # maps well determined: see below
+    tiny_lm("qwen2").save_pretrained(root / "lm_a")
+    nudged(tiny_lm("qwen2")).save_pretrained(root / "lm_ft")
+    tiny_lm("qwen2", seed=1, hidden=48, layers=3, heads=6).save_pretrained(root / "lm_b")
+    for i in range(2):
+        _adapter(tiny_lm("qwen2"), root / f"task{i}", r=2, seed=10 + i)
+    words = tiny_tokenizer([*WORDS, ",", "!"])
+    wide = tiny_lm("llama", seed=1, hidden=48)
+    for name, model, tok in (("w_a", tiny_lm("llama"), words),
+                             ("w_ft", nudged(tiny_lm("llama")), words),
+                             ("w_b", wide, _piece_tokenizer())):  # fmt: skip
+        model.save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+
+
+def _transfers(root, tag: str) -> dict:
+    """{case: τ_B, its scale and validation scores} of each transfer; each is saved to
+    root/<case>.<tag> (but the one with a stand-in tokenizer) and the adapters moved to
+    root/moved.<tag> (cache root/cache.<tag>)."""
+    # 128 inputs: the last FFN (64 units) sees a gradient at [CLS] only; 8 batches, 4 a rank
+    X, y = token_task(128, seed=1)
+    X_val, y_val = token_task(20, seed=2)
+    enc = dict(source=root / "enc_a", finetuned=root / "enc_ft", target=root / "enc_b",
+               batch_size=16, scales=(0.5, 1.0))  # fmt: skip
+    lm = dict(source=root / "lm_a", finetuned=root / "lm_ft", target=root / "lm_b",
+              processor=_GenTokenizer(), batch_size=4, max_new_tokens=3,
+              scales=(0.5, 1.0))  # fmt: skip
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, 5)) for _ in range(10)]
+    answers = [" " + " ".join(rng.choice(WORDS, 2)) for _ in range(10)]
+    word = dict(source=root / "w_a", finetuned=root / "w_ft", target=root / "w_b", token="word",
+                scales=(1.0,), batch_size=4)  # fmt: skip
+    cases = {
+        "encoder-passes": (Transfer(**enc, max_stats_gb=1e-9), (X, y),
+                           dict(X_val=X_val, y_val=y_val)),
+        "gradfix": (Transfer(**enc, method="gradfix"), (X, y), {}),
+        "lm-label-free-centred": (Transfer(**lm, center=True), (PROMPTS,),
+                          dict(X_val=PROMPTS[:6], y_val=TARGETS[:6])),
+        "lm-words": (Transfer(**word), (texts, answers), {}),
+    }  # fmt: skip
+    out = {}
+    for name, (t, args, kw) in cases.items():
+        t.fit(*args, **kw)
+        if t.processor is None:  # the stand-in tokenizer cannot be saved
+            t.save(root / f"{name}.{tag}")
+        out[name] = (t.task_vector_.deltas, t.scale_, t.val_scores_)
+    t = Transfer(root / "lm_a", None, root / "lm_b", processor=WordTokenizer())
+    t.move_adapters([root / "task0", root / "task1"], PROMPTS, TARGETS,
+                    out=root / f"moved.{tag}", map_cache=root / f"cache.{tag}")  # fmt: skip
+    return out
+
+
+def _transfer_worker(rank, world, root):
+    dist.init_process_group("gloo", init_method=f"file://{root}/init", rank=rank, world_size=world)
+    try:
+        torch.save(_transfers(root, str(rank)), root / f"taus.{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_transfer_over_two_processes_equals_one_and_only_rank_0_writes(tmp_path):
+    """BiCo (centred, in passes: head alignment and statistics reduced), GradFix (votes
+    reduced), a label-free LM (greedy targets generated in shares), words paired across
+    tokenizers, and adapters moved through the map cache: τ_B of 2 gloo processes equals
+    1 process to 1e-6 and is the same on both ranks; rank 1 writes nothing."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)  # as each worker: the same float32 rounding
+    _models(tmp_path)
+    mp.spawn(_transfer_worker, args=(2, tmp_path), nprocs=2, join=True)
+    one = _transfers(tmp_path, "one")
+    ranks = [torch.load(tmp_path / f"taus.{r}.pt", weights_only=False) for r in range(2)]
+    worst = {}
+    for name, (deltas, scale, scores) in one.items():
+        for got in ranks:
+            assert got[name][1:] == (scale, scores), name  # the same scale chosen
+            assert got[name][0].keys() == deltas.keys() and deltas, name
+            for k, v in deltas.items():
+                torch.testing.assert_close(got[name][0][k], ranks[0][name][0][k], rtol=0, atol=0)
+                gap = float((got[name][0][k] - v).abs().max())
+                worst[name] = max(worst.get(name, 0.0), gap)
+        assert not (tmp_path / f"{name}.1").exists()
+    assert (tmp_path / "lm-words.0").is_dir() and (tmp_path / "gradfix.0").is_dir()
+    print("max |tau_B(2 processes) - tau_B(1 process)|:", worst)
+    assert max(worst.values()) <= 1e-6, worst
+    for task in ("task0", "task1"):
+        moved, want = (load_file(tmp_path / f"moved.{t}" / task / "adapter_model.safetensors")
+                       for t in ("0", "one"))  # fmt: skip
+        assert moved.keys() == want.keys()
+        for k, v in want.items():
+            torch.testing.assert_close(moved[k], v, rtol=0, atol=1e-6)
+    assert any((tmp_path / "cache.0").glob("*.json"))
+    assert not (tmp_path / "moved.1").exists() and not (tmp_path / "cache.1").exists()

@@ -336,8 +336,11 @@ def _run(args) -> int:
 
         device = init_from_env()  # under torchrun: join the group, pick this rank's device
         if device is not None:
-            if args.command != "fit":
-                raise ValueError(f"only `tasklift fit` runs distributed, not `{args.command}`")
+            if args.command not in ("fit", "transfer"):
+                raise ValueError(
+                    f"only `tasklift fit` and `tasklift transfer` run distributed, not "
+                    f"`{args.command}`; run it as one process (without torchrun)"
+                )
             args.device = device if args.device == "auto" else args.device
         args.func(args)
     except (ValueError, KeyError, OSError) as e:  # FileNotFoundError, PermissionError: OSError

@@ -62,6 +62,7 @@ def cmd_move_adapters(args) -> None:
 
     from ..adapter_io import adapter_config
     from ..data import load_dataset
+    from ..distributed import is_main
     from ..transfer import SCALES, Transfer
     from .commands import _runtime
 
@@ -101,8 +102,11 @@ def cmd_move_adapters(args) -> None:
     cache = {None: True, "off": False}.get(args.map_cache, args.map_cache)
     t = Transfer(args.source, None, args.target, method=methods[0], token=args.token,
                  center=args.center, scales=args.scales or SCALES, **_runtime(args))  # fmt: skip
-    for r in t.move_adapters(args.adapters, X, y, out=args.output, overwrite=args.overwrite,
-                             map_cache=cache, **val):  # fmt: skip
+    records = t.move_adapters(args.adapters, X, y, out=args.output, overwrite=args.overwrite,
+                              map_cache=cache, **val)  # fmt: skip
+    if not is_main():
+        return  # every process calibrated its share; rank 0 wrote the folders
+    for r in records:
         chosen = f", scale {r['scale']:g} chosen on {n_val} rows" if choose else ""
         print(f"{r['adapter']} -> {r['moved_to']} ({r['moved']} modules{chosen})")
     info = json.loads((Path(args.output) / "tasklift_run.json").read_text())

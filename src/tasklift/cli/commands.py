@@ -9,6 +9,7 @@ from pathlib import Path
 
 from .. import __version__
 from ..checks import check_list
+from ..distributed import is_main
 from ..transfer.methods import METHODS
 
 
@@ -56,7 +57,6 @@ def _settings(args, **extra) -> dict:
 
 # -- commands ---------------------------------------------------------------------------------
 def cmd_fit(args) -> None:
-    from ..distributed import is_main
     from ..io import write_text
     from ..taskmatrix import TaskMatrix
     from ..verbaliser import name_choices
@@ -228,6 +228,8 @@ def cmd_transfer(args) -> None:
         overwrite=args.overwrite,
         **_runtime(args),
     )
+    if not is_main():
+        return  # every process calibrated its share and scored the same; rank 0 reports
     settings = _settings(
         args,
         seconds=round(time.time() - t0, 1),

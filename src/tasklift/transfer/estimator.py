@@ -17,6 +17,7 @@ from .. import __version__
 from .._estimator import as_labels, check_fitted, check_runtime, recorded, scored
 from ..checks import check_bool, check_choice, check_float, check_list
 from ..data import is_texts, num_items, take
+from ..distributed import is_main
 from ..evaluate import accuracy
 from ..io import atomic_dir, check_output, write_text
 from ..loading import load_model
@@ -338,6 +339,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         check_fitted(self, "model_")
         if self.adapter_config_ is None:
             raise ValueError("save_adapter needs A_ft given as a PEFT adapter folder; use save()")
+        if not is_main():  # under torchrun every process holds τ_B; rank 0 writes it
+            return {}
         base = model_name(self.target, "target")
         return write_adapter(path, self.task_vector_ * self.scale_, self.adapter_config_,
                              str(base), head=head_state(self.model_, self.head_),
@@ -347,8 +350,11 @@ class Transfer(ClassifierMixin, BaseEstimator):
         """Write the transferred classifier as a Hugging Face checkpoint folder (atomically), with
         τ_B in `task_vector.safetensors` and everything that rebuilds the run in
         `tasklift_transfer.json` (parameters, chosen scale, validation scores); an existing
-        `path` is replaced only if tasklift wrote it and `overwrite` is set."""
+        `path` is replaced only if tasklift wrote it and `overwrite` is set. Under torchrun
+        only rank 0 writes."""
         check_fitted(self, "model_")
+        if not is_main():
+            return
         check_output(path, overwrite=overwrite)
         params = {k: recorded(v) for k, v in self.get_params().items() if k != "processor"}
         params["scales"] = [float(s) for s in params["scales"]]

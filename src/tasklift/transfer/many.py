@@ -19,6 +19,7 @@ from torch import nn
 
 from .. import __version__
 from ..data import num_items
+from ..distributed import everywhere, is_main
 from ..io import check_output
 from ..lora import head_state, read_adapter, write_moved
 from ..taskvector import TaskVector
@@ -153,13 +154,17 @@ def _shared(est, method: Method, adapters, tvs: list, X, y, cache: MapCache | No
     if cache is not None and method.signals:
         key = _key(est, method, prep, tok_a, pairs, X, y)
         found = cache.load(key)
+        found = found if everywhere(found is not None) else None  # all calibrate, or none
         note["map_cache"] = {"folder": str(cache.folder), "entry": cache.digest(key),
                              "hit": found is not None}  # fmt: skip
         about = {
             "source": model_name(est.source, "source"),
             "target": model_name(est.target, "target"),
         }
-        maps = found if found is not None else cache.store(key, maps, about=about)
+        if found is not None:
+            maps = found
+        elif is_main():  # one process writes the maps every process solved
+            maps = cache.store(key, maps, about=about)
     return move_all(tvs, prep["source"], prep["target"], pairs, maps), prep, note
 
 
@@ -181,6 +186,9 @@ def move_adapters(
     out/<its folder name>, and out/tasklift_run.json; returns its records.
 
     `map_cache`: True (tasklift's cache folder), a folder, or False / None (no cache).
+
+    Under torchrun every process calibrates its share and solves the same maps; only rank 0
+    writes (the folders and the map cache), the others return [].
 
     Raises:
         ValueError: no adapters, adapters sharing a folder name, one that does not fit A, or
@@ -218,4 +226,6 @@ def move_adapters(
     if empty:
         raise ValueError(f"nothing of {empty[0]} could be moved to {info['target']} (no module "
                          "of B pairs with the ones it adapts); nothing was written")  # fmt: skip
+    if not is_main():
+        return []
     return write_moved(out, adapters, read, moved, method=method.name, **info, **note)
