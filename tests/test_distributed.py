@@ -2,6 +2,7 @@
 sharded transfer (calibration, head alignment, label-free targets, GradFix votes, the map
 cache) gives the τ_B of one process, and only rank 0 writes."""
 
+import json
 import os
 import shutil
 import string
@@ -68,11 +69,30 @@ def test_all_reduce_equals_single_pass_even_with_an_empty_shard(tmp_path):
     )
 
 
-@pytest.mark.skipif(
+needs_torchrun = pytest.mark.skipif(
     shutil.which("torchrun") is None
     and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
     reason="torchrun not installed",
 )
+
+
+def _one_and_two(port: int, args) -> None:
+    """`tasklift *args(name)` under torchrun as 2 CPU processes (name "two") and as one ("one")."""
+    bin_dir = os.path.dirname(sys.executable)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads, same float32 rounding
+    torchrun = [os.path.join(bin_dir, "torchrun"), "--nproc_per_node", "2"]
+    runs = {
+        "two": [*torchrun, "--master_port", str(port), "-m", "tasklift.cli"],
+        "one": [sys.executable, "-m", "tasklift.cli"],
+    }
+    for name, launcher in runs.items():
+        done = subprocess.run(
+            [*launcher, *args(name)], capture_output=True, text=True, env=env, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-2000:]
+
+
+@needs_torchrun
 def test_torchrun_fit_matches_one_process(text_task, tmp_path):
     root = text_task
     # Batch size 1: no padding, so both runs see bit-identical embeddings (otherwise batches of
@@ -90,24 +110,7 @@ def test_torchrun_fit_matches_one_process(text_task, tmp_path):
         "--batch-size",
         "1",
     ]
-    bin_dir = os.path.dirname(sys.executable)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same threads, same float32 rounding
-    runs = {
-        "two": [
-            os.path.join(bin_dir, "torchrun"),
-            "--nproc_per_node",
-            "2",
-            "--master_port",
-            "29533",
-            "-m",
-            "tasklift.cli",
-        ],
-        "one": [sys.executable, "-m", "tasklift.cli"],
-    }
-    for name, launcher in runs.items():
-        cmd = [*launcher, "fit", *args, "-o", str(tmp_path / f"{name}.safetensors")]
-        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        assert done.returncode == 0, done.stderr[-2000:]
+    _one_and_two(29533, lambda name: ["fit", *args, "-o", str(tmp_path / f"{name}.safetensors")])
     two = TaskMatrix.load(tmp_path / "two.safetensors")
     one = TaskMatrix.load(tmp_path / "one.safetensors")
     assert two.layer_ == one.layer_ and two.alphas_ == one.alphas_
@@ -220,3 +223,24 @@ def test_a_transfer_over_two_processes_equals_one_and_only_rank_0_writes(tmp_pat
             torch.testing.assert_close(moved[k], v, rtol=0, atol=1e-6)
     assert any((tmp_path / "cache.0").glob("*.json"))
     assert not (tmp_path / "moved.1").exists() and not (tmp_path / "cache.1").exists()
+
+
+@needs_torchrun
+def test_torchrun_transfer_runs_and_rank_0_reports(text_task, tmp_path):
+    """`tasklift transfer` under torchrun (2 gloo processes) writes one report and model, and
+    chooses the scale and scores as one process does. τ_B is not compared here: this A -> A
+    pair leaves directions no calibration signal determines (positions past the texts' length,
+    the one token-type row), whose completion moves with float summation order even in one
+    process (see the test above for pairs that determine τ_B)."""
+    root = text_task
+    args = [str(root / p) for p in ("base", "ft", "base", "data.csv")]  # A_ft's skill onto A
+    args += ["--text-key", "sentence", "--methods", "bico", "--calib", "128", "--val", "40",
+             "--batch-size", "16", "--quiet"]  # fmt: skip
+    _one_and_two(29534, lambda name: ["transfer", *args, "-o", str(tmp_path / name)])
+    rows = [json.loads((tmp_path / n / "results.json").read_text())["rows"] for n in ("two", "one")]
+    bico = [
+        next((r["scale"], r["val_accuracy"]) for r in got if r["method"] == "bico") for got in rows
+    ]
+    assert bico[0] == bico[1]
+    assert (tmp_path / "two" / "model" / "task_vector.safetensors").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no rank's leftovers
