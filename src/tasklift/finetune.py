@@ -21,7 +21,7 @@ from ._estimator import as_labels
 from ._torch import seed_everything
 from .checks import check_float, check_int
 from .data import is_texts, num_items, take
-from .models import encode, token_limit
+from .models import Head, encode, token_limit
 
 __all__ = ["finetune", "finetune_cached"]
 
@@ -64,8 +64,9 @@ def finetune(
     seed_everything(seed)
     device = next(model.parameters()).device
     steps = max(1, math.ceil(epochs * n / batch_size))
-    decay = [p for name, p in model.named_parameters() if p.ndim > 1]
-    rest = [p for name, p in model.named_parameters() if p.ndim <= 1]
+    trained = [p for p in model.parameters() if p.requires_grad]  # all, unless some are frozen
+    decay = [p for p in trained if p.ndim > 1]
+    rest = [p for p in trained if p.ndim <= 1]
     opt = torch.optim.AdamW(
         [{"params": decay, "weight_decay": weight_decay}, {"params": rest, "weight_decay": 0.0}],
         lr=lr,
@@ -97,6 +98,13 @@ def finetune(
     finally:
         model.eval()
     return losses
+
+
+def _train_only(model: nn.Module, *, head: bool) -> None:
+    """Leave trainable only the classification head (`head`) or everything but it."""
+    mine = {id(p) for p in Head(model).parameters()}
+    for p in model.parameters():
+        p.requires_grad_((id(p) in mine) == head)
 
 
 def _fingerprint(ds) -> str:
@@ -138,6 +146,7 @@ def finetune_cached(
     max_length: int = 128,
     batch_size: int = 16,
     device: str = "auto",
+    frozen_head: bool = False,
     refit: bool = False,
     overwrite: bool = False,
     progress: bool = False,
@@ -145,6 +154,10 @@ def finetune_cached(
     """Fully fine-tune `base` on the Dataset `train` into the folder `out` (atomically), unless
     `out` already holds a model made by the same recipe (and `refit` is not set). Any other
     existing `out` is replaced only if tasklift wrote it and `overwrite` is set.
+
+    `frozen_head` is the task-matrix paper's frozen head (its Table 6): the head is first trained
+    on the frozen base (same epochs, 10 x lr), then kept fixed while the backbone is fine-tuned;
+    by default head and backbone are trained together (the adapted head).
 
     The new head's labels are the dataset's class names. Returns the recipe with `reused` (True
     when nothing was trained), `seconds` and `final_loss`.
@@ -163,6 +176,7 @@ def finetune_cached(
         "max_length": max_length,
         "batch_size": batch_size,
         "data_sha256": _fingerprint(train),
+        **({"head": "frozen"} if frozen_head else {}),  # earlier recipes stay the same
     }
     stamp = out / "tasklift_finetune.json"
     if stamp.is_file() and _same_recipe(stamp, recipe) and not refit:
@@ -175,18 +189,14 @@ def finetune_cached(
     )
     model.config.id2label = dict(enumerate(train.classes))
     model.config.label2id = {c: i for i, c in enumerate(train.classes)}
-    losses = finetune(
-        model,
-        train.X,
-        train.y,
-        tok,
-        epochs=epochs,
-        lr=lr,
-        batch_size=batch_size,
-        max_length=max_length,
-        seed=seed,
-        progress=progress,
-    )
+    kw = dict(epochs=epochs, batch_size=batch_size, max_length=max_length, seed=seed,
+              progress=progress)  # fmt: skip
+    if frozen_head:
+        _train_only(model, head=True)
+        finetune(model, train.X, train.y, tok, lr=10 * lr, **kw)
+        _train_only(model, head=False)
+    losses = finetune(model, train.X, train.y, tok, lr=lr, **kw)
+    model.requires_grad_(True)
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp)
         if tok is not None:

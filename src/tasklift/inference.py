@@ -241,16 +241,19 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
     def __sklearn_is_fitted__(self) -> bool:
         return hasattr(self, "maps_")
 
-    def _fit_identity(self):
-        """W = I at the last layer: the head on the base's own final embedding."""
-        d, d_ft = hidden_size(self.base_model_), hidden_size(self.finetuned_model_)
-        if d != d_ft:
-            raise ValueError(
-                f"head-only needs equal widths, but the base has hidden size {d} and "
-                f"the fine-tuned model {d_ft}; fit a TaskMatrix instead"
-            )
-        self.layer_ = num_layers(self.base_model_)
-        self.maps_ = {self.layer_: identity_map(d)}
+    def _fit_identity(self, layers: Sequence[int] | None = None):
+        """W = I at `layers` (default the last): the head on the base's own embedding there;
+        `layer_` is the last of them."""
+        layers = [num_layers(self.base_model_)] if layers is None else list(layers)
+        d_ft = hidden_size(self.finetuned_model_)
+        for i in layers:
+            if (d := layer_width(self.base_model_, i)) != d_ft:
+                raise ValueError(
+                    f"head-only needs equal widths, but the base has width {d} at layer {i} "
+                    f"and the fine-tuned model {d_ft}; fit a TaskMatrix instead"
+                )
+        self.layer_ = layers[-1]
+        self.maps_ = {i: identity_map(d_ft) for i in layers}
         return self
 
     def model(self, layer: int | None = None) -> TaskMatrixModel:

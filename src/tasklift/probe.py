@@ -15,6 +15,7 @@ from .checks import check_float, check_int
 from .extract import embed, resolve_layers
 from .inference import HeadClassifier
 from .loading import load_model
+from .models import hidden_size, layer_width
 
 __all__ = ["LinearProbe", "HeadOnly", "FineTuned"]
 
@@ -131,8 +132,9 @@ class HeadOnly(HeadClassifier):
     """Baseline W = I: the fine-tuned head applied to the base's final [CLS] (a decoder's last
     token), through the base's final norm. Needs no data.
 
-    Args: as `TaskMatrix` (the layer is always the last one, the map the identity); with
-        `choices` the head is the fine-tuned causal LM's verbaliser.
+    Args: as `TaskMatrix`, the map being the identity; `layer` is the base layer read (default
+        -1, the last), a list of them or "all" (every layer as wide as the fine-tuned model;
+        the last is `layer_`); with `choices` the head is the fine-tuned causal LM's verbaliser.
     """
 
     def __init__(
@@ -140,6 +142,7 @@ class HeadOnly(HeadClassifier):
         base=None,
         finetuned=None,
         *,
+        layer: int | Sequence[int] | str = -1,
         norm: str = "base",
         pool: str = "cls",
         batch_size: int = 32,
@@ -151,15 +154,19 @@ class HeadOnly(HeadClassifier):
         processor=None,
     ) -> None:
         self.base, self.finetuned, self.norm, self.pool = base, finetuned, norm, pool
-        self.choices = choices
+        self.layer, self.choices = layer, choices
         self.batch_size, self.max_length = batch_size, max_length
         self.device, self.dtype, self.progress = device, dtype, progress
         self.processor = processor
 
     def fit(self, X=None, y=None) -> HeadOnly:
-        """Set W = I at the last layer (inputs are ignored)."""
+        """Set W = I at `layer` (inputs are ignored)."""
         self._models(self.base, self.finetuned)
-        return self._fit_identity()
+        layers = resolve_layers(self.base_model_, self.layer)
+        if self.layer == "all":  # a CNN's stages differ in width: keep those that fit the head
+            d_ft = hidden_size(self.finetuned_model_)
+            layers = [i for i in layers if layer_width(self.base_model_, i) == d_ft]
+        return self._fit_identity(layers)
 
 
 class FineTuned(HeadClassifier):

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .io import write_text, write_with
+from .plots import plot_bars, plot_layer_curves, plot_layer_sweep, plot_scaling, plot_transfer
 
 __all__ = [
     "write_report",
@@ -19,6 +20,7 @@ __all__ = [
     "write_json",
     "write_csv",
     "plot_layer_sweep",
+    "plot_layer_curves",
     "plot_scaling",
     "plot_bars",
     "markdown_to_html",
@@ -99,7 +101,8 @@ def merge_reports(
 
 
 def sweep_sections(rows: list[dict], out: str | os.PathLike, *, title: str) -> list[tuple]:
-    """Summary table and layer sweep (plot + per-layer table) of `experiments.compare` rows."""
+    """Summary table, layer sweep (plot + per-layer table) and the per-layer analysis (baseline
+    curves, map fidelity, middle-layer enrichment) of `experiments.compare` rows."""
     from .experiments.sweep import summarise
 
     plot_layer_sweep(rows, Path(out) / "layer_sweep.png", title=title)
@@ -108,13 +111,33 @@ def sweep_sections(rows: list[dict], out: str | os.PathLike, *, title: str) -> l
     )
     sweep = markdown_table(
         [r for r in rows if "selected" in r],
-        ["method", "layer", "accuracy", "alpha", "cv_mse", "selected"],
+        ["method", "layer", "accuracy", "alpha", "cv_mse", "cosine", "r2", "selected"],
     )
     sections = [
         ("Summary", summary),
         ("Layer sweep", f"![layer sweep](layer_sweep.png)\n\n{sweep}"),
+        _layer_section(rows, out, title=title),
     ]
     return sections + _per_class_sections(rows)
+
+
+def _layer_section(rows: list[dict], out: str | os.PathLike, *, title: str) -> tuple:
+    """Every method per layer beside each map's fidelity (cos, R² of X_i W against the
+    fine-tuned embeddings on test), and middle-layer enrichment against the task matrices."""
+    from .experiments.layers import enrichment, layer_table
+
+    plot_layer_curves(rows, Path(out) / "layers.png", title=title)
+    table = layer_table(rows)
+    e = enrichment(rows)
+    text = (
+        "![per layer](layers.png)\n\n"
+        + markdown_table(table, list(dict.fromkeys(k for r in table for k in r)))
+        + "\n\nMiddle-layer enrichment: the best probe accuracy before the last layer minus "
+        "the last layer's (> 0: the probe peaks before the last layer); where each task matrix "
+        "beats the probe read at the same layer; its best and CV layer minus the last-layer "
+        "probe.\n\n" + markdown_table([e], list(e))
+    )
+    return ("Per layer: baselines, fidelity, enrichment", text)
 
 
 def _per_class_sections(rows: list[dict]) -> list[tuple]:
@@ -191,146 +214,6 @@ def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> str:
 def write_json(path: str | os.PathLike, obj) -> None:
     """Write `obj` as indented JSON, atomically."""
     write_text(path, json.dumps(obj, indent=2, default=float) + "\n")
-
-
-def plot_layer_sweep(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
-    """Accuracy vs base layer for each task-matrix solver, baselines as horizontal lines (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    sweeps = dict.fromkeys(r["method"] for r in rows if "selected" in r)
-    for method in sweeps:
-        pts = sorted((r["layer"], r["accuracy"]) for r in rows if r["method"] == method)
-        ax.plot(*zip(*pts, strict=True), marker="o", label=method)
-        chosen = [r for r in rows if r["method"] == method and r["selected"]]
-        ax.scatter(
-            [r["layer"] for r in chosen],
-            [r["accuracy"] for r in chosen],
-            s=140,
-            facecolors="none",
-            edgecolors="black",
-            zorder=3,
-        )
-    styles = {
-        "fine-tuned": ("black", "--"),
-        "linear probe": ("tab:red", ":"),
-        "head-only": ("gray", "-."),
-    }
-    for r in rows:
-        if r["method"] in styles:
-            color, ls = styles[r["method"]]
-            ax.axhline(
-                r["accuracy"], color=color, ls=ls, label=f"{r['method']} ({r['accuracy']:.3f})"
-            )
-    ax.set_xlabel("base layer i (0 = embeddings); circled: chosen by CV on train")
-    ax.set_ylabel("test accuracy")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-
-
-def plot_bars(
-    groups: Sequence[str],
-    series: dict[str, Sequence[float]],
-    path: str | os.PathLike,
-    *,
-    title: str = "",
-    ylabel: str = "test accuracy",
-) -> None:
-    """Grouped bars (one group per setting, one bar per series) in [0, 1] (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(groups)), 4.3), dpi=120)
-    width = 0.8 / max(len(series), 1)
-    colors = plt.get_cmap("tab20" if len(series) > 10 else "tab10")
-    for j, (label, ys) in enumerate(series.items()):
-        xs = [i + (j - (len(series) - 1) / 2) * width for i in range(len(groups))]
-        ax.bar(xs, ys, width, label=label, color=colors(j))
-    ax.set_xticks(range(len(groups)), [g.replace(" / ", "\n") for g in groups], fontsize=8)
-    ax.set_ylabel(ylabel)
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=7, ncol=min(len(series), 5), loc="upper center", bbox_to_anchor=(0.5, -0.16))
-    ax.set_title(title)
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
-    plt.close(fig)
-
-
-def plot_transfer(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
-    """Target accuracy per transfer method as bars, fine-tuned references as lines (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    bars = [r for r in rows if r.get("accuracy") is not None and "fine-tuned" not in r["method"]]
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    from .transfer.methods import METHODS
-
-    ours = {name for name, m in METHODS.items() if not m.baseline}
-    ax.bar(
-        [r["method"] for r in bars],
-        [r["accuracy"] for r in bars],
-        color=["tab:green" if r["method"] in ours else "tab:blue" for r in bars],
-    )
-    for i, r in enumerate(bars):
-        ax.text(i, r["accuracy"], f"{r['accuracy']:.3f}", ha="center", va="bottom", fontsize=8)
-    for r, ls in zip([r for r in rows if "fine-tuned" in r["method"]], ("--", ":"), strict=False):
-        ax.axhline(
-            r["accuracy"], color="black", ls=ls, label=f"{r['method']} ({r['accuracy']:.3f})"
-        )
-    ax.set_ylabel("test accuracy of the target model")
-    ax.set_title(title)
-    ax.tick_params(axis="x", labelrotation=30)
-    ax.grid(alpha=0.3, axis="y")
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
-
-
-def plot_scaling(
-    rows: Sequence[dict], path: str | os.PathLike, *, d: int | None = None, title: str = ""
-) -> None:
-    """Accuracy vs training examples: per-class sizes (log x, N = d marked) and fractions (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    regimes = [g for g in ("per class", "fraction") if any(r["regime"] == g for r in rows)]
-    fig, axes = plt.subplots(
-        1, len(regimes), figsize=(6 * len(regimes), 4.2), dpi=120, squeeze=False
-    )
-    for ax, regime in zip(axes[0], regimes, strict=True):
-        mine = [r for r in rows if r["regime"] == regime]
-        for method in dict.fromkeys(r["method"] for r in mine):
-            pts = sorted((r["n"], r["accuracy"]) for r in mine if r["method"] == method)
-            ax.plot(*zip(*pts, strict=True), marker="o", ms=3, label=method)
-        if regime == "per class":
-            ax.set_xscale("log")
-            if d is not None:
-                ax.axvline(d, color="gray", ls=":", label=f"N = d = {d}")
-        ax.set_xlabel(
-            "training examples N"
-            + (" (first k per class)" if regime == "per class" else " (stratified fraction)")
-        )
-        ax.set_ylabel("test accuracy")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
 
 
 def write_csv(path: str | os.PathLike, rows: Sequence[dict]) -> None:

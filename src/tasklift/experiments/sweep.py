@@ -1,6 +1,7 @@
-"""Side-by-side comparison: majority class, head-only, linear probe, task matrix per layer,
-fine-tuned. Each model runs once per split (the base with all layers in one pass); every method
-is then scored from those embeddings, so the comparison costs four extraction passes in all.
+"""Side-by-side comparison: majority class, head-only, linear probe and task matrix per layer
+(with each map's fidelity), fine-tuned. Each model runs once per split (the base with all layers
+in one pass); every method is then scored from those embeddings, so the comparison costs four
+extraction passes in all.
 The fine-tuned model is a classifier, or (`choices`) a causal LM answering in words, whose head
 is its verbaliser."""
 
@@ -22,6 +23,7 @@ from ..models import hidden_size, num_layers
 from ..probe import FineTuned, HeadOnly, LinearProbe
 from ..taskmatrix import TaskMatrix
 from ..verbaliser import name_choices
+from .layers import fidelity
 
 __all__ = ["Split", "load_pair", "embed_split", "compare", "summarise", "solver_name"]
 
@@ -100,7 +102,11 @@ def compare(
     progress: bool = False,
     choices: Sequence[str] | Mapping[str, str] | None = None,
 ) -> list[dict]:
-    """Accuracy rows {method, layer, accuracy, trained_params, ...} for every method on `test`.
+    """Accuracy rows {method, layer, accuracy, trained_params, ...} for every method on `test`:
+    majority class, fine-tuned, and at every base layer head-only (where the widths match),
+    the linear probe and each task-matrix solver; head-only and task-matrix rows hold the
+    fidelity of their map on `test` (`cosine`, `r2`: see `layers.fidelity`). Baseline rows below
+    the last layer are marked `curve`.
 
     Args:
         base, finetuned: folders or models, as for `TaskMatrix`.
@@ -143,28 +149,34 @@ def compare(
             "per_class": per_class(ft.model().from_embedding(te.finetuned), y, ft.class_names_),
         },
     ]
+    # baselines at every layer (`curve` rows) up to the last, the row the summary keeps
     if hidden_size(bm) == hidden_size(fm):
-        head = HeadOnly(bm, fm, norm=norm, **heads).fit()
+        head = HeadOnly(bm, fm, layer="all", norm=norm, **heads).fit()
+        for i, acc in head.score_embeddings(te.base, y).items():
+            rows.append(
+                {
+                    "method": "head-only",
+                    "layer": i,
+                    "n_train": 0,
+                    "trained_params": 0,
+                    "accuracy": acc,
+                    **fidelity(te.base[i], te.finetuned),
+                    **_curve(i, top_b),
+                }
+            )
+    for i in sorted(tr.base):
+        probe = LinearProbe(bm, pool=pool).fit_features(tr.base[i].numpy(), train.y)
+        lr = probe.classifier_[-1]
         rows.append(
             {
-                "method": "head-only",
-                "layer": top_b,
-                "n_train": 0,
-                "trained_params": 0,
-                "accuracy": accuracy(head.model().from_embedding(te.base[top_b]), y),
+                "method": "linear probe",
+                "layer": i,
+                "n_train": n,
+                "trained_params": int(lr.coef_.size + lr.intercept_.size),
+                "accuracy": accuracy(probe.predict_features(te.base[i].numpy()), y),
+                **_curve(i, top_b),
             }
         )
-    probe = LinearProbe(bm, pool=pool).fit_features(tr.base[top_b].numpy(), train.y)
-    lr = probe.classifier_[-1]
-    rows.append(
-        {
-            "method": "linear probe",
-            "layer": top_b,
-            "n_train": n,
-            "trained_params": int(lr.coef_.size + lr.intercept_.size),
-            "accuracy": accuracy(probe.predict_features(te.base[top_b].numpy()), y),
-        }
-    )
     # every solver refits from the same statistics (alpha 0's: folds for CV and the QR)
     ref = TaskMatrix(bm, fm, layer="auto", alpha=0.0, norm=norm, cv=cv, **heads)
     stats = ref.accumulate([(np.arange(n), tr.base, tr.finetuned)], sorted(tr.base))
@@ -181,6 +193,7 @@ def compare(
                     "trained_params": int(tm.maps_[i].coef_.size),
                     "alpha": tm.alphas_[i],
                     "cv_mse": tm.cv_errors_[i],
+                    **fidelity(tm.maps_[i].transform(te.base[i].double().numpy()), te.finetuned),
                     "selected": i == tm.layer_,
                 }
             )
@@ -191,10 +204,16 @@ def compare(
     return rows
 
 
+def _curve(layer: int, top: int) -> dict:
+    """The mark of a baseline's row below the last layer, left out of the summary."""
+    return {} if layer == top else {"curve": True}
+
+
 def summarise(rows: list[dict]) -> list[dict]:
-    """One row per method: baselines as they are; task matrices at the CV-selected layer and at
-    the best test layer (the paper reports the latter, which peeks at test labels)."""
-    out = [r for r in rows if "selected" not in r]
+    """One row per method: baselines as they are (at the last layer); task matrices at the
+    CV-selected layer and at the best test layer (the paper reports the latter, which peeks at
+    test labels)."""
+    out = [r for r in rows if "selected" not in r and not r.get("curve")]
     for method in dict.fromkeys(r["method"] for r in rows if "selected" in r):
         mine = [r for r in rows if r["method"] == method]
         out.append({**next(r for r in mine if r["selected"]), "method": f"{method}, CV layer"})
