@@ -244,3 +244,44 @@ def test_torchrun_transfer_runs_and_rank_0_reports(text_task, tmp_path):
     assert bico[0] == bico[1]
     assert (tmp_path / "two" / "model" / "task_vector.safetensors").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no rank's leftovers
+
+
+def test_a_model_split_by_device_map_calibrates_as_a_whole_one(tmp_path):
+    """accelerate's device_map: B loaded with device_map="auto" (one CPU: not split) gives the
+    same τ_B; B split between memory and disk (accelerate's hooks stream layers 1-2 in per
+    forward) gives the same cross-covariances, gradients included; Transfer refuses such an
+    offloaded B (τ_B is added to weights that are not there) in one line."""
+    import transformers as tf
+
+    from tasklift.transfer import calibrate, match_modules
+    from tasklift.transfer.lm import lm_encode, lm_loss
+
+    _models(tmp_path)
+    kw = dict(processor=WordTokenizer(), scales=(1.0,), batch_size=8)
+    want = Transfer(tmp_path / "lm_a", tmp_path / "lm_ft", tmp_path / "lm_b", **kw)
+    want = want.fit(PROMPTS, TARGETS).task_vector_.deltas
+    auto = tf.AutoModelForCausalLM.from_pretrained(tmp_path / "lm_b", device_map="auto")
+    got = Transfer(tmp_path / "lm_a", tmp_path / "lm_ft", auto, **kw).fit(PROMPTS, TARGETS)
+    for k, v in want.items():
+        torch.testing.assert_close(got.task_vector_.deltas[k], v, rtol=0, atol=1e-6)
+    split = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+             "model.layers.2": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu",
+             "lm_head": "cpu"}  # fmt: skip
+    load = tf.AutoModelForCausalLM.from_pretrained
+    a, b = load(tmp_path / "lm_a"), load(tmp_path / "lm_b")
+    far = load(tmp_path / "lm_b", device_map=split, offload_folder=tmp_path / "offload")
+    assert far.model.layers[1].mlp.up_proj.weight.device.type == "meta"  # on disk
+    tok = WordTokenizer()
+
+    def loss(model, idx):
+        rows = slice(idx[0], idx[-1] + 1)
+        return lm_loss(model, lm_encode(PROMPTS[rows], TARGETS[rows], tok, max_length=64))
+
+    batches = [np.arange(i, min(i + 8, len(PROMPTS))) for i in range(0, len(PROMPTS), 8)]
+    pairs = match_modules(a, b)
+    whole, parts = (calibrate(a, m, pairs, batches, loss) for m in (b, far))
+    assert whole.keys() == parts.keys()
+    for key, s in whole.items():
+        np.testing.assert_allclose(parts[key].xy, s.xy, rtol=1e-6, atol=1e-9, err_msg=str(key))
+    with pytest.raises(ValueError, match="offloaded to cpu or disk"):
+        Transfer(tmp_path / "lm_a", tmp_path / "lm_ft", far, **kw).fit(PROMPTS, TARGETS)

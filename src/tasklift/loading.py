@@ -151,7 +151,8 @@ def load_model(
     with its processor.
 
     Args:
-        src: checkpoint folder, cached hub id, or an already-built model (returned as is, moved).
+        src: checkpoint folder, cached hub id, or an already-built model (returned as is, moved;
+            one split over devices by accelerate's device_map stays where it is).
         head: load the *ForSequenceClassification / *ForImageClassification model; the
             checkpoint must then contain a trained head unless `num_labels` is given (new head).
         lm: load the *ForCausalLM model (its LM head generates); its head must be trained or
@@ -165,11 +166,20 @@ def load_model(
     Raises:
         FileNotFoundError: no such folder or cached checkpoint.
         ValueError: `head=True` but the checkpoint has no trained classification head; weights
-            that leave tensors other than a head newly initialised (another architecture).
+            that leave tensors other than a head newly initialised (another architecture); a
+            model whose weights accelerate offloaded to cpu or disk.
     """
     dev = resolve_device(device)
     dt = resolve_dtype(dtype, dev)
     if isinstance(src, nn.Module):
+        if getattr(src, "hf_device_map", None):  # split by accelerate (device_map): stays so
+            if any(p.device.type == "meta" for p in src.parameters()):
+                raise ValueError(
+                    f"{type(src).__name__} has weights offloaded to cpu or disk (device_map "
+                    f"{src.hf_device_map}); tasklift adds τ_B to the weights in place: split "
+                    "the model over accelerators only (e.g. device_map='auto', max_memory=...)"
+                )
+            return src.eval(), None
         return src.to(dev, dt).eval(), None
     import transformers as tf
     from safetensors import SafetensorError
