@@ -5,7 +5,8 @@ fine-tuned embeddings on test), middle-layer enrichment per model, and the paper
 folders in runs/real are reused when their recipe matches).
 
 Resumable: each finished run is kept in results.json and skipped when run again.
-Usage: python reports/fidelity/run.py [NAME ...]   (NAMEs from PLAN; default all)
+Usage: python reports/fidelity/run.py [NAME ...]   (NAMEs from PLAN; default all; --report
+runs nothing and rewrites every report from results.json)
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ PLAN = [
         ft="runs/real/effnet_digits_ft",
         frozen=True,
         **VISION,
-    ),  # fmt: skip
+    ),
     dict(name="minilm-l3_bbc_news", base="minilm-l3", data="bbc_news", **TEXT),
     dict(name="minilm-l6_tweets", base="minilm-l6", data="tweets", **{**TEXT, "test_size": 1000}),
     dict(name="mpnet_bbc_news", base="mpnet", data="bbc_news", **TEXT),
@@ -48,7 +49,7 @@ PLAN = [
         epochs=1,
         ft="runs/real/dinov2-s_elpv_ft",
         **{**VISION, "image_size": 224},
-    ),  # fmt: skip
+    ),
 ]
 
 
@@ -63,12 +64,11 @@ def splits(row: dict):
 
 def run(row: dict, head: str) -> dict | None:
     """Fine-tune (unless cached) with the adapted or frozen head, then the layer sweep."""
-    name = row["name"] + ("" if head == "adapted" else "_frozen")
     ft = Path(row.get("ft", RUNS / "real" / f"{row['name']}_ft"))
     if head == "frozen":
         ft = RUNS / "fidelity" / f"{row['name']}_ft_frozen"
     if not row.get("finetune", True) and not ft.is_dir():
-        print(f"skip {name}: no fine-tuned model in {ft}")
+        print(f"skip {row['name']}: no fine-tuned model in {ft}")
         return None
     train, test = splits(row)
     t0 = time.time()
@@ -78,14 +78,20 @@ def run(row: dict, head: str) -> dict | None:
     )  # fmt: skip
     t1 = time.time()
     rows = compare(row["base"], ft, train, test, max_length=row["max_length"])
-    title = f"{row['base']} / {row['data']}, {head} head"
-    out = HERE / name
     settings = {**row, "head": head, "finetuned": str(ft), "n_train": len(train),
                 "n_test": len(test), "finetune_seconds": round(t1 - t0, 1),
                 "sweep_seconds": round(time.time() - t1, 1), "finetune": info}  # fmt: skip
-    sections = sweep_sections(rows, out, title=title)
-    write_report(out, title=title, sections=sections, settings=settings, results={"rows": rows})
     return {"settings": settings, "rows": rows}
+
+
+def write_run(res: dict) -> None:
+    """A run's own report (sweep tables and plots, layers.png) from its stored rows."""
+    s = res["settings"]
+    name = s["name"] + ("" if s["head"] == "adapted" else "_frozen")
+    title = f"{s['base']} / {s['data']}, {s['head']} head"
+    sections = sweep_sections(res["rows"], HERE / name, title=title)
+    write_report(HERE / name, title=title, sections=sections, settings=s,
+                 results={"rows": res["rows"]})  # fmt: skip
 
 
 def _at(rows: list[dict], method: str, key: str = "selected") -> dict:
@@ -157,6 +163,9 @@ def main(names: list[str]) -> None:
             if res is not None:
                 results.setdefault(row["name"], {})[head] = res
                 write_json(path, results)
+    for res in results.values():
+        for r in res.values():
+            write_run(r)
     write_summary(results)
 
 

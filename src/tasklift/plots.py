@@ -59,6 +59,14 @@ def plot_layer_sweep(rows: Sequence[dict], path: str | os.PathLike, *, title: st
     plt.close(fig)
 
 
+_COLORS = {
+    "task matrix (lstsq)": "tab:blue",
+    "task matrix (ridge-CV)": "tab:orange",
+    "linear probe": "tab:red",
+    "head-only": "gray",
+}
+
+
 def plot_layer_curves(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
     """Per base layer: accuracy of the probe, head-only and each task-matrix solver (fine-tuned
     as a line), and beside it each map's fidelity to the fine-tuned embeddings (PNG)."""
@@ -70,7 +78,8 @@ def plot_layer_curves(rows: Sequence[dict], path: str | os.PathLike, *, title: s
     from .experiments.layers import layer_curves
 
     fig, (acc, fid) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=120)
-    colors = dict(zip(layer_curves(rows), plt.get_cmap("tab10").colors, strict=False))
+    spare = iter(plt.get_cmap("tab10").colors[4:])  # the fixed colours: as in plot_layer_sweep
+    colors = {m: _COLORS.get(m) or next(spare) for m in layer_curves(rows)}
     low = 0.0
     for method, c in layer_curves(rows).items():
         layers = sorted(c)
