@@ -100,6 +100,7 @@ def plot_layer_curves(rows: Sequence[dict], path: str | os.PathLike, *, title: s
     fid.set_ylabel("fidelity of X_i W to the fine-tuned embedding (test)")
     fid.set_ylim(max(low, -1.0) - 0.05, 1.02)  # W = I can be far below -1: clipped
     for ax in (acc, fid):
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("base layer i (0 = embeddings)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
