@@ -86,3 +86,18 @@ def test_finetune_lowers_the_loss():
     y = (x[:, 0].mean((1, 2)) > 0).astype(np.int64)
     losses = finetune(model, x, y, epochs=6, lr=3e-3, batch_size=16)
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_finetuning_the_head_alone_leaves_the_frozen_backbone_as_it_was():
+    """A frozen backbone keeps its features while the head trains (the frozen-head recipe):
+    its BatchNorm running statistics are not updated by the head's training batches."""
+    model = tiny_convnet()
+    x = np.random.default_rng(0).normal(size=(48, 3, 16, 16)).astype(np.float32)
+    y = np.arange(48) % 3
+    before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
+    head = {id(p) for p in Head(model).parameters()}
+    for p in model.parameters():
+        p.requires_grad_(id(p) in head)
+    finetune(model, x, y, epochs=2, lr=3e-3, batch_size=16)
+    after = model.state_dict()
+    assert before and all(torch.equal(v, after[k]) for k, v in before.items())

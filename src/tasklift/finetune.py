@@ -80,6 +80,9 @@ def finetune(
     )
     losses = []
     model.train()
+    for m in model.modules():  # a frozen part keeps its features: no BatchNorm updates, dropout
+        if any(True for _ in m.parameters()) and not any(p.requires_grad for p in m.parameters()):
+            m.eval()
     try:
         for step in tqdm(range(steps), desc="fine-tune", disable=not progress, leave=False):
             idx = order[step * batch_size : (step + 1) * batch_size]
