@@ -80,11 +80,13 @@ def test_refit_from_stats_without_reextraction(tiny_task):
     assert ridge.layer_ == min(ridge.cv_errors_, key=ridge.cv_errors_.get)
 
 
-def test_cv_choosing_a_layer_whose_inputs_are_constant_warns_and_names_the_fix(tiny_task):
+def test_cv_choosing_a_layer_no_better_than_the_mean_warns_and_names_the_fix(tiny_task):
     """Fewer rows than the width: least squares interpolates noise, so CV picks a layer whose
-    inputs are all the same (as when every prompt ends in one token) - said, with the fix."""
+    inputs are all the same (as when every prompt ends in one token), whose map is the mean of
+    Y - said, with the fix; the mean's CV error is the closed form's."""
     import warnings
 
+    from tasklift.solvers import mean_cv_error
     from tasklift.stats import GramStats
 
     base, ft, _, _ = tiny_task
@@ -93,9 +95,14 @@ def test_cv_choosing_a_layer_whose_inputs_are_constant_warns_and_names_the_fix(t
     const = np.tile(rng.normal(size=(1, 32)), (20, 1))
     stats = {0: GramStats(folds=5, qr=True).update(const, y),
              1: GramStats(folds=5, qr=True).update(rng.normal(size=(20, 32)), y)}  # fmt: skip
-    with pytest.warns(UserWarning, match=r"CV chose layer 0, whose inputs are constant.*alpha="):
+    with pytest.warns(UserWarning, match=r"CV chose layer 0, but its map predicts no better.*"
+                      r"alpha='auto'"):  # fmt: skip
         tm = TaskMatrix(base, ft, layer="auto", alpha=0.0).fit_stats(stats)
     assert tm.layer_ == 0
+    folds = np.arange(20) % 5
+    want = sum(((y[folds == k] - y[folds != k].mean(0)) ** 2).sum() for k in range(5)) / y.size
+    assert mean_cv_error(stats[0]) == pytest.approx(want, rel=1e-10)
+    assert tm.cv_errors_[0] == pytest.approx(want, rel=1e-8)
     stats[0] = GramStats(folds=5, qr=True).update(y + 0.1 * rng.normal(size=y.shape), y)
     with warnings.catch_warnings():
         warnings.simplefilter("error")

@@ -169,3 +169,14 @@ def cv_errors(
             b = None if mx is None else my - mx @ W
             sse[i] += val.sse(W, b)
     return sse / (stats.n * stats.dims[1])
+
+
+def mean_cv_error(stats: GramStats) -> float:
+    """The k-fold CV error (as `cv_errors` measures it) of predicting each held-out fold by the
+    other folds' mean of Y: the floor any fitted map must beat to carry information."""
+    sse = 0.0
+    for k in range(stats.folds):
+        train, val = stats.without(k), stats.fold(k)
+        mu = train.sy / train.n
+        sse += val.yy - 2 * float(mu @ val.sy) + val.n * float(mu @ mu)
+    return sse / (stats.n * stats.dims[1])

@@ -33,7 +33,7 @@ from .maps import (
     check_solver,
 )
 from .models import num_layers
-from .solvers import cv_errors
+from .solvers import cv_errors, mean_cv_error
 from .stats import GramStats
 from .verbaliser import Verbaliser
 
@@ -67,22 +67,21 @@ def _join(parts: list) -> tuple:
     )
 
 
-def _warn_constant(layer: int, s: GramStats, share: float = 1e-5) -> None:
-    """Warn when the CV-chosen layer's inputs barely vary (e.g. every prompt ends in the same
-    token): its map then predicts Y's mean, which won only because every other layer's fit
-    did worse than a constant (least squares with fewer rows than the width)."""
-    if not s.gram or s.n < 2:
+def _warn_no_better_than_mean(tm: TaskMatrix, s: GramStats) -> None:
+    """Warn when the CV-chosen layer's map predicts no better than Y's mean (e.g. its inputs
+    are constant because every prompt ends in one token): it won only because every other
+    layer's map did worse than a constant, as least squares does with fewer rows than width."""
+    floor = mean_cv_error(s)
+    if tm.cv_errors_[tm.layer_] < (1 - 1e-6) * floor:
         return
-    mean_square = float(np.trace(s.xx)) / s.n
-    variance = mean_square - float(np.sum((s.sx / s.n) ** 2))
-    if variance <= share * max(mean_square, 1e-300):
-        warnings.warn(
-            f"CV chose layer {layer}, whose inputs are constant across the {s.n} rows "
-            f"(variance {variance / max(mean_square, 1e-300):.1e} of their mean square): the map "
-            "predicts the mean, and every other layer did worse; use ridge (alpha='auto') or "
-            "pool the tokens differently (pool='mean')",
-            stacklevel=3,
-        )
+    fix = "use ridge (alpha='auto')" if tm._alphas() == [0.0] else "give more rows"
+    warnings.warn(
+        f"CV chose layer {tm.layer_}, but its map predicts no better than the mean of the "
+        f"fine-tuned embeddings (CV error {tm.cv_errors_[tm.layer_]:.4g} vs {floor:.4g}): "
+        f"every layer's map did worse than a constant; {fix}, or pool the tokens differently "
+        "(pool='mean')",
+        stacklevel=3,
+    )
 
 
 def _same_rows(i: np.ndarray, j: np.ndarray) -> np.ndarray:
@@ -273,8 +272,8 @@ class TaskMatrix(HeadClassifier):
             if self.layer == "auto"
             else self._layers()[0]
         )
-        if self.layer == "auto" and self.layer_ in stats:
-            _warn_constant(self.layer_, stats[self.layer_])
+        if self.layer == "auto":
+            _warn_no_better_than_mean(self, stats[self.layer_])
         return self
 
     def save(
