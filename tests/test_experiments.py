@@ -259,7 +259,7 @@ def test_frozen_head_fine_tune_keeps_the_head_trained_on_the_frozen_base(text_ta
     train = load_dataset(root / "data.csv", text_key="sentence")
     kw = dict(epochs=1, lr=1e-3, max_length=16, device="cpu")
     info = finetune_cached(root / "base", train, tmp_path / "frozen", frozen_head=True, **kw)
-    assert info["head"] == "frozen" and not info["reused"]
+    assert info["head"] == "frozen, backbone in eval mode" and not info["reused"]
     seed_everything(0)  # as finetune_cached does before the head is made
     ref, tok = load_model(root / "base", head=True, num_labels=3, device="cpu", dtype="fp32")
     base = {k: v.clone() for k, v in ref.state_dict().items()}

@@ -109,6 +109,21 @@ def test_cv_choosing_a_layer_no_better_than_the_mean_warns_and_names_the_fix(tin
         assert TaskMatrix(base, ft, layer="auto", alpha=0.0).fit_stats(stats).layer_ == 0
 
 
+@pytest.mark.parametrize("layer", [-1, "all"])
+def test_head_only_refuses_a_base_of_another_width_in_one_line(layer):
+    """Head-only puts the fine-tuned head on the base's features: no layer of equal width, no
+    head-only (a TaskMatrix maps across widths), said in one line."""
+    import transformers as tf
+
+    from conftest import tiny_config
+
+    cfg = tiny_config("bert")
+    cfg.hidden_size, cfg.num_attention_heads = 48, 4
+    ft = tf.BertForSequenceClassification(cfg).eval()
+    with pytest.raises(ValueError, match="equal widths.*TaskMatrix"):
+        HeadOnly(tiny_classifier("bert"), ft, layer=layer).fit()
+
+
 def test_linear_probe(tiny_task):
     base, _, (Xtr, ytr), (Xte, yte) = tiny_task
     probe = LinearProbe(base).fit(Xtr, ytr)

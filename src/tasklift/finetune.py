@@ -179,7 +179,9 @@ def finetune_cached(
         "max_length": max_length,
         "batch_size": batch_size,
         "data_sha256": _fingerprint(train),
-        **({"head": "frozen"} if frozen_head else {}),  # earlier recipes stay the same
+        # earlier recipes stay the same; a frozen head's fine-tune made before its frozen
+        # backbone ran in eval mode (BatchNorm statistics moved) must not be reused
+        **({"head": "frozen, backbone in eval mode"} if frozen_head else {}),
     }
     stamp = out / "tasklift_finetune.json"
     if stamp.is_file() and _same_recipe(stamp, recipe) and not refit:

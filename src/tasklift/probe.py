@@ -166,6 +166,11 @@ class HeadOnly(HeadClassifier):
         if self.layer == "all":  # a CNN's stages differ in width: keep those that fit the head
             d_ft = hidden_size(self.finetuned_model_)
             layers = [i for i in layers if layer_width(self.base_model_, i) == d_ft]
+            if not layers:
+                raise ValueError(
+                    f"head-only needs equal widths, but no layer of the base has the fine-tuned "
+                    f"model's width {d_ft}; fit a TaskMatrix instead"
+                )
         return self._fit_identity(layers)
 
 

@@ -62,7 +62,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
             tokenizers differ: each word's tokens averaged, words matched by characters).
         scales: task-vector scales tried on the validation split (1 without one).
         scale_search: "fibonacci" (at most 4 of `scales` evaluated: exact when the validation
-            score is unimodal over up to 7 scales; see `transfer.scales`) or "grid" (all).
+            score is strictly unimodal over up to 7 scales, which ties break; see
+            `transfer.scales`) or "grid" (all).
         tie_break: singular values of a side's first cross-covariance at or below this fraction
             of the largest are settled by its later signals (see `solve.TIE_BREAK`).
         center: align centred covariances (means removed) rather than raw second moments.
