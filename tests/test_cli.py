@@ -121,6 +121,9 @@ def test_transfer_onto_a_permuted_base_matches_the_fine_tuned_source(text_task, 
     rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
     assert abs(rows["bico"]["accuracy"] - rows["A fine-tuned"]["accuracy"]) < 0.02
     assert rows["bico"]["accuracy"] > rows["B + carried head"]["accuracy"]
+    phases = rows["bico"]["timings"]  # the fit's phases, within its seconds
+    assert {"calibrate", "solve", "scale search"} <= set(phases)
+    assert sum(phases.values()) <= rows["bico"]["seconds"] + 0.1
     assert (out / "transfer.png").read_bytes()[:4] == b"\x89PNG"
     saved = tf.AutoModelForSequenceClassification.from_pretrained(out / "model").eval()  # bico
     assert rows["bico"]["saved"] == str(out / "model") and saved.config.id2label[2] == "c"

@@ -78,6 +78,7 @@ def transfer_table(
                 "val_accuracy": t.val_scores_[t.scale_],
                 "moved": f"{t.moved_params_}/{t.source_params_}",
                 "seconds": round(seconds, 1),
+                "timings": {k: round(v, 2) for k, v in t.timings_.items()},  # where they went
             }
         )
     if best is None:
