@@ -17,12 +17,28 @@ __all__ = [
 ]
 
 
-def plot_layer_sweep(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
-    """Accuracy vs base layer for each task-matrix solver, baselines as horizontal lines (PNG)."""
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported only when drawing."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: str | os.PathLike, *, bbox_inches: str | None = None) -> None:
+    """Write `fig` to `path` as a PNG, atomically, and free it; laid out tight unless the
+    bounding box is cropped instead (`bbox_inches="tight"`)."""
+    if bbox_inches is None:
+        fig.tight_layout()
+    write_with(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches=bbox_inches))
+    _pyplot().close(fig)
+
+
+def plot_layer_sweep(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
+    """Accuracy vs base layer for each task-matrix solver, baselines as horizontal lines (PNG)."""
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
     sweeps = dict.fromkeys(r["method"] for r in rows if "selected" in r)
@@ -54,9 +70,7 @@ def plot_layer_sweep(rows: Sequence[dict], path: str | os.PathLike, *, title: st
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    _save(fig, path)
 
 
 _COLORS = {
@@ -70,10 +84,7 @@ _COLORS = {
 def plot_layer_curves(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
     """Per base layer: accuracy of the probe, head-only and each task-matrix solver (fine-tuned
     as a line), and beside it each map's fidelity to the fine-tuned embeddings (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from .experiments.layers import layer_curves
 
@@ -105,9 +116,7 @@ def plot_layer_curves(rows: Sequence[dict], path: str | os.PathLike, *, title: s
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(title)
-    fig.tight_layout()
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_bars(
@@ -119,10 +128,7 @@ def plot_bars(
     ylabel: str = "test accuracy",
 ) -> None:
     """Grouped bars (one group per setting, one bar per series) in [0, 1] (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     fig, ax = plt.subplots(figsize=(max(7, 1.4 * len(groups)), 4.3), dpi=120)
     width = 0.8 / max(len(series), 1)
@@ -136,16 +142,12 @@ def plot_bars(
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=7, ncol=min(len(series), 5), loc="upper center", bbox_to_anchor=(0.5, -0.16))
     ax.set_title(title)
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight"))
-    plt.close(fig)
+    _save(fig, path, bbox_inches="tight")  # the legend below the axes
 
 
 def plot_transfer(rows: Sequence[dict], path: str | os.PathLike, *, title: str = "") -> None:
     """Target accuracy per transfer method as bars, fine-tuned references as lines (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     bars = [r for r in rows if r.get("accuracy") is not None and "fine-tuned" not in r["method"]]
     fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
@@ -168,19 +170,14 @@ def plot_transfer(rows: Sequence[dict], path: str | os.PathLike, *, title: str =
     ax.tick_params(axis="x", labelrotation=30)
     ax.grid(alpha=0.3, axis="y")
     ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_scaling(
     rows: Sequence[dict], path: str | os.PathLike, *, d: int | None = None, title: str = ""
 ) -> None:
     """Accuracy vs training examples: per-class sizes (log x, N = d marked) and fractions (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     regimes = [g for g in ("per class", "fraction") if any(r["regime"] == g for r in rows)]
     fig, axes = plt.subplots(
@@ -203,6 +200,4 @@ def plot_scaling(
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
-    plt.close(fig)
+    _save(fig, path)
