@@ -10,16 +10,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import torch
 import torch.distributed as dist
 
-from .stats import GramStats
+if TYPE_CHECKING:  # stats.py calls collective_device: no import cycle at run time
+    from .stats import GramStats
 
 __all__ = [
     "rank_world", "shard", "deal", "gathered", "all_reduce_stats", "all_reduce_tensors",
-    "everywhere", "init_from_env", "is_main",
+    "collective_device", "everywhere", "init_from_env", "is_main",
 ]  # fmt: skip
 
 T = TypeVar("T")
@@ -90,12 +91,19 @@ def all_reduce_tensors(tensors: dict[str, torch.Tensor]) -> None:
     distributed)."""
     if rank_world()[1] == 1:
         return
-    nccl = dist.get_backend() == "nccl"
-    device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+    device = collective_device()
     for name in sorted(tensors):
         t = tensors[name].to(device)
         dist.all_reduce(t)
         tensors[name].copy_(t)
+
+
+def collective_device(group=None) -> torch.device:
+    """Where tensors must be for the process group's collectives: this process's GPU under
+    nccl, else the CPU (gloo)."""
+    if dist.get_backend(group) == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def init_from_env() -> str | None:

@@ -176,13 +176,11 @@ class GramStats:
         """
         import torch.distributed as dist
 
+        from .distributed import collective_device
+
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
             return self
-        device = (
-            torch.device("cuda", torch.cuda.current_device())
-            if dist.get_backend(group) == "nccl"
-            else torch.device("cpu")
-        )
+        device = collective_device(group)
         dims = torch.tensor(self.dims or (0, 0), device=device)
         dist.all_reduce(dims, op=dist.ReduceOp.MAX, group=group)
         if self._xy is None:  # an empty shard: join with zeros
