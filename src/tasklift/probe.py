@@ -165,12 +165,8 @@ class HeadOnly(HeadClassifier):
         layers = resolve_layers(self.base_model_, self.layer)
         if self.layer == "all":  # a CNN's stages differ in width: keep those that fit the head
             d_ft = hidden_size(self.finetuned_model_)
-            layers = [i for i in layers if layer_width(self.base_model_, i) == d_ft]
-            if not layers:
-                raise ValueError(
-                    f"head-only needs equal widths, but no layer of the base has the fine-tuned "
-                    f"model's width {d_ft}; fit a TaskMatrix instead"
-                )
+            fits = [i for i in layers if layer_width(self.base_model_, i) == d_ft]
+            layers = fits or layers[-1:]  # none fits: the last layer's width error, as for -1
         return self._fit_identity(layers)
 
 
