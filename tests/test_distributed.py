@@ -183,6 +183,7 @@ def _transfers(root, tag: str) -> dict:
 
 
 def _transfer_worker(rank, world, root):
+    torch.set_num_threads(1)  # as the single process: the same float32 kernels
     dist.init_process_group("gloo", init_method=f"file://{root}/init", rank=rank, world_size=world)
     try:
         torch.save(_transfers(root, str(rank)), root / f"taus.{rank}.pt")
@@ -193,8 +194,16 @@ def _transfer_worker(rank, world, root):
 def test_a_transfer_over_two_processes_equals_one_and_only_rank_0_writes(tmp_path):
     """BiCo (centred, in passes: head alignment and statistics reduced), GradFix (votes
     reduced), a label-free LM (greedy targets generated in shares), words paired across
-    tokenizers, and adapters moved through the map cache: τ_B of 2 gloo processes equals
-    1 process to 1e-6 and is the same on both ranks; rank 1 writes nothing."""
+    tokenizers, and adapters moved through the map cache: τ_B of 2 gloo processes is the same
+    on both ranks and equals 1 process (the LMs to 1e-6 of its largest entry); rank 1
+    writes nothing.
+
+    The encoder cases equal one process only up to round-off as their conditioning amplifies
+    it: B's carried-over pooler differs by one float32 ulp with the order of summation, the
+    permuted BERT's cross-covariances have singular values running through the null cutoff
+    (1e-6 of the largest), where R moves by about ulp / σ (1e-3 of τ_B is allowed), and
+    GradFix's majority vote flips where an entry's votes are one from a tie (0.12% of entries
+    here, 1% allowed; a vote over half of the examples flips 15%)."""
     from safetensors.torch import load_file
 
     torch.set_num_threads(1)  # as each worker: the same float32 rounding
@@ -202,19 +211,24 @@ def test_a_transfer_over_two_processes_equals_one_and_only_rank_0_writes(tmp_pat
     mp.spawn(_transfer_worker, args=(2, tmp_path), nprocs=2, join=True)
     one = _transfers(tmp_path, "one")
     ranks = [torch.load(tmp_path / f"taus.{r}.pt", weights_only=False) for r in range(2)]
-    worst = {}
+    worst, flipped = {}, {}
     for name, (deltas, scale, scores) in one.items():
         for got in ranks:
             assert got[name][1:] == (scale, scores), name  # the same scale chosen
             assert got[name][0].keys() == deltas.keys() and deltas, name
-            for k, v in deltas.items():
+            for k in deltas:
                 torch.testing.assert_close(got[name][0][k], ranks[0][name][0][k], rtol=0, atol=0)
-                gap = float((got[name][0][k] - v).abs().max())
-                worst[name] = max(worst.get(name, 0.0), gap)
+        two = ranks[0][name][0]
+        top = max(float(v.abs().max()) for v in deltas.values())
+        worst[name] = max(float((two[k] - v).abs().max()) for k, v in deltas.items()) / top
+        flipped[name] = sum(int(((two[k] != 0) != (v != 0)).sum()) for k, v in deltas.items())
+        flipped[name] /= sum(v.numel() for v in deltas.values())
         assert not (tmp_path / f"{name}.1").exists()
     assert (tmp_path / "lm-words.0").is_dir() and (tmp_path / "gradfix.0").is_dir()
-    print("max |tau_B(2 processes) - tau_B(1 process)|:", worst)
-    assert max(worst.values()) <= 1e-6, worst
+    print("max |tau_B(2 processes) - tau_B(1 process)| / max |tau_B|:", worst)
+    print("share of GradFix's entries kept by one and dropped by the other:", flipped["gradfix"])
+    assert worst["lm-label-free-centred"] <= 1e-6 and worst["lm-words"] <= 1e-6, worst
+    assert worst["encoder-passes"] <= 1e-3 and flipped["gradfix"] <= 0.01, (worst, flipped)
     for task in ("task0", "task1"):
         moved, want = (load_file(tmp_path / f"moved.{t}" / task / "adapter_model.safetensors")
                        for t in ("0", "one"))  # fmt: skip
@@ -228,21 +242,25 @@ def test_a_transfer_over_two_processes_equals_one_and_only_rank_0_writes(tmp_pat
 @needs_torchrun
 def test_torchrun_transfer_runs_and_rank_0_reports(text_task, tmp_path):
     """`tasklift transfer` under torchrun (2 gloo processes) writes one report and model, and
-    chooses the scale and scores as one process does. τ_B is not compared here: this A -> A
-    pair leaves directions no calibration signal determines (positions past the texts' length,
-    the one token-type row), whose completion moves with float summation order even in one
-    process (see the test above for pairs that determine τ_B)."""
-    root = text_task
+    chooses the scale and scores as one process does, and the same τ_B to 1e-3 of its largest
+    entry (directions no calibration signal reaches, such as positions past the texts' length,
+    are mapped to zero, not to a basis that float summation order picks)."""
+    from safetensors.torch import load_file
+
+    root, rows_of = text_task, ("two", "one")
     args = [str(root / p) for p in ("base", "ft", "base", "data.csv")]  # A_ft's skill onto A
     args += ["--text-key", "sentence", "--methods", "bico", "--calib", "128", "--val", "40",
              "--batch-size", "16", "--quiet"]  # fmt: skip
     _one_and_two(29534, lambda name: ["transfer", *args, "-o", str(tmp_path / name)])
-    rows = [json.loads((tmp_path / n / "results.json").read_text())["rows"] for n in ("two", "one")]
+    rows = [json.loads((tmp_path / n / "results.json").read_text())["rows"] for n in rows_of]
     bico = [
         next((r["scale"], r["val_accuracy"]) for r in got if r["method"] == "bico") for got in rows
     ]
     assert bico[0] == bico[1]
-    assert (tmp_path / "two" / "model" / "task_vector.safetensors").is_file()
+    two, one = (load_file(tmp_path / n / "model" / "task_vector.safetensors") for n in rows_of)
+    top = max(float(v.abs().max()) for v in one.values())
+    assert two.keys() == one.keys() and one
+    assert max(float((two[k] - v).abs().max()) for k, v in one.items()) <= 1e-3 * top
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no rank's leftovers
 
 

@@ -129,6 +129,19 @@ def test_procrustes_equals_the_svd_definition(spread, tol, shape):
     np.testing.assert_allclose(gram, np.eye(k), atol=1e-10)
 
 
+def test_procrustes_trusting_directions_below_float32_round_off_takes_the_full_svd():
+    """rtol below 1e-7 (directions the Gram's σ² cannot resolve, trusted only when A's and B's
+    activations agree bit for bit): R is the SVD definition's, down to σ = 1e-10."""
+    u, _ = np.linalg.qr(rng.normal(size=(30, 20)))
+    v, _ = np.linalg.qr(rng.normal(size=(20, 20)))
+    xy = (u * np.logspace(0, -10, 20)) @ v.T
+    R, open_dims = procrustes(xy, rtol=1e-12)
+    assert open_dims == 0
+    np.testing.assert_allclose(R, procrustes_svd(xy, rtol=1e-12), atol=1e-6)  # eps / 1e-10
+    np.testing.assert_allclose(R.T @ R, np.eye(20), atol=1e-12)
+    assert procrustes(xy)[1] == 8  # the default cutoff: σ ≤ 1e-6 open, mapped to zero
+
+
 def _tie_case(shape, tie_rank):
     """XᵀY of rank 12 and a tie of `tie_rank` (0: none at all), of one shape."""
     x, y = rng.normal(size=(12, shape[0])), rng.normal(size=(12, shape[1]))
@@ -141,20 +154,33 @@ def _tie_case(shape, tie_rank):
 @pytest.mark.parametrize("shape", [(20, 32), (32, 20), (24, 24)])
 @pytest.mark.parametrize("tie_rank", [40, 4, 0], ids=["full-tie", "low-rank-tie", "zero-tie"])
 def test_procrustes_tie_settles_only_the_open_directions(shape, tie_rank):
-    """Rank-deficient XᵀY (rank 12): R is exactly (semi-)orthogonal, optimal for XᵀY, and for
-    the tie within the open directions, as the full-SVD definition is; with a full-rank tie it
-    is the definition's R itself (a low-rank or zero tie leaves some directions arbitrary)."""
+    """Rank-deficient XᵀY (rank 12): R is the full-SVD definition's, optimal for XᵀY and, within
+    the open directions, for the tie; what neither determines maps to zero, so R is a partial
+    isometry (RRᵀR = R) of rank 12 + what the tie settles."""
     xy, tie = _tie_case(shape, tie_rank)
     R, open_dims = procrustes(xy, tie)
     want = procrustes_svd(xy, tie)
     k = min(shape)
     assert open_dims == k - 12
-    gram = R @ R.T if shape[0] < shape[1] else R.T @ R
-    np.testing.assert_allclose(gram, np.eye(k), atol=1e-10)
-    np.testing.assert_allclose(np.trace(R.T @ xy), np.trace(want.T @ xy), rtol=1e-10)
-    np.testing.assert_allclose(np.trace(R.T @ tie), np.trace(want.T @ tie), rtol=1e-8, atol=1e-8)
-    if tie_rank >= k:
-        np.testing.assert_allclose(R, want, atol=1e-9)
+    np.testing.assert_allclose(R, want, atol=1e-9)
+    np.testing.assert_allclose(R @ R.T @ R, R, atol=1e-10)
+    assert np.linalg.matrix_rank(R, tol=1e-6) == 12 + min(tie_rank, k - 12)
+    np.testing.assert_allclose(np.trace(R.T @ xy), np.linalg.svd(xy, compute_uv=False).sum())
+
+
+@pytest.mark.parametrize("tie_rank", [None, 4], ids=["no-tie", "low-rank-tie"])
+def test_procrustes_is_stable_where_no_signal_determines_a_direction(tie_rank):
+    """Perturbing XᵀY (and the tie) by 1e-10 of their size, as float summation order does, moves
+    R by about that much even where 8 directions are open to every signal: they map to zero
+    instead of to a basis that round-off picks (which moved R by O(1))."""
+    xy, tie = _tie_case((24, 32), tie_rank or 0)
+    tie = None if tie_rank is None else tie
+    R = procrustes(xy, tie)[0]
+    noise = np.random.default_rng(7)
+    shake = lambda m: m + 1e-10 * np.abs(m).max() * noise.normal(size=m.shape)  # noqa: E731
+    for _ in range(3):
+        R2 = procrustes(shake(xy), None if tie is None else shake(tie))[0]
+        assert np.abs(R2 - R).max() < 1e-6
 
 
 @pytest.mark.parametrize(

@@ -48,55 +48,59 @@ def ridge_path(
 #: float32 round-off of the captured signals, not information about the alignment
 NULL_RTOL = 1e-6
 
+#: the weakest direction (σ / σ_max) `procrustes` resolves from the Gram M Mᵀ, whose eigenvalues
+#: are σ²: below it the full SVD is used (slower at LLM widths)
+GRAM_RTOL = 1e-7
+
 
 def procrustes(
     xy: np.ndarray, tie: np.ndarray | None = None, *, rtol: float = NULL_RTOL
 ) -> tuple[np.ndarray, int]:
-    """Orthogonal Procrustes: the R with RᵀR = I (or RRᵀ = I if wider) maximising tr(Rᵀ XᵀY),
-    and how many of its directions XᵀY left open (singular values ≤ rtol·σ_max).
+    """Orthogonal Procrustes: the R maximising tr(Rᵀ XᵀY) over ‖R‖₂ ≤ 1 with the least norm, and
+    how many of its directions XᵀY left open (singular values ≤ rtol·σ_max).
 
-    This is argmin ‖X R − Y‖ over (semi-)orthogonal R; semi-orthogonal when d_in ≠ d_out. The
-    open directions are arbitrary in plain Procrustes; with `tie` (a second signal's XᵀY, same
-    shape) they, and only they, are chosen to maximise tr(Rᵀ tie): R keeps every direction XᵀY
-    determines. R = (M Mᵀ)^(-1/2) M from the eigendecomposition of the smaller Gram M Mᵀ (4-5x
-    faster than an SVD of M at LLM widths; within 1e-9 of it for spectra spanning 1e-4, 1e-5
-    relative for 2e-6: `tests/test_maps.py`), then one Newton-Schulz step that restores exact
-    (semi-)orthogonality; where the tie leaves directions open too, the full SVDs of
-    `procrustes_svd`. Shapes: xy (d_in, d_out) -> R (d_in, d_out).
+    Where XᵀY has full rank this is the (semi-)orthogonal U Vᵀ, argmin ‖X R − Y‖. Directions it
+    leaves open are settled by `tie` (a second signal's XᵀY, same shape), and only they: R keeps
+    every direction XᵀY determines. Directions that neither determines are mapped to zero (R is
+    then a partial isometry, RRᵀR = R): any completion there would be a basis picked by
+    round-off, so a τ carried by R would change with the summation order of the statistics.
+    R = (M Mᵀ)^(-1/2) M from the eigendecomposition of the smaller Gram M Mᵀ (4-5x faster than
+    an SVD of M at LLM widths; within 1e-9 of it for spectra spanning 1e-4, 1e-5 relative for
+    2e-6: `tests/test_maps.py`), then one Newton-Schulz step that restores exact (partial)
+    isometry. Shapes: xy (d_in, d_out) -> R (d_in, d_out).
     """
     if xy.shape[0] > xy.shape[1]:  # work on the wide side: the Gram is the smaller one
         R, open_dims = procrustes(xy.T, None if tie is None else tie.T, rtol=rtol)
         return R.T, open_dims
     k = xy.shape[0]
+    if rtol < GRAM_RTOL:  # the Gram squares σ: it cannot resolve directions this weak
+        s = np.linalg.svd(xy, compute_uv=False)
+        r = int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
+        return procrustes_svd(xy, tie, rtol=rtol), k - r
     lam, u = np.linalg.eigh(xy @ xy.T)
     lam, u = lam[::-1], u[:, ::-1]  # descending, as singular values
     s = np.sqrt(np.clip(lam, 0.0, None))
     r = int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
-    if r < k and tie is None:  # no second signal: any completion will do, the SVD gives one
-        u_, _, vt = np.linalg.svd(xy, full_matrices=False)
-        return u_ @ vt, k - r
     vt_r = (u[:, :r].T @ xy) / s[:r, None]  # Vᵀ of the determined directions
     R = u[:, :r] @ vt_r
-    if r < k:  # the open directions: tie's best map between the two null spaces
+    if r < k and tie is not None:  # the open directions: tie's best map between the null spaces
         un = u[:, r:]
         d = un.T @ (tie - (tie @ vt_r.T) @ vt_r)  # tie, seen from A's null space into B's
-        q, still_open = procrustes(d, rtol=rtol)
-        if still_open:  # any completion of q must avoid Vᵀ's rows: B's explicit null basis
-            return procrustes_svd(xy, tie, rtol=rtol), k - r
-        R = R + un @ q
+        R = R + un @ procrustes(d, rtol=rtol)[0]
     return 1.5 * R - 0.5 * (R @ R.T) @ R, k - r
 
 
 def procrustes_svd(xy: np.ndarray, tie: np.ndarray | None = None, *, rtol: float = NULL_RTOL):
-    """`procrustes` by its definition, U Vᵀ from full SVDs (the open directions mapped between
-    explicit null bases of both sides): exact in every case, slow at LLM widths (n × n)."""
+    """`procrustes` by its definition, from full SVDs (the open directions mapped between
+    explicit null bases of both sides, the rest to zero): the reference, slow at LLM widths."""
     u, s, vt = np.linalg.svd(xy, full_matrices=tie is not None)
     k = min(xy.shape)
     r = int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
+    R = u[:, :r] @ vt[:r]
     if tie is None or r == k:
-        return u[:, :k] @ vt[:k]
+        return R
     un, vn = u[:, r:], vt[r:].T  # bases of the null spaces on either side
-    return u[:, :r] @ vt[:r] + un @ procrustes_svd(un.T @ tie @ vn, rtol=rtol) @ vn.T
+    return R + un @ procrustes_svd(un.T @ tie @ vn, rtol=rtol) @ vn.T
 
 
 def _assign(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

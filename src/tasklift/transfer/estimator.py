@@ -65,7 +65,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
             score is strictly unimodal over up to 7 scales, which ties break; see
             `transfer.scales`) or "grid" (all).
         tie_break: singular values of a side's first cross-covariance at or below this fraction
-            of the largest are settled by its later signals (see `solve.TIE_BREAK`).
+            of the largest are settled by its later signals, or mapped to zero where none
+            determines them (see `solve.TIE_BREAK`; the head's map too).
         center: align centred covariances (means removed) rather than raw second moments.
         block_map: {target block: source block}; default proportional depth.
         choices: causal LMs answering in words: the label words, scored by the verbaliser

@@ -130,7 +130,8 @@ def classifier_setup(est, a_ft: nn.Module, proc_a, X, y, tv: TaskVector | None =
     with clock("head"):
         stats = calibrate(a_cal, b_cls, {head_b[0]: head[0]}, est._batches(n, "align head"),
                           loss, signals=("input",), token="cls")  # fmt: skip
-        r_head = ProcrustesMap().fit_stats(stats[(head_b[0], "input")]).coef_.T  # (d_A, d_B)
+        r_head = ProcrustesMap(null_rtol=est.tie_break).fit_stats(stats[(head_b[0], "input")])
+        r_head = r_head.coef_.T  # (d_A, d_B)
         transport_head(a_ft, b_cls, torch.from_numpy(r_head).float(), head, head_b)
     if tv is None:
         tv = TaskVector.from_state_dicts(a_cal.state_dict(), a_ft.state_dict())

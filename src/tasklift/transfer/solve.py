@@ -32,7 +32,10 @@ __all__ = ["solve_maps", "iter_maps", "transport", "gradient_sign_mask", "POST_S
 #: a side's later signals settle only the directions its first signal leaves open: those whose
 #: singular value is at most TIE_BREAK × the largest (the numerical null space). The gradient of
 #: the residual stream is blind to the all-ones direction (every reader is a LayerNorm), and the
-#: final norm's gradient spans at most as many directions as there are classes.
+#: final norm's gradient spans at most as many directions as there are classes. Directions no
+#: signal determines map to zero (`solvers.procrustes`): a component of τ_A that calibration never
+#: reaches is not carried. Below float32 round-off a direction is noise on a real pair; a permuted
+#: copy, whose activations are A's bit for bit, determines every direction down to 1e-12.
 TIE_BREAK = NULL_RTOL
 
 
@@ -123,7 +126,8 @@ def solve_maps(
     Args:
         stats: `calibrate`'s output for (at least) the method's signals.
         tie_break: singular values of a side's first cross-covariance at or below this
-            fraction of the largest are left to its later signals (see `TIE_BREAK`).
+            fraction of the largest are left to its later signals, or mapped to zero where
+            none determines them (see `TIE_BREAK`).
         center: align centred covariances (means removed) instead of raw second moments.
     """
     kw = dict(tie_break=tie_break, center=center)
@@ -258,7 +262,10 @@ def gradient_sign_mask(
 ) -> TaskVector:
     """GradFix: keep the entries of τ (already in B's shapes) whose sign agrees with B's descent
     direction −∇L_B(θ_B): by a vote of the calibration examples' own gradient signs ("majority",
-    GradFix's default) or by the sign of their summed gradient ("mean"). Ties are dropped.
+    GradFix's default) or by the sign of their summed gradient ("mean"). Ties are dropped. A
+    gradient entry at or below TIE_BREAK × its parameter's largest is round-off (a BERT key
+    bias's gradient is zero but for it) and votes neither way, so a vote never rests on the
+    sign of float noise.
 
     `batches` are index arrays given to `loss_fn(target, idx)`; "majority" splits them into single
     examples (one backward pass each). Under torch.distributed each process takes its share of
@@ -278,7 +285,7 @@ def gradient_sign_mask(
                 g = params[k].grad
                 if g is not None:
                     g = -g.detach().float().cpu()
-                    vote += g.sign() if mode == "majority" else g
+                    vote += _signs(g) if mode == "majority" else g
                     seen.add(k)
     target.zero_grad(set_to_none=True)
     flags = {k: torch.tensor(float(k in seen)) for k in votes}
@@ -286,8 +293,14 @@ def gradient_sign_mask(
     all_reduce_tensors(flags)  # seen by any process
     seen = {k for k, f in flags.items() if f > 0}
     deltas = {k: dense(v) for k, v in tv.deltas.items()}  # a sign mask breaks low rank
+    votes = votes if mode == "majority" else {k: _signs(v) for k, v in votes.items()}
     kept = {k: v * (v * votes[k] > 0) if k in seen else v for k, v in deltas.items()}
     return TaskVector(kept)
+
+
+def _signs(g: torch.Tensor) -> torch.Tensor:
+    """sign(g), with 0 for entries at or below TIE_BREAK × max |g| (round-off, not a direction)."""
+    return g.sign() * (g.abs() > TIE_BREAK * g.abs().max())
 
 
 #: steps a registry entry's `post` names, applied to τ_B after transport
