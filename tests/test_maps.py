@@ -168,14 +168,20 @@ def test_procrustes_tie_settles_only_the_open_directions(shape, tie_rank):
     np.testing.assert_allclose(np.trace(R.T @ xy), np.linalg.svd(xy, compute_uv=False).sum())
 
 
-@pytest.mark.parametrize("tie_rank", [None, 4], ids=["no-tie", "low-rank-tie"])
+@pytest.mark.parametrize("tie_rank", [None, 4, "inside"], ids=["no-tie", "low-rank", "inside"])
 def test_procrustes_is_stable_where_no_signal_determines_a_direction(tie_rank):
     """Perturbing XᵀY (and the tie) by 1e-10 of their size, as float summation order does, moves
     R by about that much even where 8 directions are open to every signal: they map to zero
-    instead of to a basis that round-off picks (which moved R by O(1))."""
-    xy, tie = _tie_case((24, 32), tie_rank or 0)
+    instead of to a basis that round-off picks (which moved R by O(1)). A tie that lies inside
+    the directions XᵀY determines ("inside") has only round-off in the open ones: it settles
+    none of them (its cutoff is relative to its own size, not to that round-off's)."""
+    xy, tie = _tie_case((24, 32), 0 if tie_rank in (None, "inside") else tie_rank)
+    if tie_rank == "inside":
+        u, _, vt = np.linalg.svd(xy)
+        tie = u[:, :12] @ rng.normal(size=(12, 12)) @ vt[:12]
     tie = None if tie_rank is None else tie
     R = procrustes(xy, tie)[0]
+    assert np.linalg.matrix_rank(R, tol=1e-6) == (16 if tie_rank == 4 else 12)
     noise = np.random.default_rng(7)
     shake = lambda m: m + 1e-10 * np.abs(m).max() * noise.normal(size=m.shape)  # noqa: E731
     for _ in range(3):

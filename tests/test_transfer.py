@@ -540,11 +540,15 @@ def test_multihead_attention_is_split_into_q_k_v_and_its_out_proj_is_aligned():
     maps = solve_maps(a, b, pairs, stats, "bico", tie_break=1e-9)  # a permuted copy: see above
     moved = transport(tv, a, b, pairs, maps)
     want = TaskVector.from_state_dicts(b.state_dict(), b_ft.state_dict())
-    # the LayerNorm's output never has an all-ones component: ff's input map is P but for that
-    # one direction, which it maps to zero; so τ_B is P(τ_A) seen through the maps' supports
-    seen = {n: tuple(None if r is None else r.T @ r for r in rs) for n, rs in maps.items()}
-    assert [np.linalg.matrix_rank(r.numpy(), tol=1e-4) for r in maps["ff"]] == [15, 16]
-    want = transport(want, b, b, {n: n for n in seen}, seen)
+    # A's LayerNorm (weight 1, bias 0) outputs zero-mean rows: ff's input never has an all-ones
+    # component, so its map is P but for that direction, which it maps to zero, and τ_B of ff's
+    # weight is P(τ_A) without it; every other map has full rank and τ_B is P(τ_A) exactly
+    ranks = {(n, side): (np.linalg.matrix_rank(r.numpy(), tol=1e-4), min(r.shape))
+             for n, rs in maps.items()
+             for side, r in zip("io", rs, strict=True) if r is not None}  # fmt: skip
+    assert ranks.pop(("ff", "i")) == (15, 16) and all(r == w for r, w in ranks.values()), ranks
+    ones = torch.full((16, 16), 1 / 16)
+    want.deltas["ff.weight"] = want.deltas["ff.weight"] @ (torch.eye(16) - ones)
     for k, v in moved.deltas.items():
         torch.testing.assert_close(v, want.deltas[k], atol=1e-4, rtol=0, msg=k)
     assert "attn.in_proj_bias" in moved.deltas and "attn.out_proj.weight" in moved.deltas

@@ -267,7 +267,7 @@ class ProcrustesMap(LinearMap):
 
     Needs only XᵀY (GramStats(gram=False) suffices) unless `scale` is set. `fit_stats(stats,
     tie=M)` lets a second signal's cross-covariance M settle the directions XᵀY leaves open
-    (see `procrustes`); `null_dims_` counts them.
+    (see `procrustes`); `null_dims_` counts them. Directions neither settles map to zero.
 
     Args:
         fit_intercept: centre X and Y first (covariances, not raw products) and fit a bias.

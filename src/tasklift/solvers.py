@@ -50,57 +50,72 @@ NULL_RTOL = 1e-6
 
 #: the weakest direction (σ / σ_max) `procrustes` resolves from the Gram M Mᵀ, whose eigenvalues
 #: are σ²: below it the full SVD is used (slower at LLM widths)
-GRAM_RTOL = 1e-7
+GRAM_RTOL = 1e-6
+
+
+def _cutoff(s: np.ndarray, rtol: float, top: float | None) -> int:
+    """How many of the descending singular values `s` exceed rtol · top (top: s's largest)."""
+    top = (s[0] if s.size else 0.0) if top is None else top
+    return int((s > rtol * top).sum()) if top > 0 else 0
+
+
+def _top(m: np.ndarray) -> float:
+    """The largest singular value of m, from the eigenvalues of its smaller Gram."""
+    m = m if m.shape[0] <= m.shape[1] else m.T
+    return float(np.sqrt(max(np.linalg.eigvalsh(m @ m.T)[-1], 0.0))) if m.size else 0.0
 
 
 def procrustes(
-    xy: np.ndarray, tie: np.ndarray | None = None, *, rtol: float = NULL_RTOL
+    xy: np.ndarray, tie: np.ndarray | None = None, *, rtol: float = NULL_RTOL, top=None
 ) -> tuple[np.ndarray, int]:
     """Orthogonal Procrustes: the R maximising tr(Rᵀ XᵀY) over ‖R‖₂ ≤ 1 with the least norm, and
-    how many of its directions XᵀY left open (singular values ≤ rtol·σ_max).
+    how many of its directions XᵀY left open (singular values ≤ rtol·σ_max, or rtol·`top`).
 
     Where XᵀY has full rank this is the (semi-)orthogonal U Vᵀ, argmin ‖X R − Y‖. Directions it
     leaves open are settled by `tie` (a second signal's XᵀY, same shape), and only they: R keeps
-    every direction XᵀY determines. Directions that neither determines are mapped to zero (R is
-    then a partial isometry, RRᵀR = R): any completion there would be a basis picked by
-    round-off, so a τ carried by R would change with the summation order of the statistics.
+    every direction XᵀY determines; the tie's part there counts only above rtol × the tie's own
+    largest singular value. Directions that neither determines are mapped to zero (R is then a
+    partial isometry, RRᵀR = R): any completion there would be a basis picked by round-off, so
+    a τ carried by R would change with the summation order of the statistics.
     R = (M Mᵀ)^(-1/2) M from the eigendecomposition of the smaller Gram M Mᵀ (4-5x faster than
     an SVD of M at LLM widths; within 1e-9 of it for spectra spanning 1e-4, 1e-5 relative for
     2e-6: `tests/test_maps.py`), then one Newton-Schulz step that restores exact (partial)
-    isometry. Shapes: xy (d_in, d_out) -> R (d_in, d_out).
+    isometry; for rtol below GRAM_RTOL, `procrustes_svd`. Shapes: xy (d_in, d_out) -> R.
     """
     if xy.shape[0] > xy.shape[1]:  # work on the wide side: the Gram is the smaller one
-        R, open_dims = procrustes(xy.T, None if tie is None else tie.T, rtol=rtol)
+        R, open_dims = procrustes(xy.T, None if tie is None else tie.T, rtol=rtol, top=top)
         return R.T, open_dims
     k = xy.shape[0]
     if rtol < GRAM_RTOL:  # the Gram squares σ: it cannot resolve directions this weak
         s = np.linalg.svd(xy, compute_uv=False)
-        r = int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
-        return procrustes_svd(xy, tie, rtol=rtol), k - r
+        return procrustes_svd(xy, tie, rtol=rtol, top=top), k - _cutoff(s, rtol, top)
     lam, u = np.linalg.eigh(xy @ xy.T)
     lam, u = lam[::-1], u[:, ::-1]  # descending, as singular values
     s = np.sqrt(np.clip(lam, 0.0, None))
-    r = int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
+    r = _cutoff(s, rtol, top)
     vt_r = (u[:, :r].T @ xy) / s[:r, None]  # Vᵀ of the determined directions
     R = u[:, :r] @ vt_r
     if r < k and tie is not None:  # the open directions: tie's best map between the null spaces
         un = u[:, r:]
         d = un.T @ (tie - (tie @ vt_r.T) @ vt_r)  # tie, seen from A's null space into B's
-        R = R + un @ procrustes(d, rtol=rtol)[0]
+        R = R + un @ procrustes(d, rtol=rtol, top=_top(tie))[0]
     return 1.5 * R - 0.5 * (R @ R.T) @ R, k - r
 
 
-def procrustes_svd(xy: np.ndarray, tie: np.ndarray | None = None, *, rtol: float = NULL_RTOL):
+def procrustes_svd(
+    xy: np.ndarray, tie: np.ndarray | None = None, *, rtol: float = NULL_RTOL, top=None
+) -> np.ndarray:
     """`procrustes` by its definition, from full SVDs (the open directions mapped between
     explicit null bases of both sides, the rest to zero): the reference, slow at LLM widths."""
     u, s, vt = np.linalg.svd(xy, full_matrices=tie is not None)
     k = min(xy.shape)
-    r = int((s > rtol * s[0]).sum()) if s.size and s[0] > 0 else 0
+    r = _cutoff(s, rtol, top)
     R = u[:, :r] @ vt[:r]
     if tie is None or r == k:
         return R
     un, vn = u[:, r:], vt[r:].T  # bases of the null spaces on either side
-    return R + un @ procrustes_svd(un.T @ tie @ vn, rtol=rtol) @ vn.T
+    inner = procrustes_svd(un.T @ tie @ vn, rtol=rtol, top=_top(tie))
+    return R + un @ inner @ vn.T
 
 
 def _assign(score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -2,9 +2,9 @@
 of every delta of τ_A, and GradFix's sign mask.
 
 For a linear layer ∂L/∂W = g xᵀ, so a task vector is a sum of products of output gradients g and
-input activations x; maps R_in, R_out (semi-orthogonal when widths differ) fitted to A-vs-B
-cross-covariances carry it across: ΔW_B = R_outᵀ ΔW_A R_in, δ_B = δ_A R_out for biases, norms
-and embeddings.
+input activations x; maps R_in, R_out (semi-orthogonal when widths differ, zero on directions
+no calibration signal determines) fitted to A-vs-B cross-covariances carry it across:
+ΔW_B = R_outᵀ ΔW_A R_in, δ_B = δ_A R_out for biases, norms and embeddings.
 """
 
 from __future__ import annotations
@@ -299,8 +299,10 @@ def gradient_sign_mask(
 
 
 def _signs(g: torch.Tensor) -> torch.Tensor:
-    """sign(g), with 0 for entries at or below TIE_BREAK × max |g| (round-off, not a direction)."""
-    return g.sign() * (g.abs() > TIE_BREAK * g.abs().max())
+    """sign(g), with 0 for entries at or below TIE_BREAK × the largest finite |g| (round-off,
+    not a direction); a NaN stays NaN (its entry is dropped), an empty g stays empty."""
+    top = g.abs().nan_to_num(0.0, 0.0, 0.0).amax() if g.numel() else 0.0
+    return g.sign() * (g.abs() > TIE_BREAK * top)
 
 
 #: steps a registry entry's `post` names, applied to τ_B after transport
