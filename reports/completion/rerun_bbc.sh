@@ -15,3 +15,11 @@ for pair in minilm-l3:minilm-l6 minilm-l6:minilm-l3; do
     python scripts/transfer_real.py run --pair $pair --data bbc_news -o runs/transfer_zero
 done
 python scripts/transfer_real.py report runs/transfer_zero -o reports/completion/bbc
+# the Procrustes methods again with the SVD completion, the same fine-tunes and draws: side by side
+for pair in minilm-l3:minilm-l6 minilm-l6:minilm-l3; do
+  a=${pair%%:*}; b=${pair##*:}
+  [ -f runs/transfer_zero/${a}_to_${b}_bbc_news_svd.json ] ||
+    python reports/completion/svd_variant.py run --pair $pair --data bbc_news \
+      --methods bico,activation,gradient --tag svd -o runs/transfer_zero
+done
+python scripts/transfer_real.py report runs/transfer_zero -o reports/completion/bbc
