@@ -286,6 +286,7 @@ def test_transfer_estimator_carries_the_head_and_task_onto_a_permuted_model(tmp_
     info = json.loads((tmp_path / "out" / "tasklift_transfer.json").read_text())
     assert info["params"]["method"] == "bico" and info["scale"] == 1.0
     assert info["timings"] == t.timings_ and info["params"]["scale_search"] == "grid"
+    assert info["open_directions"] == t.open_directions_ and 0 <= t.open_directions_[0] < 10
     assert info["params"]["scales"] == list(t.scales) and info["params"]["tie_break"] == 1e-9
     again = tf.AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").eval()
     np.testing.assert_allclose(again(**X).logits.detach(), a_ft(**X).logits.detach(), atol=1e-4)
@@ -363,6 +364,25 @@ def test_centring_ignores_offsets_that_do_not_transfer():
         maps[center] = solve_maps(a, b, {"0": "0"}, stats, "bico", center=center)["0"][0]
     np.testing.assert_allclose(maps[True].double().numpy(), true, atol=1e-6)
     assert np.abs(maps[False].double().numpy() - true).max() > 0.1
+
+
+def test_zeroed_counts_the_directions_each_map_sends_to_zero():
+    """A partial isometry's rank is ‖R‖²_F: an orthogonal map zeroes none, a rank-2 map of 4x6
+    zeroes 2 of its 4, identities (None) are not maps; on a real fit, a stricter cutoff zeroes
+    more of the maps' directions than a looser one."""
+    from tasklift.transfer import zeroed
+
+    part = torch.from_numpy(procrustes(np.diag([1.0, 1.0, 0, 0]) @ np.eye(4, 6))[0])
+    tally = [0, 0]
+    maps = [("a", (torch.eye(4), None)), ("b", (part, torch.eye(3)))]
+    assert list(zeroed(maps, tally)) == maps and tally == [2, 11]
+    a = trained_like(tiny_classifier("bert"))
+    X = {"input_ids": torch.randint(1, 50, (48, 8), generator=torch.Generator().manual_seed(1))}
+    kw = dict(scales=(1.0,), batch_size=16)
+    loose, strict = (Transfer(a, nudged(a), permuted(a, "bert").bert, tie_break=tb, **kw).fit(X)
+                     for tb in (1e-9, 1e-3))  # fmt: skip
+    assert loose.open_directions_[1] == strict.open_directions_[1]
+    assert loose.open_directions_[0] < strict.open_directions_[0]
 
 
 def test_gradfix_majority_vote_differs_from_the_mean_gradient():

@@ -77,6 +77,7 @@ def transfer_table(
                 "scale": t.scale_,
                 "val_accuracy": t.val_scores_[t.scale_],
                 "moved": f"{t.moved_params_}/{t.source_params_}",
+                "open directions": "{}/{}".format(*t.open_directions_),
                 "seconds": round(seconds, 1),
                 "timings": {k: round(v, 2) for k, v in t.timings_.items()},  # where they went
             }

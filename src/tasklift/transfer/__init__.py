@@ -24,6 +24,7 @@ _LAZY = {
     "solve_maps": "solve",
     "transport": "solve",
     "gradient_sign_mask": "solve",
+    "zeroed": "solve",
     "head_linears": "head",
     "transport_head": "head",
 }

@@ -38,7 +38,7 @@ from .lm import (
 from .many import model_name, move_all, solved_maps, touched_pairs
 from .methods import SCALES, TOKENS, Method, get_method
 from .scales import SEARCHES, choose_scale
-from .solve import POST_STEPS, TIE_BREAK, transport
+from .solve import POST_STEPS, TIE_BREAK, transport, zeroed
 
 __all__ = ["Transfer"]
 
@@ -83,7 +83,9 @@ class Transfer(ClassifierMixin, BaseEstimator):
     an adapter), `timings_` {phase: seconds} of `fit`, never overlapping: "load", "setup" (τ_A,
     pairs, copies; an LM's loads and targets), "labels" (A_ft's predictions), "head" (the head
     alignment pass), "calibrate" (A's and B's forward-backward passes), "statistics" (pairing
-    and accumulating their rows), "solve", "transport", "post" (GradFix), "scale search".
+    and accumulating their rows), "solve", "transport", "post" (GradFix), "scale search";
+    `open_directions_` [zeroed, all]: the maps' directions no calibration signal determined,
+    which carry none of τ_A (see `solve.TIE_BREAK`).
 
     Example:
         >>> t = Transfer(source="a", finetuned="a_ft", target="b", method="bico")
@@ -160,6 +162,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         pairs = touched_pairs(prep["pairs"], tvs)
         clock = self.timings_
         maps = solved_maps(self, method, prep, pairs, n, words, images, timings=clock)
+        self.open_directions_ = [0, 0]  # directions of the maps sent to zero, of all
+        maps = zeroed(maps, self.open_directions_)
         with clock("transport"):  # less the solves and calibration it pulls from `maps`
             return move_all(tvs, prep["source"], prep["target"], pairs, clock.each(maps, "solve"))
 
@@ -369,6 +373,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
             "moved_params": self.moved_params_,
             "source_params": self.source_params_,
             "timings": self.timings_,
+            "open_directions": self.open_directions_,
         }
         with atomic_dir(path) as tmp:
             self.model_.save_pretrained(tmp)
@@ -396,6 +401,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         t.val_scores_ = {float(k): v for k, v in info["val_scores"].items()}
         t.moved_params_, t.source_params_ = info["moved_params"], info["source_params"]
         t.timings_ = info.get("timings", {})  # of the fit that wrote it (older files: none)
+        t.open_directions_ = info.get("open_directions")
         t.lm_, t.adapter_config_, t.head_ = is_causal_lm(t.model_), None, []
         t.classes_ = t._classes(t.model_)
         return t

@@ -27,7 +27,15 @@ from .calibration import SIGNALS
 from .methods import Method, get_method
 from .pairing import is_matrix, module_dims
 
-__all__ = ["solve_maps", "iter_maps", "transport", "gradient_sign_mask", "POST_STEPS", "TIE_BREAK"]
+__all__ = [
+    "solve_maps",
+    "iter_maps",
+    "zeroed",
+    "transport",
+    "gradient_sign_mask",
+    "POST_STEPS",
+    "TIE_BREAK",
+]
 
 #: a side's later signals settle only the directions its first signal leaves open: those whose
 #: singular value is at most TIE_BREAK × the largest (the numerical null space). The gradient of
@@ -186,6 +194,17 @@ def iter_maps(
             for sig in SIGNALS:
                 stats.pop((b, sig), None)
             yield b, (rs[0], rs[1])
+
+
+def zeroed(maps: Iterable, tally: list[int]) -> Iterator:
+    """`maps` passed through while `tally` [zeroed, total] counts the directions they map to zero
+    (no calibration signal determined them): ‖R‖²_F is the rank of a partial isometry."""
+    for name, rs in maps:
+        for r in rs:
+            if r is not None:
+                tally[0] += min(r.shape) - round(float(r.double().square().sum()))
+                tally[1] += min(r.shape)
+        yield name, rs
 
 
 def _transposed(delta):
