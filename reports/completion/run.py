@@ -58,7 +58,7 @@ def main() -> None:
     def counting(fn):
         def solve(xy, tie=None, *, rtol):
             R, open_dims = fn(xy, tie, rtol=rtol)
-            opened.append(open_dims)
+            opened.append((open_dims, min(xy.shape)))
             return R, open_dims
 
         return solve
@@ -72,10 +72,12 @@ def main() -> None:
                          stats_dtype=dtype, device="cpu", progress=False)  # fmt: skip
             t.fit(calib.X, calib.y, X_val=val.X, y_val=val.y)
             taus[rule, dtype] = {k: dense(v) for k, v in t.task_vector_.deltas.items()}
+            seconds = round(time.time() - t0, 1)
+            shut, of = sum(o for o, _ in opened), sum(k for _, k in opened)
             rows.append({"rule": rule, "stats": dtype, "scale": t.scale_,
                          "test accuracy": round(t.score(test.X, test.y), 4),
-                         "open directions": int(sum(opened)), "maps": len(opened),
-                         "seconds": round(time.time() - t0, 1)})  # fmt: skip
+                         "open directions": f"{shut} / {of}", "maps": len(opened),
+                         "seconds": seconds})  # fmt: skip
             print(rows[-1], flush=True)
     maps.procrustes = current
     for row in rows:
