@@ -231,8 +231,10 @@ def seed_from_results() -> None:
     for key, result in (json.loads(path.read_text()) if path.is_file() else {}).items():
         step = RUNS / f"{key}.json"
         if not step.is_file():
-            note = result.get("restored") or "restored from reports/llm/results.json"
-            write_text(step, json.dumps({**result, "restored": note}, indent=1) + "\n")
+            if isinstance(result, dict):  # a list (persona's plain answers) is kept as it is
+                note = result.get("restored") or "restored from reports/llm/results.json"
+                result = {**result, "restored": note}
+            write_text(step, json.dumps(result, indent=1) + "\n")
 
 
 def run_all(draws: int) -> None:
