@@ -108,6 +108,8 @@ def peft_table(res: dict) -> str:
             continue
         task = key.split("/")[0]
         for folder, got in r.items():
+            if not isinstance(got, dict):  # the "restored" marker
+                continue
             name = folder.removeprefix("adapter_")
             mine = res.get(f"{task}/transfer_{name}", {})
             if name.startswith("many_"):  # moved together: scored by the many step
