@@ -12,7 +12,7 @@ from conftest import nudged
 from tasklift.families import family_of, roles
 from tasklift.taskvector import TaskVector
 from tasklift.transfer import Transfer, calibrate, match_modules, solve_maps, transport
-from tasklift.transfer.lm import IGNORE, lm_encode, lm_loss
+from tasklift.transfer.lm import IGNORE, choice_tokens, lm_encode, lm_loss
 
 V = 64
 
@@ -201,6 +201,37 @@ def test_lm_encode_counts_the_loss_on_target_tokens_only():
     assert enc["labels"][0].tolist() == [IGNORE, IGNORE, enc["input_ids"][0, 2].item(),
                                          enc["input_ids"][0, 3].item(), IGNORE]  # fmt: skip
     assert (enc["labels"][1, :4] == IGNORE).all() and enc["labels"][1, 4] != IGNORE
+
+
+def dummy_prefix_tokenizer() -> tf.PreTrainedTokenizerFast:
+    """A SentencePiece-style BPE that prepends "▁" to the text and writes spaces as "▁" (as
+    Llama-2's and Mistral's do): " river" alone is "▁" + "▁river", after text "▁river"."""
+    from tokenizers import Tokenizer, models, normalizers
+
+    vocab, merges = {"<unk>": 0, "</s>": 1, **{c: i + 2 for i, c in enumerate("▁rivepanoAsw:")}}, []
+    for word in ("river", "piano"):
+        for i, ch in enumerate(word):
+            merges.append(("▁" + word[:i], ch))
+            vocab["▁" + word[: i + 1]] = len(vocab)
+    bpe = Tokenizer(models.BPE(vocab, merges, unk_token="<unk>"))
+    bpe.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+    return tf.PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", eos_token="</s>")
+
+
+def test_label_words_are_tokenised_as_they_follow_a_prompt():
+    """Alone, every word of a dummy-prefix tokenizer starts with "▁" (a collision that refused
+    any choices); after a prompt, as lm_encode tokenises targets, each has its own token."""
+    tok = dummy_prefix_tokenizer()
+    assert tok.convert_ids_to_tokens(tok(" river", add_special_tokens=False)["input_ids"]) == [
+        "▁",
+        "▁river",
+    ]
+    got = choice_tokens([" river", " piano"], tok)
+    assert tok.convert_ids_to_tokens(got) == ["▁river", "▁piano"]
+    enc = lm_encode(["Answer:", "Answer:"], [" river", " piano"], tok, max_length=16)
+    assert enc["labels"][enc["labels"] != IGNORE].tolist() == got  # the targets' first tokens
+    with pytest.raises(ValueError, match=r"both start with token \d+ \('▁river'\) after a prompt"):
+        choice_tokens([" river", " riverbank"], tok)
 
 
 def test_label_free_calibration_uses_the_fine_tuned_models_own_continuations(monkeypatch):

@@ -92,24 +92,43 @@ def target_logprob(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     return torch.stack([picked.sum(1), keep.sum(1).float()], 1).cpu()
 
 
+#: the text a label word is tokenised after, as `lm_encode` tokenises it after its prompt: a
+#: SentencePiece tokenizer that adds a dummy prefix (Llama-2, Mistral) splits " river" alone
+#: into "▁" + "▁river", so every word would start with "▁", but after text into "▁river"
+ANCHOR = "Answer:"
+
+
+def _first_token(word: str, tokenizer) -> int | None:
+    """The first token of `word` as it follows text: the first token of ANCHOR + word that
+    starts at or after the anchor's end (lm_encode's rule for a target's first token)."""
+    try:
+        enc = tokenizer(ANCHOR + word, add_special_tokens=False, return_offsets_mapping=True)
+    except NotImplementedError:  # a slow tokenizer has no offsets: the word alone
+        ids = tokenizer(word, add_special_tokens=False)["input_ids"]
+        return int(ids[0]) if len(ids) else None
+    after = [t for t, (a, _) in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+             if a >= len(ANCHOR)]  # fmt: skip
+    return int(after[0]) if after else None
+
+
 def choice_tokens(choices: Sequence[str], tokenizer) -> list[int]:
     """The first token of each label word as it follows a prompt.
 
     Raises:
         ValueError: a choice has no tokens, or two choices start with the same token (the
-            verbaliser could not tell them apart), naming them and the fix.
+            verbaliser could not tell them apart), naming them, the token and the fix.
     """
     first: dict[int, str] = {}
     for c in choices:
-        ids = tokenizer(c, add_special_tokens=False)["input_ids"]
-        if not len(ids):
+        t = _first_token(c, tokenizer)
+        if t is None:
             raise ValueError(f"choice {c!r} has no tokens; give every class a label word")
-        t = int(ids[0])
         if t in first:
+            piece = tokenizer.convert_ids_to_tokens(t)
             raise ValueError(
-                f"choices {first[t]!r} and {c!r} both start with token {t}; the "
-                "verbaliser reads one token per choice: pick label words whose first tokens "
-                "differ (e.g. ' river', ' piano')"
+                f"choices {first[t]!r} and {c!r} both start with token {t} ({piece!r}) after a "
+                "prompt; the verbaliser reads one token per choice: pick label words whose "
+                "first tokens differ"
             )
         first[t] = c
     return list(first)
