@@ -149,11 +149,12 @@ def _transfers(root, tag: str) -> dict:
     """{case: τ_B, its scale and validation scores} of each transfer; each is saved to
     root/<case>.<tag> (but the one with a stand-in tokenizer) and the adapters moved to
     root/moved.<tag> (cache root/cache.<tag>)."""
-    # 128 inputs: the last FFN (64 units) sees a gradient at [CLS] only; 8 batches, 4 a rank
+    # 128 inputs: the last FFN (64 units) sees a gradient at [CLS] only; 8 batches, 4 a rank;
+    # directions below 1e-4 of the largest are round-off here (see the test's docstring)
     X, y = token_task(128, seed=1)
     X_val, y_val = token_task(20, seed=2)
     enc = dict(source=root / "enc_a", finetuned=root / "enc_ft", target=root / "enc_b",
-               batch_size=16, scales=(0.5, 1.0))  # fmt: skip
+               batch_size=16, scales=(0.5, 1.0), tie_break=1e-4)  # fmt: skip
     lm = dict(source=root / "lm_a", finetuned=root / "lm_ft", target=root / "lm_b",
               processor=_GenTokenizer(), batch_size=4, max_new_tokens=3,
               scales=(0.5, 1.0))  # fmt: skip
@@ -199,11 +200,12 @@ def test_a_transfer_over_two_processes_equals_one_and_only_rank_0_writes(tmp_pat
     writes nothing.
 
     The encoder cases equal one process only up to round-off as their conditioning amplifies
-    it: B's carried-over pooler differs by one float32 ulp with the order of summation, the
-    permuted BERT's cross-covariances have singular values running through the null cutoff
-    (1e-6 of the largest), where R moves by about ulp / σ (1e-3 of τ_B is allowed), and
-    GradFix's majority vote flips where an entry's votes are one from a tie (0.12% of entries
-    here, 1% allowed; a vote over half of the examples flips 15%)."""
+    it: B's carried-over pooler differs by one float32 ulp with the order of summation, and the
+    permuted BERT's cross-covariances have singular values all the way down, where R moves by
+    about ulp / σ: at the default cutoff (1e-6 of the largest) τ_B moved by 3e-4 or 1.6e-3 of
+    its largest entry depending on the BLAS, so the BERT cases cut at 1e-4 (1.4e-6; 1e-5
+    allowed). GradFix's majority vote flips where an entry's votes are one from a tie (0.1% of
+    entries here, 1% allowed; a vote over half of the examples flips 15%)."""
     from safetensors.torch import load_file
 
     torch.set_num_threads(1)  # as each worker: the same float32 rounding
@@ -228,7 +230,7 @@ def test_a_transfer_over_two_processes_equals_one_and_only_rank_0_writes(tmp_pat
     print("max |tau_B(2 processes) - tau_B(1 process)| / max |tau_B|:", worst)
     print("share of GradFix's entries kept by one and dropped by the other:", flipped["gradfix"])
     assert worst["lm-label-free-centred"] <= 1e-6 and worst["lm-words"] <= 1e-6, worst
-    assert worst["encoder-passes"] <= 1e-3 and flipped["gradfix"] <= 0.01, (worst, flipped)
+    assert worst["encoder-passes"] <= 1e-5 and flipped["gradfix"] <= 0.01, (worst, flipped)
     for task in ("task0", "task1"):
         moved, want = (load_file(tmp_path / f"moved.{t}" / task / "adapter_model.safetensors")
                        for t in ("0", "one"))  # fmt: skip

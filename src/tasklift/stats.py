@@ -29,6 +29,45 @@ def as_float64(a: Array, name: str) -> np.ndarray:
     return a
 
 
+def _rows(a: Array, name: str) -> torch.Tensor:
+    """`a` as a 2-D CPU tensor of float32 or float64 (no copy where it is one already)."""
+    if isinstance(a, torch.Tensor):
+        t = a.detach().cpu()
+    else:
+        a = np.ascontiguousarray(a)  # torch takes no negative strides
+        t = torch.from_numpy(a if a.flags.writeable else a.copy())
+    if t.dtype not in (torch.float32, torch.float64):
+        t = t.float() if t.is_floating_point() else t.double()
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (rows, features); got shape {tuple(t.shape)}")
+    return t
+
+
+def _sums(t: torch.Tensor) -> np.ndarray:
+    return t.sum(0, dtype=torch.float64).numpy()
+
+
+def _finite_sums(t: torch.Tensor, name: str) -> np.ndarray:
+    """The column sums of `t` in float64, refusing NaN/inf rows: any makes a sum non-finite
+    (float32 rows cannot overflow a float64 sum), so a finite batch costs no extra scan."""
+    sums = _sums(t)
+    if not np.isfinite(sums).all():
+        as_float64(t, name)  # names the bad rows
+    return sums
+
+
+def _folds(pos: np.ndarray, k: int):
+    """(fold, row mask) for each fold holding some of the rows at `pos`; mask None: all rows."""
+    if k == 1:
+        yield 0, None
+        return
+    fold = pos % k
+    for i in range(k):
+        rows = fold == i
+        if rows.any():
+            yield i, torch.from_numpy(rows)
+
+
 class GramStats:
     """Running n, Σx, Σy, XᵀX, XᵀY and Σ‖y‖², optionally split into k folds for cross-validation.
 
@@ -88,14 +127,12 @@ class GramStats:
                 when batches arrive out of order or from several processes, so folds match a
                 single in-order pass. Default: the running row count.
         """
-        X, Y = as_float64(X, "X"), as_float64(Y, "Y")
+        X, Y = _rows(X, "X"), _rows(Y, "Y")
         if X.shape[0] != Y.shape[0]:
             raise ValueError(
                 f"X has {X.shape[0]} rows but Y has {Y.shape[0]}; pair them row by row"
             )
-        if self._xy is None:
-            self._allocate(X.shape[1], Y.shape[1])
-        elif (X.shape[1], Y.shape[1]) != self.dims:
+        if self._xy is not None and (X.shape[1], Y.shape[1]) != self.dims:
             raise ValueError(
                 f"batch has widths (X {X.shape[1]}, Y {Y.shape[1]}) "
                 f"but earlier batches had {self.dims}"
@@ -103,22 +140,23 @@ class GramStats:
         pos = self.n + np.arange(X.shape[0]) if index is None else np.asarray(index)
         if pos.shape != (X.shape[0],):
             raise ValueError(f"index has shape {pos.shape} but the batch has {X.shape[0]} rows")
+        sums = _finite_sums(X, "X"), _finite_sums(Y, "Y")
+        if self._xy is None:
+            self._allocate(X.shape[1], Y.shape[1])
         if self.qr is not None:
             self.qr.update(X, Y)
-        fold = pos % self._k
-        for k in range(self._k):
-            rows = fold == k
-            if not rows.any():
-                continue
-            xk, yk = X[rows], Y[rows]
+        prod = torch.float32 if self.dtype == np.float32 else torch.float64
+        for k, rows in _folds(pos, self._k):
+            xk, yk = (X, Y) if rows is None else (X[rows], Y[rows])
+            sx, sy = sums if rows is None else (_sums(xk), _sums(yk))
             self._n[k] += xk.shape[0]
-            self._sx[k] += xk.sum(0)
-            self._sy[k] += yk.sum(0)
-            xd = xk.astype(self.dtype, copy=False)
-            self._xy[k] += xd.T @ yk.astype(self.dtype, copy=False)
+            self._sx[k] += sx
+            self._sy[k] += sy
+            xd = xk.to(prod)
+            self._xy[k] += (xd.T @ yk.to(prod)).numpy()
             if self.gram:
-                self._xx[k] += xd.T @ xd
-                self._yy[k] += np.einsum("ij,ij->", yk, yk)
+                self._xx[k] += (xd.T @ xd).numpy()
+                self._yy[k] += float(yk.double().square().sum())
         return self
 
     def merge(self, other: GramStats) -> GramStats:
