@@ -18,8 +18,10 @@ import torch
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from .io import load_tensors, save_tensors
+from .qr import QRStats
+from .rows import Array, as_float64
 from .solvers import NULL_RTOL, _moments, cv_errors, permutation, procrustes, ridge_path
-from .stats import Array, GramStats, QRStats, as_float64
+from .stats import GramStats
 
 __all__ = [
     "NotFittedError",
