@@ -8,7 +8,9 @@ import json
 from pathlib import Path
 
 import numpy as np
-from run_llm import MODELS, PLAN
+from run_llm import MODELS, PLAN, TRANSFER
+
+DEFAULT_SCALES = TRANSFER["scales"]
 
 METRICS = {"bbc": ("accuracy",), "imdb": ("accuracy",), "persona": ("nll", "style")}
 INTRO = {
@@ -59,9 +61,11 @@ def pair_table(res: dict, task: str, a: str, b: str) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{r[m]:.3f}" for m in metrics)
                          + f" | {gap} | | |")  # fmt: skip
     runs = [v for k, v in res.items() if k.startswith(f"{task}/transfer_{a}_{b}_")]
-    for label in sorted({(r["method"], r["modules"]) for r in runs}):
-        draws = [r for r in runs if (r["method"], r["modules"]) == label]
+    grid = lambda r: tuple(r.get("scales", DEFAULT_SCALES))  # noqa: E731
+    for label in sorted({(r["method"], r["modules"], grid(r)) for r in runs}):
+        draws = [r for r in runs if (r["method"], r["modules"], grid(r)) == label]
         what = label[0] + ("" if label[1] == "all adapted" else f", only {label[1]}")
+        what += "" if label[2] == DEFAULT_SCALES else f", scales {', '.join(map(str, label[2]))}"
         what += " †" if any("restored" in r for r in draws) else ""
         cells = [_cell([r[m] for r in draws]) for m in metrics]
         gap = _gap(np.mean([r[head] for r in draws]), low, high)

@@ -96,9 +96,12 @@ def only(task: str, a: str, modules: str) -> Path:
     return out
 
 
-def transfer(task: str, a: str, b: str, method: str, draw: int, modules: str = "") -> None:
+def transfer(
+    task: str, a: str, b: str, method: str, draw: int, modules: str = "", scales: str = ""
+) -> None:
     """One transfer A_ft -> B: A_ft as its adapter (τ_A as factors), calibration rows drawn
-    from the training split by `draw`; B + τ_B scored, and saved as a PEFT LoRA of B."""
+    from the training split by `draw`; B + τ_B scored, and saved as a PEFT LoRA of B. `scales`
+    (e.g. "2,2.5,3,4") replaces the grid of τ_B's scales searched on validation."""
     from tasklift.transfer import Transfer
 
     t, d = TASKS[task], TASKS[task].data()
@@ -108,16 +111,20 @@ def transfer(task: str, a: str, b: str, method: str, draw: int, modules: str = "
     t0 = time.time()
     adapter = only(task, a, modules) if modules else RUNS / task / f"lora_{a}"
     pair = next(p[5] for p in PLAN if p[:3] == (task, a, b)) if not modules else {}
+    grid = {"scales": tuple(map(float, scales.split(",")))} if scales else {}
     tr = Transfer(MODELS[a], adapter, MODELS[b], method=method, choices=d["choices"],
-                  max_length=t.max_length, progress=True, **TRANSFER, **pair)  # fmt: skip
+                  max_length=t.max_length, progress=True, **{**TRANSFER, **grid},
+                  **pair)  # fmt: skip
     tr.fit(X, y, X_val=d["val"]["prompts"], y_val=d["val"]["targets"])
     fit_s = time.time() - t0
     result = t.score(tr.model_, tr.processor_, d, RUNS / task)
     tag = f"{a}_{b}_{method}_{draw}" + (f"_{modules.replace(',', '_')}" if modules else "")
+    tag += f"_scales_{scales.replace(',', '_')}" if scales else ""
     moved = RUNS / task / f"adapter_{tag}"
     refactorised = tr.save_adapter(moved, overwrite=True)  # a PEFT LoRA folder for B
     _write(task, f"transfer_{tag}", {
         "a": a, "b": b, "method": method, "draw": draw, "modules": modules or "all adapted",
+        "scales": list(tr.scales),
         **result, "scale": tr.scale_, "val_scores": tr.val_scores_,
         "moved": f"{tr.moved_params_}/{tr.source_params_}", "fit_seconds": round(fit_s, 1),
         "seconds": round(time.time() - t0, 1),
@@ -290,13 +297,15 @@ def main() -> None:
     ap.add_argument("--draw", type=int, default=0)
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--modules", default="", help="transfer: only these adapted modules")
+    ap.add_argument("--scales", default="", help="transfer: another scale grid, e.g. 2,2.5,3,4")
     args = ap.parse_args()
     if args.step == "finetune":
         finetune(args.task, args.model)
     elif args.step == "eval":
         evaluate(args.task, args.model)
     elif args.step == "transfer":
-        transfer(args.task, args.model, args.target, args.method, args.draw, args.modules)
+        transfer(args.task, args.model, args.target, args.method, args.draw, args.modules,
+                 args.scales)  # fmt: skip
     elif args.step == "many":
         many(args.method)
     elif args.step == "all":
