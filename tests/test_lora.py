@@ -121,6 +121,29 @@ def test_an_adapter_moves_to_an_exact_lora_of_the_target(tmp_path):
     )
 
 
+def test_an_lm_adapter_with_targets_is_never_merged_into_a_dense_a_ft(tmp_path, monkeypatch):
+    """Targets given (here in the encoded batch), A_ft is never run, so A + adapter is not
+    built (a model's memory less); label-free calibration generates from A_ft, so merges."""
+    import pytest
+
+    from tasklift.transfer import Transfer, estimator
+    from test_lm import token_batches
+
+    a = tiny_lm("qwen2")
+    adapter = _adapter(a, tmp_path / "adapter")
+    X = {k: torch.cat([t[k] for t in token_batches(2)]) for k in ("input_ids", "attention_mask")}
+    X["labels"] = X["input_ids"].clone()
+
+    def refuse(*args, **kw):
+        raise AssertionError("A_ft merged")
+
+    monkeypatch.setattr(estimator, "merged", refuse)
+    t = Transfer(a, adapter, tiny_lm("qwen2", seed=1), scales=(1.0,)).fit(X)
+    assert t.moved_params_ == t.source_params_ > 0
+    with pytest.raises(AssertionError, match="A_ft merged"):
+        t.fit(["alpha beta", "gamma"])  # no targets: A_ft's own continuations
+
+
 def _bert(hidden=32, layers=2, seed=0):
     """A tiny config-built BERT sequence classifier of 3 classes."""
     import transformers as tf

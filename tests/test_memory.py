@@ -95,14 +95,16 @@ def test_max_stats_gb_caps_one_pass():
     assert capped["statistics_total"] == whole["statistics_total"] == _stats(whole)
 
 
-def test_lazy_adapter_holds_only_merged_modules():
-    kw = dict(tokens=8, batch_size=2, adapted=ATTN, rank=4)
+def test_lazy_adapter_holds_only_merged_modules_and_none_with_targets_given():
+    kw = dict(tokens=8, batch_size=2, adapted=ATTN, rank=4, label_free=True)
     eager = transfer_memory(qwen(32), qwen(48), **kw)
     lazy = transfer_memory(qwen(32), qwen(48), lazy=True, **kw)
     a = skeleton(qwen(32))
     merged = sum(p.numel() for n, p in a.named_parameters() if n.split(".")[-2] in ATTN)
     assert lazy["components"]["finetuned"] == 4 * merged
     assert lazy["phases"]["load"] < eager["phases"]["load"]
+    given = transfer_memory(qwen(32), qwen(48), **{**kw, "label_free": False})
+    assert given["components"]["finetuned"] == 0  # A_ft is never merged (Transfer.fit)
 
 
 def test_activations_match_autograds_saved_tensors():

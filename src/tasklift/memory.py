@@ -144,6 +144,7 @@ def transfer_memory(
     adapted: Sequence[str] | None = None, rank: int | None = None, num_labels: int | None = None,
     model_dtype: str = "float32", stats_dtype: str = "float64",
     max_stats_gb: float | None = None, method: str = "bico", lazy: bool = False,
+    label_free: bool = False,
 ) -> dict:  # fmt: skip
     """Predicted memory of `Transfer(A, A_ft, B).fit` in bytes, from A's and B's configs (or
     names of `SHAPES`).
@@ -156,6 +157,8 @@ def transfer_memory(
         model_dtype, stats_dtype, max_stats_gb, method: as `Transfer` takes them.
         lazy: checkpoints load as zero-copy views of their files, resident once read (float32
             safetensors on CPU): a merged adapter's A_ft then holds only its merged modules.
+        label_free: an LM calibrated on A_ft's own continuations; with targets given an LM
+            adapter's A_ft is never run, so never merged.
 
     Returns:
         {"components": {name: bytes}, "phases", "device", "host": {phase: bytes} in all, on
@@ -176,7 +179,9 @@ def transfer_memory(
                and (adapted is None or n.rsplit(".", 1)[-1] in adapted)]  # fmt: skip
     merged_only = lazy and rank is not None and lm
     comp = {
-        "finetuned": size * (_params(a, changed) if merged_only else _params(a)),
+        "finetuned": 0
+        if rank is not None and lm and not label_free
+        else size * (_params(a, changed) if merged_only else _params(a)),
         "copies": 0 if lm else size * (_params(backbone(a)) + _params(backbone(b))),
         "source": size * _params(a),
         "target": size * _params(b),

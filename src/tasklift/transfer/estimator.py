@@ -205,19 +205,25 @@ class Transfer(ClassifierMixin, BaseEstimator):
         with clock("load"):
             if is_adapter(self.finetuned):  # A_ft = A + a PEFT LoRA: τ_A from its factors
                 tv_a, self.adapter_config_ = read_adapter(self.finetuned)
-                a_ft = merged(self.source, self.finetuned, device=self.device, dtype=self.dtype)
+                lm = self.adapter_config_.get("task_type") != "SEQ_CLS"
+                given = y is not None or (isinstance(X, dict) and "labels" in X)
+                # an LM's targets given: A_ft is never run, so it is not merged (a model less)
+                a_ft = None if lm and given else merged(
+                    self.source, self.finetuned, device=self.device, dtype=self.dtype)  # fmt: skip
                 proc_a = None
             else:
                 tv_a, (a_ft, proc_a) = None, self._load(self.finetuned, head=True)
-        self.lm_ = is_causal_lm(a_ft)
-        self.max_length_ = self._max_length(X, (a_ft, proc_a))
+        self.lm_ = a_ft is None or is_causal_lm(a_ft)
+        if a_ft is not None:  # what the setup runs A_ft on (the head pass, greedy targets)
+            self.max_length_ = self._max_length(X, (a_ft, proc_a))
         setup = lm_setup if self.lm_ else classifier_setup
         with clock("setup"):
             prep = setup(self, a_ft, proc_a, X, y, tv=tv_a)
         a, b, pairs, proc_b = prep["source"], prep["target"], prep["pairs"], prep["processor"]
         proc_a = prep["source_processor"]  # A's own where A_ft came as an adapter
         self.processor_, self.head_ = proc_b, prep.get("head", [])
-        self.max_length_ = self._max_length(X, (a_ft, proc_a), (b, proc_b))  # before any loss
+        # before any loss; A has A_ft's architecture, so its token limit
+        self.max_length_ = self._max_length(X, (a, proc_a), (b, proc_b))
         del a_ft  # τ_A holds what is needed of it (an LM of several GB)
         words = None
         if self.token == "word":
