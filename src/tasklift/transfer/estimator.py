@@ -27,14 +27,7 @@ from ..taskvector import TaskVector
 from ..timing import Timings
 from .calibration import word_pooling
 from .head import classifier_setup
-from .lm import (
-    greedy_targets,
-    is_causal_lm,
-    is_lm_checkpoint,
-    lm_score,
-    lm_setup,
-    verbalise,
-)
+from .lm import greedy_targets, is_causal_lm, is_lm_checkpoint, lm_score, lm_setup, verbalise
 from .many import model_name, move_all, solved_maps, touched_pairs
 from .methods import SCALES, TOKENS, Method, get_method
 from .scales import SEARCHES, choose_scale
