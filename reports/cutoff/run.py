@@ -57,8 +57,8 @@ def main() -> None:
     for draw in map(int, args.draws.split(",")):
         calib, val, _ = calibration_split(train, calib=128, val=200, seed=draw)
         for cut in map(float, args.cutoffs.split(",")):
-            done = (r for r in rows if r.get("pair", "minilm-l3 -> minilm-l6") == f"{a} -> {b}")
-            if any(r["draw"] == draw and r["tie_break"] == cut for r in done):
+            if any(r["pair"] == f"{a} -> {b}" and r["draw"] == draw and r["tie_break"] == cut
+                   for r in rows):  # fmt: skip
                 continue  # resumable
             taus, got = {}, {}
             for dtype in ("float64", "float32"):
@@ -105,9 +105,6 @@ def summary(rows: list[dict]) -> list[dict]:
 
 def report(rows: list[dict]) -> None:
     """results.json and results.md (the summary, then every row)."""
-    for r in rows:  # the first rows, from before --pair, are minilm-l3 -> minilm-l6
-        r.setdefault("pair", "minilm-l3 -> minilm-l6")
-    rows = [{"pair": r.pop("pair"), **r} for r in rows]
     rows.sort(key=lambda r: (r["pair"], r["draw"], r["tie_break"]))
     write_text(OUT / "results.json", json.dumps(rows, indent=1) + "\n")
     table = summary(rows)

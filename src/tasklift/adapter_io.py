@@ -17,7 +17,7 @@ from .io import atomic_dir, check_output
 from .taskvector import LowRank, TaskVector
 
 __all__ = [
-    "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "STAMP", "is_adapter", "adapter_config",
+    "ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "STAMP", "is_adapter", "adapter_config", "is_classifier",
     "saved_tensors", "read_adapter", "head_state", "write_adapter", "write_moved",
 ]  # fmt: skip
 
@@ -67,7 +67,7 @@ def read_adapter(folder: str | os.PathLike) -> tuple[TaskVector, dict]:
     config = adapter_config(folder)
     bad = [k for k in _UNMOVED if config.get(k)]
     bad += ["bias"] if config.get("bias", "none") != "none" else []
-    if config.get("modules_to_save") and not _is_classifier(config):
+    if config.get("modules_to_save") and not is_classifier(config):
         bad.append("modules_to_save")  # an LM's lm_head or embeddings saved whole: not moved
     if config.get("peft_type") != "LORA" or bad:
         raise ValueError(
@@ -93,7 +93,9 @@ def read_adapter(folder: str | os.PathLike) -> tuple[TaskVector, dict]:
     return TaskVector(deltas), config
 
 
-def _is_classifier(config: dict) -> bool:
+def is_classifier(config: dict) -> bool:
+    """Whether a PEFT adapter config is a sequence classifier's (task_type SEQ_CLS, its head in
+    modules_to_save) rather than a causal LM's."""
     return config.get("task_type") == "SEQ_CLS"
 
 

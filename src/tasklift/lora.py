@@ -25,6 +25,7 @@ from .adapter_io import (
     adapter_config,
     head_state,
     is_adapter,
+    is_classifier,
     read_adapter,
     saved_tensors,
     write_adapter,
@@ -155,7 +156,7 @@ def merged(base: str | os.PathLike | nn.Module, adapter: str | os.PathLike, **lo
 
     if isinstance(base, nn.Module):  # merging writes into the model: never into the caller's
         base = copy.deepcopy(base)
-    if adapter_config(adapter).get("task_type") == "SEQ_CLS":
+    if is_classifier(adapter_config(adapter)):
         model = adapter_classifier(base, Path(adapter), **load)
     else:
         model, _ = load_model(base, lm=True, **load)

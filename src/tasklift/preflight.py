@@ -122,11 +122,11 @@ def check_paths(
 
     from .data import load_dataset
     from .loading import load_model, load_processor
-    from .lora import adapter_classifier, read_adapter
+    from .lora import adapter_classifier, is_classifier, read_adapter
     from .transfer.lm import is_lm_checkpoint
 
     tv, config = read_adapter(adapter) if adapter else (None, {})
-    if config.get("task_type") == "SEQ_CLS":  # the classifier the adapter was trained on
+    if is_classifier(config):  # the classifier the adapter was trained on
         a, tok_a = adapter_classifier(source, Path(adapter), device="cpu"), load_processor(source)
         b, tok_b = load_model(target, head=True, num_labels=a.config.num_labels, device="cpu")
     else:

@@ -60,7 +60,7 @@ def cmd_move_adapters(args) -> None:
     with --val or --scales, each adapter's scale chosen on --val further rows."""
     import numpy as np
 
-    from ..adapter_io import adapter_config
+    from ..adapter_io import adapter_config, is_classifier
     from ..data import load_dataset
     from ..distributed import is_main
     from ..transfer import SCALES, Transfer
@@ -73,7 +73,7 @@ def cmd_move_adapters(args) -> None:
     methods = args.methods or ["bico"]
     if len(methods) > 1:
         raise ValueError(f"moving adapters takes one method, not {methods}; pass --methods bico")
-    kinds = {adapter_config(p).get("task_type") == "SEQ_CLS" for p in args.adapters}
+    kinds = {is_classifier(adapter_config(p)) for p in args.adapters}
     if len(kinds) > 1:  # a classifier's calibrates on A_ft's predictions, an LM's on DATA's text
         raise ValueError(
             "the adapters mix classifier (SEQ_CLS) and causal-LM ones, which calibrate on "

@@ -21,7 +21,7 @@ from ..distributed import is_main
 from ..evaluate import accuracy
 from ..io import atomic_dir, check_output, write_text
 from ..loading import load_model
-from ..lora import head_state, is_adapter, merged, read_adapter, write_adapter
+from ..lora import head_state, is_adapter, is_classifier, merged, read_adapter, write_adapter
 from ..models import encode, token_limit
 from ..taskvector import TaskVector
 from ..timing import Timings
@@ -198,7 +198,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         with clock("load"):
             if is_adapter(self.finetuned):  # A_ft = A + a PEFT LoRA: τ_A from its factors
                 tv_a, self.adapter_config_ = read_adapter(self.finetuned)
-                lm = self.adapter_config_.get("task_type") != "SEQ_CLS"
+                lm = not is_classifier(self.adapter_config_)
                 given = y is not None or (isinstance(X, dict) and "labels" in X)
                 # an LM's targets given: A_ft is never run, so it is not merged (a model less)
                 a_ft = None if lm and given else merged(

@@ -21,7 +21,7 @@ from .. import __version__
 from ..data import num_items
 from ..distributed import everywhere, is_main
 from ..io import check_output
-from ..lora import head_state, read_adapter, write_moved
+from ..lora import head_state, is_classifier, read_adapter, write_moved
 from ..taskvector import TaskVector
 from ..timing import Timings
 from .cache import MapCache, Maps, data_fingerprint, default_dir, model_fingerprint
@@ -91,7 +91,7 @@ def move_all(
 def per_adapter(method: Method, X, y, configs: Sequence[dict] = ()) -> str | None:
     """Why each adapter needs maps of its own, or None when one calibration serves them all
     (`configs`: the adapters' PEFT configs)."""
-    if any(c.get("task_type") == "SEQ_CLS" for c in configs):
+    if any(is_classifier(c) for c in configs):
         return "a classifier's adapter carries its own head, which the task loss runs through"
     if method.post is not None:
         return f"{method.name} masks each τ_B by the signs of B's gradients"
