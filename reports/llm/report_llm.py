@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from run_llm import MODELS, PLAN, TRANSFER
 
+from tasklift.transfer.solve import TIE_BREAK
+
 DEFAULT_SCALES = TRANSFER["scales"]
 
 METRICS = {"bbc": ("accuracy",), "imdb": ("accuracy",), "persona": ("nll", "style")}
@@ -61,11 +63,13 @@ def pair_table(res: dict, task: str, a: str, b: str) -> str:
             lines.append(f"| {name} | " + " | ".join(f"{r[m]:.3f}" for m in metrics)
                          + f" | {gap} | | |")  # fmt: skip
     runs = [v for k, v in res.items() if k.startswith(f"{task}/transfer_{a}_{b}_")]
-    grid = lambda r: tuple(r.get("scales", DEFAULT_SCALES))  # noqa: E731
-    for label in sorted({(r["method"], r["modules"], grid(r)) for r in runs}):
-        draws = [r for r in runs if (r["method"], r["modules"], grid(r)) == label]
+    key = lambda r: (r["method"], r["modules"], tuple(r.get("scales", DEFAULT_SCALES)),  # noqa: E731
+                     r.get("tie_break", TIE_BREAK))  # fmt: skip
+    for label in sorted({key(r) for r in runs}):
+        draws = [r for r in runs if key(r) == label]
         what = label[0] + ("" if label[1] == "all adapted" else f", only {label[1]}")
         what += "" if label[2] == DEFAULT_SCALES else f", scales {', '.join(map(str, label[2]))}"
+        what += "" if label[3] == TIE_BREAK else f", cutoff {label[3]:g}"
         what += " †" if any("restored" in r for r in draws) else ""
         cells = [_cell([r[m] for r in draws]) for m in metrics]
         gap = _gap(np.mean([r[head] for r in draws]), low, high)

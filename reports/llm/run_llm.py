@@ -97,11 +97,19 @@ def only(task: str, a: str, modules: str) -> Path:
 
 
 def transfer(
-    task: str, a: str, b: str, method: str, draw: int, modules: str = "", scales: str = ""
+    task: str,
+    a: str,
+    b: str,
+    method: str,
+    draw: int,
+    modules: str = "",
+    scales: str = "",
+    tie_break: str = "",
 ) -> None:
     """One transfer A_ft -> B: A_ft as its adapter (τ_A as factors), calibration rows drawn
     from the training split by `draw`; B + τ_B scored, and saved as a PEFT LoRA of B. `scales`
-    (e.g. "2,2.5,3,4") replaces the grid of τ_B's scales searched on validation."""
+    (e.g. "2,2.5,3,4") replaces the grid of τ_B's scales searched on validation; `tie_break`
+    (e.g. "1e-3") the cutoff below which a map's direction counts as undetermined."""
     from tasklift.transfer import Transfer
 
     t, d = TASKS[task], TASKS[task].data()
@@ -112,6 +120,7 @@ def transfer(
     adapter = only(task, a, modules) if modules else RUNS / task / f"lora_{a}"
     pair = next(p[5] for p in PLAN if p[:3] == (task, a, b)) if not modules else {}
     grid = {"scales": tuple(map(float, scales.split(",")))} if scales else {}
+    grid |= {"tie_break": float(tie_break)} if tie_break else {}
     tr = Transfer(MODELS[a], adapter, MODELS[b], method=method, choices=d["choices"],
                   max_length=t.max_length, progress=True, **{**TRANSFER, **grid},
                   **pair)  # fmt: skip
@@ -120,11 +129,12 @@ def transfer(
     result = t.score(tr.model_, tr.processor_, d, RUNS / task)
     tag = f"{a}_{b}_{method}_{draw}" + (f"_{modules.replace(',', '_')}" if modules else "")
     tag += f"_scales_{scales.replace(',', '_')}" if scales else ""
+    tag += f"_tb_{tie_break}" if tie_break else ""
     moved = RUNS / task / f"adapter_{tag}"
     refactorised = tr.save_adapter(moved, overwrite=True)  # a PEFT LoRA folder for B
     _write(task, f"transfer_{tag}", {
         "a": a, "b": b, "method": method, "draw": draw, "modules": modules or "all adapted",
-        "scales": list(tr.scales),
+        "scales": list(tr.scales), "tie_break": tr.tie_break, "open": tr.open_directions_,
         **result, "scale": tr.scale_, "val_scores": tr.val_scores_,
         "moved": f"{tr.moved_params_}/{tr.source_params_}", "fit_seconds": round(fit_s, 1),
         "seconds": round(time.time() - t0, 1),
@@ -198,7 +208,7 @@ def _steps(draws: int) -> list[list[str]]:
             first += [["peft", t, "adapter_many_bico"] for t in MANY]
     second += [["many", "many", "activation"]]
     second += [["peft", t, "adapter_many_activation"] for t in MANY]
-    second += [["peft", "persona", "adapter_q05_q15_[ba]*_0"]]
+    second += [["peft", "persona", "adapter_q05_q15_[ba]*"]]  # draw 0 kept no folder
     unique = []
     for s in first + second + fine + rest:
         unique += [s] if s not in unique else []
@@ -298,6 +308,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--modules", default="", help="transfer: only these adapted modules")
     ap.add_argument("--scales", default="", help="transfer: another scale grid, e.g. 2,2.5,3,4")
+    ap.add_argument("--tie-break", default="", help="transfer: another cutoff, e.g. 1e-3")
     args = ap.parse_args()
     if args.step == "finetune":
         finetune(args.task, args.model)
@@ -305,7 +316,7 @@ def main() -> None:
         evaluate(args.task, args.model)
     elif args.step == "transfer":
         transfer(args.task, args.model, args.target, args.method, args.draw, args.modules,
-                 args.scales)  # fmt: skip
+                 args.scales, args.tie_break)  # fmt: skip
     elif args.step == "many":
         many(args.method)
     elif args.step == "all":

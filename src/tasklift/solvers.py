@@ -72,8 +72,7 @@ def _top(m: np.ndarray) -> float:
     m = m if m.shape[0] <= m.shape[1] else m.T
     if not m.size:
         return 0.0
-    top = float(torch.linalg.eigvalsh(torch.from_numpy(np.ascontiguousarray(m @ m.T)))[-1])
-    return float(np.sqrt(max(top, 0.0)))
+    return float(np.sqrt(max(eigh(m @ m.T)[0][-1], 0.0)))
 
 
 def procrustes(
