@@ -209,6 +209,7 @@ def _steps(draws: int) -> list[list[str]]:
     second += [["many", "many", "activation"]]
     second += [["peft", t, "adapter_many_activation"] for t in MANY]
     second += [["peft", "persona", "adapter_q05_q15_[ba]*"]]  # draw 0 kept no folder
+    fine.sort(key=lambda s: s[1] == "imdb")  # issue 19's upper bounds before issue 20's second task
     unique = []
     for s in first + second + fine + rest:
         unique += [s] if s not in unique else []
