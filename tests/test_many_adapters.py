@@ -222,7 +222,7 @@ def test_cli_adapter_form_honours_val_and_scales_and_refuses_the_table_form_s_fl
     """--val / --scales choose each adapter's scale on rows held out of calibration; --title,
     --probe, --train-limit, --test-size, --label-key (the table form's) are refused by the
     adapter form, and --map-cache
-    or an adapter as A_FT by the table form: one line naming the flag and its form, exit 2."""
+    or an LM's adapter as A_FT by the table form: one line naming the flag and its form, exit 2."""
     from tasklift.cli import main
 
     root, paths = saved
@@ -244,7 +244,8 @@ def test_cli_adapter_form_honours_val_and_scales_and_refuses_the_table_form_s_fl
         assert f"{flag[0]}: only A A_FT B DATA takes it" in err and err.count("\n") == 1, err
     table = [paths[0], paths[2], paths[1], paths[-1]]  # A ADAPTER B DATA: the table form
     assert main(["transfer", *table, "-o", str(tmp_path / "t"), *OPTS]) == 2
-    assert "is a PEFT adapter; A A_FT B DATA compares whole fine-tunes" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "is a causal LM's PEFT adapter; A A_FT B DATA scores classifiers" in err, err
     table[1] = paths[0]  # A A B DATA: a model, but --map-cache is the adapter form's
     assert main(["transfer", *table, "-o", str(tmp_path / "t"), *OPTS, "--map-cache", "off"]) == 2
     assert "--map-cache is for moving adapters" in capsys.readouterr().err
@@ -280,6 +281,38 @@ def test_cli_moves_a_classifier_adapter_with_its_head(tmp_path, capsys):
     assert head.shape == (3, 48) and head[:, 32:].abs().max() == 0  # A's head on B's features
     assert main([*argv, "--overwrite", "--val", "4"]) == 2
     assert "--val and --scales score against labels" in capsys.readouterr().err
+
+
+def test_the_table_form_takes_a_classifier_adapter_as_a_ft_merged(tmp_path, capsys):
+    """tasklift transfer A ADAPTER B DATA (a SEQ_CLS adapter as A_FT): every method runs on
+    A + adapter merged, whose own row scores what the merged model predicts on the test rows."""
+    import numpy as np
+
+    from conftest import WORDS, tiny_tokenizer
+    from tasklift.cli import main
+    from tasklift.data import load_dataset, split
+    from tasklift.lora import merged
+    from test_lora import _bert
+
+    a, b = _bert(), _bert(hidden=48, layers=3, seed=1)
+    for name, model in (("a", a.bert), ("b", b.bert)):
+        model.save_pretrained(tmp_path / name)
+        tiny_tokenizer(WORDS).save_pretrained(tmp_path / name)
+    _adapter(a, tmp_path / "cls", task_type="SEQ_CLS", targets=["query", "value"])
+    rows = [(" ".join(WORDS[i : i + 6]), i % 3) for i in range(30)]
+    (tmp_path / "d.csv").write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    paths = [str(tmp_path / p) for p in ("a", "cls", "b", "d.csv")]
+    opts = ["--calib", "8", "--val", "6", "--test-size", "0.2", "--quiet", "--device", "cpu"]
+    out = tmp_path / "out"
+    assert main(["transfer", *paths, "-o", str(out), *opts, "--methods", "bico,naive"]) == 0
+    got = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}
+    assert np.isfinite(got["bico"]["accuracy"]) and got["naive"]["accuracy"] is None  # widths
+    a_ft = merged(tmp_path / "a", tmp_path / "cls", device="cpu")
+    _, test = split(load_dataset(str(tmp_path / "d.csv")), test_size=0.2, seed=0)
+    enc = tiny_tokenizer(WORDS)(list(test.X), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        pred = a_ft(**enc).logits.argmax(-1).numpy()
+    assert got["A fine-tuned"]["accuracy"] == pytest.approx(np.mean(pred == test.y))
 
 
 def test_moving_adapters_checks_parameters_and_refuses_what_it_cannot_do(pair, tmp_path):

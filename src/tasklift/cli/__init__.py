@@ -138,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "paths", nargs="+", action=TransferPaths, default=argparse.SUPPRESS, metavar="PATH",
-        help="A A_FT B DATA (A_ft: A fine-tuned; every method compared in a report), or A B "
+        help="A A_FT B DATA (A_ft: A fine-tuned, or a classifier's PEFT adapter of A; every "
+        "method compared in a report), or A B "
         "ADAPTER [ADAPTER ...] DATA: PEFT LoRA adapters of A moved to B with one calibration on "
         "DATA's texts (chat data: prompts and responses; a classifier's adapter: A_ft's own "
         "predictions), one PEFT folder each in -o and a manifest",

@@ -30,28 +30,37 @@ def _texts(ds, classifier: bool) -> tuple:
     return (ds.X, ds.targets) if ds.targets else ([""] * len(ds), ds.X)
 
 
-def table_form(args) -> None:
-    """A A_FT B DATA: refuse the adapter form's --map-cache and an adapter as A_FT, and fill
-    in --val, --scales, --label-key and --test-size (None when not given, so the adapter form
-    can tell).
+def table_form(args):
+    """A A_FT B DATA: refuse the adapter form's --map-cache and a causal LM's adapter as A_FT,
+    fill in --val, --scales, --label-key and --test-size (None when not given, so the adapter
+    form can tell), and return A_FT as the methods take it: a classifier's adapter merged once
+    into the dense A + adapter (naive, permutation and GradFix need the dense τ_A, and A_FT's
+    own row scores it), else its path.
 
     Raises:
         ValueError: naming the flag or path and the form that takes it.
     """
-    from ..adapter_io import is_adapter
+    from ..adapter_io import adapter_config, is_adapter, is_classifier
+    from ..lora import merged
     from ..transfer import SCALES
     from .flags import SPLIT_DEFAULTS
 
     if args.map_cache is not None:
         raise ValueError("--map-cache is for moving adapters (A B ADAPTER [ADAPTER ...] DATA); "
                          "A A_FT B DATA calibrates every method anew: drop it")  # fmt: skip
-    if is_adapter(args.finetuned):
-        raise ValueError(f"{args.finetuned} is a PEFT adapter; A A_FT B DATA compares whole "
-                         "fine-tunes: move it with tasklift transfer A B ADAPTER DATA")  # fmt: skip
+    finetuned = args.finetuned
+    if is_adapter(finetuned):
+        if not is_classifier(adapter_config(finetuned)):
+            raise ValueError(
+                f"{finetuned} is a causal LM's PEFT adapter; A A_FT B DATA scores classifiers: "
+                "move it with tasklift transfer A B ADAPTER DATA"
+            )
+        finetuned = merged(args.source, finetuned, device=args.device, dtype=args.dtype)
     for key, default in SPLIT_DEFAULTS.items():
         setattr(args, key, default if getattr(args, key) is None else getattr(args, key))
     args.val = VAL if args.val is None else args.val
     args.scales = list(SCALES) if args.scales is None else args.scales
+    return finetuned
 
 
 def cmd_move_adapters(args) -> None:

@@ -44,7 +44,7 @@ def _splits(args, data: str | None = None, classifier=None):
         encoding=args.encoding,
     )
     if classifier is not None:
-        ds = align_labels(ds, label_names(classifier), model=str(classifier))
+        ds = align_labels(ds, label_names(classifier), model=str(args.finetuned))
     train, test = split(ds, test_size=args.test_size, seed=args.seed)
     if args.train_limit is not None and args.train_limit < len(train):
         train = subsample(train, fraction=args.train_limit / len(train), seed=args.seed)
@@ -199,11 +199,11 @@ def cmd_transfer(args) -> None:
     from ..loading import label_names
     from ..report import markdown_table, transfer_sections, write_report
 
-    table_form(args)
+    finetuned = table_form(args)  # a classifier's adapter: merged
     args.methods = args.methods or list(METHODS)
-    train, test = _splits(args, classifier=args.finetuned)
+    train, test = _splits(args, classifier=finetuned)
     if args.target_finetuned is not None:
-        names = label_names(args.finetuned), label_names(args.target_finetuned)
+        names = label_names(finetuned), label_names(args.target_finetuned)
         if names[0] != names[1]:
             raise ValueError(
                 f"{args.target_finetuned} has labels {names[1]} but {args.finetuned} has "
@@ -213,7 +213,7 @@ def cmd_transfer(args) -> None:
     t0 = time.time()
     rows = transfer_table(
         args.source,
-        args.finetuned,
+        finetuned,
         args.target,
         calib,
         val,

@@ -6,7 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
+from torch import nn
+
 from ..data import Dataset
+from ..loading import load_processor
 from ..probe import FineTuned, LinearProbe
 from ..transfer import METHODS, SCALES, Transfer
 
@@ -94,9 +97,12 @@ def transfer_table(
     if train is not None:
         probe = LinearProbe(target, progress=progress, **rt).fit(train.X, train.y)
         rows.append({"method": "linear probe on B", "accuracy": probe.score(test.X, test.y)})
-    refs = {"A fine-tuned": finetuned, "B fine-tuned": target_finetuned}
-    for name, model in refs.items():
+    # A_ft as a model object (A + adapter merged) has A's processor, which only A's folder holds
+    own = isinstance(finetuned, nn.Module) and not isinstance(source, nn.Module)
+    refs = {"A fine-tuned": (finetuned, load_processor(source) if own else None),
+            "B fine-tuned": (target_finetuned, None)}  # fmt: skip
+    for name, (model, processor) in refs.items():
         if model is not None:
-            acc = FineTuned(model, **rt).fit().score(test.X, test.y)
+            acc = FineTuned(model, processor=processor, **rt).fit().score(test.X, test.y)
             rows.append({"method": name, "accuracy": acc})
     return rows
