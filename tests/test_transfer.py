@@ -630,6 +630,39 @@ def test_transfer_across_tokenizers_pairs_words(text_task, tmp_path):
     assert np.isfinite(t.decision_function(texts[:5])).all()
 
 
+def test_token_all_is_refused_where_padding_would_hide_tokenizers_that_split_apart(
+    text_task, tmp_path, monkeypatch
+):
+    """B's tokenizer splits 'alpha' (al ##pha), A's does not; in a batch whose longest text has
+    no 'alpha' both pad to the same length, so token='all' would pair unrelated tokens without
+    an error. Transfer.fit refuses it before loading a model, counting the texts; `check`
+    counts them and says token='word', which runs; tokenizers that split alike pass."""
+    import tasklift.transfer.estimator as est
+    from conftest import WORDS, tiny_tokenizer
+    from tasklift.preflight import check_pair
+    from tasklift.transfer.pairing import split_alike
+
+    root = text_task
+    tok_b = tiny_tokenizer(["al", "##pha", *WORDS[1:]])
+    tiny_classifier("bert", seed=5).bert.save_pretrained(tmp_path / "b")
+    tok_b.save_pretrained(tmp_path / "b")
+    texts = ["w1 w2 w3 w4 w5 w6 w7 w8"] + [f"alpha w{i} beta" for i in range(7)]
+    kw = dict(source=root / "base", finetuned=root / "ft", target=tmp_path / "b", scales=[1.0])
+    with monkeypatch.context() as m:  # without the check the fit runs: the case is silent
+        m.setattr(est, "token_refusal", lambda *a: None)
+        assert Transfer(**kw, token="all").fit(texts).moved_params_ > 0
+    with monkeypatch.context() as m:
+        m.setattr(est, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+        with pytest.raises(ValueError, match="split 7 of 8 calibration texts differently"):
+            Transfer(**kw, token="all").fit(texts)
+    tok_a = tiny_tokenizer(WORDS)
+    assert split_alike(texts, (tok_a, tiny_tokenizer(WORDS)), 16) == (8, None)
+    a, b = tiny_classifier("bert", seed=3).bert, tiny_classifier("bert", seed=5).bert
+    report = check_pair(a, b, tokenizers=(tok_a, tok_b), texts=texts)
+    assert report["texts_split_alike"] == [1, 8] and report["token_pairing"] == "word"
+    assert Transfer(**kw, token="word").fit(texts).moved_params_ > 0
+
+
 def test_a_weight_moved_between_linear_and_conv1d_is_turned_round():
     """GPT-2's Conv1D stores (d_in, d_out), a Linear (d_out, d_in): Llama -> GPT-2 pairs o_proj
     with c_proj, and the delta must land transposed (dense or as factors), and back again."""

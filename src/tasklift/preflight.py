@@ -53,7 +53,7 @@ def check_pair(
 ) -> dict:
     """Everything `tasklift check` reports, as a dict: "ok" False with "reasons" when no
     method can run. `adapter_tv`: τ_A of an adapter, checked against A's parameters."""
-    from .transfer.pairing import match_modules, proportional_depth
+    from .transfer.pairing import match_modules, proportional_depth, split_alike, unpaired
 
     fa, fb = family_of(source), family_of(target)
     roles_a = {role for role, _ in roles(source).values()}
@@ -67,7 +67,7 @@ def check_pair(
     overlap = _vocab_overlap(*tokenizers)
     reasons = []
     if not pairs:
-        reasons.append(f"no module of B ({fb.name}) pairs with one of A ({fa.name})")
+        reasons.append(unpaired(source, target))
     notes = []
     if GENERIC in (fa, fb):  # names still pair; attention is not blocked by heads
         notes.append("a model of no described family: paired by names; see tasklift.families")
@@ -82,6 +82,10 @@ def check_pair(
         for m in METHODS.values()
     }
     token = "all" if overlap is None or overlap > 0.99 else "word"
+    alike = None
+    if texts and None not in tokenizers:  # what token='all' needs: every text split alike
+        alike = split_alike(list(texts), tokenizers, max_length)[0]
+        token = "all" if alike == len(texts) else "word"
     out = {
         "families": (fa.name, fb.name),
         "widths": (wa, wb),
@@ -90,6 +94,7 @@ def check_pair(
         "pairs": len(pairs),
         "depth_map": proportional_depth(wa["layers"], wb["layers"]),
         "tokenizer_overlap": overlap,
+        "texts_split_alike": None if alike is None else [alike, len(texts)],
         "token_pairing": token,
         "methods": methods,
     }
@@ -169,9 +174,10 @@ def format_check(report: dict) -> str:
         f"only in B: {report['roles_only_in_b']}",
         f"depth map (B block: A block): {report['depth_map']}",
     ]
-    overlap = report["tokenizer_overlap"]
+    overlap, alike = report["tokenizer_overlap"], report.get("texts_split_alike")
     if overlap is not None:
-        lines.append(f"tokenizers: {overlap:.1%} of A's tokens mean the same in B -> "
+        split = "" if alike is None else f", {alike[0]} of {alike[1]} texts split alike"
+        lines.append(f"tokenizers: {overlap:.1%} of A's tokens mean the same in B{split} -> "
                      f"token={report['token_pairing']!r}")  # fmt: skip
     if "cka" in report:
         lines.append(f"linear CKA per layer of B: {report['cka']}")

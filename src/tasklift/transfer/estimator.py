@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,29 +11,26 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from torch import nn
 from tqdm.auto import tqdm
 
-from .. import __version__
-from .._estimator import as_labels, check_fitted, check_runtime, recorded, scored
+from .._estimator import as_labels, check_fitted, check_runtime, scored
 from ..checks import check_bool, check_choice, check_float, check_list
 from ..data import is_texts, num_items, take
-from ..distributed import is_main
 from ..evaluate import accuracy
-from ..io import atomic_dir, check_output, write_text
-from ..loading import load_model
-from ..lora import head_state, is_adapter, is_classifier, merged, read_adapter, write_adapter
+from ..loading import load_model, load_processor
+from ..lora import is_adapter, is_classifier, merged, read_adapter
 from ..models import encode, token_limit
 from ..taskvector import TaskVector
 from ..timing import Timings
+from . import saving
 from .calibration import word_pooling
 from .head import classifier_setup
 from .lm import greedy_targets, is_causal_lm, is_lm_checkpoint, lm_score, lm_setup, verbalise
-from .many import model_name, move_all, solved_maps, touched_pairs
+from .many import move_all, solved_maps, touched_pairs
 from .methods import SCALES, TOKENS, Method, get_method
+from .pairing import token_refusal, unpaired
 from .scales import SEARCHES, choose_scale
 from .solve import POST_STEPS, TIE_BREAK, transport, zeroed
 
 __all__ = ["Transfer"]
-
-_SETTINGS = "tasklift_transfer.json"
 
 
 class Transfer(ClassifierMixin, BaseEstimator):
@@ -129,6 +124,14 @@ class Transfer(ClassifierMixin, BaseEstimator):
         model, proc = load_model(src, head=head and not lm, lm=lm, **rt)
         return model, self.processor if self.processor is not None else proc
 
+    def _tokenizers(self) -> tuple:
+        """A's and B's tokenizers without loading weights (`processor=` serves both; None for
+        a model object, which brings none)."""
+        if self.processor is not None:
+            return self.processor, self.processor
+        return tuple(None if isinstance(m, nn.Module) else load_processor(m)
+                     for m in (self.source, self.target))  # fmt: skip
+
     def _batches(self, n: int, desc: str):
         idx = [np.arange(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
         return tqdm(idx, desc=desc, disable=not self.progress, leave=False)
@@ -193,6 +196,10 @@ class Transfer(ClassifierMixin, BaseEstimator):
         n = num_items(X)
         if n == 0:
             raise ValueError("the calibration set is empty; pass some inputs (about 128)")
+        if self.token == "all" and is_texts(X):  # refused before any model runs
+            reason = token_refusal(X, self._tokenizers(), self.max_length or 512)
+            if reason:
+                raise ValueError(reason)
         self.adapter_config_, self.timings_ = None, Timings()
         clock = self.timings_
         with clock("load"):
@@ -213,6 +220,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         with clock("setup"):
             prep = setup(self, a_ft, proc_a, X, y, tv=tv_a)
         a, b, pairs, proc_b = prep["source"], prep["target"], prep["pairs"], prep["processor"]
+        if not pairs:  # before the calibration passes, which could move nothing
+            raise ValueError(unpaired(a, b))
         proc_a = prep["source_processor"]  # A's own where A_ft came as an adapter
         self.processor_, self.head_ = proc_b, prep.get("head", [])
         # before any loss; A has A_ft's architecture, so its token limit
@@ -341,15 +350,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         Raises:
             ValueError: A_ft was not given as a PEFT adapter folder.
         """
-        check_fitted(self, "model_")
-        if self.adapter_config_ is None:
-            raise ValueError("save_adapter needs A_ft given as a PEFT adapter folder; use save()")
-        if not is_main():  # under torchrun every process holds τ_B; rank 0 writes it
-            return {}
-        base = model_name(self.target, "target")
-        return write_adapter(path, self.task_vector_ * self.scale_, self.adapter_config_,
-                             str(base), head=head_state(self.model_, self.head_),
-                             overwrite=overwrite)  # fmt: skip
+        return saving.save_adapter(self, path, overwrite=overwrite)
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> None:
         """Write the transferred classifier as a Hugging Face checkpoint folder (atomically), with
@@ -357,29 +358,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         `tasklift_transfer.json` (parameters, chosen scale, validation scores); an existing
         `path` is replaced only if tasklift wrote it and `overwrite` is set. Under torchrun
         only rank 0 writes."""
-        check_fitted(self, "model_")
-        if not is_main():
-            return
-        check_output(path, overwrite=overwrite)
-        params = {k: recorded(v) for k, v in self.get_params().items() if k != "processor"}
-        params["scales"] = [float(s) for s in params["scales"]]
-        info = {
-            "class": "Transfer",
-            "version": __version__,
-            "params": params,
-            "scale": self.scale_,
-            "val_scores": self.val_scores_,
-            "moved_params": self.moved_params_,
-            "source_params": self.source_params_,
-            "timings": self.timings_,
-            "open_directions": self.open_directions_,
-        }
-        with atomic_dir(path) as tmp:
-            self.model_.save_pretrained(tmp)
-            if self.processor_ is not None:
-                self.processor_.save_pretrained(tmp)
-            self.task_vector_.save(tmp / "task_vector.safetensors", method=self.method)
-            write_text(tmp / _SETTINGS, json.dumps(info, indent=2))
+        saving.save(self, path, overwrite=overwrite)
 
     @classmethod
     def load(cls, path: str | os.PathLike, **overrides) -> Transfer:
@@ -388,19 +367,4 @@ class Transfer(ClassifierMixin, BaseEstimator):
         Raises:
             FileNotFoundError: `path` is not a folder written by `Transfer.save`.
         """
-        settings = Path(path) / _SETTINGS
-        if not settings.is_file():
-            raise FileNotFoundError(f"{path} has no {_SETTINGS}; was it written by Transfer.save?")
-        info = json.loads(settings.read_text())
-        t = cls(**{**info["params"], **overrides})
-        t.model_, t.processor_ = t._load(path, head=True)
-        t.max_length_ = token_limit(t.max_length, t.model_, t.processor_)
-        t.task_vector_ = TaskVector.load(Path(path) / "task_vector.safetensors")
-        t.scale_ = float(info["scale"])
-        t.val_scores_ = {float(k): v for k, v in info["val_scores"].items()}
-        t.moved_params_, t.source_params_ = info["moved_params"], info["source_params"]
-        t.timings_ = info.get("timings", {})  # of the fit that wrote it (older files: none)
-        t.open_directions_ = info.get("open_directions")
-        t.lm_, t.adapter_config_, t.head_ = is_causal_lm(t.model_), None, []
-        t.classes_ = t._classes(t.model_)
-        return t
+        return saving.load(cls, path, overrides)

@@ -15,7 +15,16 @@ from transformers.pytorch_utils import Conv1D
 from ..families import GENERIC, family_of, roles
 from ..models import blocks
 
-__all__ = ["match_modules", "head_pair", "owns_params", "module_dims", "is_matrix"]
+__all__ = [
+    "match_modules",
+    "head_pair",
+    "owns_params",
+    "module_dims",
+    "is_matrix",
+    "split_alike",
+    "token_refusal",
+    "unpaired",
+]
 
 _MATRIX = (nn.Linear, Conv1D, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.MultiheadAttention)
 
@@ -132,3 +141,50 @@ def match_modules(
         if src in have:
             pairs[name] = src
     return pairs
+
+
+def _splits(tokenizer, texts: list[str], max_length: int) -> list[list]:
+    """Where `tokenizer` splits each text: its tokens' character offsets (special tokens
+    (0, 0))."""
+    enc = tokenizer(texts, truncation=True, max_length=max_length, return_offsets_mapping=True)
+    return [[tuple(map(int, o)) for o in row] for row in enc["offset_mapping"]]
+
+
+def split_alike(texts: list[str], tokenizers: tuple, max_length: int) -> tuple[int, str | None]:
+    """How many of `texts` A's and B's tokenizers split into the same tokens (by character
+    offsets), and the first text they split differently (None if none): token='all' pairs
+    tokens by position, sound only where every text splits alike."""
+    tok_a, tok_b = tokenizers
+    if tok_a is tok_b:
+        return len(texts), None
+    try:
+        got = _splits(tok_a, texts, max_length), _splits(tok_b, texts, max_length)
+    except NotImplementedError:  # a slow tokenizer: compare the token strings
+        enc = [t(texts, truncation=True, max_length=max_length)["input_ids"] for t in tokenizers]
+        got = [
+            [t.convert_ids_to_tokens(r) for r in e] for t, e in zip(tokenizers, enc, strict=True)
+        ]
+    differ = [t for t, a, b in zip(texts, *got, strict=True) if a != b]
+    return len(texts) - len(differ), (differ[0] if differ else None)
+
+
+def unpaired(source: nn.Module, target: nn.Module) -> str:
+    """The refusal where no module of B pairs with one of A."""
+    fa, fb = family_of(source).name, family_of(target).name
+    return f"no module of B ({fb}) pairs with one of A ({fa})"
+
+
+def token_refusal(texts, tokenizers: tuple, max_length: int) -> str | None:
+    """Why token='all' cannot pair these texts' tokens (None where it can): the two tokenizers
+    split some of them differently, so rows paired by position would be unrelated tokens
+    (silently wrong statistics). `tasklift check` and `Transfer.fit` ask the same."""
+    if not texts or None in tokenizers:
+        return None
+    alike, first = split_alike(list(texts), tokenizers, max_length)
+    if first is None:
+        return None
+    return (
+        f"A's and B's tokenizers split {len(texts) - alike} of {len(texts)} calibration texts "
+        f"differently (e.g. {first[:60]!r}): token='all' would pair unrelated tokens by "
+        "position; pass token='word' (words matched by characters), 'cls' or 'mean'"
+    )
