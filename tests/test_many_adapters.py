@@ -251,6 +251,24 @@ def test_cli_adapter_form_honours_val_and_scales_and_refuses_the_table_form_s_fl
     assert "--map-cache is for moving adapters" in capsys.readouterr().err
 
 
+def test_adapters_are_not_moved_across_tokenizers_that_split_the_texts_apart(saved, tmp_path):
+    """B's tokenizer splits 'alpha' where A's does not: the shared maps pair tokens by
+    position, so move_adapters refuses before loading a model and writes nothing."""
+    import tasklift.transfer.estimator as est
+    from conftest import WORDS, tiny_tokenizer
+
+    root, paths = saved
+    tiny_lm("llama", seed=1, hidden=48, layers=3).save_pretrained(tmp_path / "b")
+    tiny_tokenizer(["al", "##pha", *WORDS[1:]]).save_pretrained(tmp_path / "b")
+    texts = ["w1 w2 w3 w4 w5 w6"] + [f"alpha w{i}" for i in range(5)]
+    t = Transfer(root / "a", None, tmp_path / "b", device="cpu")
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(est, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
+        with pytest.raises(ValueError, match="split 5 of 6 calibration texts differently"):
+            t.move_adapters(paths[2:4], [""] * 6, texts, out=tmp_path / "out", map_cache=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_moves_a_classifier_adapter_with_its_head(tmp_path, capsys):
     """A SEQ_CLS adapter of a BERT folder, moved by the adapter form to a wider BERT folder
     (calibrated on the texts with A_ft's own predictions): plain PEFT loads the folder onto B's

@@ -18,7 +18,7 @@ import numpy as np
 from torch import nn
 
 from .. import __version__
-from ..data import num_items
+from ..data import is_texts, num_items
 from ..distributed import everywhere, is_main
 from ..io import check_output
 from ..lora import head_state, is_classifier, read_adapter, write_moved
@@ -28,6 +28,7 @@ from .cache import MapCache, Maps, data_fingerprint, default_dir, model_fingerpr
 from .calibration import calibrate, plan_passes
 from .lm import check_fits, lm_setup
 from .methods import Method
+from .pairing import token_refusal
 from .scales import choose_scale
 from .solve import iter_maps, transport
 
@@ -201,6 +202,11 @@ def move_adapters(
             "maps for many adapters need token='all': move each adapter with "
             "Transfer(A, ADAPTER, B, token='word').fit"
         )
+    if is_texts(X):  # token='all' pairs tokens by position: every text must split alike
+        texts = [p + t for p, t in zip(X, y, strict=True)] if is_texts(y) else X
+        reason = token_refusal(texts, est._tokenizers(), est.max_length or 512)
+        if reason:
+            raise ValueError(reason)
     if not adapters:
         raise ValueError("no adapters to move; pass one or more PEFT LoRA folders trained on A")
     if X_val is not None and scale != 1.0:
