@@ -165,6 +165,9 @@ def report(runs: Path, out: Path) -> None:
         seen.add(task)
         parts.append(f"## {task}: {MODELS[a]} → {MODELS[b]}\n\n{intro}"
                      + pair_table(res, task, a, b) + "\n")  # fmt: skip
+        if intro and samples(res, task):  # once per task: its first test prompts' answers
+            parts.append(f"Greedy answers to the first test prompts (draw 0):\n\n"
+                         f"{samples(res, task)}\n")  # fmt: skip
     if list(out.glob("taskmatrix_*/results.json")):
         parts.append("## Task matrices on Qwen2.5-Coder-0.5B (issue 19.3)\n\nBase = the 0.5B, "
                      "fine-tuned = the 0.5B + its LoRA (the bbc / imdb adapters above), read by "
