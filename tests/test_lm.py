@@ -129,6 +129,29 @@ def test_bico_recovers_a_permuted_lm_task_vector(kind):
                                    a_ft(input_ids=ids).logits, atol=1e-4, rtol=0)  # fmt: skip
 
 
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3", "gpt2"])
+def test_permutation_naive_and_gradfix_run_on_causal_lms(kind):
+    """The other baselines on causal LMs, onto a permuted copy: re-basin (permutation) recovers
+    τ_B = P(τ_A) exactly; naive re-applies τ_A as it is; GradFix keeps each entry of τ_A or
+    zeroes it (a sign mask from B's gradients), some kept and some not."""
+    a = tiny_lm(kind)
+    a_ft = nudged(a)
+    b = permuted_lm(a)
+    X = {k: torch.cat([t[k] for t in token_batches(4)]) for k in ("input_ids", "attention_mask",
+                                                                   "labels")}  # fmt: skip
+    tv_a = TaskVector.from_state_dicts(a.state_dict(), a_ft.state_dict()).deltas
+    want = TaskVector.from_state_dicts(b.state_dict(), permuted_lm(a_ft).state_dict()).deltas
+    got = {m: Transfer(a, a_ft, b, method=m, scales=(1.0,), tie_break=1e-9).fit(X).task_vector_
+           for m in ("permutation", "naive", "gradfix")}  # fmt: skip
+    for k, v in want.items():
+        torch.testing.assert_close(got["permutation"].deltas[k], v, atol=1e-6, rtol=0, msg=k)
+        torch.testing.assert_close(got["naive"].deltas[k], tv_a[k], atol=0, rtol=0, msg=k)
+        g = got["gradfix"].deltas[k]
+        assert ((g == tv_a[k]) | (g == 0)).all(), k
+    kept = [float((got["gradfix"].deltas[k] != 0).float().mean()) for k in want]
+    assert 0 < np.mean(kept) < 1
+
+
 def test_tied_embeddings_count_once_in_a_task_vector():
     a = tiny_lm("gemma3")
     assert a.config.tie_word_embeddings
@@ -138,7 +161,7 @@ def test_tied_embeddings_count_once_in_a_task_vector():
     torch.testing.assert_close(moved.lm_head.weight, nudged(a).lm_head.weight)  # added once
 
 
-@pytest.mark.parametrize("kind", ["qwen2", "gemma3"])
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3", "gpt2"])
 def test_wider_and_deeper_target_runs_end_to_end(kind):
     """A (2 layers × 32) -> B (3 layers × 48, 6 query heads): every method with a solver moves
     τ; B + τ_B keeps B's vocabulary and shapes, and its loss on A_ft's data is finite."""
