@@ -17,6 +17,10 @@ from tasklift.transfer.lm import IGNORE, choice_tokens, lm_encode, lm_loss
 V = 64
 
 
+#: every decoder family's config-built kinds (mistral shares Llama's entry, gemma2 Gemma-3's)
+KINDS = ["llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3", "gpt2"]
+
+
 def tiny_lm(kind: str, seed: int = 0, hidden: int = 32, layers: int = 2, heads: int = 4):
     """A tiny causal LM of `kind`, weights moved off their initialisation as if trained."""
     torch.manual_seed(seed)
@@ -26,7 +30,10 @@ def tiny_lm(kind: str, seed: int = 0, hidden: int = 32, layers: int = 2, heads: 
     )  # fmt: skip
     cfg = {
         "llama": lambda: tf.LlamaConfig(**common, tie_word_embeddings=False),
+        "mistral": lambda: tf.MistralConfig(**common, tie_word_embeddings=False),
         "qwen2": lambda: tf.Qwen2Config(**common, tie_word_embeddings=False),
+        "qwen3": lambda: tf.Qwen3Config(**common, head_dim=8, tie_word_embeddings=False),
+        "gemma2": lambda: tf.Gemma2Config(**common, head_dim=8, sliding_window=4),
         "gemma3": lambda: tf.Gemma3TextConfig(**common, head_dim=8, sliding_window=4),
         "gpt2": lambda: tf.GPT2Config(vocab_size=V, n_embd=hidden, n_layer=layers, n_head=heads,
                                       n_positions=32, resid_pdrop=0, embd_pdrop=0, attn_pdrop=0),
@@ -96,7 +103,7 @@ def token_batches(n_batches=6, size=12, length=10, seed=0):
         yield {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3", "gpt2"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_permuted_lm_computes_the_same_function(kind):
     a = tiny_lm(kind)
     ids = next(token_batches())["input_ids"]
@@ -105,7 +112,7 @@ def test_permuted_lm_computes_the_same_function(kind):
                                    atol=1e-5, rtol=0)  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3", "gpt2"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_bico_recovers_a_permuted_lm_task_vector(kind):
     """τ_B = P(τ_A) to 1e-4 for every parameter (LM head included: its vocabulary side maps by
     identity, never calibrated), and B + τ_B computes A_ft's logits."""
@@ -129,7 +136,7 @@ def test_bico_recovers_a_permuted_lm_task_vector(kind):
                                    a_ft(input_ids=ids).logits, atol=1e-4, rtol=0)  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3", "gpt2"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_permutation_naive_and_gradfix_run_on_causal_lms(kind):
     """The other baselines on causal LMs, onto a permuted copy: re-basin (permutation) recovers
     τ_B = P(τ_A) exactly; naive re-applies τ_A as it is; GradFix keeps each entry of τ_A or
@@ -161,7 +168,7 @@ def test_tied_embeddings_count_once_in_a_task_vector():
     torch.testing.assert_close(moved.lm_head.weight, nudged(a).lm_head.weight)  # added once
 
 
-@pytest.mark.parametrize("kind", ["llama", "qwen2", "gemma3", "gpt2"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_wider_and_deeper_target_runs_end_to_end(kind):
     """A (2 layers × 32) -> B (3 layers × 48, 6 query heads): every method with a solver moves
     τ; B + τ_B keeps B's vocabulary and shapes, and its loss on A_ft's data is finite."""

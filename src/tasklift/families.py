@@ -82,6 +82,12 @@ _LLAMA_ROLES = {
     r"norm": "final_norm",
 }
 _DECODER = dict(lm_head="lm_head", kv_heads="num_key_value_heads")
+#: RMSNorms of each head's queries and keys (Qwen3, Gemma-3): per-head coordinates, which RoPE
+#: fixes, so the residual stream's map must not touch them
+_QK_NORMS = {
+    r"layers\.(\d+)\.self_attn\.q_norm": "q_norm",
+    r"layers\.(\d+)\.self_attn\.k_norm": "k_norm",
+}
 
 FAMILIES: tuple[Family, ...] = (
     Family("bert", ("bert",), _BERT_ROLES, head=("bert.pooler.dense", "classifier")),
@@ -167,14 +173,14 @@ FAMILIES: tuple[Family, ...] = (
         },
         lm_head="lm_head",
     ),  # fmt: skip
-    Family("llama", ("llama", "mistral", "qwen2", "qwen3"), _LLAMA_ROLES, **_DECODER),
+    Family("llama", ("llama", "mistral", "qwen2"), _LLAMA_ROLES, **_DECODER),
+    Family("qwen3", ("qwen3",), {**_LLAMA_ROLES, **_QK_NORMS}, **_DECODER),
     Family(
         "gemma3",
         ("gemma3_text", "gemma3", "gemma2"),
         {
             **_LLAMA_ROLES,
-            r"layers\.(\d+)\.self_attn\.q_norm": "q_norm",
-            r"layers\.(\d+)\.self_attn\.k_norm": "k_norm",
+            **_QK_NORMS,
             r"layers\.(\d+)\.post_attention_layernorm": "post_attn_norm",
             r"layers\.(\d+)\.pre_feedforward_layernorm": "pre_ffn_norm",
             r"layers\.(\d+)\.post_feedforward_layernorm": "post_ffn_norm",
