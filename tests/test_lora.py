@@ -248,6 +248,7 @@ def test_an_adapter_that_does_not_fit_the_source_is_refused(tmp_path):
 
 def test_check_reports_a_pair_and_refuses_an_adapter_that_does_not_fit(tmp_path, capsys):
     from tasklift.cli import main
+    from tasklift.preflight import check_pair
 
     tiny_lm("llama").save_pretrained(tmp_path / "a")
     tiny_lm("llama", seed=1, hidden=48, layers=3, heads=6).save_pretrained(tmp_path / "b")
@@ -255,6 +256,11 @@ def test_check_reports_a_pair_and_refuses_an_adapter_that_does_not_fit(tmp_path,
     out = capsys.readouterr().out
     assert "families: A llama, B llama" in out and "{0: 0, 1: 0, 2: 1}" in out, out
     assert "recommendation: bico" in out and "naive needs equal shapes" in out
+    assert "  q: 2 / 3 / 3, (32, 32) -> (48, 48)" in out and "  k: 2 / 3 / 3, (32, 16)" in out
+    assert "B's weights kept" not in out  # every module of B is paired
+    report = check_pair(tiny_lm("qwen2"), tiny_lm("gemma3", seed=1, hidden=48, layers=3, heads=6))
+    assert report["roles"]["q_norm"] == [0, 3, 0, None, (0, 8)]  # Gemma's own: B's kept
+    assert len(report["unpaired_in_b"]) == 12 and report["roles"]["o"][:3] == [2, 3, 3]
     _adapter(tiny_lm("llama", hidden=48), tmp_path / "wrong")
     assert main(["check", str(tmp_path / "a"), str(tmp_path / "b"), str(tmp_path / "wrong")]) == 2
     err = capsys.readouterr().err

@@ -42,6 +42,26 @@ def _widths(model: nn.Module) -> dict[str, int]:
     return {"layers": num_layers(model), "hidden": hidden_size(model), "heads": q, "kv_heads": kv}
 
 
+def _role_table(source: nn.Module, target: nn.Module, pairs: dict) -> dict[str, list]:
+    """Per role: [A's modules, B's modules, B's paired, A's (d_in, d_out), B's (d_in, d_out)]
+    (shapes of each side's first module of the role; d_in 0 for a vector)."""
+    from .transfer.pairing import module_dims, owns_params
+
+    table: dict[str, list] = {}
+    for side, model in enumerate((source, target)):
+        for name, (role, _) in roles(model).items():
+            row = table.setdefault(role, [0, 0, 0, None, None])
+            row[side] += 1
+            module = model.get_submodule(name)
+            if row[3 + side] is None and owns_params(module):
+                row[3 + side] = module_dims(module)
+    by_role = roles(target)
+    for name in pairs:
+        if name in by_role:
+            table[by_role[name][0]][2] += 1
+    return table
+
+
 def check_pair(
     source: nn.Module,
     target: nn.Module,
@@ -53,7 +73,13 @@ def check_pair(
 ) -> dict:
     """Everything `tasklift check` reports, as a dict: "ok" False with "reasons" when no
     method can run. `adapter_tv`: τ_A of an adapter, checked against A's parameters."""
-    from .transfer.pairing import match_modules, proportional_depth, split_alike, unpaired
+    from .transfer.pairing import (
+        match_modules,
+        owns_params,
+        proportional_depth,
+        split_alike,
+        unpaired,
+    )
 
     fa, fb = family_of(source), family_of(target)
     roles_a = {role for role, _ in roles(source).values()}
@@ -92,6 +118,10 @@ def check_pair(
         "roles_only_in_a": sorted(roles_a - roles_b),
         "roles_only_in_b": sorted(roles_b - roles_a),
         "pairs": len(pairs),
+        "roles": _role_table(source, target, pairs),
+        "unpaired_in_b": sorted(
+            n for n, m in target.named_modules() if owns_params(m) and n not in pairs
+        ),  # fmt: skip
         "depth_map": proportional_depth(wa["layers"], wb["layers"]),
         "tokenizer_overlap": overlap,
         "texts_split_alike": None if alike is None else [alike, len(texts)],
@@ -173,7 +203,14 @@ def format_check(report: dict) -> str:
         f"module pairs: {report['pairs']}; roles only in A: {report['roles_only_in_a']}; "
         f"only in B: {report['roles_only_in_b']}",
         f"depth map (B block: A block): {report['depth_map']}",
+        "modules by role (A's / B's / B's paired, A's (d_in, d_out) -> B's):",
     ]
+    for role, (na, nb, paired, sa, sb) in report["roles"].items():
+        lines.append(f"  {role}: {na} / {nb} / {paired}, {sa} -> {sb}")
+    unpaired = report["unpaired_in_b"]
+    if unpaired:
+        lines.append(f"modules of B no module of A moves (B's weights kept): {len(unpaired)}, "
+                     f"e.g. {unpaired[:3]}")  # fmt: skip
     overlap, alike = report["tokenizer_overlap"], report.get("texts_split_alike")
     if overlap is not None:
         split = "" if alike is None else f", {alike[0]} of {alike[1]} texts split alike"
