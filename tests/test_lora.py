@@ -287,6 +287,25 @@ def test_check_pair_measures_cka_and_recommends_naive_only_for_close_weights():
     )
 
 
+def test_a_dense_delta_is_written_at_rank_r_with_its_true_relative_error(tmp_path):
+    """A dense τ (GradFix's masked delta: full rank) is written as a rank-r LoRA whose reported
+    error is ‖τ − τ_written‖ / ‖τ‖ of the factors read back (Eckart–Young: σ beyond r)."""
+    import pytest
+
+    from tasklift.lora import read_adapter, write_adapter
+    from tasklift.taskvector import TaskVector
+
+    tv, config = read_adapter(_adapter(tiny_lm("llama"), tmp_path / "a", r=4))
+    g = torch.Generator().manual_seed(0)
+    dense = {k: v.dense() * (torch.rand(v.dense().shape, generator=g) > 0.5)
+             for k, v in tv.deltas.items()}  # fmt: skip
+    errors = write_adapter(tmp_path / "b", TaskVector(dense), config, "B")
+    back, _ = read_adapter(tmp_path / "b")
+    for k, v in dense.items():
+        true = float((v - back.deltas[k].dense()).norm() / v.norm())
+        assert 0.05 < true < 1 and errors[k.removesuffix(".weight")] == pytest.approx(true, 1e-4)
+
+
 def test_adapters_of_other_kinds_are_refused_and_a_layers_choice_is_not_carried(tmp_path):
     import json
 
