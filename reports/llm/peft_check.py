@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 from peft import PeftModel
+from safetensors import safe_open
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 
@@ -46,6 +47,17 @@ def nll(model, tok, test: dict, max_length: int = 128) -> float:
     return total / count
 
 
+def sizes(folder: Path) -> dict:
+    """MB on disk of the adapter's weights, and of the same τ_B as dense float32 matrices."""
+    weights = folder / "adapter_model.safetensors"
+    with safe_open(str(weights), "pt") as f:
+        shapes = {k: f.get_slice(k).get_shape() for k in f.keys()}  # noqa: SIM118
+    dense = sum(s[0] * shapes[k.replace("lora_B", "lora_A")][1]
+                for k, s in shapes.items() if ".lora_B." in k)  # fmt: skip
+    return {"adapter_mb": round(weights.stat().st_size / 2**20, 2),
+            "dense_mb": round(4 * dense / 2**20, 1)}  # fmt: skip
+
+
 def main() -> None:
     runs, base, pattern = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
     test = json.loads((runs / "test_split.json").read_text())
@@ -54,7 +66,9 @@ def main() -> None:
     path = runs / "peft_check.json"  # resumable: folders already scored are kept
     out = json.loads(path.read_text()) if path.is_file() else {}
     for folder in sorted(runs.glob(pattern)):
-        if folder.name in out:
+        if folder.name in out:  # scored before: its sizes (added later) filled in
+            out[folder.name].update(sizes(folder))
+            path.write_text(json.dumps(out, indent=1) + "\n")
             continue
         config = json.loads((folder / "adapter_config.json").read_text())
         model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32).eval()
@@ -64,7 +78,7 @@ def main() -> None:
         else:
             score = nll(model, tok, test, test["max_length"])
         base_name = config.get("base_model_name_or_path")
-        out[folder.name] = {"score": score, "rank": config["r"], "base": base_name}
+        out[folder.name] = {"score": score, "rank": config["r"], "base": base_name, **sizes(folder)}
         print(folder.name, out[folder.name], flush=True)
         path.write_text(json.dumps(out, indent=1) + "\n")
 

@@ -109,8 +109,10 @@ def many_table(res: dict) -> str:
 
 
 def peft_table(res: dict) -> str:
-    """Moved adapters scored by plain transformers + PEFT (no tasklift) vs tasklift's score."""
-    lines = ["| adapter | tasklift | plain PEFT | rank |", "|---|---|---|---|"]
+    """Moved adapters scored by plain transformers + PEFT (no tasklift) vs tasklift's score,
+    and each one's size on disk beside the same τ_B as dense float32 matrices."""
+    lines = ["| adapter | tasklift | plain PEFT | rank | adapter MB | dense τ_B MB |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
     for key, r in sorted(res.items()):
         if "/peft_check" not in key:
             continue
@@ -124,7 +126,8 @@ def peft_table(res: dict) -> str:
                 mine = res.get(f"many/{name}", {}).get("scores", {}).get(task, {})
             want = mine.get("accuracy", mine.get("nll"))
             cell = "" if want is None else f"{want:.4f}"
-            lines.append(f"| {task}/{folder} | {cell} | {got['score']:.4f} | {got['rank']} |")
+            mb = f"{got.get('adapter_mb', '')} | {got.get('dense_mb', '')}"
+            lines.append(f"| {task}/{folder} | {cell} | {got['score']:.4f} | {got['rank']} | {mb} |")
     return "\n".join(lines)
 
 
