@@ -126,8 +126,8 @@ def peft_table(res: dict) -> str:
                 mine = res.get(f"many/{name}", {}).get("scores", {}).get(task, {})
             want = mine.get("accuracy", mine.get("nll"))
             cell = "" if want is None else f"{want:.4f}"
-            mb = f"{got.get('adapter_mb', '')} | {got.get('dense_mb', '')}"
-            lines.append(f"| {task}/{folder} | {cell} | {got['score']:.4f} | {got['rank']} | {mb} |")
+            mb = f"{got['rank']} | {got.get('adapter_mb', '')} | {got.get('dense_mb', '')}"
+            lines.append(f"| {task}/{folder} | {cell} | {got['score']:.4f} | {mb} |")
     return "\n".join(lines)
 
 
