@@ -64,12 +64,13 @@ def pair_table(res: dict, task: str, a: str, b: str) -> str:
                          + f" | {gap} | | |")  # fmt: skip
     runs = [v for k, v in res.items() if k.startswith(f"{task}/transfer_{a}_{b}_")]
     key = lambda r: (r["method"], r["modules"], tuple(r.get("scales", DEFAULT_SCALES)),  # noqa: E731
-                     r.get("tie_break", TIE_BREAK))  # fmt: skip
+                     r.get("tie_break", TIE_BREAK), r.get("center", False))  # fmt: skip
     for label in sorted({key(r) for r in runs}):
         draws = [r for r in runs if key(r) == label]
         what = label[0] + ("" if label[1] == "all adapted" else f", only {label[1]}")
         what += "" if label[2] == DEFAULT_SCALES else f", scales {', '.join(map(str, label[2]))}"
         what += "" if label[3] == TIE_BREAK else f", cutoff {label[3]:g}"
+        what += ", centred" if label[4] else ""
         what += " †" if any("restored" in r for r in draws) else ""
         cells = [_cell([r[m] for r in draws]) for m in metrics]
         gap = _gap(np.mean([r[head] for r in draws]), low, high)

@@ -105,11 +105,13 @@ def transfer(
     modules: str = "",
     scales: str = "",
     tie_break: str = "",
+    center: bool = False,
 ) -> None:
     """One transfer A_ft -> B: A_ft as its adapter (τ_A as factors), calibration rows drawn
     from the training split by `draw`; B + τ_B scored, and saved as a PEFT LoRA of B. `scales`
     (e.g. "2,2.5,3,4") replaces the grid of τ_B's scales searched on validation; `tie_break`
-    (e.g. "1e-3") the cutoff below which a map's direction counts as undetermined."""
+    (e.g. "1e-3") the cutoff below which a map's direction counts as undetermined; `center`
+    centred cross-covariances (issue 21.6)."""
     from tasklift.transfer import Transfer
 
     t, d = TASKS[task], TASKS[task].data()
@@ -121,6 +123,7 @@ def transfer(
     pair = next(p[5] for p in PLAN if p[:3] == (task, a, b)) if not modules else {}
     grid = {"scales": tuple(map(float, scales.split(",")))} if scales else {}
     grid |= {"tie_break": float(tie_break)} if tie_break else {}
+    grid |= {"center": True} if center else {}
     tr = Transfer(MODELS[a], adapter, MODELS[b], method=method, choices=d["choices"],
                   max_length=t.max_length, progress=True, **{**TRANSFER, **grid},
                   **pair)  # fmt: skip
@@ -130,11 +133,13 @@ def transfer(
     tag = f"{a}_{b}_{method}_{draw}" + (f"_{modules.replace(',', '_')}" if modules else "")
     tag += f"_scales_{scales.replace(',', '_')}" if scales else ""
     tag += f"_tb_{tie_break}" if tie_break else ""
+    tag += "_centred" if center else ""
     moved = RUNS / task / f"adapter_{tag}"
     refactorised = tr.save_adapter(moved, overwrite=True)  # a PEFT LoRA folder for B
     _write(task, f"transfer_{tag}", {
         "a": a, "b": b, "method": method, "draw": draw, "modules": modules or "all adapted",
         "scales": list(tr.scales), "tie_break": tr.tie_break, "open": tr.open_directions_,
+        "center": tr.center,
         **result, "scale": tr.scale_, "val_scores": tr.val_scores_,
         "moved": f"{tr.moved_params_}/{tr.source_params_}", "fit_seconds": round(fit_s, 1),
         "seconds": round(time.time() - t0, 1),
@@ -310,6 +315,7 @@ def main() -> None:
     ap.add_argument("--modules", default="", help="transfer: only these adapted modules")
     ap.add_argument("--scales", default="", help="transfer: another scale grid, e.g. 2,2.5,3,4")
     ap.add_argument("--tie-break", default="", help="transfer: another cutoff, e.g. 1e-3")
+    ap.add_argument("--center", action="store_true", help="transfer: centred covariances")
     args = ap.parse_args()
     if args.step == "finetune":
         finetune(args.task, args.model)
@@ -317,7 +323,7 @@ def main() -> None:
         evaluate(args.task, args.model)
     elif args.step == "transfer":
         transfer(args.task, args.model, args.target, args.method, args.draw, args.modules,
-                 args.scales, args.tie_break)  # fmt: skip
+                 args.scales, args.tie_break, args.center)  # fmt: skip
     elif args.step == "many":
         many(args.method)
     elif args.step == "all":
