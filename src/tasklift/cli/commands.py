@@ -4,6 +4,7 @@ or a table; the work, the reports and the fine-tune cache are library functions.
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def _splits(args, data: str | None = None, classifier=None):
         encoding=args.encoding,
     )
     if classifier is not None:
-        ds = align_labels(ds, label_names(classifier), model=str(args.finetuned))
+        name = classifier if isinstance(classifier, (str, os.PathLike)) else args.finetuned
+        ds = align_labels(ds, label_names(classifier), model=str(name))  # a merged adapter
     train, test = split(ds, test_size=args.test_size, seed=args.seed)
     if args.train_limit is not None and args.train_limit < len(train):
         train = subsample(train, fraction=args.train_limit / len(train), seed=args.seed)
