@@ -253,7 +253,9 @@ def test_cli_adapter_form_honours_val_and_scales_and_refuses_the_table_form_s_fl
 
 def test_adapters_are_not_moved_across_tokenizers_that_split_the_texts_apart(saved, tmp_path):
     """B's tokenizer splits 'alpha' where A's does not: the shared maps pair tokens by
-    position, so move_adapters refuses before loading a model and writes nothing."""
+    position, so move_adapters refuses before loading a model and writes nothing; fit refuses
+    prompts that split alike when their targets do not; token='mean' pairs no positions and
+    moves them."""
     import tasklift.transfer.estimator as est
     from conftest import WORDS, tiny_tokenizer
 
@@ -267,6 +269,12 @@ def test_adapters_are_not_moved_across_tokenizers_that_split_the_texts_apart(sav
         with pytest.raises(ValueError, match="split 5 of 6 calibration texts differently"):
             t.move_adapters(paths[2:4], [""] * 6, texts, out=tmp_path / "out", map_cache=False)
     assert not (tmp_path / "out").exists()
+    prompts = [f"w{i} w{i + 1}" for i in range(6)]  # split alike; their targets do not
+    with pytest.raises(ValueError, match="split 6 of 6 calibration texts differently"):
+        Transfer(root / "a", paths[2], tmp_path / "b", device="cpu").fit(prompts, [" alpha"] * 6)
+    mean = Transfer(root / "a", None, tmp_path / "b", device="cpu", token="mean")  # no positions
+    mean.move_adapters(paths[2:4], [""] * 6, texts, out=tmp_path / "mean", map_cache=False)
+    assert (tmp_path / "mean" / "tasklift_run.json").is_file()
 
 
 def test_cli_moves_a_classifier_adapter_with_its_head(tmp_path, capsys):

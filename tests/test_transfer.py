@@ -636,7 +636,8 @@ def test_token_all_is_refused_where_padding_would_hide_tokenizers_that_split_apa
     """B's tokenizer splits 'alpha' (al ##pha), A's does not; in a batch whose longest text has
     no 'alpha' both pad to the same length, so token='all' would pair unrelated tokens without
     an error. Transfer.fit refuses it before loading a model, counting the texts; `check`
-    counts them and says token='word', which runs; tokenizers that split alike pass."""
+    counts them and says token='word', which runs; tokenizers that split alike pass, unless
+    they pad on different sides."""
     import tasklift.transfer.estimator as est
     from conftest import WORDS, tiny_tokenizer
     from tasklift.preflight import check_pair
@@ -649,7 +650,7 @@ def test_token_all_is_refused_where_padding_would_hide_tokenizers_that_split_apa
     texts = ["w1 w2 w3 w4 w5 w6 w7 w8"] + [f"alpha w{i} beta" for i in range(7)]
     kw = dict(source=root / "base", finetuned=root / "ft", target=tmp_path / "b", scales=[1.0])
     with monkeypatch.context() as m:  # without the check the fit runs: the case is silent
-        m.setattr(est, "token_refusal", lambda *a: None)
+        m.setattr(est, "token_refusal", lambda *a, **k: None)
         assert Transfer(**kw, token="all").fit(texts).moved_params_ > 0
     with monkeypatch.context() as m:
         m.setattr(est, "load_model", lambda *a, **k: pytest.fail("a model was loaded"))
@@ -661,6 +662,12 @@ def test_token_all_is_refused_where_padding_would_hide_tokenizers_that_split_apa
     report = check_pair(a, b, tokenizers=(tok_a, tok_b), texts=texts)
     assert report["texts_split_alike"] == [1, 8] and report["token_pairing"] == "word"
     assert Transfer(**kw, token="word").fit(texts).moved_params_ > 0
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]  # splits as A's, pads left
+    left = tf.BertTokenizer(vocab={w: i for i, w in enumerate(vocab)}, padding_side="left")
+    tiny_classifier("bert", seed=5).bert.save_pretrained(tmp_path / "left")
+    left.save_pretrained(tmp_path / "left")
+    with pytest.raises(ValueError, match="pads on the right and B's on the left"):
+        Transfer(**{**kw, "target": tmp_path / "left"}, token="all").fit(texts)
 
 
 def test_a_weight_moved_between_linear_and_conv1d_is_turned_round():

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import is_texts
 from .families import GENERIC, family_of, head_counts, roles
 from .models import hidden_size, num_layers
 from .transfer.methods import METHODS
@@ -43,7 +44,7 @@ def _widths(model: nn.Module) -> dict[str, int]:
 
 
 def _role_table(source: nn.Module, target: nn.Module, pairs: dict) -> dict[str, list]:
-    """Per role: [A's modules, B's modules, B's paired, A's (d_in, d_out), B's (d_in, d_out)]
+    """Per role: [A's modules, B's modules, B's matched, A's (d_in, d_out), B's (d_in, d_out)]
     (shapes of each side's first module of the role; d_in 0 for a vector)."""
     from .transfer.pairing import module_dims, owns_params
 
@@ -109,7 +110,7 @@ def check_pair(
     }
     token = "all" if overlap is None or overlap > 0.99 else "word"
     alike = None
-    if texts and None not in tokenizers:  # what token='all' needs: every text split alike
+    if is_texts(texts) and None not in tokenizers:  # token='all' needs every text split alike
         alike = split_alike(list(texts), tokenizers, max_length)[0]
         token = "all" if alike == len(texts) else "word"
     out = {
@@ -203,13 +204,15 @@ def format_check(report: dict) -> str:
         f"module pairs: {report['pairs']}; roles only in A: {report['roles_only_in_a']}; "
         f"only in B: {report['roles_only_in_b']}",
         f"depth map (B block: A block): {report['depth_map']}",
-        "modules by role (A's / B's / B's paired, A's (d_in, d_out) -> B's):",
+        "modules by role (A's / B's / B's matched, A's (d_in, d_out) -> B's; a matched module "
+        "keeps B's weights where no map can move it: embeddings between vocabularies, q/k norms "
+        "between head sizes):",
     ]
     for role, (na, nb, paired, sa, sb) in report["roles"].items():
         lines.append(f"  {role}: {na} / {nb} / {paired}, {sa} -> {sb}")
     unpaired = report["unpaired_in_b"]
     if unpaired:
-        lines.append(f"modules of B no module of A moves (B's weights kept): {len(unpaired)}, "
+        lines.append(f"modules of B no module of A matches (B's weights kept): {len(unpaired)}, "
                      f"e.g. {unpaired[:3]}")  # fmt: skip
     overlap, alike = report["tokenizer_overlap"], report.get("texts_split_alike")
     if overlap is not None:

@@ -33,9 +33,8 @@ def _texts(ds, classifier: bool) -> tuple:
 def table_form(args):
     """A A_FT B DATA: refuse the adapter form's --map-cache and a causal LM's adapter as A_FT,
     fill in --val, --scales, --label-key and --test-size (None when not given, so the adapter
-    form can tell), and return A_FT as the methods take it: a classifier's adapter merged once
-    into the dense A + adapter (naive, permutation and GradFix need the dense τ_A, and A_FT's
-    own row scores it), else its path.
+    form can tell), and return A_FT as a model for its class names: a classifier's adapter
+    merged into A + adapter, else its path (the methods take the adapter itself).
 
     Raises:
         ValueError: naming the flag or path and the form that takes it.

@@ -201,7 +201,7 @@ def cmd_transfer(args) -> None:
     from ..loading import label_names
     from ..report import markdown_table, transfer_sections, write_report
 
-    finetuned = table_form(args)  # a classifier's adapter: merged
+    finetuned = table_form(args)  # a classifier's adapter: merged (for its labels)
     args.methods = args.methods or list(METHODS)
     train, test = _splits(args, classifier=finetuned)
     if args.target_finetuned is not None:
@@ -215,7 +215,7 @@ def cmd_transfer(args) -> None:
     t0 = time.time()
     rows = transfer_table(
         args.source,
-        finetuned,
+        args.finetuned,  # an adapter as it is: BiCo reads τ_A from its factors
         args.target,
         calib,
         val,

@@ -10,6 +10,7 @@ from torch import nn
 
 from ..data import Dataset
 from ..loading import load_processor
+from ..lora import is_adapter, merged
 from ..probe import FineTuned, LinearProbe
 from ..transfer import METHODS, SCALES, Transfer
 
@@ -39,6 +40,7 @@ def transfer_table(
     overwrite: bool = False,
 ) -> list[dict]:
     """Test accuracy of the target B after each transfer method, beside its references.
+    `finetuned`: A_ft as a folder or model, or a classifier's PEFT adapter of `source`.
 
     Rows: "B + carried head" (scale 0: A_ft's head on B's features, no task vector), each method
     (scale chosen on `val`, calibrated on `calib`), a linear probe on B trained on `train` (if
@@ -97,10 +99,11 @@ def transfer_table(
     if train is not None:
         probe = LinearProbe(target, progress=progress, **rt).fit(train.X, train.y)
         rows.append({"method": "linear probe on B", "accuracy": probe.score(test.X, test.y)})
-    # A_ft as a model object (A + adapter merged) has A's processor, which only A's folder holds
-    own = isinstance(finetuned, nn.Module) and not isinstance(source, nn.Module)
-    refs = {"A fine-tuned": (finetuned, load_processor(source) if own else None),
-            "B fine-tuned": (target_finetuned, None)}  # fmt: skip
+    a_ft, proc = finetuned, None
+    if is_adapter(finetuned):  # A + adapter, merged for its own row, with A's processor
+        a_ft = merged(source, finetuned, device=device, dtype=dtype)
+        proc = None if isinstance(source, nn.Module) else load_processor(source)
+    refs = {"A fine-tuned": (a_ft, proc), "B fine-tuned": (target_finetuned, None)}
     for name, (model, processor) in refs.items():
         if model is not None:
             acc = FineTuned(model, processor=processor, **rt).fit().score(test.X, test.y)

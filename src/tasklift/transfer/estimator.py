@@ -17,7 +17,7 @@ from ..data import is_texts, num_items, take
 from ..evaluate import accuracy
 from ..loading import load_model, load_processor
 from ..lora import is_adapter, is_classifier, merged, read_adapter
-from ..models import encode, token_limit
+from ..models import DEFAULT_MAX_LENGTH, encode, token_limit
 from ..taskvector import TaskVector
 from ..timing import Timings
 from . import saving
@@ -125,12 +125,22 @@ class Transfer(ClassifierMixin, BaseEstimator):
         return model, self.processor if self.processor is not None else proc
 
     def _tokenizers(self) -> tuple:
-        """A's and B's tokenizers without loading weights (`processor=` serves both; None for
-        a model object, which brings none)."""
+        """A_ft's (A's for an adapter) and B's tokenizers without loading weights
+        (`processor=` serves both; None for a model object, which brings none)."""
         if self.processor is not None:
             return self.processor, self.processor
-        return tuple(None if isinstance(m, nn.Module) else load_processor(m)
-                     for m in (self.source, self.target))  # fmt: skip
+        own = isinstance(self.finetuned, (str, os.PathLike)) and not is_adapter(self.finetuned)
+        a = self.finetuned if own else self.source
+        return tuple(
+            None if isinstance(m, nn.Module) else load_processor(m) for m in (a, self.target)
+        )
+
+    @staticmethod
+    def _refuse_tokens(texts, tokenizers: tuple, max_length: int | None, padded=False) -> None:
+        """token='all' pairs tokens by position: refuse texts the tokenizers split apart."""
+        reason = token_refusal(texts, tokenizers, max_length or DEFAULT_MAX_LENGTH, padded=padded)
+        if reason:
+            raise ValueError(reason)
 
     def _batches(self, n: int, desc: str):
         idx = [np.arange(i, min(i + self.batch_size, n)) for i in range(0, n, self.batch_size)]
@@ -196,10 +206,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         n = num_items(X)
         if n == 0:
             raise ValueError("the calibration set is empty; pass some inputs (about 128)")
-        if self.token == "all" and is_texts(X):  # refused before any model runs
-            reason = token_refusal(X, self._tokenizers(), self.max_length or 512)
-            if reason:
-                raise ValueError(reason)
+        if self.token == "all" and is_texts(X):  # the inputs, before any model runs
+            self._refuse_tokens(X, self._tokenizers(), self.max_length)
         self.adapter_config_, self.timings_ = None, Timings()
         clock = self.timings_
         with clock("load"):
@@ -227,6 +235,9 @@ class Transfer(ClassifierMixin, BaseEstimator):
         # before any loss; A has A_ft's architecture, so its token limit
         self.max_length_ = self._max_length(X, (a, proc_a), (b, proc_b))
         del a_ft  # τ_A holds what is needed of it (an LM of several GB)
+        if self.token == "all":  # the texts calibration reads (generated targets included)
+            tokenizers = (proc_a, proc_b)  # an LM's batches are padded on the right (lm_encode)
+            self._refuse_tokens(prep["texts"], tokenizers, self.max_length_, padded=not self.lm_)
         words = None
         if self.token == "word":
             texts = prep["texts"]

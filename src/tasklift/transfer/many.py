@@ -22,6 +22,7 @@ from ..data import is_texts, num_items
 from ..distributed import everywhere, is_main
 from ..io import check_output
 from ..lora import head_state, is_classifier, read_adapter, write_moved
+from ..models import DEFAULT_MAX_LENGTH
 from ..taskvector import TaskVector
 from ..timing import Timings
 from .cache import MapCache, Maps, data_fingerprint, default_dir, model_fingerprint
@@ -202,9 +203,9 @@ def move_adapters(
             "maps for many adapters need token='all': move each adapter with "
             "Transfer(A, ADAPTER, B, token='word').fit"
         )
-    if is_texts(X):  # token='all' pairs tokens by position: every text must split alike
+    if est.token == "all" and is_texts(X):  # tokens paired by position: texts split alike
         texts = [p + t for p, t in zip(X, y, strict=True)] if is_texts(y) else X
-        reason = token_refusal(texts, est._tokenizers(), est.max_length or 512)
+        reason = token_refusal(texts, est._tokenizers(), est.max_length or DEFAULT_MAX_LENGTH)
         if reason:
             raise ValueError(reason)
     if not adapters:

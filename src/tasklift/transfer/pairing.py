@@ -174,12 +174,20 @@ def unpaired(source: nn.Module, target: nn.Module) -> str:
     return f"no module of B ({fb}) pairs with one of A ({fa})"
 
 
-def token_refusal(texts, tokenizers: tuple, max_length: int) -> str | None:
+def token_refusal(texts, tokenizers: tuple, max_length: int, *, padded: bool = False) -> str | None:
     """Why token='all' cannot pair these texts' tokens (None where it can): the two tokenizers
-    split some of them differently, so rows paired by position would be unrelated tokens
-    (silently wrong statistics). `tasklift check` and `Transfer.fit` ask the same."""
+    split some of them differently, or (`padded`: batches padded on each tokenizer's own side)
+    pad on different sides, so rows paired by position would be unrelated tokens (silently
+    wrong statistics). `tasklift check` and `Transfer.fit` ask the same."""
     if not texts or None in tokenizers:
         return None
+    sides = [getattr(t, "padding_side", "right") for t in tokenizers]
+    if padded and sides[0] != sides[1]:
+        return (
+            f"A's tokenizer pads on the {sides[0]} and B's on the {sides[1]}: token='all' "
+            "would pair padding with tokens; set both tokenizers' padding_side alike or pass "
+            "token='word'"
+        )
     alike, first = split_alike(list(texts), tokenizers, max_length)
     if first is None:
         return None
