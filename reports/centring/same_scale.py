@@ -4,21 +4,29 @@ different chosen scales? Prints both accuracies, how many test predictions diffe
 module whose τ_B moved most. `python reports/centring/same_scale.py` (same_scale.md: its output).
 """
 
-import sys, numpy as np
-sys.path.insert(0, "scripts")
-from transfer_real import real_split
+import sys
+from pathlib import Path
+
+import numpy as np
+
 from tasklift.data import calibration_split
 from tasklift.transfer import Transfer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+from transfer_real import real_split  # noqa: E402
+
 a_ft = "runs/real/minilm-l3_bbc_news_ft"
 train, test = real_split("bbc_news", a_ft, "0.2")
 calib, val, _ = calibration_split(train, calib=128, val=200, seed=0)
 preds, taus = {}, {}
 for c in (False, True):
-    t = Transfer("minilm-l3", a_ft, "minilm-l6", center=c, scales=[1.0], max_length=64, device="cpu")
+    t = Transfer("minilm-l3", a_ft, "minilm-l6", center=c, scales=[1.0], max_length=64,
+                 device="cpu")  # fmt: skip
     t.fit(calib.X, calib.y, X_val=val.X[:20], y_val=val.y[:20])
     preds[c] = t.predict(test.X)
     taus[c] = {k: v.detach().clone() for k, v in t.task_vector_.deltas.items()}
     print(c, "test acc", np.mean(preds[c] == test.y), "val", t.val_scores_, flush=True)
 print("predictions differ on", int((preds[False] != preds[True]).sum()), "of", len(test.y))
-k = max(taus[False], key=lambda k: float((taus[False][k] - taus[True][k]).norm()))
-print("largest tau_B change", k, float((taus[False][k] - taus[True][k]).norm() / taus[False][k].norm()))
+change = {k: float((taus[False][k] - taus[True][k]).norm() / taus[False][k].norm()) for k in taus[0]}
+k = max(change, key=change.get)
+print("largest tau_B change", k, change[k])
