@@ -27,6 +27,6 @@ for c in (False, True):
     taus[c] = {k: v.detach().clone() for k, v in t.task_vector_.deltas.items()}
     print(c, "test acc", np.mean(preds[c] == test.y), "val", t.val_scores_, flush=True)
 print("predictions differ on", int((preds[False] != preds[True]).sum()), "of", len(test.y))
-change = {k: float((taus[False][k] - taus[True][k]).norm() / taus[False][k].norm()) for k in taus[0]}
-k = max(change, key=change.get)
-print("largest tau_B change", k, change[k])
+raw, centred = taus[False], taus[True]
+k = max(raw, key=lambda k: float((raw[k] - centred[k]).norm()))  # the largest absolute change
+print("largest tau_B change", k, float((raw[k] - centred[k]).norm() / raw[k].norm()))
