@@ -43,23 +43,23 @@ def _widths(model: nn.Module) -> dict[str, int]:
     return {"layers": num_layers(model), "hidden": hidden_size(model), "heads": q, "kv_heads": kv}
 
 
-def _role_table(source: nn.Module, target: nn.Module, pairs: dict) -> dict[str, list]:
+def _role_table(models: tuple, by_role: tuple[dict, dict], pairs: dict) -> dict[str, list]:
     """Per role: [A's modules, B's modules, B's matched, A's (d_in, d_out), B's (d_in, d_out)]
-    (shapes of each side's first module of the role; d_in 0 for a vector)."""
+    (shapes of each side's first module of the role; d_in 0 for a vector). `by_role`: each
+    model's `roles`."""
     from .transfer.pairing import module_dims, owns_params
 
     table: dict[str, list] = {}
-    for side, model in enumerate((source, target)):
-        for name, (role, _) in roles(model).items():
+    for side, (model, named) in enumerate(zip(models, by_role, strict=True)):
+        for name, (role, _) in named.items():
             row = table.setdefault(role, [0, 0, 0, None, None])
             row[side] += 1
             module = model.get_submodule(name)
             if row[3 + side] is None and owns_params(module):
                 row[3 + side] = module_dims(module)
-    by_role = roles(target)
     for name in pairs:
-        if name in by_role:
-            table[by_role[name][0]][2] += 1
+        if name in by_role[1]:
+            table[by_role[1][name][0]][2] += 1
     return table
 
 
@@ -83,8 +83,9 @@ def check_pair(
     )
 
     fa, fb = family_of(source), family_of(target)
-    roles_a = {role for role, _ in roles(source).values()}
-    roles_b = {role for role, _ in roles(target).values()}
+    by_role = roles(source), roles(target)
+    roles_a = {role for role, _ in by_role[0].values()}
+    roles_b = {role for role, _ in by_role[1].values()}
     pairs = match_modules(source, target)
     wa, wb = _widths(source), _widths(target)
     same_shape = wa == wb and all(
@@ -119,7 +120,7 @@ def check_pair(
         "roles_only_in_a": sorted(roles_a - roles_b),
         "roles_only_in_b": sorted(roles_b - roles_a),
         "pairs": len(pairs),
-        "roles": _role_table(source, target, pairs),
+        "roles": _role_table((source, target), by_role, pairs),
         "unpaired_in_b": sorted(
             n for n, m in target.named_modules() if owns_params(m) and n not in pairs
         ),  # fmt: skip

@@ -22,14 +22,12 @@ from ..data import is_texts, num_items
 from ..distributed import everywhere, is_main
 from ..io import check_output
 from ..lora import head_state, is_classifier, read_adapter, write_moved
-from ..models import DEFAULT_MAX_LENGTH
 from ..taskvector import TaskVector
 from ..timing import Timings
 from .cache import MapCache, Maps, data_fingerprint, default_dir, model_fingerprint
 from .calibration import calibrate, plan_passes
 from .lm import check_fits, lm_setup
 from .methods import Method
-from .pairing import token_refusal
 from .scales import choose_scale
 from .solve import iter_maps, transport
 
@@ -205,9 +203,7 @@ def move_adapters(
         )
     if est.token == "all" and is_texts(X):  # tokens paired by position: texts split alike
         texts = [p + t for p, t in zip(X, y, strict=True)] if is_texts(y) else X
-        reason = token_refusal(texts, est._tokenizers(), est.max_length or DEFAULT_MAX_LENGTH)
-        if reason:
-            raise ValueError(reason)
+        est._refuse_tokens(texts, est._tokenizers(), est.max_length)
     if not adapters:
         raise ValueError("no adapters to move; pass one or more PEFT LoRA folders trained on A")
     if X_val is not None and scale != 1.0:
