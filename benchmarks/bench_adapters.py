@@ -23,6 +23,7 @@ from peft import LoraConfig, get_peft_model
 
 from tasklift.lora import lora_targets
 from tasklift.transfer import Transfer
+from tasklift.transfer.methods import PREVIOUS_DEFAULTS
 
 
 def model(hidden: int, layers: int, seed: int):
@@ -58,13 +59,13 @@ def main() -> None:
             seconds = []
             for run in ("cold", "warm"):
                 t0 = time.perf_counter()
-                Transfer(a, None, b, batch_size=16).move_adapters(
+                Transfer(a, None, b, batch_size=16, **PREVIOUS_DEFAULTS).move_adapters(
                     folders[:n], X, out=tmp / f"m{n}{run}", map_cache=cache
                 )
                 seconds.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             for f in folders[:n]:
-                Transfer(a, f, b, batch_size=16, scales=(1.0,)).fit(X)
+                Transfer(a, f, b, batch_size=16, scales=(1.0,), **PREVIOUS_DEFAULTS).fit(X)
             alone = time.perf_counter() - t0
             together, warm = seconds
             rows.append({"adapters": n, "one calibration (s)": round(together, 2),

@@ -37,6 +37,7 @@ from _common import RESULTS, machine
 from tasklift.io import write_text
 from tasklift.memory import transfer_memory
 from tasklift.report import markdown_table
+from tasklift.transfer.methods import PREVIOUS_DEFAULTS
 
 GB = 2**30
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,12 +51,18 @@ TINY = {
 TOKENS, N_CAL, N_VAL = 64, 16, 8  # the tiny pair's inputs
 #: measured cases: Transfer settings and what the memory model is told
 CASES = {
-    "tiny": dict(fit=dict(batch_size=8, scales=(1.0,)), model=dict(stats_dtype="float64")),
+    "tiny": dict(
+        fit=dict(batch_size=8, scales=(1.0,), stats_dtype="float64"),
+        model=dict(stats_dtype="float64"),
+    ),  # fmt: skip
     "tiny, passes": dict(
         fit=dict(batch_size=8, scales=(1.0,), stats_dtype="float32", max_stats_gb=0.1),
         model=dict(stats_dtype="float32", max_stats_gb=0.1),
     ),
-    "minilm": dict(fit=dict(batch_size=16, max_length=128, scales=(0.5, 1.0))),
+    "minilm": dict(
+        fit=dict(batch_size=16, max_length=128, scales=(0.5, 1.0), **PREVIOUS_DEFAULTS),
+        model=dict(stats_dtype="float64"),
+    ),  # fmt: skip
 }
 #: the second run of each case: glibc with a fixed mmap threshold (blocks of 128 kB or more are
 #: mapped and go back to the system when freed, not kept in the heap for reuse)

@@ -16,6 +16,7 @@ from tasklift.finetune import finetune
 from tasklift.loading import load_model
 from tasklift.probe import FineTuned
 from tasklift.transfer import Transfer
+from tasklift.transfer.methods import PREVIOUS_DEFAULTS
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     calib, val, held = calibration_split(train, calib=128, val=200)
 
     t0 = time.perf_counter()
-    t = Transfer(args.source, args.finetuned, args.target, method="bico").fit(
+    t = Transfer(args.source, args.finetuned, args.target, method="bico", **PREVIOUS_DEFAULTS).fit(
         calib.X, calib.y, X_val=val.X, y_val=val.y
     )
     bico_s = time.perf_counter() - t0

@@ -14,6 +14,7 @@ from tasklift.data import calibration_split, load_dataset, split
 from tasklift.io import write_text
 from tasklift.report import markdown_table, write_json
 from tasklift.transfer import Transfer
+from tasklift.transfer.methods import PREVIOUS_DEFAULTS
 
 
 def main() -> None:
@@ -40,6 +41,7 @@ def main() -> None:
             method="bico",
             token=kw.get("token", "all"),
             tie_break=kw.get("tie", 1e-4),
+            stats_dtype=PREVIOUS_DEFAULTS["stats_dtype"],
         ).fit(
             calib.X,
             calib.y if kw.get("labels", True) else None,

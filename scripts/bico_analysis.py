@@ -31,6 +31,7 @@ from tasklift.loading import load_model
 from tasklift.report import markdown_table
 from tasklift.taskvector import TaskVector
 from tasklift.transfer import Transfer
+from tasklift.transfer.methods import PREVIOUS_DEFAULTS
 
 _BLOCK = re.compile(r"\.layer\.(\d+)\.")
 
@@ -70,7 +71,7 @@ def main() -> None:
     train, test = real_split(args.data, a_ft, args.test_size)  # the table's split
     calib, val, _ = calibration_split(train, calib=128, val=200, seed=0)
     scales = [0.0, 0.5, 1.0, 1.5, 2.0]  # the table's grid (scripts/transfer_real.py)
-    kw = dict(max_length=64, device="cpu")
+    kw = dict(max_length=64, device="cpu", **PREVIOUS_DEFAULTS)  # as the table was made
 
     def fit(**extra) -> tuple[Transfer, float]:
         t0 = time.time()

@@ -15,6 +15,7 @@ from tasklift.data import calibration_split, load_dataset, split
 from tasklift.io import write_text
 from tasklift.report import markdown_table, write_json
 from tasklift.transfer import Transfer
+from tasklift.transfer.methods import PREVIOUS_DEFAULTS
 
 
 def main() -> None:
@@ -32,9 +33,13 @@ def main() -> None:
             for draw in range(args.draws):
                 calib, val, _ = calibration_split(train, calib=128, val=200, seed=draw)
                 r = args.runs
-                t = Transfer(f"{r}/vit_a", f"{r}/vit_a_ft", f"{r}/vit_b_{pair}", method=method).fit(
-                    calib.X, calib.y, X_val=val.X, y_val=val.y
-                )
+                t = Transfer(
+                    f"{r}/vit_a",
+                    f"{r}/vit_a_ft",
+                    f"{r}/vit_b_{pair}",
+                    method=method,
+                    **PREVIOUS_DEFAULTS,
+                ).fit(calib.X, calib.y, X_val=val.X, y_val=val.y)
                 accs.append(t.score(test.X, test.y))
             rows.append(
                 {

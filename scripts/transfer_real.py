@@ -23,6 +23,7 @@ from tasklift.experiments import transfer_table
 from tasklift.io import write_text
 from tasklift.loading import label_names
 from tasklift.report import markdown_table, plot_bars, write_json
+from tasklift.transfer.methods import PREVIOUS_DEFAULTS
 
 METHODS = "bico,activation,gradient,gradfix,gradfix-mean,permutation,naive"
 
@@ -47,7 +48,7 @@ def run(args) -> None:
         rows = transfer_table(
             a, a_ft, b, calib, val, test, train=held, methods=args.methods.split(","),
             target_finetuned=b_ft if draw == 0 else None, max_length=args.max_length,
-            token=args.token, center=args.center, device="cpu",
+            token=args.token, center=args.center, device="cpu", **PREVIOUS_DEFAULTS,
             scales=[float(v) for v in args.scales.split(",")],
         )  # fmt: skip
         draws.append({"draw": draw, "seconds": round(time.time() - t0, 1), "rows": rows})

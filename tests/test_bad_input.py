@@ -168,6 +168,7 @@ CASES = {
     "unknown transfer method": (_flag("transfer", "--methods", "foo"), "one of bico, activation"),
     "non-finite scale": (_flag("transfer", "--scales", "1,nan"), "--scales: must be a finite"),
     "no scales": (_flag("transfer", "--scales", ","), "--scales: must list at least one"),
+    "tie-break above 1": (_flag("transfer", "--tie-break", "2"), "--tie-break: must be at most 1"),
     "zero calibration inputs": (_flag("transfer", "--calib", "0"), "--calib: must be at least 1"),
     "fewer calibration inputs than classes": (
         _flag("transfer", "--calib", "2"),
@@ -309,6 +310,7 @@ API_CASES = {
     "scales empty": ("Transfer", {"scales": []}, "scales must list at least one"),
     "scales nan": ("Transfer", {"scales": [1.0, float("nan")]}, "scales must be a finite"),
     "tie_break": ("Transfer", {"tie_break": -0.1}, "tie_break must be at least 0"),
+    "stats_dtype": ("Transfer", {"stats_dtype": "float16"}, "stats_dtype must be one of float32"),
     "transfer max_length": ("Transfer", {"max_length": 0}, "max_length must be at least 1"),
     "probe C": ("LinearProbe", {"C": 0}, "C must be above 0"),
     "probe layer": ("LinearProbe", {"layer": "x"}, "layer must be a whole number"),

@@ -115,7 +115,21 @@ def test_transfer_onto_a_permuted_base_matches_the_fine_tuned_source(text_task, 
     tf.AutoTokenizer.from_pretrained(root / "base").save_pretrained(tmp_path / "b")
     out = tmp_path / "transfer"
     argv = [str(root / "base"), str(root / "ft"), str(tmp_path / "b"), str(root / "data.csv")]
-    opts = ["--text-key", "sentence", "--calib", "64", "--val", "48", "--quiet", "-o", str(out)]
+    opts = [
+        "--text-key",
+        "sentence",
+        "--calib",
+        "64",
+        "--val",
+        "48",
+        "--quiet",
+        "-o",
+        str(out),
+        "--tie-break",
+        "1e-6",
+        "--stats-dtype",
+        "float64",
+    ]  # exact: every direction a twin has
     assert main(["transfer", *argv, "--methods", "bico,naive", *opts]) == 0
     assert "bico" in capsys.readouterr().out
     rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())["rows"]}

@@ -154,15 +154,15 @@ def _transfers(root, tag: str) -> dict:
     X, y = token_task(128, seed=1)
     X_val, y_val = token_task(20, seed=2)
     enc = dict(source=root / "enc_a", finetuned=root / "enc_ft", target=root / "enc_b",
-               batch_size=16, scales=(0.5, 1.0), tie_break=1e-4)  # fmt: skip
+               batch_size=16, scales=(0.5, 1.0), tie_break=1e-4, stats_dtype="float64")  # fmt: skip
     lm = dict(source=root / "lm_a", finetuned=root / "lm_ft", target=root / "lm_b",
               processor=_GenTokenizer(), batch_size=4, max_new_tokens=3,
-              scales=(0.5, 1.0))  # fmt: skip
+              scales=(0.5, 1.0), stats_dtype="float64")  # fmt: skip
     rng = np.random.default_rng(0)
     texts = [" ".join(rng.choice(WORDS, 5)) for _ in range(10)]
     answers = [" " + " ".join(rng.choice(WORDS, 2)) for _ in range(10)]
     word = dict(source=root / "w_a", finetuned=root / "w_ft", target=root / "w_b", token="word",
-                scales=(1.0,), batch_size=4)  # fmt: skip
+                scales=(1.0,), batch_size=4, stats_dtype="float64")  # fmt: skip
     cases = {
         "encoder-passes": (Transfer(**enc, max_stats_gb=1e-9), (X, y),
                            dict(X_val=X_val, y_val=y_val)),
@@ -177,7 +177,8 @@ def _transfers(root, tag: str) -> dict:
         if t.processor is None:  # the stand-in tokenizer cannot be saved
             t.save(root / f"{name}.{tag}")
         out[name] = (t.task_vector_.deltas, t.scale_, t.val_scores_)
-    t = Transfer(root / "lm_a", None, root / "lm_b", processor=WordTokenizer())
+    t = Transfer(root / "lm_a", None, root / "lm_b", processor=WordTokenizer(),
+                 stats_dtype="float64")  # fmt: skip
     t.move_adapters([root / "task0", root / "task1"], PROMPTS, TARGETS,
                     out=root / f"moved.{tag}", map_cache=root / f"cache.{tag}")  # fmt: skip
     return out
@@ -197,12 +198,13 @@ def test_a_transfer_over_two_processes_equals_one_and_only_rank_0_writes(tmp_pat
     reduced), a label-free LM (greedy targets generated in shares), words paired across
     tokenizers, and adapters moved through the map cache: τ_B of 2 gloo processes is the same
     on both ranks and equals 1 process (the LMs to 1e-6 of its largest entry); rank 1
-    writes nothing.
+    writes nothing. Every case accumulates float64 statistics: the mechanism is checked at a
+    precision where the order of summation does not show.
 
     The encoder cases equal one process only up to round-off as their conditioning amplifies
     it: B's carried-over pooler differs by one float32 ulp with the order of summation, and the
     permuted BERT's cross-covariances have singular values all the way down, where R moves by
-    about ulp / σ: at the default cutoff (1e-6 of the largest) τ_B moved by 3e-4 or 1.6e-3 of
+    about ulp / σ: at a cutoff of 1e-6 of the largest τ_B moved by 3e-4 or 1.6e-3 of
     its largest entry depending on the BLAS, so the BERT cases cut at 1e-4 (1.4e-6; 1e-5
     allowed). GradFix's majority vote flips where an entry's votes are one from a tie (0.1% of
     entries here, 1% allowed; a vote over half of the examples flips 15%)."""

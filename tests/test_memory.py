@@ -65,12 +65,13 @@ def _stats(m: dict) -> int:
 def test_statistics_are_d_a_times_d_b_per_signal():
     # o_proj alone: its input (d_A × d_B) and output (d_A × d_B, two BiCo signals) per block
     one = dict(tokens=8, batch_size=2, adapted=("o_proj",), rank=4)
+    f64 = dict(stats_dtype="float64", **one)
     for da, db in ((32, 32), (32, 64), (64, 96)):
-        m = transfer_memory(qwen(da), qwen(db), **one)
+        m = transfer_memory(qwen(da), qwen(db), **f64)
         assert _stats(m) == 2 * 3 * (da * db * 8 + (da + db) * 8)  # 2 blocks, 3 signals
-    small, big = (_stats(transfer_memory(qwen(w), qwen(w), **one)) for w in (64, 128))
+    small, big = (_stats(transfer_memory(qwen(w), qwen(w), **f64)) for w in (64, 128))
     assert 3.9 < big / small <= 4  # quadratic in width (the float64 sums are linear)
-    f32 = transfer_memory(qwen(64), qwen(96), stats_dtype="float32", **one)
+    f32 = transfer_memory(qwen(64), qwen(96), **one)  # the default
     assert _stats(f32) == 2 * 3 * (64 * 96 * 4 + (64 + 96) * 8)
 
 

@@ -126,7 +126,7 @@ def test_bico_and_rebasin_undo_a_permuted_copy(kind, method):
     """B is A with residual stream, heads and units permuted (GPT-2: fused q|k|v, Conv1D): τ_B =
     P(τ_A) is recovered exactly, norms and embeddings included, and B + τ_B computes A_ft. B's
     activations are A's bit for bit, so directions far below float32 round-off still inform:
-    tie_break=1e-9 keeps them (the default 1e-6, right for a real pair, maps them to zero)."""
+    tie_break=1e-9 keeps them (the default 1e-3, right for a real pair, maps them to zero)."""
     a = trained_like(tiny_classifier("bert") if kind == "bert" else gpt2_classifier())
     a_ft = nudged(a)
     b, b_ft = permuted(a, kind), permuted(a_ft, kind)
@@ -276,7 +276,16 @@ def test_transfer_estimator_carries_the_head_and_task_onto_a_permuted_model(tmp_
     b = permuted(a, "bert").bert  # a backbone: the head comes from A_ft
     X = {"input_ids": torch.randint(1, 50, (48, 8), generator=torch.Generator().manual_seed(1))}
     y = a_ft(**X).logits.argmax(-1).detach().numpy()
-    t = Transfer(a, a_ft, b, method="bico", batch_size=16, scale_search="grid", tie_break=1e-9)
+    t = Transfer(
+        a,
+        a_ft,
+        b,
+        method="bico",
+        batch_size=16,
+        scale_search="grid",
+        tie_break=1e-9,
+        stats_dtype="float64",
+    )  # exact: float64 statistics, every direction
     t.fit(X, y, X_val=X, y_val=y)  # a permuted copy: tie_break as in the test above
     assert t.val_scores_[1.0] == 1.0 and t.val_scores_[0.0] < 1.0 and t.scale_ == 1.0
     np.testing.assert_allclose(t.decision_function(X), a_ft(**X).logits.detach(), atol=1e-4)
@@ -490,7 +499,8 @@ def test_bert_to_mpnet_is_paired_by_role_and_recovers_the_fine_tuned_function():
         ["classifier.dense", "classifier.out_proj"],
     )
     y = a_ft(**X).logits.argmax(-1).detach().numpy()
-    t = Transfer(a, a_ft, b, method="bico", batch_size=16, tie_break=1e-9).fit(X, y)  # A's twin
+    t = Transfer(a, a_ft, b, method="bico", batch_size=16, tie_break=1e-9, stats_dtype="float64")
+    t.fit(X, y)  # A's twin
     np.testing.assert_allclose(t.decision_function(X), a_ft(**X).logits.detach(), atol=1e-4)
     assert (t.moved_params_, t.source_params_) == (35, 35)  # position/type tables: unchanged
 

@@ -11,6 +11,7 @@ import numpy as np
 
 from tasklift.data import calibration_split
 from tasklift.transfer import Transfer
+from tasklift.transfer.methods import PREVIOUS_DEFAULTS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from transfer_real import real_split  # noqa: E402
@@ -21,7 +22,7 @@ calib, val, _ = calibration_split(train, calib=128, val=200, seed=0)
 preds, taus = {}, {}
 for c in (False, True):
     t = Transfer("minilm-l3", a_ft, "minilm-l6", center=c, scales=[1.0], max_length=64,
-                 device="cpu")  # fmt: skip
+                 device="cpu", **PREVIOUS_DEFAULTS)  # fmt: skip
     t.fit(calib.X, calib.y, X_val=val.X[:20], y_val=val.y[:20])
     preds[c] = t.predict(test.X)
     taus[c] = {k: v.detach().clone() for k, v in t.task_vector_.deltas.items()}

@@ -27,6 +27,7 @@ from tasklift.io import write_text
 from tasklift.report import markdown_table
 from tasklift.taskvector import dense
 from tasklift.transfer import Transfer
+from tasklift.transfer.methods import PREVIOUS_DEFAULTS
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
 from transfer_real import real_split  # noqa: E402
@@ -69,6 +70,7 @@ def main() -> None:
             maps.procrustes = counting(fn)
             t0 = time.time()
             t = Transfer("minilm-l3", A_FT, "minilm-l6", method="bico", max_length=64,
+                         tie_break=PREVIOUS_DEFAULTS["tie_break"],
                          stats_dtype=dtype, device="cpu", progress=False)  # fmt: skip
             t.fit(calib.X, calib.y, X_val=val.X, y_val=val.y)
             taus[rule, dtype] = {k: dense(v) for k, v in t.task_vector_.deltas.items()}

@@ -10,8 +10,6 @@ from pathlib import Path
 import numpy as np
 from run_llm import MODELS, PLAN, TRANSFER
 
-from tasklift.transfer.solve import TIE_BREAK
-
 DEFAULT_SCALES = TRANSFER["scales"]
 
 METRICS = {"bbc": ("accuracy",), "imdb": ("accuracy",), "persona": ("nll", "style")}
@@ -64,12 +62,12 @@ def pair_table(res: dict, task: str, a: str, b: str) -> str:
                          + f" | {gap} | | |")  # fmt: skip
     runs = [v for k, v in res.items() if k.startswith(f"{task}/transfer_{a}_{b}_")]
     key = lambda r: (r["method"], r["modules"], tuple(r.get("scales", DEFAULT_SCALES)),  # noqa: E731
-                     r.get("tie_break", TIE_BREAK), r.get("center", False))  # fmt: skip
+                     r.get("tie_break", TRANSFER["tie_break"]), r.get("center", False))  # fmt: skip
     for label in sorted({key(r) for r in runs}):
         draws = [r for r in runs if key(r) == label]
         what = label[0] + ("" if label[1] == "all adapted" else f", only {label[1]}")
         what += "" if label[2] == DEFAULT_SCALES else f", scales {', '.join(map(str, label[2]))}"
-        what += "" if label[3] == TIE_BREAK else f", cutoff {label[3]:g}"
+        what += "" if label[3] == TRANSFER["tie_break"] else f", cutoff {label[3]:g}"
         what += ", centred" if label[4] else ""
         what += " †" if any("restored" in r for r in draws) else ""
         cells = [_cell([r[m] for r in draws]) for m in metrics]

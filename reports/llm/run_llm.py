@@ -37,8 +37,10 @@ PLAN = [
     ("bbc", "smol", "q05", ("bico", "activation", "gradient"), None, {"token": "word"}),
     ("persona", "q05", "q15", ("bico", "activation", "gradient"), None, {}),
 ]
+# tie_break: the cutoff every committed run used (tasklift's default until 2026-12-03); --tie-break
+# names another
 TRANSFER = dict(scales=(0.5, 1.0, 1.5, 2.0), batch_size=4, max_stats_gb=9.0,
-                stats_dtype="float32")  # fmt: skip
+                stats_dtype="float32", tie_break=1e-6)  # fmt: skip
 CALIB = 32  # calibration rows per draw, from the training split
 MANY = ("bbc", "imdb")  # the adapters `many` moves together
 

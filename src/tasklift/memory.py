@@ -20,7 +20,7 @@ from .families import VOCAB_ROLES, roles
 from .models import backbone
 from .transfer.calibration import _signals, plan_passes
 from .transfer.head import head_linears
-from .transfer.methods import get_method
+from .transfer.methods import STATS_DTYPE, get_method
 from .transfer.pairing import head_pair, is_matrix, match_modules, module_dims, owns_params
 
 __all__ = ["skeleton", "transfer_memory", "SHAPES", "ON_DEVICE"]
@@ -142,7 +142,7 @@ def _pass(a, b, part: dict, signals, tokens: int, itemsize: int, alias: bool) ->
 def transfer_memory(
     source_config, target_config, *, tokens: int, batch_size: int = 16,
     adapted: Sequence[str] | None = None, rank: int | None = None, num_labels: int | None = None,
-    model_dtype: str = "float32", stats_dtype: str = "float64",
+    model_dtype: str = "float32", stats_dtype: str = STATS_DTYPE,
     max_stats_gb: float | None = None, method: str = "bico", lazy: bool = False,
     label_free: bool = False,
 ) -> dict:  # fmt: skip

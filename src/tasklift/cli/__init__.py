@@ -16,7 +16,15 @@ import threading
 
 from .. import __version__
 from ..defaults import FRACTIONS, PER_CLASS
-from ..transfer.methods import METHODS, SCALES, TOKENS
+from ..transfer.methods import (
+    METHODS,
+    SCALES,
+    SEARCHES,
+    STATS_DTYPE,
+    STATS_DTYPES,
+    TIE_BREAK,
+    TOKENS,
+)
 from .adapters import VAL
 from .commands import (
     cmd_assets,
@@ -50,6 +58,7 @@ from .flags import (
     positive,
     runtime_flags,
     scales,
+    unit,
 )
 
 log = logging.getLogger("tasklift")
@@ -173,6 +182,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--center", action="store_true", help="align centred covariances (means removed)"
     )
+    p.add_argument(
+        "--tie-break", type=unit, default=TIE_BREAK,
+        help="singular values of a map's first signal at or below this fraction of the largest "
+        f"are settled by its later signals (default {TIE_BREAK:g})",
+    )  # fmt: skip
+    p.add_argument(
+        "--stats-dtype", choices=STATS_DTYPES, default=STATS_DTYPE,
+        help=f"precision of the cross-covariances (default {STATS_DTYPE}; solved in float64)",
+    )  # fmt: skip
+    p.add_argument(
+        "--scale-search", choices=SEARCHES, default="grid",
+        help="how the scale is searched on validation: every scale (grid, the default) or at "
+        "most 4 of them (fibonacci; exact on unimodal scores, see tasklift.transfer.scales)",
+    )  # fmt: skip
     p.add_argument("--target-finetuned", default=None, help="B fine-tuned, the upper bound")
     p.add_argument("--probe", action="store_true", help="a linear probe on B (calib + val labels)")
     p.add_argument("--title", default=None, help="the report's title (A A_FT B DATA)")

@@ -72,7 +72,7 @@ def cmd_move_adapters(args) -> None:
     from ..data import load_dataset
     from ..distributed import is_main
     from ..transfer import SCALES, Transfer
-    from .commands import _runtime
+    from .commands import _bico, _runtime
 
     given = [flag for flag, set_ in _TABLE_FLAGS.items() if set_(args)]
     if given:
@@ -109,7 +109,7 @@ def cmd_move_adapters(args) -> None:
         val = {"X_val": X_val, "y_val": y_val}
     cache = {None: True, "off": False}.get(args.map_cache, args.map_cache)
     t = Transfer(args.source, None, args.target, method=methods[0], token=args.token,
-                 center=args.center, scales=args.scales or SCALES, **_runtime(args))  # fmt: skip
+                 scales=args.scales or SCALES, **_bico(args), **_runtime(args))  # fmt: skip
     records = t.move_adapters(args.adapters, X, y, out=args.output, overwrite=args.overwrite,
                               map_cache=cache, **val)  # fmt: skip
     if not is_main():

@@ -25,6 +25,12 @@ def _runtime(args) -> dict:
     )
 
 
+def _bico(args) -> dict:
+    """The transfer flags that tune the maps and the scale search, as `Transfer` arguments."""
+    return dict(center=args.center, tie_break=args.tie_break, stats_dtype=args.stats_dtype,
+                scale_search=args.scale_search)  # fmt: skip
+
+
 def _matrix(args) -> dict:
     """`_runtime` plus the task-matrix flags."""
     return {**_runtime(args), "pool": args.pool, "norm": args.norm, "cv": args.cv}
@@ -224,10 +230,10 @@ def cmd_transfer(args) -> None:
         methods=args.methods,
         target_finetuned=args.target_finetuned,
         token=args.token,
-        center=args.center,
         scales=args.scales,
         save_best=Path(args.output) / "model",
         overwrite=args.overwrite,
+        **_bico(args),
         **_runtime(args),
     )
     if not is_main():

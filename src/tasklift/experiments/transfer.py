@@ -29,7 +29,6 @@ def transfer_table(
     methods: Sequence[str] = tuple(METHODS),
     target_finetuned=None,
     token: str = "all",
-    center: bool = False,
     scales: Sequence[float] = SCALES,
     batch_size: int = 16,
     max_length: int = 128,
@@ -38,9 +37,11 @@ def transfer_table(
     progress: bool = False,
     save_best=None,
     overwrite: bool = False,
+    **options,
 ) -> list[dict]:
     """Test accuracy of the target B after each transfer method, beside its references.
-    `finetuned`: A_ft as a folder or model, or a classifier's PEFT adapter of `source`.
+    `finetuned`: A_ft as a folder or model, or a classifier's PEFT adapter of `source`;
+    `options`: further `Transfer` arguments (center, tie_break, stats_dtype, scale_search).
 
     Rows: "B + carried head" (scale 0: A_ft's head on B's features, no task vector), each method
     (scale chosen on `val`, calibrated on `calib`), a linear probe on B trained on `train` (if
@@ -61,8 +62,8 @@ def transfer_table(
     for method in methods:
         t0 = time.time()
         t = Transfer(
-            source, finetuned, target, method=method, token=token, center=center,
-            scales=scales, progress=progress, **rt,
+            source, finetuned, target, method=method, token=token, scales=scales,
+            progress=progress, **options, **rt,
         )  # fmt: skip
         try:
             t.fit(calib.X, calib.y, X_val=val.X, y_val=val.y)

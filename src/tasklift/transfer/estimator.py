@@ -25,10 +25,19 @@ from .calibration import word_pooling
 from .head import classifier_setup
 from .lm import greedy_targets, is_causal_lm, is_lm_checkpoint, lm_score, lm_setup, verbalise
 from .many import move_all, solved_maps, touched_pairs
-from .methods import SCALES, TOKENS, Method, get_method
+from .methods import (
+    SCALES,
+    SEARCHES,
+    STATS_DTYPE,
+    STATS_DTYPES,
+    TIE_BREAK,
+    TOKENS,
+    Method,
+    get_method,
+)
 from .pairing import token_refusal, unpaired
-from .scales import SEARCHES, choose_scale
-from .solve import POST_STEPS, TIE_BREAK, transport, zeroed
+from .scales import choose_scale
+from .solve import POST_STEPS, transport, zeroed
 
 __all__ = ["Transfer"]
 
@@ -54,7 +63,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
             `transfer.scales`) or "grid" (all).
         tie_break: singular values of a side's first cross-covariance at or below this fraction
             of the largest are settled by its later signals, or mapped to zero where none
-            determines them (see `solve.TIE_BREAK`; the head's map too).
+            determines them (see `methods.TIE_BREAK`; the head's map too).
         center: align centred covariances (means removed) rather than raw second moments.
         block_map: {target block: source block}; default proportional depth.
         choices: causal LMs answering in words: the label words, scored by the verbaliser
@@ -62,7 +71,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         max_new_tokens: label-free LM calibration: length of A_ft's greedy continuations.
         max_stats_gb: memory for the cross-covariances held at once; past it, calibration runs
             in several passes over the same inputs, block by block (None: one pass).
-        stats_dtype: "float64" or "float32" (half the memory; solved in float64 either way).
+        stats_dtype: "float32" or "float64" (twice the memory and 3x slower to accumulate;
+            solved in float64 either way; see `methods.STATS_DTYPE`).
         processor: tokenizer / image processor for both models (default: each model's own).
 
     Learned: `model_` (B + scale_ · τ_B), `task_vector_` (τ_B), `target_model_` (B with the
@@ -73,7 +83,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
     alignment pass), "calibrate" (A's and B's forward-backward passes), "statistics" (pairing
     and accumulating their rows), "solve", "transport", "post" (GradFix), "scale search";
     `open_directions_` [zeroed, all]: the maps' directions no calibration signal determined,
-    which carry none of τ_A (see `solve.TIE_BREAK`).
+    which carry none of τ_A (see `methods.TIE_BREAK`).
 
     Example:
         >>> t = Transfer(source="a", finetuned="a_ft", target="b", method="bico")
@@ -102,7 +112,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         choices: Sequence[str] | None = None,
         max_new_tokens: int = 32,
         max_stats_gb: float | None = None,
-        stats_dtype: str = "float64",
+        stats_dtype: str = STATS_DTYPE,
         processor=None,
     ) -> None:
         self.source, self.finetuned, self.target = source, finetuned, target
@@ -187,6 +197,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         check_choice(self.scale_search, "scale_search", choices=SEARCHES)
         check_float(self.tie_break, "tie_break", low=0, high=1)
         check_bool(self.center, "center")
+        check_choice(self.stats_dtype, "stats_dtype", choices=STATS_DTYPES)
         return method
 
     def fit(self, X, y=None, *, X_val=None, y_val=None) -> Transfer:

@@ -21,11 +21,10 @@ from collections.abc import Callable, Mapping, Sequence
 from torch import nn
 
 from ..taskvector import TaskVector
+from .methods import SEARCHES
 
 __all__ = ["SEARCHES", "SEARCH_EVALS", "best_scale", "search_scales", "choose_scale"]
 
-#: how the scale is searched: "fibonacci" (at most SEARCH_EVALS evaluations) or "grid" (all)
-SEARCHES = ("fibonacci", "grid")
 #: validation evaluations a Fibonacci search may make
 SEARCH_EVALS = 4
 

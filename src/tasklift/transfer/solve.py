@@ -24,7 +24,7 @@ from ..solvers import NULL_RTOL, _assign
 from ..stats import GramStats
 from ..taskvector import LowRank, TaskVector, dense
 from .calibration import SIGNALS
-from .methods import Method, get_method
+from .methods import TIE_BREAK, Method, get_method
 from .pairing import is_matrix, module_dims
 
 __all__ = [
@@ -36,15 +36,6 @@ __all__ = [
     "POST_STEPS",
     "TIE_BREAK",
 ]
-
-#: a side's later signals settle only the directions its first signal leaves open: those whose
-#: singular value is at most TIE_BREAK × the largest (the numerical null space). The gradient of
-#: the residual stream is blind to the all-ones direction (every reader is a LayerNorm), and the
-#: final norm's gradient spans at most as many directions as there are classes. Directions no
-#: signal determines map to zero (`solvers.procrustes`): a component of τ_A that calibration never
-#: reaches is not carried. Below float32 round-off a direction is noise on a real pair; a permuted
-#: copy, whose activations are A's bit for bit, determines every direction down to 1e-12.
-TIE_BREAK = NULL_RTOL
 
 
 def _embed_scale(model: nn.Module, width: int) -> float:
@@ -135,7 +126,7 @@ def solve_maps(
         stats: `calibrate`'s output for (at least) the method's signals.
         tie_break: singular values of a side's first cross-covariance at or below this
             fraction of the largest are left to its later signals, or mapped to zero where
-            none determines them (see `TIE_BREAK`).
+            none determines them (see `methods.TIE_BREAK`).
         center: align centred covariances (means removed) instead of raw second moments.
     """
     kw = dict(tie_break=tie_break, center=center)
@@ -282,7 +273,7 @@ def gradient_sign_mask(
     """GradFix: keep the entries of τ (already in B's shapes) whose sign agrees with B's descent
     direction −∇L_B(θ_B): by a vote of the calibration examples' own gradient signs ("majority",
     GradFix's default) or by the sign of their summed gradient ("mean"). Ties are dropped. A
-    gradient entry at or below TIE_BREAK × its parameter's largest is round-off (a BERT key
+    gradient entry at or below NULL_RTOL × its parameter's largest is round-off (a BERT key
     bias's gradient is zero but for it) and votes neither way, so a vote never rests on the
     sign of float noise.
 
@@ -318,10 +309,10 @@ def gradient_sign_mask(
 
 
 def _signs(g: torch.Tensor) -> torch.Tensor:
-    """sign(g), with 0 for entries at or below TIE_BREAK × the largest finite |g| (round-off,
+    """sign(g), with 0 for entries at or below NULL_RTOL × the largest finite |g| (round-off,
     not a direction); a NaN stays NaN (its entry is dropped), an empty g stays empty."""
     top = g.abs().nan_to_num(0.0, 0.0, 0.0).amax() if g.numel() else 0.0
-    return g.sign() * (g.abs() > TIE_BREAK * top)
+    return g.sign() * (g.abs() > NULL_RTOL * top)
 
 
 #: steps a registry entry's `post` names, applied to τ_B after transport
