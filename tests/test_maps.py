@@ -129,6 +129,22 @@ def test_procrustes_equals_the_svd_definition(spread, tol, shape):
     np.testing.assert_allclose(gram, np.eye(k), atol=1e-10)
 
 
+@pytest.mark.parametrize("shape", [(30, 50), (50, 30)])
+def test_procrustes_at_a_coarse_cutoff_is_isometric_without_the_newton_schulz_step(shape):
+    """rtol = 1e-3 (BiCo's default) skips the Newton-Schulz step: R is still the SVD
+    definition's and a partial isometry to 1e-9, with singular values just above the cutoff
+    (2e-3) kept and those below (5e-4) mapped to zero, and the tie's part too."""
+    k = min(shape)
+    u, _ = np.linalg.qr(rng.normal(size=(shape[0], k)))
+    v, _ = np.linalg.qr(rng.normal(size=(shape[1], k)))
+    s = np.r_[np.logspace(0, np.log10(2e-3), k - 5), np.full(5, 5e-4)]
+    xy, tie = (u * s) @ v.T, rng.normal(size=shape)
+    R, open_dims = procrustes(xy, tie, rtol=1e-3)
+    assert open_dims == 5
+    np.testing.assert_allclose(R, procrustes_svd(xy, tie, rtol=1e-3), atol=1e-9)
+    np.testing.assert_allclose(R @ R.T @ R, R, atol=1e-9)
+
+
 def test_procrustes_trusting_directions_below_float32_round_off_takes_the_full_svd():
     """rtol below 1e-6 (directions the Gram's σ² cannot resolve, trusted only when A's and B's
     activations agree bit for bit): R is the SVD definition's, down to σ = 1e-10."""
