@@ -1,5 +1,5 @@
-"""The merged report of task matrices on every real model x dataset (reports/run_real.sh, and
-reports/run_real_vit.sh: DINOv2 and IMDB, written to reports/real_vit with --script).
+"""The merged report of task matrices on every real model x dataset (reports/run_real.sh; and
+reports/run_real_imdb.sh, written to reports/real_imdb with --script).
 
 Reads the sweep_* and scaling_* folders of a runs directory and writes `report.md` (one summary
 table, the data-scarce gains, each claim of the paper marked held / not with its numbers, the

@@ -86,3 +86,18 @@ def test_encoding_without_a_processor_points_at_processor():
 
     with pytest.raises(ValueError, match="processor="):
         encode(["some text"], None)
+
+
+def test_a_head_reading_more_than_one_token_is_refused_by_name():
+    """HF's DINOv2 classifier reads [CLS] joined to the patch tokens' mean (2 x hidden): refused
+    in one line saying why, not a shape error deep in a sweep."""
+    from tasklift.models import Head
+
+    config = tf.Dinov2Config(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        image_size=28, patch_size=14, num_labels=3,
+    )  # fmt: skip
+    model = tf.Dinov2ForImageClassification(config)
+    assert model.classifier.in_features == 64
+    with pytest.raises(ValueError, match="Dinov2ForImageClassification's head is not supported"):
+        Head(model)
