@@ -1,10 +1,15 @@
 """Where `Transfer.fit`'s time goes on the real pairs of reports/transfer_real, beside its floor,
-side by side in one run (issue 21.1): `timings_` of a BiCo fit with the full scale grid and
-with the Fibonacci search, and the floor: one forward-backward of A and of B over the
-calibration set plus one forward of B over the validation set per scale the search evaluated.
-Also whether the search's scale and test accuracy equal the grid's, per draw.
+side by side in one run (issue 21.1): `timings_` of a BiCo fit under each setting of `SETTINGS`
+(the settings before 2026-12-03, today's defaults, today's defaults with float64 statistics,
+which shows float32's error on τ_B, and with the Fibonacci scale search), and the floor: one
+forward-backward of A and of B over the calibration set plus one forward of B over the validation
+set per scale the search evaluated. Also whether each setting's scale and test accuracy equal the
+others', per draw.
 
-    python benchmarks/bench_profile.py [--pair minilm-l6:minilm-l3] [--data bbc_news] [--draws 1]
+    OMP_NUM_THREADS=1 python benchmarks/bench_profile.py [--pair minilm-l6:minilm-l3] \
+        [--data bbc_news] [--draws 1] [--settings before,defaults] [--name profile]
+    OMP_NUM_THREADS=1 python benchmarks/bench_profile.py --pair minilm-l6:mpnet --token word \
+        --settings before,defaults --name profile_mpnet
 
 Needs A_ft of reports/run_real.sh: runs/real/<A>_<data>_ft (`tasklift finetune`).
 """
@@ -24,13 +29,21 @@ from tasklift.data import calibration_split, take
 from tasklift.loading import load_model
 from tasklift.models import encode
 from tasklift.report import markdown_table
+from tasklift.taskvector import dense
 from tasklift.transfer import Transfer
+from tasklift.transfer.methods import PREVIOUS_DEFAULTS
 from tasklift.transfer.scales import best_scale, search_scales
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 from transfer_real import real_split  # noqa: E402  (the real pairs' split, as their table's)
 
-SEARCHES = ("grid", "fibonacci")
+#: Transfer arguments per named setting ({}: the library's defaults)
+SETTINGS = {
+    "before": dict(scale_search="grid", **PREVIOUS_DEFAULTS),
+    "defaults": {},
+    "defaults+float64": dict(stats_dtype="float64"),
+    "defaults+fibonacci": dict(scale_search="fibonacci"),
+}
 
 PHASES = ("load", "setup", "labels", "head", "calibrate", "statistics", "solve", "transport",
           "post", "scale search")  # fmt: skip
@@ -63,6 +76,13 @@ def floor(a_ft: str, b: str, calib, val, classes: int, max_length: int) -> dict:
     return out
 
 
+def tau_gap(tv, ref) -> float:
+    """max |τ − ref| over ref's deltas, relative to ref's largest entry."""
+    top = max(float(dense(d).abs().max()) for d in ref.deltas.values())
+    gaps = (dense(tv.deltas[k]) - dense(d) for k, d in ref.deltas.items())
+    return max(float(g.abs().max()) for g in gaps) / top
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--pair", default="minilm-l6:minilm-l3", help="A:B, comma-separated pairs")
@@ -71,7 +91,13 @@ def main() -> None:
     ap.add_argument("--token", default="all", help="'word' for pairs across tokenizers")
     ap.add_argument("--draws", type=int, default=1)
     ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--settings", default=",".join(SETTINGS), help="of SETTINGS, comma-separated")
+    ap.add_argument("--name", default="profile", help="results file: results/NAME.{json,md}")
     args = ap.parse_args()
+    names = args.settings.split(",")
+    if not {"before", "defaults"} <= set(names) <= set(SETTINGS):
+        ap.error(f"--settings: 'before' and 'defaults', and any of {', '.join(SETTINGS)}")
+    chosen = {k: SETTINGS[k] for k in names}
     runs = []
     for pair in args.pair.split(","):
         a, b = pair.split(":")
@@ -80,28 +106,33 @@ def main() -> None:
         for draw in range(args.draws):
             calib, val, _ = calibration_split(train, calib=128, val=200, seed=draw)
             fits = {}
-            for search in SEARCHES:
+            for name, kw in chosen.items():
                 t0 = time.perf_counter()
-                t = Transfer(a, a_ft, b, method="bico", token=args.token, scale_search=search,
-                             max_length=args.max_length, device="cpu")  # fmt: skip
+                t = Transfer(a, a_ft, b, method="bico", token=args.token,
+                             max_length=args.max_length, device="cpu", **kw)  # fmt: skip
                 t.fit(calib.X, calib.y, X_val=val.X, y_val=val.y)
-                fits[search] = (time.perf_counter() - t0, t, t.score(test.X, test.y))
-                print(search, round(fits[search][0], 1), t.scale_, t.val_scores_, flush=True)
-            grid = fits["grid"][1]
+                fits[name] = (time.perf_counter() - t0, t, t.score(test.X, test.y))
+                print(name, round(fits[name][0], 1), t.scale_, t.val_scores_, flush=True)
+            grid = fits["before"][1]
             base = floor(a_ft, b, calib, val, len(grid.classes_), args.max_length)
             print(base, flush=True)
             on5 = search_scales([0, 0.5, 1, 1.5, 2], grid.val_scores_.__getitem__)
-            for search, (wall, t, acc) in fits.items():
+            ref = fits["defaults"][1].task_vector_
+            for name, (wall, t, acc) in fits.items():
                 k = len(t.val_scores_)
                 fl = base["fwd-bwd A"] + base["fwd-bwd B"] + k * base["val forward B"]
                 runs.append({
-                    "pair": f"{a} -> {b}", "draw": draw, "search": search, "evaluations": k,
+                    "pair": f"{a} -> {b}", "draw": draw, "setting": name, "evaluations": k,
                     "scale": t.scale_, "test accuracy": round(acc, 4), "fit s": round(wall, 1),
                     "floor s": round(fl, 1), "fit / floor": round(wall / fl, 2),
+                    "τ_B vs defaults": f"{tau_gap(t.task_vector_, ref):.1e}",
                     "timings": t.timings_, "floor": base, "val_scores": t.val_scores_,
+                    "settings": {**kw, "tie_break": t.tie_break, "stats_dtype": t.stats_dtype,
+                                 "scale_search": t.scale_search},
                 })  # fmt: skip
             runs.append({
-                "pair": f"{a} -> {b}", "draw": draw, "search": "fibonacci on 0,0.5,1,1.5,2",
+                "pair": f"{a} -> {b}", "draw": draw,
+                "setting": "before, fibonacci on 0,0.5,1,1.5,2",
                 "evaluations": len(on5), "scale": best_scale(on5),
                 "test accuracy": round(grid.score(test.X, test.y, scale=best_scale(on5)), 4),
                 "grid's scale on 0,0.5,1,1.5,2": best_scale(
@@ -112,21 +143,24 @@ def main() -> None:
                  for p in PHASES if p in r["timings"]}}
         for r in runs if "timings" in r
     ]  # fmt: skip
-    cols = ["pair", "draw", "search", "evaluations", "scale", "test accuracy", "fit s",
-            "floor s", "fit / floor", "grid's scale on 0,0.5,1,1.5,2"]  # fmt: skip
+    cols = ["pair", "draw", "setting", "evaluations", "scale", "test accuracy", "fit s",
+            "floor s", "fit / floor", "τ_B vs defaults",
+            "grid's scale on 0,0.5,1,1.5,2"]  # fmt: skip
     notes = (
         f"BiCo, {args.data}, 128 calibration + 200 validation inputs, {args.max_length} tokens, "
-        f"token={args.token!r}, CPU threads={machine()['threads']}; the default 8-scale grid "
-        "unless named. Floor: one forward-backward (with parameter gradients) of A and of B "
+        f"token={args.token!r}, CPU threads={machine()['threads']}. Settings: "
+        + "; ".join(f"{k}: {v or 'the defaults'}" for k, v in chosen.items())
+        + ". 'τ_B vs defaults': max |τ_B − τ_B(defaults)| / max |τ_B(defaults)|. "
+        "Floor: one forward-backward (with parameter gradients) of A and of B "
         "over the calibration set, plus one forward of B over the validation set per scale "
         "evaluated, measured in the same run; seconds are context, the ratios are the result. "
-        "'fibonacci on 0,0.5,1,1.5,2': the search replayed on the grid fit's own validation "
-        "scores of the report's 5-scale grid.\n\n"
+        "'before, fibonacci on 0,0.5,1,1.5,2': the search replayed on the 'before' fit's own "
+        "validation scores of the report's 5-scale grid.\n\n"
         "Phases of `Transfer.fit` (`timings_`): seconds (share of the fit's wall time; the rest "
         "is outside every phase).\n\n"
-        + markdown_table(shares, ["pair", "draw", "search", "fit s", *PHASES])
+        + markdown_table(shares, ["pair", "draw", "setting", "fit s", *PHASES])
     )
-    write("profile", runs, cols, title="Where Transfer.fit's time goes, beside its floor",
+    write(args.name, runs, cols, title="Where Transfer.fit's time goes, beside its floor",
           notes=notes)  # fmt: skip
 
 

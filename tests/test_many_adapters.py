@@ -219,7 +219,8 @@ def test_cli_moves_two_adapters_to_peft_folders_and_a_manifest(saved, tmp_path, 
 def test_cli_adapter_form_honours_val_and_scales_and_refuses_the_table_form_s_flags(
     saved, tmp_path, capsys
 ):
-    """--val / --scales choose each adapter's scale on rows held out of calibration; --title,
+    """--val / --scales choose each adapter's scale on rows held out of calibration (the manifest
+    records the settings; --scale-search without them is refused); --title,
     --probe, --train-limit, --test-size, --label-key (the table form's) are refused by the
     adapter form, and --map-cache
     or an LM's adapter as A_FT by the table form: one line naming the flag and its form, exit 2."""
@@ -235,8 +236,11 @@ def test_cli_adapter_form_honours_val_and_scales_and_refuses_the_table_form_s_fl
     for r in manifest["adapters"]:
         scores = r["val_scores"]
         assert set(scores) == {"0.0", "1.0"} and r["scale"] == float(max(scores, key=scores.get))
+    assert manifest["settings"]["tie_break"] == 1e-3 and manifest["settings"]["scale_search"]
     assert main([*argv, "--overwrite", "--val", "13"]) == 2  # 8 + 13 rows of 20
     assert "--calib 8 and --val 13 rows are more than the 20" in capsys.readouterr().err
+    assert main([*argv, "--overwrite", "--scale-search", "fibonacci"]) == 2  # no --val: scale 1
+    assert "--scale-search searches the scales on --val rows" in capsys.readouterr().err
     split = (["--test-size", "0.2"], ["--label-key", "label"])  # even at their defaults
     for flag in (["--title", "x"], ["--probe"], ["--train-limit", "5"], *split):
         assert main([*argv, "--overwrite", *flag]) == 2

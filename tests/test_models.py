@@ -89,9 +89,11 @@ def test_encoding_without_a_processor_points_at_processor():
 
 
 def test_a_head_reading_more_than_one_token_is_refused_by_name():
-    """HF's DINOv2 classifier reads [CLS] joined to the patch tokens' mean (2 x hidden): refused
-    in one line saying why, not a shape error deep in a sweep."""
-    from tasklift.models import Head
+    """HF's DINOv2 classifier reads [CLS] joined to the patch tokens' mean (2 x hidden): a task
+    matrix ending in it is refused in one line saying why, not a shape error deep in a sweep;
+    fine-tuning it (with a frozen head too) still works."""
+    from tasklift.finetune import _train_only
+    from tasklift.inference import finetuned_head
 
     config = tf.Dinov2Config(
         hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
@@ -99,5 +101,10 @@ def test_a_head_reading_more_than_one_token_is_refused_by_name():
     )  # fmt: skip
     model = tf.Dinov2ForImageClassification(config)
     assert model.classifier.in_features == 64
-    with pytest.raises(ValueError, match="Dinov2ForImageClassification's head is not supported"):
-        Head(model)
+    with pytest.raises(ValueError, match="Dinov2ForImageClassification's head cannot end a task"):
+        finetuned_head(model)
+    _train_only(model, head=True)
+    assert [n for n, p in model.named_parameters() if p.requires_grad] == [
+        "classifier.weight",
+        "classifier.bias",
+    ]

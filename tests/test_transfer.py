@@ -337,10 +337,11 @@ def _one_layer_maps(signals: dict, **kw) -> np.ndarray:
 def test_tie_break_does_not_touch_directions_the_gradient_determines():
     rng = np.random.default_rng(0)
     r_grad, r_act = _orth(4, 1), _orth(4, 2)
-    ga = rng.normal(size=(64, 4)) * [1, 1, 1, 1e-2]  # σ 1e-4 of the largest: above the cutoff
+    ga = rng.normal(size=(64, 4)) * [1, 1, 1, 1e-2]  # σ 1e-4 of the largest: above 1e-6
     xa = rng.normal(size=(64, 4))
     r = _one_layer_maps(
-        {"input": (xa, xa), "grad_output": (ga, ga @ r_grad), "output": (xa, xa @ r_act)}
+        {"input": (xa, xa), "grad_output": (ga, ga @ r_grad), "output": (xa, xa @ r_act)},
+        tie_break=1e-6,
     )
     # the gradient alone decides: plain Procrustes of its cross-covariance, not bent by outputs
     want, _ = procrustes(ga.T @ (ga @ r_grad))

@@ -20,7 +20,7 @@ from .checks import check_choice
 from .extract import embed, resolve_layers
 from .loading import load_model
 from .maps import identity_map
-from .models import Head, final_norm, hidden_size, layer_width, num_layers
+from .models import MULTI_TOKEN_HEADS, Head, final_norm, hidden_size, layer_width, num_layers
 from .verbaliser import Verbaliser
 
 __all__ = ["TaskMatrixModel", "HeadClassifier", "NORMS", "finetuned_head"]
@@ -32,8 +32,20 @@ def finetuned_head(
     finetuned: nn.Module, choices: Sequence[str] | Mapping[str, str] | None = None, processor=None
 ) -> Head | Verbaliser:
     """The head a task matrix ends in: `finetuned`'s classification head, or with `choices` the
-    verbaliser of the causal LM `finetuned` (see `Verbaliser.from_lm`)."""
-    return Head(finetuned) if choices is None else Verbaliser.from_lm(finetuned, choices, processor)
+    verbaliser of the causal LM `finetuned` (see `Verbaliser.from_lm`).
+
+    Raises:
+        ValueError: a head that reads more than one token (`models.MULTI_TOKEN_HEADS`).
+    """
+    if choices is not None:
+        return Verbaliser.from_lm(finetuned, choices, processor)
+    kind = getattr(getattr(finetuned, "config", None), "model_type", None)
+    if kind in MULTI_TOKEN_HEADS:
+        raise ValueError(
+            f"{type(finetuned).__name__}'s head cannot end a task matrix yet: "
+            f"{MULTI_TOKEN_HEADS[kind]}"
+        )
+    return Head(finetuned)
 
 
 class TaskMatrixModel(nn.Module):

@@ -34,7 +34,8 @@ _SAVED_D, _SAVED_F = 6, {False: 1, True: 3}
 #: output, its gradient, the logits' gradient
 _LOGIT_COPIES = 3
 #: float64 d_A × d_B arrays alive while one side of a module is solved: both signals' XᵀY, the
-#: tie-break sum, R and its Newton-Schulz temporaries, the coefficient copy, the assembled map
+#: tie-break sum, R and its Newton-Schulz temporaries (a cutoff below 1e-3; an upper bound
+#: above, where the step is skipped), the coefficient copy, the assembled map
 _SOLVE_COPIES = 8
 #: modules of a block that read one input tensor (captured once when the model is float32)
 _SAME_INPUT = {"q": "attn", "k": "attn", "v": "attn", "ffn_gate": "ffn", "ffn_in": "ffn"}

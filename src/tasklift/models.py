@@ -37,12 +37,13 @@ __all__ = [
 DEFAULT_MAX_LENGTH = 128
 
 _NORM_NAMES = ("layernorm", "post_layernorm", "final_layer_norm", "ln_f", "norm")
-#: classifier heads that read more than one token's vector, which `Head` cannot take: why
-_MULTI_TOKEN_HEADS = {
-    "dinov2": "its classifier reads [CLS] joined to the mean of the patch tokens, each after the "
-    "final norm (2 x hidden wide), where a task matrix maps one pooled vector and normalises "
-    "after the map",
-}
+#: classifier heads that read more than one token's vector, which a task matrix cannot end in
+_TWO_TOKEN_READS = (
+    "its classifier reads [CLS] joined to the mean of the patch tokens, each after the final "
+    "norm (2 x hidden wide), where a task matrix maps one pooled vector and normalises after "
+    "the map"
+)
+MULTI_TOKEN_HEADS = {"dinov2": _TWO_TOKEN_READS, "dinov2_with_registers": _TWO_TOKEN_READS}
 _BLOCK_HINTS = (
     "encoder.layer",
     "encoder.layers",
@@ -154,11 +155,6 @@ class Head(nn.Module):
             self.pooler = self.pre = None
             self.classifier, self.sequence_head, self.reads = score, False, "last"
             return
-        kind = getattr(getattr(model, "config", None), "model_type", None)
-        if kind in _MULTI_TOKEN_HEADS and getattr(model, "classifier", None) is not None:
-            raise ValueError(
-                f"{type(model).__name__}'s head is not supported yet: {_MULTI_TOKEN_HEADS[kind]}"
-            )
         classifier = getattr(model, "classifier", None)
         if classifier is None:
             raise ValueError(

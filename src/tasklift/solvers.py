@@ -94,23 +94,26 @@ def procrustes(
     a τ carried by R would change with the summation order of the statistics.
     R = (M Mᵀ)^(-1/2) M from the eigendecomposition of the smaller Gram M Mᵀ (4-5x faster than
     an SVD of M at LLM widths; within 1e-9 of it for spectra spanning 1e-4, 1e-5 relative for
-    2e-6: `tests/test_maps.py`), then, for rtol below ISOMETRIC_RTOL, one Newton-Schulz step
-    that restores exact (partial) isometry; for rtol below GRAM_RTOL, `procrustes_svd`.
+    2e-6: `tests/test_maps.py`), then, for rtol below ISOMETRIC_RTOL (or a `top` below σ_max,
+    which loosens that bound), one Newton-Schulz step that restores exact (partial) isometry;
+    for rtol below GRAM_RTOL, `procrustes_svd`.
     Shapes: xy (d_in, d_out) -> R.
     """
-    k = min(xy.shape)
     if rtol < GRAM_RTOL:  # the Gram squares σ: it cannot resolve directions this weak
         s = np.linalg.svd(xy, compute_uv=False)
-        return procrustes_svd(xy, tie, rtol=rtol, top=top), k - _cutoff(s, rtol, top)
+        return procrustes_svd(xy, tie, rtol=rtol, top=top), min(xy.shape) - _cutoff(s, rtol, top)
     R, open_dims = _procrustes_gram(_float64(xy), None if tie is None else _float64(tie), rtol, top)
     return R.numpy(), open_dims
 
 
 def _float64(m: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(m, dtype=np.float64))
+    """A float64 tensor of its own (a copy: any strides, read-only arrays too)."""
+    return torch.from_numpy(np.array(m, dtype=np.float64))
 
 
-def _procrustes_gram(xy: torch.Tensor, tie, rtol: float, top) -> tuple[torch.Tensor, int]:
+def _procrustes_gram(
+    xy: torch.Tensor, tie: torch.Tensor | None, rtol: float, top: float | None
+) -> tuple[torch.Tensor, int]:
     """`procrustes` by the Gram route, in torch float64: one library's threads (torch's
     LAPACK for the eigendecompositions, so its BLAS for the products too; numpy's OpenBLAS
     threads idling beside them slowed the solves)."""
@@ -128,7 +131,7 @@ def _procrustes_gram(xy: torch.Tensor, tie, rtol: float, top) -> tuple[torch.Ten
         un = u[:, r:]
         d = un.T @ (tie - (tie @ vt_r.T) @ vt_r)  # tie, seen from A's null space into B's
         R = R + un @ _procrustes_gram(d, None, rtol, _top(tie))[0]
-    if rtol >= ISOMETRIC_RTOL:
+    if rtol >= ISOMETRIC_RTOL and (top is None or top >= s[0]):
         return R, k - r
     return 1.5 * R - 0.5 * (R @ R.T) @ R, k - r
 
@@ -145,7 +148,7 @@ def procrustes_svd(
     if tie is None or r == k:
         return R
     un, vn = u[:, r:], vt[r:].T  # bases of the null spaces on either side
-    inner = procrustes_svd(un.T @ tie @ vn, rtol=rtol, top=_top(torch.from_numpy(tie)))
+    inner = procrustes_svd(un.T @ tie @ vn, rtol=rtol, top=_top(_float64(tie)))
     return R + un @ inner @ vn.T
 
 

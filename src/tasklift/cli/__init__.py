@@ -18,6 +18,7 @@ from .. import __version__
 from ..defaults import FRACTIONS, PER_CLASS
 from ..transfer.methods import (
     METHODS,
+    SCALE_SEARCH,
     SCALES,
     SEARCHES,
     STATS_DTYPE,
@@ -192,9 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"precision of the cross-covariances (default {STATS_DTYPE}; solved in float64)",
     )  # fmt: skip
     p.add_argument(
-        "--scale-search", choices=SEARCHES, default="grid",
-        help="how the scale is searched on validation: every scale (grid, the default) or at "
-        "most 4 of them (fibonacci; exact on unimodal scores, see tasklift.transfer.scales)",
+        "--scale-search", choices=SEARCHES, default=None,
+        help=f"how the scale is searched on validation: every scale (grid; default "
+        f"{SCALE_SEARCH}) or at most 4 of them (fibonacci; exact on unimodal scores, see "
+        "tasklift.transfer.scales); moving adapters: only with --val or --scales",
     )  # fmt: skip
     p.add_argument("--target-finetuned", default=None, help="B fine-tuned, the upper bound")
     p.add_argument("--probe", action="store_true", help="a linear probe on B (calib + val labels)")

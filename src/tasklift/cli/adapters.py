@@ -72,7 +72,7 @@ def cmd_move_adapters(args) -> None:
     from ..data import load_dataset
     from ..distributed import is_main
     from ..transfer import SCALES, Transfer
-    from .commands import _bico, _runtime
+    from .commands import _runtime, _transfer_options
 
     given = [flag for flag, set_ in _TABLE_FLAGS.items() if set_(args)]
     if given:
@@ -89,6 +89,10 @@ def cmd_move_adapters(args) -> None:
         )
     classifier = kinds == {True}
     choose = args.val is not None or args.scales is not None
+    if args.scale_search is not None and not choose:
+        raise ValueError("--scale-search searches the scales on --val rows, and moving "
+                         "adapters writes scale 1 without --val or --scales: add them, or "
+                         "drop it")  # fmt: skip
     if choose and classifier:
         raise ValueError("--val and --scales score against labels in A_ft's class order, which "
                          "a classifier's PEFT adapter does not name: drop them (scale 1), or "
@@ -108,8 +112,9 @@ def cmd_move_adapters(args) -> None:
         X_val, y_val = _texts(ds.subset(np.sort(order[args.calib : args.calib + n_val])), False)
         val = {"X_val": X_val, "y_val": y_val}
     cache = {None: True, "off": False}.get(args.map_cache, args.map_cache)
+    options = {**_transfer_options(args), **_runtime(args)}
     t = Transfer(args.source, None, args.target, method=methods[0], token=args.token,
-                 scales=args.scales or SCALES, **_bico(args), **_runtime(args))  # fmt: skip
+                 scales=args.scales or SCALES, **options)  # fmt: skip
     records = t.move_adapters(args.adapters, X, y, out=args.output, overwrite=args.overwrite,
                               map_cache=cache, **val)  # fmt: skip
     if not is_main():

@@ -25,10 +25,11 @@ def _runtime(args) -> dict:
     )
 
 
-def _bico(args) -> dict:
+def _transfer_options(args) -> dict:
     """The transfer flags that tune the maps and the scale search, as `Transfer` arguments."""
+    search = {} if args.scale_search is None else {"scale_search": args.scale_search}
     return dict(center=args.center, tie_break=args.tie_break, stats_dtype=args.stats_dtype,
-                scale_search=args.scale_search)  # fmt: skip
+                **search)  # fmt: skip
 
 
 def _matrix(args) -> dict:
@@ -233,7 +234,7 @@ def cmd_transfer(args) -> None:
         scales=args.scales,
         save_best=Path(args.output) / "model",
         overwrite=args.overwrite,
-        **_bico(args),
+        **_transfer_options(args),
         **_runtime(args),
     )
     if not is_main():

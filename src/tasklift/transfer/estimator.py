@@ -26,6 +26,7 @@ from .head import classifier_setup
 from .lm import greedy_targets, is_causal_lm, is_lm_checkpoint, lm_score, lm_setup, verbalise
 from .many import move_all, solved_maps, touched_pairs
 from .methods import (
+    SCALE_SEARCH,
     SCALES,
     SEARCHES,
     STATS_DTYPE,
@@ -100,7 +101,7 @@ class Transfer(ClassifierMixin, BaseEstimator):
         method: str = "bico",
         token: str = "all",
         scales: Sequence[float] = SCALES,
-        scale_search: str = "grid",
+        scale_search: str = SCALE_SEARCH,
         tie_break: float = TIE_BREAK,
         center: bool = False,
         block_map: Mapping[int, int] | None = None,

@@ -224,7 +224,8 @@ def move_adapters(
         log.warning("maps computed per adapter (%d calibrations): %s", len(adapters), why)
         moved = [_alone(est, p, X, y, scale, X_val, y_val) for p in adapters]
         note = {"maps": "per adapter", "why": why, "map_cache": None}
-    info = {"source": model_name(est.source, "source"), "target": model_name(est.target, "target")}
+    info = {"source": model_name(est.source, "source"), "target": model_name(est.target, "target"),
+            "settings": {k: getattr(est, k) for k in (*_MAP_PARAMS, "scale_search")}}  # fmt: skip
     empty = [str(p) for p, m in zip(adapters, moved, strict=True) if not m["deltas"]]
     if empty:
         raise ValueError(f"nothing of {empty[0]} could be moved to {info['target']} (no module "

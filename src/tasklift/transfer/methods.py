@@ -10,6 +10,7 @@ module imports nothing heavy, so the command line can list the methods instantly
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import MappingProxyType
 
 __all__ = [
     "Method",
@@ -18,6 +19,7 @@ __all__ = [
     "TOKENS",
     "SCALES",
     "SEARCHES",
+    "SCALE_SEARCH",
     "TIE_BREAK",
     "STATS_DTYPE",
     "STATS_DTYPES",
@@ -30,6 +32,8 @@ TOKENS = ("all", "cls", "mean", "word")
 SCALES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 #: how the scale is searched: "fibonacci" (at most `scales.SEARCH_EVALS` evaluations) or "grid"
 SEARCHES = ("fibonacci", "grid")
+#: the default search: every scale (see `scales` for why Fibonacci is not the default)
+SCALE_SEARCH = "grid"
 #: a side's later signals settle only the directions its first signal leaves open: those whose
 #: singular value is at most TIE_BREAK × the largest (the residual stream's gradient is blind to the
 #: all-ones direction, every reader being a norm; the final norm's spans at most as many
@@ -39,7 +43,7 @@ SEARCHES = ("fibonacci", "grid")
 #: 1e-6 did, and only from about 1e-4 up is τ_B the same (to 1e-5 at 1e-3) whether the
 #: statistics are float32 or float64; below, directions set by round-off move it by up to 6%.
 #: A permuted copy (activations bit for bit A's) determines every direction down to 1e-12: to
-#: recover its τ exactly, pass tie_break=1e-6 with float64 statistics.
+#: recover its τ exactly, pass float64 statistics and tie_break=1e-9 (1e-6 where it suffices).
 TIE_BREAK = 1e-3
 #: precision of the calibration cross-covariances: float32 halves their memory and accumulates
 #: 3x faster; stable at TIE_BREAK (solved in float64 either way)
@@ -47,7 +51,7 @@ STATS_DTYPE = "float32"
 STATS_DTYPES = ("float32", "float64")
 #: the defaults before 2026-12-03, which every committed result made earlier used; the scripts
 #: behind those results pass them explicitly
-PREVIOUS_DEFAULTS = {"tie_break": 1e-6, "stats_dtype": "float64"}
+PREVIOUS_DEFAULTS = MappingProxyType({"tie_break": 1e-6, "stats_dtype": "float64"})
 
 
 @dataclass(frozen=True)
