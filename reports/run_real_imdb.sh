@@ -29,3 +29,4 @@ for m in minilm-l6 mpnet; do
 done
 
 python scripts/real_report.py $R -o reports/real_imdb --script reports/run_real_imdb.sh
+mkdir -p reports/real_imdb/time && cp $L/*imdb*.time reports/real_imdb/time/  # peak RSS, wall time
