@@ -9,7 +9,7 @@ others', per draw.
     OMP_NUM_THREADS=1 python benchmarks/bench_profile.py [--pair minilm-l6:minilm-l3] \
         [--data bbc_news] [--draws 1] [--settings before,defaults] [--name profile]
     OMP_NUM_THREADS=1 python benchmarks/bench_profile.py --pair minilm-l6:mpnet --token word \
-        --settings before,defaults --name profile_mpnet
+        --settings before,defaults --name profile_mpnet   # --finetune: also time B fine-tuned
 
 Needs A_ft of reports/run_real.sh: runs/real/<A>_<data>_ft (`tasklift finetune`).
 """
@@ -17,6 +17,7 @@ Needs A_ft of reports/run_real.sh: runs/real/<A>_<data>_ft (`tasklift finetune`)
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ import torch
 from _common import machine, write
 
 from tasklift.data import calibration_split, take
+from tasklift.finetune import finetune
 from tasklift.loading import load_model
 from tasklift.models import encode
 from tasklift.report import markdown_table
@@ -76,6 +78,17 @@ def floor(a_ft: str, b: str, calib, val, classes: int, max_length: int) -> dict:
     return out
 
 
+def finetune_seconds(a_ft: str, b: str, train, classes: int) -> tuple[float, dict]:
+    """Seconds to fully fine-tune B on `train` by A_ft's recorded recipe (its
+    tasklift_finetune.json: epochs, learning rate, batch size, token limit, seed), in memory."""
+    recipe = json.loads((Path(a_ft) / "tasklift_finetune.json").read_text())["recipe"]
+    keep = {k: recipe[k] for k in ("epochs", "lr", "batch_size", "max_length", "seed")}
+    start = time.perf_counter()
+    model, proc = load_model(b, head=True, num_labels=classes, dtype="fp32")
+    finetune(model, train.X, train.y, proc, **keep)
+    return time.perf_counter() - start, keep
+
+
 def tau_gap(tv, ref) -> float:
     """max |τ − ref| over ref's deltas, relative to ref's largest entry."""
     top = max(float(dense(d).abs().max()) for d in ref.deltas.values())
@@ -93,6 +106,7 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=64)
     ap.add_argument("--settings", default=",".join(SETTINGS), help="of SETTINGS, comma-separated")
     ap.add_argument("--name", default="profile", help="results file: results/NAME.{json,md}")
+    ap.add_argument("--finetune", action="store_true", help="also time fine-tuning B (per pair)")
     args = ap.parse_args()
     names = args.settings.split(",")
     if not {"before", "defaults"} <= set(names) <= set(SETTINGS):
@@ -103,6 +117,10 @@ def main() -> None:
         a, b = pair.split(":")
         a_ft = f"{args.runs}/{a}_{args.data}_ft"
         train, test = real_split(args.data, a_ft, "0.2")
+        ft_s, recipe = (None, None)
+        if args.finetune:  # B fine-tuned as A_ft was: what BiCo saves
+            ft_s, recipe = finetune_seconds(a_ft, b, train, len(np.unique(train.y)))
+            print("fine-tune B", round(ft_s, 1), recipe, flush=True)
         for draw in range(args.draws):
             calib, val, _ = calibration_split(train, calib=128, val=200, seed=draw)
             fits = {}
@@ -126,6 +144,9 @@ def main() -> None:
                     "scale": t.scale_, "test accuracy": round(acc, 4), "fit s": round(wall, 1),
                     "floor s": round(fl, 1), "fit / floor": round(wall / fl, 2),
                     "τ_B vs defaults": f"{tau_gap(t.task_vector_, ref):.1e}",
+                    "fit / fine-tune B": "" if ft_s is None else round(wall / ft_s, 2),
+                    "fine-tune B s": "" if ft_s is None else round(ft_s, 1),
+                    "fine-tune recipe": recipe,
                     "timings": t.timings_, "floor": base, "val_scores": t.val_scores_,
                     "settings": {**kw, "tie_break": t.tie_break, "stats_dtype": t.stats_dtype,
                                  "scale_search": t.scale_search},
@@ -144,7 +165,7 @@ def main() -> None:
         for r in runs if "timings" in r
     ]  # fmt: skip
     cols = ["pair", "draw", "setting", "evaluations", "scale", "test accuracy", "fit s",
-            "floor s", "fit / floor", "τ_B vs defaults",
+            "floor s", "fit / floor", "τ_B vs defaults", "fine-tune B s", "fit / fine-tune B",
             "grid's scale on 0,0.5,1,1.5,2"]  # fmt: skip
     notes = (
         f"BiCo, {args.data}, 128 calibration + 200 validation inputs, {args.max_length} tokens, "
@@ -154,6 +175,8 @@ def main() -> None:
         "Floor: one forward-backward (with parameter gradients) of A and of B "
         "over the calibration set, plus one forward of B over the validation set per scale "
         "evaluated, measured in the same run; seconds are context, the ratios are the result. "
+        "'fit / fine-tune B' (with --finetune): the fit's seconds over those of fully "
+        "fine-tuning B on the 1,000 training rows by A_ft's recorded recipe, in the same run. "
         "'before, fibonacci on 0,0.5,1,1.5,2': the search replayed on the 'before' fit's own "
         "validation scores of the report's 5-scale grid.\n\n"
         "Phases of `Transfer.fit` (`timings_`): seconds (share of the fit's wall time; the rest "
