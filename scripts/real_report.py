@@ -133,21 +133,26 @@ def main() -> None:
     ap.add_argument("-o", "--output", type=Path, required=True)
     ap.add_argument("--script", type=Path, default=Path("reports/run_real.sh"),
                     help="the commands that made the runs, quoted in the report")  # fmt: skip
+    ap.add_argument("--only", nargs="+", metavar="MODEL", choices=TEXT + VISION,
+                    help="the runs of these models alone (default: every run)")  # fmt: skip
     args = ap.parse_args()
+
+    def runs(pattern: str) -> list[Path]:
+        found = sorted(p for p in args.runs.glob(pattern) if (p / "results.json").is_file())
+        return [p for p in found if not args.only or _setting(p)[0] in args.only]
+
     table, scarce = [], {}
-    for run in sorted(args.runs.glob("sweep_*")):
-        if (run / "results.json").is_file():
-            model, data = _setting(run)
-            row = _row(json.loads((run / "results.json").read_text()))
-            table.append({"setting": f"{model} / {data}", **row})
-    for run in sorted(args.runs.glob("scaling_*")):
-        if (run / "results.json").is_file():
-            model, data = _setting(run)
-            res = json.loads((run / "results.json").read_text())
-            layer = next(r["layer"] for r in res["rows"] if "layer" in r)
-            scarce[f"{model} / {data}"] = [
-                {**r, "layer": layer} for r in _best_per_fraction(res["data_scarce"])
-            ]
+    for run in runs("sweep_*"):
+        model, data = _setting(run)
+        row = _row(json.loads((run / "results.json").read_text()))
+        table.append({"setting": f"{model} / {data}", **row})
+    for run in runs("scaling_*"):
+        model, data = _setting(run)
+        res = json.loads((run / "results.json").read_text())
+        layer = next(r["layer"] for r in res["rows"] if "layer" in r)
+        scarce[f"{model} / {data}"] = [
+            {**r, "layer": layer} for r in _best_per_fraction(res["data_scarce"])
+        ]
     cols = [k for k in table[0] if not k.startswith("_")] if table else []
     scarce_rows = [
         {"setting": s, "layer": g["layer"], "fraction": g["fraction"], "n": g["n"],
@@ -165,7 +170,7 @@ def main() -> None:
     args.output.mkdir(parents=True, exist_ok=True)
     _overview(table, args.output / "overview.png")
     merge_reports(
-        sorted(p for p in args.runs.glob("s*_*") if (p / "report.md").is_file()),
+        [p for p in runs("s*_*") if (p / "report.md").is_file()],
         args.output / "details",
         title="tasklift: every real run's own report",
     )

@@ -28,6 +28,12 @@ def tiny_config(kind: str, num_labels: int = 3):
         return tf.ViTConfig(image_size=16, patch_size=8, num_channels=3, **common)
     if kind == "deit":
         return tf.DeiTConfig(image_size=16, patch_size=8, num_channels=3, **common)
+    if kind == "dinov2":  # its head reads [CLS] joined to the patch mean, both final-normed
+        return tf.Dinov2Config(image_size=16, patch_size=8, num_channels=3, **common)
+    if kind == "dinov2_registers":
+        return tf.Dinov2WithRegistersConfig(
+            image_size=16, patch_size=8, num_channels=3, num_register_tokens=2, **common
+        )
     if kind == "clip_vision":
         return tf.CLIPVisionConfig(
             hidden_size=H,
@@ -58,7 +64,7 @@ def tiny_classifier(kind: str, seed: int = 0, num_labels: int = 3):
         return tf.CLIPVisionModel(cfg).eval()
     if kind == "deit":  # transformers 5.23's Auto*.from_config misses DeiT; from_pretrained works
         return tf.DeiTForImageClassification(cfg).eval()
-    vision = kind in ("vit", "deit")
+    vision = kind in ("vit", "deit", "dinov2", "dinov2_registers")
     cls = tf.AutoModelForImageClassification if vision else tf.AutoModelForSequenceClassification
     return cls.from_config(cfg).eval()
 

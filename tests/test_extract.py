@@ -31,6 +31,31 @@ def test_all_layers_equal_output_hidden_states(kind, pool):
         torch.testing.assert_close(got[i], r.float(), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["dinov2", "dinov2_registers"])
+def test_cls_mean_pool_is_exactly_what_dinov2s_classifier_reads(kind):
+    """Each token through the final norm, then [CLS] joined to the patch tokens' mean (register
+    tokens left out): HF's classifier on the last layer's pooled vector gives HF's logits."""
+    model = tiny_classifier(kind)
+    pixels = tiny_images()
+    got = embed(model, pixels, layers="all", pool="cls+mean", batch_size=5)
+    assert all(v.shape == (12, 64) for v in got.values())  # 2 x hidden at every layer
+    with torch.no_grad():
+        want = model(pixel_values=pixels).logits
+        torch.testing.assert_close(model.classifier(got[2]), want, atol=1e-5, rtol=1e-5)
+
+
+def test_cls_mean_pool_of_text_averages_the_attended_tokens_after_cls():
+    model = tiny_classifier("bert")  # post-LN: no final norm to apply
+    inputs = tiny_text_inputs()
+    with torch.no_grad():
+        hs = model(**inputs, output_hidden_states=True).hidden_states
+    m = inputs["attention_mask"][:, 1:, None].float()
+    got = embed(model, inputs, layers="all", pool="cls+mean", batch_size=5)
+    for i, h in enumerate(hs):
+        want = torch.cat([h[:, 0], (h[:, 1:] * m).sum(1) / m.sum(1)], -1)
+        torch.testing.assert_close(got[i], want, atol=1e-5, rtol=1e-5)
+
+
 def test_early_stop_gives_same_values_and_skips_later_blocks():
     model = tiny_classifier("bert")
     inputs = tiny_text_inputs()

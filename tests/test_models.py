@@ -1,8 +1,9 @@
+import numpy as np
 import pytest
 import torch
 import transformers as tf
 
-from conftest import tiny_classifier
+from conftest import nudged, tiny_classifier, tiny_images
 from tasklift.loading import label_names, load_model
 from tasklift.models import backbone, classifier_like, load_backbone
 
@@ -88,21 +89,35 @@ def test_encoding_without_a_processor_points_at_processor():
         encode(["some text"], None)
 
 
-def test_a_head_reading_more_than_one_token_is_refused_by_name():
-    """HF's DINOv2 classifier reads [CLS] joined to the patch tokens' mean (2 x hidden): a task
-    matrix ending in it is refused in one line saying why, not a shape error deep in a sweep;
-    fine-tuning it (with a frozen head too) still works."""
-    from tasklift.finetune import _train_only
-    from tasklift.inference import finetuned_head
+@pytest.mark.parametrize("kind", ["dinov2", "dinov2_registers"])
+def test_dinov2s_two_token_head_ends_a_task_matrix(kind):
+    """HF's DINOv2 classifier reads [CLS] joined to the patch tokens' mean (2 x hidden), each
+    after the final norm: pool 'cls+mean' reads exactly that, so the fine-tuned model through
+    tasklift's path gives HF's logits, a task matrix on itself recovers them, and a [CLS]-pooled
+    base maps into the 2 x wide head."""
+    from tasklift import FineTuned, HeadOnly, TaskMatrix
 
-    config = tf.Dinov2Config(
-        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-        image_size=28, patch_size=14, num_labels=3,
-    )  # fmt: skip
-    model = tf.Dinov2ForImageClassification(config)
-    assert model.classifier.in_features == 64
-    with pytest.raises(ValueError, match="Dinov2ForImageClassification's head cannot end a task"):
-        finetuned_head(model)
+    ft = tiny_classifier(kind)
+    pixels = tiny_images(100)
+    with torch.no_grad():
+        want = ft(pixel_values=pixels).logits.numpy()
+    got = FineTuned(ft, pool="cls+mean", device="cpu").fit().decision_function(pixels)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+    with pytest.raises(ValueError, match="pooled 'cls' .* pass pool='cls\\+mean'"):
+        FineTuned(ft, device="cpu").fit()
+    head = HeadOnly(ft, ft, pool="cls+mean", device="cpu").fit()
+    np.testing.assert_allclose(head.decision_function(pixels), want, atol=1e-5)
+    tm = TaskMatrix(ft, ft, layer=2, pool="cls+mean", device="cpu").fit(pixels)  # N > 2d: W = I
+    np.testing.assert_allclose(tm.maps_[2].coef_, np.eye(64), atol=1e-4)
+    np.testing.assert_allclose(tm.decision_function(pixels), want, atol=1e-4)
+    cls = TaskMatrix(nudged(ft), ft, layer=1, device="cpu").fit(pixels)
+    assert cls.maps_[1].coef_.shape == (64, 32) and cls.predict(pixels[:5]).shape == (5,)
+
+
+def test_fine_tuning_dinov2_with_its_head_frozen_trains_only_the_head():
+    from tasklift.finetune import _train_only
+
+    model = tiny_classifier("dinov2")
     _train_only(model, head=True)
     assert [n for n, p in model.named_parameters() if p.requires_grad] == [
         "classifier.weight",

@@ -24,6 +24,8 @@ from tasklift.report import markdown_table, sweep_sections, write_json, write_re
 HERE, RUNS = Path(__file__).parent, Path("runs")
 TEXT = dict(test_size=0.2, train_limit=1000, max_length=64, epochs=1.0, lr=1e-4)
 VISION = dict(test_size=0.2, image_size=64, max_length=64, lr=1e-3)
+# DINOv2-S as reports/run_real_vit.sh fine-tuned it; pool cls+mean is what its head reads
+VIT = dict(test_size=0.2, image_size=112, max_length=64, lr=5e-5, epochs=3, pool="cls+mean")
 # ft: the fine-tuned folder; finetune False: it must exist already (made elsewhere), else skipped
 PLAN = [
     dict(name="minilm-l6_bbc_news", base="minilm-l6", data="bbc_news", frozen=True, **TEXT),
@@ -39,8 +41,8 @@ PLAN = [
     dict(name="minilm-l3_bbc_news", base="minilm-l3", data="bbc_news", **TEXT),
     dict(name="minilm-l6_tweets", base="minilm-l6", data="tweets", **{**TEXT, "test_size": 1000}),
     dict(name="mpnet_bbc_news", base="mpnet", data="bbc_news", **TEXT),
-    # DINOv2-S: not yet; HF's DINOv2 classifier reads [CLS] joined to the patch tokens' mean,
-    # which tasklift.models.Head refuses (a task matrix maps one pooled vector)
+    dict(name="dinov2-s_digits", base="dinov2-s", data="digits", finetune=False, **VIT),
+    dict(name="dinov2-s_elpv", base="dinov2-s", data="elpv", finetune=False, **VIT),
 ]
 
 
@@ -68,7 +70,9 @@ def run(row: dict, head: str) -> dict | None:
         max_length=row["max_length"], batch_size=16, frozen_head=head == "frozen",
     )  # fmt: skip
     t1 = time.time()
-    rows = compare(row["base"], ft, train, test, max_length=row["max_length"])
+    rows = compare(
+        row["base"], ft, train, test, max_length=row["max_length"], pool=row.get("pool", "cls")
+    )
     settings = {**row, "head": head, "finetuned": str(ft), "n_train": len(train),
                 "n_test": len(test), "finetune_seconds": round(t1 - t0, 1),
                 "sweep_seconds": round(time.time() - t1, 1), "finetune": info}  # fmt: skip

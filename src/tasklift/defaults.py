@@ -7,3 +7,5 @@ PER_CLASS = (1, 2, 4, 8, 16, 32, 64, 96, 128, 160, 192, 224, 256, 320, 384, 512,
 FRACTIONS = (0.01, 0.05, 0.2, 0.4, 0.6, 0.8, 1.0)
 #: the largest image side tasklift resizes to (a ViT-H at 896 px is far below it)
 MAX_IMAGE_SIZE = 4096
+#: how a layer's tokens become one vector (`extract.iter_embeddings` says what each does)
+POOLS = ("cls", "first", "mean", "last", "cls+mean")

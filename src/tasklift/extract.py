@@ -16,12 +16,14 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import is_texts, num_items, take
+from .defaults import POOLS
 from .hooks import capture, run
-from .models import blocks, encode, token_limit
+from .models import blocks, encode, final_norm, layer_width, token_limit
 
-__all__ = ["resolve_layers", "iter_embeddings", "embed", "POOLS"]
+__all__ = ["resolve_layers", "iter_embeddings", "embed", "pooled_width", "POOLS"]
 
-POOLS = ("cls", "first", "mean", "last")
+#: pools whose tokens pass the model's own final norm first (DINOv2's classifier input)
+NORMED_POOLS = ("cls+mean",)
 
 
 def resolve_layers(model: nn.Module, layers: str | int | Sequence[int] = "all") -> list[int]:
@@ -46,9 +48,27 @@ def resolve_layers(model: nn.Module, layers: str | int | Sequence[int] = "all") 
     return sorted(set(out))
 
 
-def _pool(h: torch.Tensor, mask: torch.Tensor | None, pool: str) -> torch.Tensor:
+def pooled_width(model: nn.Module, layer: int, pool: str) -> int:
+    """Width of hidden state `layer` once pooled: twice the layer's for "cls+mean"."""
+    return layer_width(model, layer) * (2 if pool == "cls+mean" else 1)
+
+
+def _mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    if mask is None:
+        return h.mean(1)
+    m = mask[..., None].to(h.dtype)
+    return (h * m).sum(1) / m.sum(1).clamp_min(1)
+
+
+def _pool(
+    h: torch.Tensor, mask: torch.Tensor | None, pool: str, norm: nn.Module | None = None, skip=1
+) -> torch.Tensor:
     if h.ndim == 4:  # a CNN's (B, C, H, W) feature map: global average pooling, whatever `pool`
         return h.mean((2, 3))
+    if pool == "cls+mean":  # [CLS] joined to the mean of the tokens after the first `skip`
+        h = h if norm is None else norm(h)
+        rest = _mean(h[:, skip:], None if mask is None else mask[:, skip:])
+        return torch.cat([h[:, 0], rest], -1)
     if pool in ("cls", "first"):
         return h[:, 0]
     if pool == "last":  # a decoder's summary: its last attended token, whichever side pads
@@ -56,10 +76,7 @@ def _pool(h: torch.Tensor, mask: torch.Tensor | None, pool: str) -> torch.Tensor
             return h[:, -1]
         last = mask.shape[1] - 1 - mask.flip(1).long().argmax(1)
         return h[torch.arange(h.shape[0]), last.to(h.device)]
-    if mask is None:
-        return h.mean(1)
-    m = mask[..., None].to(h.dtype)
-    return (h * m).sum(1) / m.sum(1).clamp_min(1)
+    return _mean(h, mask)
 
 
 def _length_order(inputs, processor, max_length: int) -> np.ndarray:
@@ -105,8 +122,10 @@ def iter_embeddings(
         inputs: list of strings, image array (N, C, H, W), or dict of encoded tensors.
         processor: tokenizer / image processor for raw inputs.
         layers: "all", an index, or a list (see `resolve_layers`).
-        pool: "cls" / "first" (token 0), "mean" (over the attention mask) or "last" (the last
-            attended token: what a decoder's sequence classifier reads).
+        pool: "cls" / "first" (token 0), "mean" (over the attention mask), "last" (the last
+            attended token: what a decoder's sequence classifier reads) or "cls+mean" (each
+            token through the model's own final norm, then [CLS] joined to the mean of the
+            patch tokens, register tokens left out: what DINOv2's classifier reads; 2 x wide).
         max_length: token limit for texts (`models.token_limit`: default 128 or the model's
             maximum if lower; more than that maximum is an error).
 
@@ -125,8 +144,11 @@ def iter_embeddings(
     found: dict[int, torch.Tensor] = {}
     mask = None
 
+    norm = final_norm(model) if pool in NORMED_POOLS else None
+    skip = 1 + getattr(getattr(model, "config", None), "num_register_tokens", 0) or 0
+
     def store(i, h):
-        found[i] = _pool(h, mask, pool).detach().to("cpu", torch.float32)
+        found[i] = _pool(h, mask, pool, norm, skip).detach().to("cpu", torch.float32)
 
     points = _points(model, layers)
     order = _length_order(inputs, processor, max_length)

@@ -17,10 +17,10 @@ from torch import nn
 from ._estimator import as_labels, cached, check_fitted, check_runtime, model_key, scored
 from ._torch import linear_from
 from .checks import check_choice
-from .extract import embed, resolve_layers
+from .extract import NORMED_POOLS, embed, pooled_width, resolve_layers
 from .loading import load_model
 from .maps import identity_map
-from .models import MULTI_TOKEN_HEADS, Head, final_norm, hidden_size, layer_width, num_layers
+from .models import Head, final_norm, hidden_size, num_layers
 from .verbaliser import Verbaliser
 
 __all__ = ["TaskMatrixModel", "HeadClassifier", "NORMS", "finetuned_head"]
@@ -32,19 +32,9 @@ def finetuned_head(
     finetuned: nn.Module, choices: Sequence[str] | Mapping[str, str] | None = None, processor=None
 ) -> Head | Verbaliser:
     """The head a task matrix ends in: `finetuned`'s classification head, or with `choices` the
-    verbaliser of the causal LM `finetuned` (see `Verbaliser.from_lm`).
-
-    Raises:
-        ValueError: a head that reads more than one token (`models.MULTI_TOKEN_HEADS`).
-    """
+    verbaliser of the causal LM `finetuned` (see `Verbaliser.from_lm`)."""
     if choices is not None:
         return Verbaliser.from_lm(finetuned, choices, processor)
-    kind = getattr(getattr(finetuned, "config", None), "model_type", None)
-    if kind in MULTI_TOKEN_HEADS:
-        raise ValueError(
-            f"{type(finetuned).__name__}'s head cannot end a task matrix yet: "
-            f"{MULTI_TOKEN_HEADS[kind]}"
-        )
     return Head(finetuned)
 
 
@@ -76,12 +66,12 @@ class TaskMatrixModel(nn.Module):
         processor=None,
     ) -> None:
         super().__init__()
-        d_base = layer_width(base, layer)
+        d_base = pooled_width(base, layer, pool)
         if weight.shape[1] != d_base:
             raise ValueError(
                 f"the task matrix expects a base of width {weight.shape[1]} but "
-                f"{type(base).__name__} has width {d_base} at layer {layer}; was it fitted on "
-                "another base?"
+                f"{type(base).__name__} has width {d_base} at layer {layer} pooled {pool!r}; "
+                "was it fitted on another base or pool?"
             )
         self.base, self.head, self.norm = base, head, norm
         self.layer, self.pool, self.processor = layer, pool, processor
@@ -257,16 +247,23 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
         """W = I at `layers` (default the last): the head on the base's own embedding there;
         `layer_` is the last of them."""
         layers = [num_layers(self.base_model_)] if layers is None else list(layers)
-        d_ft = hidden_size(self.finetuned_model_)
+        d_ft, reads = self._head_width(), self.head_.reads
         for i in layers:
-            if (d := layer_width(self.base_model_, i)) != d_ft:
+            if (d := pooled_width(self.base_model_, i, self.pool)) != d_ft:
+                fix = f"pass pool={reads!r}" if self.pool != reads else "fit a TaskMatrix instead"
                 raise ValueError(
                     f"head-only needs equal widths, but the base has width {d} at layer {i} "
-                    f"and the fine-tuned model {d_ft}; fit a TaskMatrix instead"
+                    f"pooled {self.pool!r} and the fine-tuned head reads {d_ft}; {fix}"
                 )
         self.layer_ = layers[-1]
         self.maps_ = {i: identity_map(d_ft) for i in layers}
         return self
+
+    def _head_width(self) -> int:
+        """Width of the vector the head reads: the fine-tuned model's last layer, pooled where
+        its head reads (2 x hidden for DINOv2's "cls+mean")."""
+        ft = self.finetuned_model_
+        return pooled_width(ft, num_layers(ft), self.head_.reads)
 
     def model(self, layer: int | None = None) -> TaskMatrixModel:
         """The inference module for `layer` (default: the selected `layer_`)."""
@@ -278,7 +275,8 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
             )
         m = self.maps_[layer]
         source = self.base_model_ if self.norm == "base" else self.finetuned_model_
-        norm = None if self.norm == "none" else final_norm(source)
+        normed = self.norm == "none" or self.head_.reads in NORMED_POOLS  # normed in the pool
+        norm = None if normed else final_norm(source)
         width = getattr(norm, "normalized_shape", (m.coef_.shape[0],))[0]
         if norm is not None and width != m.coef_.shape[0]:
             raise ValueError(

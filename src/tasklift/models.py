@@ -37,13 +37,9 @@ __all__ = [
 DEFAULT_MAX_LENGTH = 128
 
 _NORM_NAMES = ("layernorm", "post_layernorm", "final_layer_norm", "ln_f", "norm")
-#: classifier heads that read more than one token's vector, which a task matrix cannot end in
-_TWO_TOKEN_READS = (
-    "its classifier reads [CLS] joined to the mean of the patch tokens, each after the final "
-    "norm (2 x hidden wide), where a task matrix maps one pooled vector and normalises after "
-    "the map"
-)
-MULTI_TOKEN_HEADS = {"dinov2": _TWO_TOKEN_READS, "dinov2_with_registers": _TWO_TOKEN_READS}
+#: what a classifier's head reads where it is not token 0 (`extract.POOLS`): DINOv2's reads
+#: [CLS] joined to the mean of the patch tokens, each after the final norm
+_HEAD_READS = {"dinov2": "cls+mean", "dinov2_with_registers": "cls+mean"}
 _BLOCK_HINTS = (
     "encoder.layer",
     "encoder.layers",
@@ -138,8 +134,9 @@ class Head(nn.Module):
 
     Covers the HF heads that read token 0 (`reads` = "cls"): BERT-style pooler + classifier,
     RoBERTa's dense-tanh-out head, DistilBERT's pre_classifier, and plain linear heads (ViT,
-    DeiT); and decoders' sequence classifiers (`score`: Llama, Qwen2, Gemma-3, GPT-2), which
-    read the last attended token (`reads` = "last").
+    DeiT); DINOv2's linear head on [CLS] joined to the patch mean (`reads` = "cls+mean", the
+    norm inside the pool); and decoders' sequence classifiers (`score`: Llama, Qwen2, Gemma-3,
+    GPT-2), which read the last attended token (`reads` = "last").
 
     Shapes: forward (B, d) -> (B, num_classes).
 
@@ -149,7 +146,8 @@ class Head(nn.Module):
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
-        self.reads = "cls"
+        kind = getattr(getattr(model, "config", None), "model_type", None)
+        self.reads = _HEAD_READS.get(kind, "cls")
         score = getattr(model, "score", None)
         if isinstance(score, nn.Linear) and getattr(model, "classifier", None) is None:
             self.pooler = self.pre = None

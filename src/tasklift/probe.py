@@ -12,10 +12,9 @@ from sklearn.preprocessing import StandardScaler
 
 from ._estimator import cached, check_fitted, check_runtime, model_key
 from .checks import check_float, check_int
-from .extract import embed, resolve_layers
+from .extract import embed, pooled_width, resolve_layers
 from .inference import HeadClassifier
 from .loading import load_model
-from .models import hidden_size, layer_width
 
 __all__ = ["LinearProbe", "HeadOnly", "FineTuned"]
 
@@ -164,8 +163,8 @@ class HeadOnly(HeadClassifier):
         self._models(self.base, self.finetuned)
         layers = resolve_layers(self.base_model_, self.layer)
         if self.layer == "all":  # a CNN's stages differ in width: keep those that fit the head
-            d_ft = hidden_size(self.finetuned_model_)
-            fits = [i for i in layers if layer_width(self.base_model_, i) == d_ft]
+            d_ft = self._head_width()
+            fits = [i for i in layers if pooled_width(self.base_model_, i, self.pool) == d_ft]
             layers = fits or layers[-1:]  # none fits: the last layer's width error, as for -1
         return self._fit_identity(layers)
 

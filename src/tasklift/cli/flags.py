@@ -16,7 +16,7 @@ from ..checks import (
     check_list,
     check_test_size,
 )
-from ..defaults import MAX_IMAGE_SIZE
+from ..defaults import MAX_IMAGE_SIZE, POOLS
 from ..transfer.methods import METHODS
 
 
@@ -103,8 +103,9 @@ def runtime_flags(p: argparse.ArgumentParser) -> None:
 
 def matrix_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
-        "--pool", default="cls", choices=["cls", "mean", "last"],
-        help="base pooling: cls (encoders), mean, or last (decoders: the last attended token)",
+        "--pool", default="cls", choices=list(POOLS),
+        help="base pooling: cls (encoders), mean, last (decoders: the last attended token), "
+        "or cls+mean (DINOv2: [CLS] joined to the patch mean, each token final-normed)",
     )  # fmt: skip
     p.add_argument(
         "--norm",
