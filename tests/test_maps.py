@@ -184,6 +184,31 @@ def test_procrustes_tie_settles_only_the_open_directions(shape, tie_rank):
     np.testing.assert_allclose(np.trace(R.T @ xy), np.linalg.svd(xy, compute_uv=False).sum())
 
 
+@pytest.mark.parametrize("case", ["random", "transposed", "orthogonal", "rank-1", "zero", "small"])
+def test_largest_singular_value_by_lanczos_equals_the_svds(case):
+    """`_top` takes Lanczos from LANCZOS_MIN rows up: to round-off of numpy's SVD, also where
+    every singular value ties (an orthogonal matrix) or one alone is non-zero."""
+    from tasklift.solvers import LANCZOS_MIN, _top
+
+    g = np.random.default_rng(3)
+    n = LANCZOS_MIN + 44
+    m = {
+        "random": lambda: g.normal(size=(n, n + 100)),
+        "transposed": lambda: g.normal(size=(n + 100, n)),
+        "orthogonal": lambda: 3.0 * np.linalg.qr(g.normal(size=(n, n)))[0],
+        "rank-1": lambda: np.outer(g.normal(size=n), g.normal(size=n + 7)),
+        "zero": lambda: np.zeros((n, n)),
+        "small": lambda: g.normal(size=(20, 30)),
+    }[case]()
+    want = np.linalg.svd(m, compute_uv=False)[0] if m.any() else 0.0
+    assert _top(torch.from_numpy(m)) == pytest.approx(want, rel=1e-12, abs=1e-300)
+
+
+def test_procrustes_with_a_tie_at_lanczos_widths_equals_the_svd_definition():
+    xy, tie = _tie_case((300, 280), 40)
+    np.testing.assert_allclose(procrustes(xy, tie)[0], procrustes_svd(xy, tie), atol=1e-9)
+
+
 @pytest.mark.parametrize("tie_rank", [None, 4, "inside"], ids=["no-tie", "low-rank", "inside"])
 def test_procrustes_is_stable_where_no_signal_determines_a_direction(tie_rank):
     """Perturbing XᵀY (and the tie) by 1e-10 of their size, as float summation order does, moves

@@ -1,0 +1,124 @@
+"""Where `Transfer.fit`'s time goes on a decoder pair, beside its floor (issue 21.1): BiCo moving
+the bbc LoRA of Qwen2.5-Coder-0.5B to the 1.5B as reports/llm/run_llm.py moves it (its tasks,
+adapter, 32 calibration rows of draw D, validation set, scale grid, batch size), under each
+setting of `SETTINGS`, then the floor in the same process: one forward-backward of A and of B
+over the calibration rows with the same next-token loss, plus one verbaliser pass of B over the
+validation set per scale the search evaluated. Peak RSS after each fit (ru_maxrss: the process's
+high-water mark so far, models included).
+
+    OMP_NUM_THREADS=2 python benchmarks/bench_profile_llm.py [--settings defaults] [--draw 0]
+
+Needs the adapter of reports/llm (runs/llm/bbc/lora_q05: `run_llm.py finetune bbc q05`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from _common import machine, write
+
+from tasklift.loading import load_model
+from tasklift.report import markdown_table
+from tasklift.transfer import Transfer
+from tasklift.transfer.lm import lm_encode, lm_loss, lm_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reports" / "llm"))
+from llm_tasks import TASKS  # noqa: E402
+from run_llm import CALIB, MODELS, RUNS, TRANSFER  # noqa: E402
+
+#: Transfer arguments per named setting on top of run_llm's grid and batch size ({}: defaults)
+SETTINGS = {"before": dict(tie_break=1e-6), "defaults": {}}
+PHASES = ("load", "setup", "labels", "calibrate", "statistics", "solve", "transport", "post",
+          "scale search")  # fmt: skip
+
+
+def _rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def floor(a: str, b: str, X, y, val: dict, choices, max_length: int, batch_size: int) -> dict:
+    """Seconds of a forward-backward of A and of B over (X, y) by the next-token loss on y, and
+    of one verbaliser pass of B over the validation prompts."""
+    out = {}
+    for name, src in (("A", a), ("B", b)):
+        model, tok = load_model(src, lm=True, dtype="fp32")
+        start = time.perf_counter()
+        for i in range(0, len(X), batch_size):
+            lm_loss(model, lm_encode(X[i : i + batch_size], y[i : i + batch_size], tok,
+                                     max_length=max_length)).backward()  # fmt: skip
+            model.zero_grad(set_to_none=True)
+        out[f"fwd-bwd {name}"] = time.perf_counter() - start
+        if name == "B":
+            start = time.perf_counter()
+            with torch.inference_mode():
+                lm_score(model.eval(), val["prompts"], val["targets"], tok, choices=choices,
+                         max_length=max_length, batch_size=batch_size)  # fmt: skip
+            out["val forward B"] = time.perf_counter() - start
+        del model
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--task", default="bbc")
+    ap.add_argument("--pair", default="q05:q15", help=f"A:B of {', '.join(MODELS)}")
+    ap.add_argument("--draw", type=int, default=0)
+    ap.add_argument("--settings", default="defaults", help="of SETTINGS, comma-separated")
+    ap.add_argument("--name", default="profile_qwen", help="results file: results/NAME.{json,md}")
+    args = ap.parse_args()
+    a, b = args.pair.split(":")
+    t, d = TASKS[args.task], TASKS[args.task].data()
+    idx = np.random.default_rng(args.draw).choice(len(d["train"]["prompts"]), CALIB, replace=False)
+    X = [d["train"]["prompts"][i] for i in idx]
+    y = [d["train"]["targets"][i] for i in idx]
+    grid = {k: TRANSFER[k] for k in ("scales", "batch_size", "max_stats_gb")}
+    runs = []
+    for name in args.settings.split(","):
+        t0 = time.perf_counter()
+        tr = Transfer(MODELS[a], RUNS / args.task / f"lora_{a}", MODELS[b], method="bico",
+                      choices=d["choices"], max_length=t.max_length,
+                      **{**grid, **SETTINGS[name]})  # fmt: skip
+        tr.fit(X, y, X_val=d["val"]["prompts"], y_val=d["val"]["targets"])
+        wall = time.perf_counter() - t0
+        runs.append({"pair": f"{MODELS[a]} -> {MODELS[b]}", "task": args.task,
+                     "draw": args.draw, "setting": name, "evaluations": len(tr.val_scores_),
+                     "scale": tr.scale_, "fit s": round(wall, 1),
+                     "peak RSS GB": round(_rss_gb(), 1),
+                     "timings": tr.timings_, "val_scores": tr.val_scores_,
+                     "settings": {**grid, "tie_break": tr.tie_break, "stats_dtype": tr.stats_dtype,
+                                  "scale_search": tr.scale_search}})  # fmt: skip
+        print(name, round(wall, 1), tr.scale_, tr.val_scores_, tr.timings_, flush=True)
+        del tr
+    base = floor(MODELS[a], MODELS[b], X, y, d["val"], d["choices"], t.max_length,
+                 grid["batch_size"])  # fmt: skip
+    print(base, flush=True)
+    for r in runs:
+        fl = base["fwd-bwd A"] + base["fwd-bwd B"] + r["evaluations"] * base["val forward B"]
+        r.update({"floor s": round(fl, 1), "fit / floor": round(r["fit s"] / fl, 2), "floor": base})
+        r.update({p: f"{r['timings'][p]:.1f} ({100 * r['timings'][p] / r['fit s']:.0f}%)"
+                  for p in PHASES if p in r["timings"]})  # fmt: skip
+    cols = ["pair", "draw", "setting", "evaluations", "scale", "fit s", "floor s", "fit / floor",
+            "peak RSS GB"]  # fmt: skip
+    notes = (
+        f"BiCo, reports/llm's {args.task} LoRA of A moved to B, {CALIB} calibration rows (draw "
+        f"{args.draw}), {len(d['val']['prompts'])} validation prompts, {t.max_length} tokens, "
+        f"scales {grid['scales']}, batch {grid['batch_size']}, CPU threads "
+        f"{machine()['threads']}. Floor: one forward-backward of A and of B over the calibration "
+        "rows (next-token loss on the targets), plus one verbaliser pass of B over the "
+        f"validation prompts per scale evaluated: {', '.join(f'{k} {v:.1f} s' for k, v in base.items())}"  # noqa: E501
+        "; seconds are context, the ratios are the result. Peak RSS: the process's high-water "
+        "mark after the fit.\n\nPhases of `Transfer.fit` (`timings_`): seconds (share).\n\n"
+        + markdown_table(runs, ["setting", "fit s", *PHASES])
+    )
+    write(args.name, runs, cols, title="Where Transfer.fit's time goes on a decoder pair",
+          notes=notes)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
