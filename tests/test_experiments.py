@@ -80,12 +80,15 @@ def test_scaling_multitask_sweep_and_report_cli(text_task, tmp_path):
                 "1,8",
                 "--fractions",
                 "0.2,1.0",
+                "--pool",
+                "cls+mean",  # [CLS] joined to the tokens' mean: X is 2 x 32 wide
                 *data,
             ]
         )
         == 0
     )
     assert (tmp_path / "scaling" / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+    assert "width d = 64" in (tmp_path / "scaling" / "report.md").read_text()
     assert (
         main(
             [

@@ -133,8 +133,8 @@ def cmd_eval(args) -> None:
 
 def cmd_scaling(args) -> None:
     from ..experiments import data_scarce, scaling
+    from ..extract import pooled_width
     from ..loading import load_model
-    from ..models import layer_width
     from ..report import scaling_sections, write_report
 
     train, test = _splits(args, classifier=args.finetuned)
@@ -155,7 +155,8 @@ def cmd_scaling(args) -> None:
         [r for r in rows if r["regime"] != "fraction" or r["size"] in (0.01, 0.05, 0.2)]
     )
     layer = next(r["layer"] for r in rows if r["method"].startswith("task matrix"))
-    d = layer_width(load_model(args.base, device="cpu")[0], layer)  # X's width: a CNN's varies
+    base = load_model(args.base, device="cpu")[0]
+    d = pooled_width(base, layer, args.pool)  # X's width: a CNN's varies, cls+mean doubles it
     settings = _settings(
         args, seconds=round(time.time() - t0, 1), n_train=len(train), n_test=len(test)
     )
