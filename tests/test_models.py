@@ -101,10 +101,10 @@ def test_dinov2s_two_token_head_ends_a_task_matrix(kind):
     pixels = tiny_images(100)
     with torch.no_grad():
         want = ft(pixel_values=pixels).logits.numpy()
-    got = FineTuned(ft, pool="cls+mean", device="cpu").fit().decision_function(pixels)
+    got = FineTuned(ft, device="cpu").fit().decision_function(pixels)  # pools where it reads
     np.testing.assert_allclose(got, want, atol=1e-5)
     with pytest.raises(ValueError, match="pooled 'cls' .* pass pool='cls\\+mean'"):
-        FineTuned(ft, device="cpu").fit()
+        HeadOnly(ft, ft, device="cpu").fit()
     head = HeadOnly(ft, ft, pool="cls+mean", device="cpu").fit()
     np.testing.assert_allclose(head.decision_function(pixels), want, atol=1e-5)
     tm = TaskMatrix(ft, ft, layer=2, pool="cls+mean", device="cpu").fit(pixels)  # N > 2d: W = I

@@ -26,7 +26,7 @@ def check_runtime(est: object) -> None:
     check_int(est.batch_size, "batch_size", low=1)
     if est.max_length is not None:
         check_int(est.max_length, "max_length", low=1)
-    if hasattr(est, "pool"):
+    if getattr(est, "pool", None) is not None:  # None: where the head reads (FineTuned)
         check_choice(est.pool, "pool", choices=POOLS)
     check_bool(est.progress, "progress")
 

@@ -54,7 +54,7 @@ def _truncated(model: torch.nn.Module, layers: int) -> torch.nn.Module:
 def _foldable(tm) -> str | None:
     """The head layer the map folds into, or None when the architecture does not allow it (a
     decoder reads the last token; a verbaliser is no classifier's head)."""
-    if tm.pool != "cls" or isinstance(tm.head_, Verbaliser):
+    if tm.pool_ != "cls" or tm.head_.reads != "cls" or isinstance(tm.head_, Verbaliser):
         return None
     ft, base = tm.finetuned_model_, tm.base_model_
     fam = family_of(ft)

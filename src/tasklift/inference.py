@@ -227,7 +227,8 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
             self.head_ = head.to(p.device, p.dtype)
         else:
             self.head_ = finetuned_head(ft, choices, self.processor_)
-        if self.head_.reads == "last" and self.pool in ("cls", "first"):
+        self.pool_ = self.head_.reads if self.pool is None else self.pool  # None: where it reads
+        if self.head_.reads == "last" and self.pool_ in ("cls", "first"):
             raise ValueError(
                 f"{type(ft).__name__ if ft is not None else 'the fine-tuned model'} is a decoder: "
                 "its head reads the last token, and token 0 says nothing about the text; pass "
@@ -249,11 +250,11 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
         layers = [num_layers(self.base_model_)] if layers is None else list(layers)
         d_ft, reads = self._head_width(), self.head_.reads
         for i in layers:
-            if (d := pooled_width(self.base_model_, i, self.pool)) != d_ft:
-                fix = f"pass pool={reads!r}" if self.pool != reads else "fit a TaskMatrix instead"
+            if (d := pooled_width(self.base_model_, i, self.pool_)) != d_ft:
+                fix = f"pass pool={reads!r}" if self.pool_ != reads else "fit a TaskMatrix instead"
                 raise ValueError(
                     f"head-only needs equal widths, but the base has width {d} at layer {i} "
-                    f"pooled {self.pool!r} and the fine-tuned head reads {d_ft}; {fix}"
+                    f"pooled {self.pool_!r} and the fine-tuned head reads {d_ft}; {fix}"
                 )
         self.layer_ = layers[-1]
         self.maps_ = {i: identity_map(d_ft) for i in layers}
@@ -288,7 +289,7 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
             self.base_model_,
             self.head_,
             layer=layer,
-            pool=self.pool,
+            pool=self.pool_,
             weight=torch.from_numpy(m.coef_).float(),
             bias=bias,
             norm=norm,
@@ -301,7 +302,7 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
             X,
             self.processor_,
             layers=layers,
-            pool=self.pool,
+            pool=self.pool_,
             batch_size=self.batch_size,
             max_length=self.max_length,
             progress=self.progress,

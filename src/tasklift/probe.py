@@ -164,7 +164,7 @@ class HeadOnly(HeadClassifier):
         layers = resolve_layers(self.base_model_, self.layer)
         if self.layer == "all":  # a CNN's stages differ in width: keep those that fit the head
             d_ft = self._head_width()
-            fits = [i for i in layers if pooled_width(self.base_model_, i, self.pool) == d_ft]
+            fits = [i for i in layers if pooled_width(self.base_model_, i, self.pool_) == d_ft]
             layers = fits or layers[-1:]  # none fits: the last layer's width error, as for -1
         return self._fit_identity(layers)
 
@@ -172,8 +172,9 @@ class HeadOnly(HeadClassifier):
 class FineTuned(HeadClassifier):
     """The fine-tuned model itself, run through the same inference path (the upper bound).
 
-    Args: as `TaskMatrix`, less the base (the fine-tuned model is its own base and norm); with
-        `choices` it is a causal LM answering in words, scored by its verbaliser.
+    Args: as `TaskMatrix`, less the base (the fine-tuned model is its own base and norm), and
+        `pool` None by default: where its head reads; with `choices` it is a causal LM
+        answering in words, scored by its verbaliser.
     """
 
     norm = "finetuned"
@@ -182,7 +183,7 @@ class FineTuned(HeadClassifier):
         self,
         finetuned=None,
         *,
-        pool: str = "cls",
+        pool: str | None = None,
         batch_size: int = 32,
         max_length: int | None = None,
         device: str = "auto",

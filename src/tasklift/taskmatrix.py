@@ -191,7 +191,7 @@ class TaskMatrix(HeadClassifier):
             raise ValueError("the dataset is empty: nothing to fit")
         part = shard(num_items(X))  # everything, unless running under torchrun
         mine = take(X, part)
-        kw = dict(pool=self.pool, batch_size=self.batch_size, max_length=self.max_length)
+        kw = dict(pool=self.pool_, batch_size=self.batch_size, max_length=self.max_length)
         pairs = []
         if num_items(mine):
             xs = iter_embeddings(

@@ -126,7 +126,7 @@ def compare(
     bm, fm, proc = load_pair(base, finetuned, lm=choices is not None, device=device, dtype=dtype)
     common = dict(pool=pool, batch_size=batch_size, max_length=max_length, choices=choices)
     heads = dict(processor=proc, **common)  # what every head-based estimator shares
-    ft = FineTuned(fm, **heads).fit()  # a bad head (choices, pool) fails before any pass
+    ft = FineTuned(fm, **{**heads, "pool": None}).fit()  # a bad head fails before any pass
     tr = embed_split(bm, fm, proc, train, progress=progress, **common)
     te = embed_split(bm, fm, proc, test, progress=progress, **common)
     top_b, top_f = num_layers(bm), num_layers(fm)
