@@ -32,8 +32,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "reports" / "llm"))
 from llm_tasks import TASKS  # noqa: E402
 from run_llm import CALIB, MODELS, RUNS, TRANSFER  # noqa: E402
 
-#: Transfer arguments per named setting on top of run_llm's grid and batch size ({}: defaults)
-SETTINGS = {"before": dict(tie_break=1e-6), "defaults": {}}
+#: Transfer arguments per named setting on top of run_llm's grid and batch size: reports/llm's
+#: own (cutoff 1e-6, float32 statistics), or the library's defaults
+SETTINGS = {"before": {k: TRANSFER[k] for k in ("tie_break", "stats_dtype")}, "defaults": {}}
 PHASES = ("load", "setup", "labels", "calibrate", "statistics", "solve", "transport", "post",
           "scale search")  # fmt: skip
 

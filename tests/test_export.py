@@ -11,6 +11,7 @@ import transformers as tf
 from conftest import WORDS, nudged, tiny_classifier, tiny_images, tiny_tokenizer
 from tasklift.cli import main
 from tasklift.export import export, load_export
+from tasklift.models import backbone
 from tasklift.taskmatrix import TaskMatrix
 from test_lm import V, tiny_lm
 from test_verbaliser import CHOICES, _texts, qwen_pair
@@ -34,12 +35,16 @@ def test_bert_task_matrix_folds_into_a_plain_transformers_classifier(text_task, 
     np.testing.assert_allclose(got, tm.decision_function(texts), atol=1e-5)
 
 
-def test_pre_ln_vit_is_exported_as_a_bundle_that_loads_in_one_call(tmp_path):
-    ft = tiny_classifier("vit", seed=0)
-    ft.vit.save_pretrained(tmp_path / "base")
+@pytest.mark.parametrize("kind", ["vit", "dinov2"])
+def test_pre_ln_vit_is_exported_as_a_bundle_that_loads_in_one_call(kind, tmp_path):
+    """DINOv2's config also lists its backbone stages, cut with its blocks."""
+    ft = tiny_classifier(kind, seed=0)
+    backbone(ft).save_pretrained(tmp_path / "base")
     ft.save_pretrained(tmp_path / "ft")
     X = tiny_images(24).numpy()
-    tm = TaskMatrix(str(tmp_path / "base"), str(tmp_path / "ft"), layer=1, device="cpu").fit(X)
+    pool = "cls+mean" if kind == "dinov2" else "cls"
+    tm = TaskMatrix(str(tmp_path / "base"), str(tmp_path / "ft"), layer=1, pool=pool,
+                    device="cpu").fit(X)  # fmt: skip
     assert export(tm, tmp_path / "bundle") == "tasklift"  # the final norm sits after the map
     moved = tmp_path / "moved"
     (tmp_path / "bundle").rename(moved)  # the bundle is self-contained

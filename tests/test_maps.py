@@ -197,6 +197,7 @@ def test_largest_singular_value_by_lanczos_equals_the_svds(case):
         "transposed": lambda: g.normal(size=(n + 100, n)),
         "orthogonal": lambda: 3.0 * np.linalg.qr(g.normal(size=(n, n)))[0],
         "rank-1": lambda: np.outer(g.normal(size=n), g.normal(size=n + 7)),
+        "tiny": lambda: 1e-200 * g.normal(size=(n, n)),
         "zero": lambda: np.zeros((n, n)),
         "small": lambda: g.normal(size=(20, 30)),
     }[case]()

@@ -43,6 +43,9 @@ def _truncated(model: torch.nn.Module, layers: int) -> torch.nn.Module:
     for name in _PER_LAYER:
         if isinstance(getattr(cfg, name, None), (list, tuple)):
             setattr(cfg, name, list(getattr(cfg, name))[:layers])
+    if getattr(cfg, "stage_names", None):  # a backbone's stages (DINOv2): the stem and each block
+        cfg.stage_names = list(cfg.stage_names)[: layers + 1]
+        cfg.out_features = cfg.out_indices = None  # by default the last stage kept
     out = type(model)(cfg)
     missing, _ = out.load_state_dict(model.state_dict(), strict=False)
     if missing:

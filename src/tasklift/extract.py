@@ -18,9 +18,9 @@ from tqdm.auto import tqdm
 from .data import is_texts, num_items, take
 from .defaults import POOLS
 from .hooks import capture, run
-from .models import blocks, encode, final_norm, layer_width, token_limit
+from .models import backbone, blocks, encode, final_norm, layer_width, token_limit
 
-__all__ = ["resolve_layers", "iter_embeddings", "embed", "pooled_width", "POOLS"]
+__all__ = ["resolve_layers", "iter_embeddings", "embed", "pooled_width", "POOLS", "NORMED_POOLS"]
 
 #: pools whose tokens pass the model's own final norm first (DINOv2's classifier input)
 NORMED_POOLS = ("cls+mean",)
@@ -49,8 +49,10 @@ def resolve_layers(model: nn.Module, layers: str | int | Sequence[int] = "all") 
 
 
 def pooled_width(model: nn.Module, layer: int, pool: str) -> int:
-    """Width of hidden state `layer` once pooled: twice the layer's for "cls+mean"."""
-    return layer_width(model, layer) * (2 if pool == "cls+mean" else 1)
+    """Width of hidden state `layer` once pooled: twice the layer's for "cls+mean" (a CNN's
+    feature maps are averaged whatever the pool)."""
+    cnn = hasattr(backbone(model), "layer_widths")
+    return layer_width(model, layer) * (2 if pool in NORMED_POOLS and not cnn else 1)
 
 
 def _mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -61,11 +63,15 @@ def _mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 
 def _pool(
-    h: torch.Tensor, mask: torch.Tensor | None, pool: str, norm: nn.Module | None = None, skip=1
+    h: torch.Tensor,
+    mask: torch.Tensor | None,
+    pool: str,
+    norm: nn.Module | None = None,
+    skip: int = 1,
 ) -> torch.Tensor:
     if h.ndim == 4:  # a CNN's (B, C, H, W) feature map: global average pooling, whatever `pool`
         return h.mean((2, 3))
-    if pool == "cls+mean":  # [CLS] joined to the mean of the tokens after the first `skip`
+    if pool in NORMED_POOLS:  # [CLS] joined to the mean of the tokens after the first `skip`
         h = h if norm is None else norm(h)
         rest = _mean(h[:, skip:], None if mask is None else mask[:, skip:])
         return torch.cat([h[:, 0], rest], -1)
@@ -145,7 +151,7 @@ def iter_embeddings(
     mask = None
 
     norm = final_norm(model) if pool in NORMED_POOLS else None
-    skip = 1 + getattr(getattr(model, "config", None), "num_register_tokens", 0) or 0
+    skip = 1 + (getattr(getattr(model, "config", None), "num_register_tokens", 0) or 0)
 
     def store(i, h):
         found[i] = _pool(h, mask, pool, norm, skip).detach().to("cpu", torch.float32)

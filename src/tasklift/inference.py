@@ -134,6 +134,12 @@ class MultiTaskModel(nn.Module):
                 "the tasks read different base models; load them on one base "
                 "(TaskMatrix.load(path, base=shared_model)) to share its forward pass"
             )
+        pools = {t.pool for t in tasks.values()}
+        if len(pools) > 1:
+            raise ValueError(
+                f"the tasks pool the base differently ({sorted(pools)}); one base pass serves "
+                "tasks fitted with one pool: refit them with the same pool="
+            )
         self.tasks = nn.ModuleDict(tasks)
         first = next(iter(tasks.values()))
         self.base, self.processor = first.base, first.processor
@@ -228,6 +234,12 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
         else:
             self.head_ = finetuned_head(ft, choices, self.processor_)
         self.pool_ = self.head_.reads if self.pool is None else self.pool  # None: where it reads
+        if self.head_.reads in NORMED_POOLS and self.norm != "base" and self.base_model_ is not ft:
+            raise ValueError(
+                f"the fine-tuned head reads {self.head_.reads!r}: each token passes the base's "
+                f"own final norm inside the pool, so norm={self.norm!r} cannot apply; use "
+                "norm='base'"
+            )
         if self.head_.reads == "last" and self.pool_ in ("cls", "first"):
             raise ValueError(
                 f"{type(ft).__name__ if ft is not None else 'the fine-tuned model'} is a decoder: "
@@ -251,7 +263,8 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
         d_ft, reads = self._head_width(), self.head_.reads
         for i in layers:
             if (d := pooled_width(self.base_model_, i, self.pool_)) != d_ft:
-                fix = f"pass pool={reads!r}" if self.pool_ != reads else "fit a TaskMatrix instead"
+                same = pooled_width(self.base_model_, i, reads) == d_ft
+                fix = f"pass pool={reads!r}" if same else "fit a TaskMatrix instead"
                 raise ValueError(
                     f"head-only needs equal widths, but the base has width {d} at layer {i} "
                     f"pooled {self.pool_!r} and the fine-tuned head reads {d_ft}; {fix}"
@@ -261,8 +274,7 @@ class HeadClassifier(ClassifierMixin, BaseEstimator):
         return self
 
     def _head_width(self) -> int:
-        """Width of the vector the head reads: the fine-tuned model's last layer, pooled where
-        its head reads (2 x hidden for DINOv2's "cls+mean")."""
+        """Width of the vector the head reads (2 x hidden for DINOv2's "cls+mean")."""
         ft = self.finetuned_model_
         return pooled_width(ft, num_layers(ft), self.head_.reads)
 

@@ -37,7 +37,7 @@ __all__ = [
 DEFAULT_MAX_LENGTH = 128
 
 _NORM_NAMES = ("layernorm", "post_layernorm", "final_layer_norm", "ln_f", "norm")
-#: what a classifier's head reads where it is not token 0 (`extract.POOLS`): DINOv2's reads
+#: what a classifier's head reads where it is not token 0 (`defaults.POOLS`): DINOv2's reads
 #: [CLS] joined to the mean of the patch tokens, each after the final norm
 _HEAD_READS = {"dinov2": "cls+mean", "dinov2_with_registers": "cls+mean"}
 _BLOCK_HINTS = (
@@ -160,7 +160,13 @@ class Head(nn.Module):
                 "load the fine-tuned model with load_model(..., head=True)"
             )
         pooler = getattr(backbone(model), "pooler", None)
-        self.pooler = pooler if pooler is not None and hasattr(pooler, "dense") else None
+        if pooler is not None and not hasattr(pooler, "dense"):  # BEiT's mean-pooling layernorm
+            raise ValueError(
+                f"{type(model).__name__}'s head reads {type(pooler).__name__}, a pooling "
+                "tasklift does not reproduce (it reads token 0, through a dense pooler or not, "
+                "a decoder's last token, or DINOv2's cls+mean)"
+            )
+        self.pooler = pooler
         self.pre = getattr(model, "pre_classifier", None)
         self.classifier = classifier
         self.sequence_head = not isinstance(classifier, nn.Linear)  # RobertaClassificationHead

@@ -25,7 +25,7 @@ class LinearProbe(ClassifierMixin, BaseEstimator):
     Args:
         base: base encoder (folder or model).
         layer: hidden state to read (default -1, the final layer).
-        pool: "cls" or "mean".
+        pool: how a layer's tokens become one vector (`extract.iter_embeddings`).
         C: inverse L2 strength of the logistic regression.
         processor: tokenizer / image processor, when `base` is passed as a model object.
 

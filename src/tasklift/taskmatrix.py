@@ -109,9 +109,11 @@ class TaskMatrix(HeadClassifier):
             differs from the one CV scored only in those near-null directions); ridge always
             uses XᵀX.
         cv: folds used when anything is chosen by cross-validation.
-        pool: base pooling, "cls", "mean" or (decoders) "last" (targets are the fine-tuned
-            model's final hidden state where its head reads: [CLS], or a decoder's last token).
-        norm: final norm after the map: "base" (the reference), "finetuned", or "none".
+        pool: base pooling, "cls", "mean", (decoders) "last" or (DINOv2) "cls+mean" (targets
+            are the fine-tuned model's final hidden state where its head reads: [CLS], a
+            decoder's last token, or DINOv2's [CLS] joined to its patch mean, final-normed).
+        norm: final norm after the map: "base" (the reference), "finetuned", or "none" (a head
+            reading "cls+mean" has the base's norm inside the pool: "base" only).
         keep_stats: keep every layer's (per-fold) statistics after fitting in `stats_`, to refit
             with other alphas without extracting again (`fit_stats(tm.stats_)`). Off by
             default: they take 2 · folds · layers · d² floats (2 GB at d = 1024, 25 layers,

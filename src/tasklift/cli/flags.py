@@ -104,7 +104,8 @@ def runtime_flags(p: argparse.ArgumentParser) -> None:
 def matrix_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--pool", default="cls", choices=list(POOLS),
-        help="base pooling: cls (encoders), mean, last (decoders: the last attended token), "
+        help="base pooling: cls / first (token 0: encoders), mean, last (decoders: the last "
+        "attended token), "
         "or cls+mean (DINOv2: [CLS] joined to the patch mean, each token final-normed)",
     )  # fmt: skip
     p.add_argument(
