@@ -796,3 +796,23 @@ def test_choose_scale_searches_b_plus_scaled_task_vector(monkeypatch):
         assert best == peak and len(calls) == len(scores) <= 4 and set(calls) == set(scores)
         assert b.weight.item() == 0.0  # τ_B removed again
     assert choose_scale(Transfer(), tv, b, None, None) == (1.0, {})
+
+
+def test_centred_statistics_are_float64_whatever_stats_dtype():
+    """Centring subtracts the means' product from raw sums, which float32 sums cannot afford
+    (0.7% off where means are 50x the spread): centred maps accumulate in float64, so
+    stats_dtype does not change them."""
+    a = trained_like(tiny_classifier("bert"))
+    a_ft, b = nudged(a), tiny_classifier("bert", seed=3).bert
+    X = {"input_ids": torch.randint(1, 50, (32, 8), generator=torch.Generator().manual_seed(1))}
+    y = a_ft(**X).logits.argmax(-1).detach().numpy()
+    taus = [
+        Transfer(
+            a, a_ft, b, method="bico", batch_size=16, center=True, stats_dtype=dtype, scales=(1.0,)
+        )
+        .fit(X, y)
+        .task_vector_.deltas  # fmt: skip
+        for dtype in ("float32", "float64")
+    ]
+    assert taus[0].keys() == taus[1].keys()
+    assert all(torch.equal(taus[0][k], taus[1][k]) for k in taus[0])

@@ -25,8 +25,9 @@ def bico(path: Path) -> dict[int, dict]:
 def main() -> None:
     runs, out = Path(sys.argv[1]), Path(sys.argv[2])
     lines = ["# BiCo with centred vs raw covariances (issue 21.6)", "",
-             "Real MiniLM pairs on bbc_news, 3 calibration draws each (128 calibration, 200 "
-             "validation rows, scales 0-2), the same A_ft and B as reports/transfer_real; "
+             "Real encoder pairs on bbc_news (MiniLM-L6 -> MPNet across families, tokens paired "
+             "by word), 3 calibration draws each (128 calibration, 200 validation rows, scales "
+             "0-2), the same A_ft and B as reports/transfer_real; "
              "`bash reports/centring/run.sh`. Δ = centred − raw, same draw.", "",
              "| pair | draw | B + head | BiCo raw (scale) | BiCo centred (scale) | Δ |",
              "|---|---|---|---|---|---|"]  # fmt: skip

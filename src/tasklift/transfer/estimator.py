@@ -65,7 +65,9 @@ class Transfer(ClassifierMixin, BaseEstimator):
         tie_break: singular values of a side's first cross-covariance at or below this fraction
             of the largest are settled by its later signals, or mapped to zero where none
             determines them (see `methods.TIE_BREAK`; the head's map too).
-        center: align centred covariances (means removed) rather than raw second moments.
+        center: align centred covariances (means removed) rather than raw second moments; their
+            statistics are float64 whatever `stats_dtype` (centring subtracts the means'
+            product from raw sums: float32 sums lost 0.7% where means are 50x the spread).
         block_map: {target block: source block}; default proportional depth.
         choices: causal LMs answering in words: the label words, scored by the verbaliser
             (the likeliest choice after the prompt); y may be words or indices into them.

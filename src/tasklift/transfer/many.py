@@ -60,7 +60,7 @@ def solved_maps(
     each module's (R_in, R_out) as soon as it is solved; each pass's statistics are freed once
     its maps are made. `timings` records the calibration's phases (see `calibrate`)."""
     a, b = prep["source"], prep["target"]
-    dtype = np.dtype(est.stats_dtype)
+    dtype = np.dtype("float64" if est.center else est.stats_dtype)  # see `Transfer`: center
     budget = None if est.max_stats_gb is None else est.max_stats_gb * 2**30
     passes = plan_passes(a, b, pairs, method.signals, budget, dtype.itemsize)
     for i, part in enumerate(passes):
