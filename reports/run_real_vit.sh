@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Issue 22.2 on a real ViT, exactly as run (CPU, seed 0): task matrices on the DINOv2 ViT-S/14
 # backbone, fine-tuned here at 112 px (224 px costs 4x per step on this 2-core CPU) on digits,
-# ELPV and MNIST-5k (2,000 of its 4,000 training images: a fine-tune costs 0.22 s per image and
-# epoch here). Pool cls+mean: what HF's DINOv2 classifier reads ([CLS] joined to the patch mean,
+# ELPV and MNIST-5k (2,000 of its 4,000 training images, planned from digits' fine-tune at 0.22 s
+# per image and epoch beside another job; alone MNIST's took 0.05). Pool cls+mean: what HF's DINOv2 classifier reads ([CLS] joined to the patch mean,
 # each token through the final norm), so head-only at the last layer is HF's own computation.
 # Resumable: a finished step's folder is kept and skipped. Peak memory of each step:
 # runs/real/logs/<step>.time (GNU time -v). Then the fidelity rows and the report.
