@@ -5,7 +5,7 @@ cell by cell, with that file at the README's own rounding (a cell "0.922" matche
 0.9225; a cell "86%" matches 85.5% to 86.5%):
 
 - "The demo" table and the prose under it      <- docs/demo_results.json (`tasklift demo`)
-- "Task matrices on real models"                <- reports/real/results.json
+- "Task matrices on real models"                <- reports/real{,_imdb,_vit}/results.json
 - "Paper experiments"                           <- reports/experiments/report.md (Summary tables)
 - "Transfer experiments" (ViTs pretrained here) <- reports/transfer/report.md (its run tables)
 - "BiCo on real pretrained pairs"               <- reports/transfer_real/results.json
@@ -210,8 +210,12 @@ def test_demo_table_matches_committed_demo_results():
 
 # -- task matrices on real models -------------------------------------------------------------
 MODELS = {"EfficientNet-Lite0": "efficientnet-lite0", "MiniLM-L6": "minilm-l6",
-          "MiniLM-L3": "minilm-l3", "MPNet": "mpnet"}  # fmt: skip
-DATA = {"MNIST-5k": "mnist_5k", "digits": "digits", "BBC News": "bbc_news", "tweets": "tweets"}
+          "MiniLM-L3": "minilm-l3", "MPNet": "mpnet", "DINOv2-S": "dinov2-s"}  # fmt: skip
+DATA = {"MNIST-5k": "mnist_5k", "digits": "digits", "BBC News": "bbc_news", "tweets": "tweets",
+        "IMDB": "imdb", "ELPV": "elpv"}  # fmt: skip
+#: the merged reports whose rows the table holds (rows marked † and ‡ come from the last two)
+REAL = ("reports/real/results.json", "reports/real_imdb/results.json",
+        "reports/real_vit/results.json")  # fmt: skip
 
 
 def _at(cell: str) -> tuple[float, str]:
@@ -221,13 +225,13 @@ def _at(cell: str) -> tuple[float, str]:
 
 
 def real_diff() -> Diff:
-    res = load("reports/real/results.json")
-    by_setting = {r["setting"]: r for r in res["summary"]}
-    diff, seen = Diff("reports/real/results.json"), set()
+    by_setting = {r["setting"]: r for path in REAL for r in load(path)["summary"]}
+    diff, seen = Diff(", ".join(REAL)), set()
     for row in the_table("Task matrices on real models"):
         label = row["model / data"]
-        m = re.fullmatch(r"(.+?) / (.+?)(?: \(([\d,]+) / ([\d,]+)\))?", label)
-        setting = f"{MODELS.get(m[1], m[1])} / {DATA.get(m[2], m[2])}"
+        m = re.fullmatch(r"(.+?) / (.+?)(?: \(([\d,]+) / ([\d,]+)\))?", label.rstrip(" †‡"))
+        data = m[2].split(",")[0]  # "IMDB, 256 tokens": the data's name before its setting
+        setting = f"{MODELS.get(m[1], m[1])} / {DATA.get(data, data)}"
         if setting not in by_setting:
             diff.rows.append((label, "setting", setting, f"(not in {sorted(by_setting)})"))
             continue
