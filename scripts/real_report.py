@@ -133,6 +133,7 @@ def main() -> None:
     ap.add_argument("-o", "--output", type=Path, required=True)
     ap.add_argument("--script", type=Path, default=Path("reports/run_real.sh"),
                     help="the commands that made the runs, quoted in the report")  # fmt: skip
+    ap.add_argument("--overwrite", action="store_true", help="replace an earlier report's details/")
     ap.add_argument("--only", nargs="+", metavar="MODEL", choices=TEXT + VISION,
                     help="the runs of these models alone (default: every run)")  # fmt: skip
     args = ap.parse_args()
@@ -173,6 +174,7 @@ def main() -> None:
         [p for p in runs("s*_*") if (p / "report.md").is_file()],
         args.output / "details",
         title="tasklift: every real run's own report",
+        overwrite=args.overwrite,
     )
     body = f"""# Task matrices on real models: every packaged model x dataset
 
