@@ -2,23 +2,10 @@
 # Issue 22.2 on real text, exactly as run (CPU, seed 0): task matrices on IMDB with MiniLM-L6 and
 # MPNet at 256 tokens. Resumable: a finished step's folder is kept and skipped. Peak memory of
 # each step: runs/real/logs/<step>.time (GNU time -v). Then the report (reports/real_imdb).
-# DINOv2 is not here: HF's Dinov2ForImageClassification head reads [CLS] joined to the patch
-# tokens' mean (768 wide), which a task matrix cannot end in yet (tasklift.models.Head refuses it).
+# DINOv2 runs in reports/run_real_vit.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-Q=--quiet
-R=runs/real
-L=$R/logs
-SC="--per-class 2,8,32 --fractions 0.01,0.05,0.2,1"
-mkdir -p $L
-
-step() {  # step NAME COMMAND...: run COMMAND unless runs/real/NAME exists; log time and memory
-  local name=$1
-  shift
-  if [ -e "$R/$name" ]; then echo "have $R/$name"; return; fi
-  echo "run  $name"
-  /usr/bin/time -v -o "$L/$name.time" "$@"
-}
+source reports/real_steps.sh  # Q, R, L, SC and step
 
 # IMDB: 1,000 training reviews, 1,000 held out, 256 tokens (most reviews are longer).
 S="--test-size 1000 --train-limit 1000 --max-length 256"
@@ -28,5 +15,6 @@ for m in minilm-l6 mpnet; do
   step scaling_${m}_imdb tasklift scaling $m $R/${m}_imdb_ft imdb $S $SC -o $R/scaling_${m}_imdb $Q
 done
 
-python scripts/real_report.py $R -o reports/real_imdb --script reports/run_real_imdb.sh
+python scripts/real_report.py $R -o reports/real_imdb --script reports/run_real_imdb.sh \
+  --only minilm-l6 mpnet --overwrite
 mkdir -p reports/real_imdb/time && cp $L/*imdb*.time reports/real_imdb/time/  # peak RSS, wall time

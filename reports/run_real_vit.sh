@@ -7,19 +7,7 @@
 # runs/real/logs/<step>.time (GNU time -v). Then the fidelity rows and the report.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-Q=--quiet
-R=runs/real
-L=$R/logs
-SC="--per-class 2,8,32 --fractions 0.01,0.05,0.2,1"
-mkdir -p $L
-
-step() {  # step NAME COMMAND...: run COMMAND unless runs/real/NAME exists; log time and memory
-  local name=$1
-  shift
-  if [ -e "$R/$name" ]; then echo "have $R/$name"; return; fi
-  echo "run  $name"
-  /usr/bin/time -v -o "$L/$name.time" "$@"
-}
+source reports/real_steps.sh  # Q, R, L, SC and step
 
 # images scaled to [-1, 1] (tasklift's image convention), 20% held out, batch 16, lr 5e-5 (a
 # ViT's full fine-tune; EfficientNet's 1e-3 is a CNN's); --max-length only stamps the recipe

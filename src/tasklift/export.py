@@ -56,8 +56,9 @@ def _truncated(model: torch.nn.Module, layers: int) -> torch.nn.Module:
 
 def _foldable(tm) -> str | None:
     """The head layer the map folds into, or None when the architecture does not allow it (a
-    decoder reads the last token; a verbaliser is no classifier's head)."""
-    if tm.pool_ != "cls" or tm.head_.reads != "cls" or isinstance(tm.head_, Verbaliser):
+    head or the base reads more than token 0: a decoder's or a verbaliser's last token, DINOv2's
+    cls+mean)."""
+    if tm.pool_ != "cls" or tm.head_.reads != "cls":
         return None
     ft, base = tm.finetuned_model_, tm.base_model_
     fam = family_of(ft)
