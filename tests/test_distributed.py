@@ -304,6 +304,10 @@ def test_a_model_split_by_device_map_calibrates_as_a_whole_one(tmp_path):
     whole, parts = (calibrate(a, m, pairs, batches, loss) for m in (b, far))
     assert whole.keys() == parts.keys()
     for key, s in whole.items():
-        np.testing.assert_allclose(parts[key].xy, s.xy, rtol=1e-6, atol=1e-9, err_msg=str(key))
+        # the split layers' outputs are captured (their weights are on disk), the whole
+        # model's mapped from its inputs' statistics: equal to float32 round-off
+        np.testing.assert_allclose(
+            parts[key].xy, s.xy, rtol=0, atol=1e-6 * np.abs(s.xy).max(), err_msg=str(key)
+        )
     with pytest.raises(ValueError, match="offloaded to cpu or disk"):
         Transfer(tmp_path / "lm_a", tmp_path / "lm_ft", far, **kw).fit(PROMPTS, TARGETS)

@@ -79,3 +79,27 @@ def test_gram_stats_keep_a_qr_that_solves_as_lstsq_with_cv_folds_intact():
     assert np.linalg.norm(got2 - want) / np.linalg.norm(want) < 1e-6
     with pytest.raises(ValueError, match="keep a QR"):
         LeastSquaresMap(solver="qr").fit_stats(GramStats().update(X, Y))
+
+
+@pytest.mark.parametrize("bias", ["both", "x", "y", "none"])
+def test_mapped_statistics_equal_those_of_the_mapped_rows(bias):
+    """The statistics of (x W_xᵀ + b_x, y W_yᵀ + b_y), from those of (x, y) alone, per fold."""
+    import torch
+
+    r = np.random.default_rng(4)
+    X, Y = r.normal(size=(40, 4)), r.normal(size=(40, 3))
+    wx, wy = r.normal(size=(6, 4)), r.normal(size=(2, 3))
+    bx = r.normal(size=6) if bias in ("both", "x") else None
+    by = r.normal(size=2) if bias in ("both", "y") else None
+    t = lambda v: None if v is None else torch.from_numpy(v)  # noqa: E731
+    got = GramStats(folds=3, gram=False).update(X, Y).mapped((t(wx), t(bx)), (t(wy), t(by)))
+    want = GramStats(folds=3, gram=False).update(
+        X @ wx.T + (0 if bx is None else bx), Y @ wy.T + (0 if by is None else by)
+    )
+    for k in range(3):
+        for name in ("xy", "sx", "sy", "n"):
+            np.testing.assert_allclose(
+                getattr(got.fold(k), name), getattr(want.fold(k), name), rtol=1e-12, atol=1e-12
+            )
+    with pytest.raises(ValueError, match="maps of inputs 4, 2 for widths"):
+        GramStats(gram=False).update(X, Y).mapped((t(wx), None), (t(wy[:, :2]), None))

@@ -816,3 +816,45 @@ def test_centred_statistics_are_float64_whatever_stats_dtype():
     ]
     assert taus[0].keys() == taus[1].keys()
     assert all(torch.equal(taus[0][k], taus[1][k]) for k in taus[0])
+
+
+def test_linear_outputs_are_mapped_from_input_statistics_not_captured(monkeypatch):
+    """Calibration's output statistics of per-token affine modules (linear, Conv1D, MHA's
+    q|k|v, 1x1 convolutions) are mapped from their inputs': equal to capturing the outputs,
+    which other modules (3x3 convolutions, subclasses such as quantised linears) still do."""
+    from transformers.pytorch_utils import Conv1D
+
+    from tasklift.transfer import calibration
+    from tasklift.transfer.pairing import affine_of
+
+    a, _, b, _, _ = mlp_pair(HID + 3)
+    g = torch.Generator().manual_seed(5)
+    X, y = torch.randn(48, D_IN, generator=g), torch.randn(48, OUT, generator=g)
+    loss = lambda m, idx: (m(X[idx]) - y[idx]).square().mean()  # noqa: E731
+    pairs, batches = {"1": "1", "2": "2"}, [np.arange(i, i + 16) for i in range(0, 48, 16)]
+    seen = []
+    real = calibration._capture_pass
+    spy = lambda model, points, *rest: seen.append(set(points)) or real(model, points, *rest)  # noqa: E731
+    monkeypatch.setattr(calibration, "_capture_pass", spy)
+    mapped = calibrate(a, b, pairs, batches, loss)
+    assert all(sig != "output" for keys in seen for _, sig in keys)  # never hooked
+    monkeypatch.setattr(calibration, "affine_of", lambda m: None)  # capture every output
+    captured = calibrate(a, b, pairs, batches, loss)
+    assert mapped.keys() == captured.keys() and ("2", "output") in mapped
+    for key, s in captured.items():
+        top = np.abs(s.xy).max()
+        np.testing.assert_allclose(mapped[key].xy, s.xy, rtol=0, atol=1e-6 * top, err_msg=key)
+        np.testing.assert_allclose(mapped[key].sy, s.sy, rtol=0, atol=1e-5 * np.abs(s.sy).max())
+
+    class Packed(nn.Linear):  # e.g. a quantised linear whose weight is not W
+        pass
+
+    conv1 = nn.Conv2d(3, 4, 1)
+    w, bias = affine_of(conv1)
+    x = torch.randn(2, 3, 5, 5, generator=g)
+    tokens = lambda t: t.flatten(2).transpose(1, 2)  # noqa: E731  (as calibration reads maps)
+    torch.testing.assert_close(tokens(conv1(x)), tokens(x) @ w.T + bias)
+    mha = nn.MultiheadAttention(8, 2)
+    assert affine_of(mha)[0].shape == (24, 8) and affine_of(Conv1D(5, 3))[0].shape == (5, 3)
+    assert affine_of(nn.Conv2d(3, 4, 3)) is None and affine_of(nn.Conv2d(3, 4, 1, stride=2)) is None
+    assert affine_of(Packed(3, 4)) is None and affine_of(nn.LayerNorm(4)) is None

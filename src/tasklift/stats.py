@@ -41,8 +41,9 @@ class GramStats:
         qr: also keep a streamed QR of all rows (`qr`, a `QRStats`), so plain least squares can
             be solved as numpy.linalg.lstsq would (`LeastSquaresMap(solver="qr")`) while the
             folds still serve cross-validation.
-        dtype: precision of XᵀX and XᵀY (float32 halves a large cross-covariance; sums, counts
-            and everything solved from them stay float64).
+        dtype: precision of XᵀX, XᵀY and each batch's sums (float32 halves a large
+            cross-covariance; the running sums, counts and everything solved from them stay
+            float64).
 
     Shapes:
         xx (d_in, d_in), xy (d_in, d_out), sx (d_in,), sy (d_out,); n and yy are scalars.
@@ -100,22 +101,22 @@ class GramStats:
         pos = self.n + np.arange(X.shape[0]) if index is None else np.asarray(index)
         if pos.shape != (X.shape[0],):
             raise ValueError(f"index has shape {pos.shape} but the batch has {X.shape[0]} rows")
-        sums = finite_sums(X, "X"), finite_sums(Y, "Y")
-        if self._xy is None:
-            self._allocate(X.shape[1], Y.shape[1])
         if self.qr is not None:
             self.qr.update(X, Y)
         prod = torch.float32 if self.dtype == np.float32 else torch.float64
+        X, Y = X.to(prod), Y.to(prod)  # sums too in the products' precision (float64 by default)
+        sums = finite_sums(X, "X"), finite_sums(Y, "Y")
+        if self._xy is None:
+            self._allocate(X.shape[1], Y.shape[1])
         for k, rows in _folds(pos, self._k):
             xk, yk = (X, Y) if rows is None else (X[rows], Y[rows])
             sx, sy = sums if rows is None else (column_sums(xk), column_sums(yk))
             self._n[k] += xk.shape[0]
             self._sx[k] += sx
             self._sy[k] += sy
-            xd = xk.to(prod)
-            self._xy[k] += (xd.T @ yk.to(prod)).numpy()
+            self._xy[k] += (xk.T @ yk).numpy()
             if self.gram:
-                self._xx[k] += (xd.T @ xd).numpy()
+                self._xx[k] += (xk.T @ xk).numpy()
                 self._yy[k] += float(yk.double().square().sum())
         return self
 
@@ -164,6 +165,39 @@ class GramStats:
             out._xy = self._xy[:, x_cols, y_cols].copy()
             if self.gram:
                 out._xx, out._yy = self._xx[:, x_cols, x_cols].copy(), self._yy.copy()
+        return out
+
+    def mapped(self, x_map: tuple, y_map: tuple) -> GramStats:
+        """The statistics of the rows (x W_xᵀ + b_x, y W_yᵀ + b_y), computed from these alone:
+        exact for any per-row affine maps, e.g. a linear layer's outputs from its inputs'
+        statistics (O(d³) once instead of O(N d²) per batch). Maps are (W (d_out, d_in),
+        bias or None), as tensors; gram=False statistics only.
+
+        Raises:
+            ValueError: gram=True statistics, or a W whose d_in is not these statistics'.
+        """
+        if self.gram or self._xy is None:
+            raise ValueError("mapped() needs accumulated gram=False statistics (XᵀY and sums)")
+        f64 = lambda t: None if t is None else t.detach().to("cpu", torch.float64)  # noqa: E731
+        (wx, bx), (wy, by) = ((f64(w), f64(b)) for w, b in (x_map, y_map))
+        if (wx.shape[1], wy.shape[1]) != self.dims:
+            raise ValueError(f"maps of inputs {wx.shape[1]}, {wy.shape[1]} for widths {self.dims}")
+        out = GramStats(folds=self.folds, gram=False, dtype=self.dtype)
+        out._n = self._n.copy()
+        xy, sx, sy = (torch.from_numpy(v).double() for v in (self._xy, self._sx, self._sy))
+        n = torch.from_numpy(self._n).double()[:, None]
+        # the cheaper association of Wx · XᵀY · Wyᵀ
+        first = wx.shape[0] * wx.shape[1] * wy.shape[1] + wx.shape[0] * wy.shape[1] * wy.shape[0]
+        second = wx.shape[1] * wy.shape[1] * wy.shape[0] + wx.shape[0] * wx.shape[1] * wy.shape[0]
+        prod = (wx @ xy) @ wy.T if first <= second else wx @ (xy @ wy.T)
+        msx, msy = sx @ wx.T, sy @ wy.T  # Σ x W_xᵀ, Σ y W_yᵀ per fold
+        if by is not None:
+            prod = prod + msx[:, :, None] * by
+        if bx is not None:
+            prod = prod + bx[:, None] * (msy if by is None else msy + n * by)[:, None, :]
+        out._sx = (msx if bx is None else msx + n * bx).numpy()
+        out._sy = (msy if by is None else msy + n * by).numpy()
+        out._xy = prod.numpy().astype(self.dtype, copy=False)
         return out
 
     def all_reduce(self, group=None) -> GramStats:

@@ -21,7 +21,7 @@ from ..hooks import capture
 from ..stats import GramStats
 from ..timing import Timings
 from .methods import TOKENS
-from .pairing import is_matrix, module_dims
+from .pairing import affine_of, is_matrix, module_dims
 
 __all__ = ["calibrate", "plan_passes", "align_tokens", "word_pooling", "SIGNALS"]
 
@@ -343,9 +343,12 @@ def calibrate(
 
     Returns:
         {(target module, signal): GramStats(gram=False) of rows (x_A, x_B)}: `.xy` is
-        X_Aᵀ X_B (d_A, d_B). A signal that never arrives (the input gradient of the first
-        layer) is absent. Under torch.distributed each process calibrates its share of the
-        batches (`distributed.deal`) and all return the statistics summed over all of them.
+        X_Aᵀ X_B (d_A, d_B). The outputs of modules affine per token on both sides (linear
+        layers: `pairing.affine_of`) are not captured: their statistics are mapped from the
+        inputs' (`GramStats.mapped`: exact, and a third of BiCo's products on MiniLM). A
+        signal that never arrives (the input gradient of the first layer) is absent. Under
+        torch.distributed each process calibrates its share of the batches
+        (`distributed.deal`) and all return the statistics summed over all of them.
 
     Raises:
         KeyError: a module named in `pairs` does not exist.
@@ -364,6 +367,12 @@ def calibrate(
             if name not in mods:
                 raise KeyError(f"{type(model).__name__} has no module {name!r}")
     sigs = _signals(target, pairs, signals)
+    derived = {}  # per-token affine modules: outputs' statistics follow from the inputs'
+    for b, a in pairs.items():
+        maps = affine_of(mods_a[a]), affine_of(mods_b[b])
+        if {"input", "output"} <= set(sigs[b]) and None not in maps:
+            derived[b] = maps
+    sigs = {b: [s for s in got if not (s == "output" and b in derived)] for b, got in sigs.items()}
     backward = any(s.startswith("grad") for s in signals)
     proj_a = {n: InProj(m) for n, m in mods_a.items() if isinstance(m, nn.MultiheadAttention)}
     proj_b = {n: InProj(m) for n, m in mods_b.items() if isinstance(m, nn.MultiheadAttention)}
@@ -388,4 +397,9 @@ def calibrate(
                         got_a[(a, sig)], got_b[(b, sig)], token, where, pools, grids
                     )
                     out.setdefault((b, sig), GramStats(gram=False, dtype=dtype)).update(xa, xb)
-    return all_reduce_stats(out, lambda: GramStats(gram=False, dtype=dtype))
+    out = all_reduce_stats(out, lambda: GramStats(gram=False, dtype=dtype))
+    with clock("statistics"):
+        for b, maps in derived.items():
+            if (b, "input") in out:
+                out[(b, "output")] = out[(b, "input")].mapped(*maps)
+    return out

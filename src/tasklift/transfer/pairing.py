@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
 
@@ -21,6 +22,7 @@ __all__ = [
     "owns_params",
     "module_dims",
     "is_matrix",
+    "affine_of",
     "split_alike",
     "token_refusal",
     "unpaired",
@@ -67,6 +69,27 @@ def is_matrix(module: nn.Module) -> bool:
     """True for layers with an input and an output side (linear, GPT-2 Conv1D, convolutions,
     and MultiheadAttention, whose own matrix is its fused q|k|v projection)."""
     return isinstance(module, _MATRIX)
+
+
+def affine_of(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(W (d_out, d_in), bias) of a module that maps each token's input row x to x Wᵀ + b
+    (linear, GPT-2 Conv1D, MultiheadAttention's fused q|k|v, 1x1 convolutions of stride 1
+    and no padding), so its output statistics follow from its input's; None for any other
+    module (subclasses too: a quantised linear packs its weight) or weights not in memory."""
+    kind, w, b = type(module), None, None
+    if kind is nn.Linear:
+        w, b = module.weight, module.bias
+    elif kind is Conv1D:
+        w, b = module.weight.T, module.bias
+    elif kind is nn.MultiheadAttention and module._qkv_same_embed_dim:
+        w, b = module.in_proj_weight, module.in_proj_bias
+    elif kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and module.groups == 1:
+        ones = all(v == 1 for v in (*module.kernel_size, *module.stride, *module.dilation))
+        if ones and not any(module._reversed_padding_repeated_twice):
+            w, b = module.weight.flatten(1), module.bias
+    if w is None or w.device.type == "meta":
+        return None
+    return w.detach(), None if b is None else b.detach()
 
 
 def module_dims(module: nn.Module) -> tuple[int, int]:
