@@ -75,6 +75,16 @@ def test_statistics_are_d_a_times_d_b_per_signal():
     assert _stats(f32) == 2 * 3 * (64 * 96 * 4 + (64 + 96) * 8)
 
 
+def test_centred_statistics_are_float64_and_linear_outputs_are_not_captured():
+    one = dict(tokens=8, batch_size=2, adapted=("o_proj",), rank=4)
+    centred = transfer_memory(qwen(64), qwen(96), center=True, **one)
+    f64 = transfer_memory(qwen(64), qwen(96), stats_dtype="float64", **one)
+    assert _stats(centred) == _stats(f64) == 2 * 3 * (64 * 96 * 8 + (64 + 96) * 8)
+    # per block o_proj's input and output gradient are captured (16 tokens); its output's
+    # statistics are mapped from the input's
+    assert centred["components"]["captures"] == 2 * 2 * 16 * (64 + 96) * 4
+
+
 def test_adapted_modules_shrink_statistics_and_tokens_scale_captures():
     kw = dict(tokens=8, batch_size=2)
     every = transfer_memory(qwen(32), qwen(48), **kw)

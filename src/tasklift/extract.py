@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from .data import is_texts, num_items, take
 from .defaults import POOLS
 from .hooks import capture, run
-from .models import backbone, blocks, encode, final_norm, layer_width, token_limit
+from .models import blocks, encode, final_norm, is_cnn, layer_width, token_limit
 
 __all__ = ["resolve_layers", "iter_embeddings", "embed", "pooled_width", "POOLS", "NORMED_POOLS"]
 
@@ -51,8 +51,7 @@ def resolve_layers(model: nn.Module, layers: str | int | Sequence[int] = "all") 
 def pooled_width(model: nn.Module, layer: int, pool: str) -> int:
     """Width of hidden state `layer` once pooled: twice the layer's for "cls+mean" (a CNN's
     feature maps are averaged whatever the pool)."""
-    cnn = hasattr(backbone(model), "layer_widths")
-    return layer_width(model, layer) * (2 if pool in NORMED_POOLS and not cnn else 1)
+    return layer_width(model, layer) * (2 if pool in NORMED_POOLS and not is_cnn(model) else 1)
 
 
 def _mean(h: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:

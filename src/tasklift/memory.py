@@ -21,7 +21,14 @@ from .models import backbone
 from .transfer.calibration import _signals, plan_passes
 from .transfer.head import head_linears
 from .transfer.methods import STATS_DTYPE, get_method
-from .transfer.pairing import head_pair, is_matrix, match_modules, module_dims, owns_params
+from .transfer.pairing import (
+    head_pair,
+    is_affine,
+    is_matrix,
+    match_modules,
+    module_dims,
+    owns_params,
+)
 
 __all__ = ["skeleton", "transfer_memory", "SHAPES", "ON_DEVICE"]
 
@@ -121,20 +128,25 @@ def _pairs(a: nn.Module, b: nn.Module, adapted, num_labels) -> dict[str, str]:
 
 def _pass(a, b, part: dict, signals, tokens: int, itemsize: int, alias: bool) -> dict[str, int]:
     """Statistics, captures and the largest update and solve transients of one pass (`alias`:
-    float32 models, whose captures are views, so modules reading one input share it)."""
+    float32 models, whose captures are views, so modules reading one input share it). Affine
+    modules' outputs are not captured: mapped from their inputs' statistics in float64."""
     mods_a, mods_b, role_b = dict(a.named_modules()), dict(b.named_modules()), roles(b)
     out, seen = dict(statistics=0, captures=0, update=0, solve=0), set()
     for name, sigs in _signals(b, part, signals).items():
         (ia, oa), (ib, ob) = module_dims(mods_a[part[name]]), module_dims(mods_b[name])
         role, block = role_b.get(name, ("", -1))
+        mapped = "input" in sigs and is_affine(mods_a[part[name]]) and is_affine(mods_b[name])
         for sig in sigs:
             wa, wb = (ia, ib) if sig.endswith("input") else (oa, ob)
             out["statistics"] += wa * wb * itemsize + (wa + wb) * 8  # XᵀY and the float64 sums
             key = (block, _SAME_INPUT.get(role, name), sig)
-            if not (alias and sig == "input" and key in seen):
-                out["captures"] += tokens * (wa + wb) * 4
+            if mapped and sig == "output":  # W_A XᵀY W_Bᵀ: its float64 factors and product
+                update = 8 * (oa * ob + max(oa * ib, ia * ob))
+            else:
+                if not (alias and sig == "input" and key in seen):
+                    out["captures"] += tokens * (wa + wb) * 4
+                update = wa * wb * itemsize + tokens * (wa + wb) * (8 + itemsize)
             seen.add(key)
-            update = wa * wb * itemsize + tokens * (wa + wb) * (8 + itemsize)
             out["update"] = max(out["update"], update)
             out["solve"] = max(out["solve"], _SOLVE_COPIES * 8 * wa * wb)
     return out
@@ -143,7 +155,7 @@ def _pass(a, b, part: dict, signals, tokens: int, itemsize: int, alias: bool) ->
 def transfer_memory(
     source_config, target_config, *, tokens: int, batch_size: int = 16,
     adapted: Sequence[str] | None = None, rank: int | None = None, num_labels: int | None = None,
-    model_dtype: str = "float32", stats_dtype: str = STATS_DTYPE,
+    model_dtype: str = "float32", stats_dtype: str = STATS_DTYPE, center: bool = False,
     max_stats_gb: float | None = None, method: str = "bico", lazy: bool = False,
     label_free: bool = False,
 ) -> dict:  # fmt: skip
@@ -155,7 +167,8 @@ def transfer_memory(
         adapted: the module names τ_A changes (e.g. ("q_proj", "v_proj")); None: all.
         rank: A_ft is a LoRA adapter of this rank (τ_A, τ_B as factors); None: a dense A_ft.
         num_labels: classifiers of this many classes; None: causal LMs on the next-token loss.
-        model_dtype, stats_dtype, max_stats_gb, method: as `Transfer` takes them.
+        model_dtype, stats_dtype, center, max_stats_gb, method: as `Transfer` takes them
+            (centred statistics are float64 whatever `stats_dtype`).
         lazy: checkpoints load as zero-copy views of their files, resident once read (float32
             safetensors on CPU): a merged adapter's A_ft then holds only its merged modules.
         label_free: an LM calibrated on A_ft's own continuations; with targets given an LM
@@ -167,7 +180,8 @@ def transfer_memory(
         "peak", "peak_phase"}.
     """
     a, b = skeleton(source_config, num_labels), skeleton(target_config, num_labels)
-    size, itemsize = getattr(torch, model_dtype).itemsize, np.dtype(stats_dtype).itemsize
+    size = getattr(torch, model_dtype).itemsize
+    itemsize = np.dtype("float64" if center else stats_dtype).itemsize  # as `Transfer` holds them
     lm, batch = num_labels is None, batch_size * tokens
     pairs, signals = _pairs(a, b, adapted, num_labels), get_method(method).signals
     backward = any(s.startswith("grad") for s in signals)

@@ -112,10 +112,14 @@ def hidden_size(model: nn.Module) -> int:
     return getattr(config, "vision_config", config).hidden_size
 
 
+def is_cnn(model: nn.Module) -> bool:
+    """True where the hidden states are a CNN's feature maps (its stages say their widths)."""
+    return hasattr(backbone(model), "layer_widths")
+
+
 def layer_width(model: nn.Module, layer: int) -> int:
     """Width of hidden state `layer`: the residual stream, or a CNN's channels there."""
-    enc = backbone(model)
-    return enc.layer_widths()[layer] if hasattr(enc, "layer_widths") else hidden_size(model)
+    return backbone(model).layer_widths()[layer] if is_cnn(model) else hidden_size(model)
 
 
 def final_norm(model: nn.Module) -> nn.Module | None:

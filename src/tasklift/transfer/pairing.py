@@ -23,6 +23,7 @@ __all__ = [
     "module_dims",
     "is_matrix",
     "affine_of",
+    "is_affine",
     "split_alike",
     "token_refusal",
     "unpaired",
@@ -71,24 +72,36 @@ def is_matrix(module: nn.Module) -> bool:
     return isinstance(module, _MATRIX)
 
 
-def affine_of(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(W (d_out, d_in), bias) of a module that maps each token's input row x to x Wᵀ + b
-    (linear, GPT-2 Conv1D, MultiheadAttention's fused q|k|v, 1x1 convolutions of stride 1
-    and no padding), so its output statistics follow from its input's; None for any other
-    module (subclasses too: a quantised linear packs its weight) or weights not in memory."""
-    kind, w, b = type(module), None, None
+def _affine_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(W (d_out, d_in), bias) of an `is_affine` module, else None."""
+    kind = type(module)
     if kind is nn.Linear:
-        w, b = module.weight, module.bias
-    elif kind is Conv1D:
-        w, b = module.weight.T, module.bias
-    elif kind is nn.MultiheadAttention and module._qkv_same_embed_dim:
-        w, b = module.in_proj_weight, module.in_proj_bias
-    elif kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and module.groups == 1:
+        return module.weight, module.bias
+    if kind is Conv1D:
+        return module.weight.T, module.bias
+    if kind is nn.MultiheadAttention and module._qkv_same_embed_dim:
+        return module.in_proj_weight, module.in_proj_bias
+    if kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and module.groups == 1:
         ones = all(v == 1 for v in (*module.kernel_size, *module.stride, *module.dilation))
         if ones and not any(module._reversed_padding_repeated_twice):
-            w, b = module.weight.flatten(1), module.bias
-    if w is None or w.device.type == "meta":
+            return module.weight.flatten(1), module.bias
+    return None
+
+
+def is_affine(module: nn.Module) -> bool:
+    """True for modules that map each token's input row x to x Wᵀ + b (linear, GPT-2 Conv1D,
+    MultiheadAttention's fused q|k|v, 1x1 convolutions of stride 1 and no padding), so their
+    output statistics follow from their input's; not subclasses (a quantised linear packs W)."""
+    return _affine_weights(module) is not None
+
+
+def affine_of(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(W (d_out, d_in), bias) of an `is_affine` module, detached; None for other modules and
+    where the weights are not in memory (meta: offloaded by accelerate)."""
+    got = _affine_weights(module)
+    if got is None or got[0].device.type == "meta":
         return None
+    w, b = got
     return w.detach(), None if b is None else b.detach()
 
 
