@@ -306,8 +306,8 @@ def test_a_model_split_by_device_map_calibrates_as_a_whole_one(tmp_path):
     for key, s in whole.items():
         # the split layers' outputs are captured (their weights are on disk), the whole
         # model's mapped from its inputs' statistics: equal to float32 round-off
-        np.testing.assert_allclose(
-            parts[key].xy, s.xy, rtol=0, atol=1e-6 * np.abs(s.xy).max(), err_msg=str(key)
-        )
+        tol = dict(rtol=0, atol=1e-6 * np.abs(s.xy).max()) if key[1] == "output" else {}
+        np.testing.assert_allclose(parts[key].xy, s.xy, **(tol or dict(rtol=1e-6, atol=1e-9)),
+                                   err_msg=str(key))  # fmt: skip
     with pytest.raises(ValueError, match="offloaded to cpu or disk"):
         Transfer(tmp_path / "lm_a", tmp_path / "lm_ft", far, **kw).fit(PROMPTS, TARGETS)

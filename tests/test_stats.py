@@ -101,5 +101,5 @@ def test_mapped_statistics_equal_those_of_the_mapped_rows(bias):
             np.testing.assert_allclose(
                 getattr(got.fold(k), name), getattr(want.fold(k), name), rtol=1e-12, atol=1e-12
             )
-    with pytest.raises(ValueError, match="maps of inputs 4, 2 for widths"):
+    with pytest.raises(ValueError, match=r"read widths \(4, 2\) but the rows have \(4, 3\)"):
         GramStats(gram=False).update(X, Y).mapped((t(wx), None), (t(wy[:, :2]), None))

@@ -641,6 +641,30 @@ def test_transfer_across_tokenizers_pairs_words(text_task, tmp_path):
     assert np.isfinite(t.decision_function(texts[:5])).all()
 
 
+@pytest.mark.parametrize("token", ["word", "mean", "cls"])
+def test_mapped_outputs_give_captured_outputs_tau_under_every_token_pairing(
+    token, text_task, tmp_path, monkeypatch
+):
+    """Word pooling, means and [CLS] combine rows with weights summing to 1, so a linear
+    layer's outputs pair as its inputs do: τ_B from mapped output statistics is τ_B from
+    captured ones (a tiny BERT -> BERT of another tokenizer)."""
+    from tasklift.transfer import calibration
+
+    root = text_task
+    tiny_classifier("bert", seed=5).bert.save_pretrained(tmp_path / "b")
+    _piece_tokenizer().save_pretrained(tmp_path / "b")
+    texts = [line.split(",")[0] for line in (root / "data.csv").read_text().splitlines()[1:41]]
+    kw = dict(source=root / "base", finetuned=root / "ft", target=tmp_path / "b", scales=[1.0],
+              token=token, stats_dtype="float64")  # fmt: skip
+    mapped = Transfer(**kw).fit(texts).task_vector_.deltas
+    monkeypatch.setattr(calibration, "affine_of", lambda m: None)  # capture every output
+    captured = Transfer(**kw).fit(texts).task_vector_.deltas
+    top = max(float(v.abs().max()) for v in captured.values())
+    assert mapped.keys() == captured.keys()
+    for k, v in captured.items():
+        torch.testing.assert_close(mapped[k], v, rtol=0, atol=1e-5 * top, msg=k)
+
+
 def test_token_all_is_refused_where_padding_would_hide_tokenizers_that_split_apart(
     text_task, tmp_path, monkeypatch
 ):
@@ -818,20 +842,46 @@ def test_centred_statistics_are_float64_whatever_stats_dtype():
     assert all(torch.equal(taus[0][k], taus[1][k]) for k in taus[0])
 
 
-def test_linear_outputs_are_mapped_from_input_statistics_not_captured(monkeypatch):
-    """Calibration's output statistics of per-token affine modules (linear, Conv1D, MHA's
-    q|k|v, 1x1 convolutions) are mapped from their inputs': equal to capturing the outputs,
-    which other modules (3x3 convolutions, subclasses such as quantised linears) still do."""
+def _affine_case(kind: str):
+    """(A, B, pairs, loss, batches) of a tiny net whose paired modules are `kind`."""
     from transformers.pytorch_utils import Conv1D
 
-    from tasklift.transfer import calibration
-    from tasklift.transfer.pairing import affine_of
-
-    a, _, b, _, _ = mlp_pair(HID + 3)
     g = torch.Generator().manual_seed(5)
-    X, y = torch.randn(48, D_IN, generator=g), torch.randn(48, OUT, generator=g)
-    loss = lambda m, idx: (m(X[idx]) - y[idx]).square().mean()  # noqa: E731
-    pairs, batches = {"1": "1", "2": "2"}, [np.arange(i, i + 16) for i in range(0, 48, 16)]
+    batches = [np.arange(i, i + 16) for i in range(0, 48, 16)]
+    if kind == "mha":  # fused q|k|v (InProj) and out_proj, torch's own linear subclass
+        torch.manual_seed(1)
+        a, b = _AttnNet().eval(), _AttnNet().eval()
+        ids, y = torch.randint(0, 50, (48, 7), generator=g), torch.randint(0, 3, (48,), generator=g)
+        loss = lambda m, idx: nn.functional.cross_entropy(m(ids[idx]), y[idx])  # noqa: E731
+        return a, b, {n: n for n in ("attn", "attn.out_proj", "ff")}, loss, batches
+    if kind == "linear":
+        a, _, b, _, _ = mlp_pair(HID + 3)
+        x, y = torch.randn(48, D_IN, generator=g), torch.randn(48, OUT, generator=g)
+    elif kind == "conv1d":  # GPT-2's (d_in, d_out) weights
+        torch.manual_seed(2)
+        a, b = (nn.Sequential(Conv1D(8, D_IN), nn.ReLU(), Conv1D(OUT, 8)) for _ in range(2))
+        x, y = torch.randn(48, 5, D_IN, generator=g), torch.randn(48, 5, OUT, generator=g)
+    else:  # 1x1 convolutions; B's grid twice A's, resampled onto it
+        torch.manual_seed(3)
+        a = nn.Sequential(nn.Conv2d(3, 6, 1), nn.ReLU(), nn.Conv2d(6, OUT, 1))
+        b = nn.Sequential(nn.Upsample(scale_factor=2), nn.Conv2d(3, 5, 1), nn.ReLU(),
+                          nn.Conv2d(5, OUT, 1), nn.AvgPool2d(2))  # fmt: skip
+        x, y = torch.randn(48, 3, 4, 4, generator=g), torch.randn(48, OUT, 4, 4, generator=g)
+        loss = lambda m, idx: (m(x[idx]) - y[idx]).square().mean()  # noqa: E731
+        return a, b, {"1": "0", "3": "2"}, loss, batches
+    loss = lambda m, idx: (m(x[idx]) - y[idx]).square().mean()  # noqa: E731
+    pairs = {"1": "1", "2": "2"} if kind == "linear" else {"0": "0", "2": "2"}
+    return a, b, pairs, loss, batches
+
+
+@pytest.mark.parametrize("kind", ["linear", "mha", "conv1d", "conv1x1"])
+def test_affine_outputs_are_mapped_from_input_statistics_not_captured(kind, monkeypatch):
+    """Calibration's output statistics of per-token affine modules (linear, Conv1D, MHA's
+    q|k|v and out_proj, 1x1 convolutions, patch grids resampled) are mapped from their
+    inputs': equal to capturing the outputs, which is never done."""
+    from tasklift.transfer import calibration
+
+    a, b, pairs, loss, batches = _affine_case(kind)
     seen = []
     real = calibration._capture_pass
     spy = lambda model, points, *rest: seen.append(set(points)) or real(model, points, *rest)  # noqa: E731
@@ -840,21 +890,37 @@ def test_linear_outputs_are_mapped_from_input_statistics_not_captured(monkeypatc
     assert all(sig != "output" for keys in seen for _, sig in keys)  # never hooked
     monkeypatch.setattr(calibration, "affine_of", lambda m: None)  # capture every output
     captured = calibrate(a, b, pairs, batches, loss)
-    assert mapped.keys() == captured.keys() and ("2", "output") in mapped
+    assert mapped.keys() == captured.keys() and all((n, "output") in mapped for n in pairs)
     for key, s in captured.items():
-        top = np.abs(s.xy).max()
-        np.testing.assert_allclose(mapped[key].xy, s.xy, rtol=0, atol=1e-6 * top, err_msg=key)
-        np.testing.assert_allclose(mapped[key].sy, s.sy, rtol=0, atol=1e-5 * np.abs(s.sy).max())
+        got = mapped[key]
+        for name in ("xy", "sx", "sy"):
+            want, tol = getattr(s, name), 1e-5 * np.abs(getattr(s, name)).max()
+            np.testing.assert_allclose(getattr(got, name), want, rtol=0, atol=tol, err_msg=name)
+        assert got.n == s.n
 
-    class Packed(nn.Linear):  # e.g. a quantised linear whose weight is not W
+
+def test_affine_of_reads_only_modules_that_compute_x_w_plus_b_with_their_weights():
+    """Subclasses (a quantised linear packs W), strided or padded convolutions, norms,
+    instance forwards, hooks and weights not in memory are left to capture."""
+    from transformers.pytorch_utils import Conv1D
+
+    from tasklift.transfer.pairing import affine_of
+
+    class Packed(nn.Linear):
         pass
 
     conv1 = nn.Conv2d(3, 4, 1)
     w, bias = affine_of(conv1)
-    x = torch.randn(2, 3, 5, 5, generator=g)
+    x = torch.randn(2, 3, 5, 5)
     tokens = lambda t: t.flatten(2).transpose(1, 2)  # noqa: E731  (as calibration reads maps)
     torch.testing.assert_close(tokens(conv1(x)), tokens(x) @ w.T + bias)
-    mha = nn.MultiheadAttention(8, 2)
-    assert affine_of(mha)[0].shape == (24, 8) and affine_of(Conv1D(5, 3))[0].shape == (5, 3)
-    assert affine_of(nn.Conv2d(3, 4, 3)) is None and affine_of(nn.Conv2d(3, 4, 1, stride=2)) is None
-    assert affine_of(Packed(3, 4)) is None and affine_of(nn.LayerNorm(4)) is None
+    assert affine_of(nn.MultiheadAttention(8, 2))[0].shape == (24, 8)
+    assert affine_of(Conv1D(5, 3))[0].shape == (5, 3)
+    hooked, patched, meta = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(3, 4, device="meta")
+    hooked.register_forward_hook(lambda m, i, o: o * 2)
+    patched.forward = lambda t: t
+    refused = [nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 1, stride=2), nn.Conv2d(3, 4, 1, padding=1),
+               Packed(3, 4), nn.LayerNorm(4), hooked, patched, meta]  # fmt: skip
+    assert [affine_of(m) for m in refused] == [None] * len(refused)
+    with pytest.raises(ValueError, match="gram=False"):
+        GramStats().update(np.ones((3, 2)), np.ones((3, 2))).mapped((w, None), (w, None))

@@ -78,12 +78,14 @@ def all_reduce_stats(stats: dict, empty: Callable[[], GramStats]) -> dict:
     return stats
 
 
-def everywhere(flag: bool) -> bool:
-    """Whether `flag` holds on every process (so all take the same branch, e.g. a cache hit
-    on one machine's disk but not another's)."""
-    t = {"flag": torch.tensor(float(flag))}
+def everywhere(flag: bool | Sequence[bool]) -> bool | list[bool]:
+    """Whether `flag` (or each of several) holds on every process, so all take the same
+    branch (e.g. a cache hit on one machine's disk but not another's)."""
+    flags = [flag] if isinstance(flag, bool) else list(flag)
+    t = {"flag": torch.tensor([float(f) for f in flags])}
     all_reduce_tensors(t)
-    return bool(t["flag"] == rank_world()[1])
+    held = [bool(v == rank_world()[1]) for v in t["flag"]]
+    return held[0] if isinstance(flag, bool) else held
 
 
 def all_reduce_tensors(tensors: dict[str, torch.Tensor]) -> None:

@@ -140,12 +140,16 @@ def _pass(a, b, part: dict, signals, tokens: int, itemsize: int, alias: bool) ->
             wa, wb = (ia, ib) if sig.endswith("input") else (oa, ob)
             out["statistics"] += wa * wb * itemsize + (wa + wb) * 8  # XᵀY and the float64 sums
             key = (block, _SAME_INPUT.get(role, name), sig)
-            if mapped and sig == "output":  # W_A XᵀY W_Bᵀ: its float64 factors and product
-                update = 8 * (oa * ob + max(oa * ib, ia * ob))
+            if mapped and sig == "output":  # float64 W_A, W_B, XᵀY, W_A XᵀY or XᵀY W_Bᵀ, the
+                # product (biases added in place), and its copy in the statistics' precision
+                xy64 = ia * ib if itemsize != 8 else 0
+                update = 8 * (oa * ia + ob * ib + xy64 + max(oa * ib, ia * ob) + oa * ob)
+                update += oa * ob * itemsize
             else:
                 if not (alias and sig == "input" and key in seen):
                     out["captures"] += tokens * (wa + wb) * 4
-                update = wa * wb * itemsize + tokens * (wa + wb) * (8 + itemsize)
+                # XᵀY of a batch, and float64 copies of its float32 rows for float64 statistics
+                update = wa * wb * itemsize + tokens * (wa + wb) * (8 if itemsize == 8 else 0)
             seen.add(key)
             out["update"] = max(out["update"], update)
             out["solve"] = max(out["solve"], _SOLVE_COPIES * 8 * wa * wb)

@@ -16,6 +16,15 @@ from .rows import Array, as_float64, as_rows, column_sums, finite_sums
 __all__ = ["GramStats", "QRStats", "Array", "as_float64"]
 
 
+#: a per-row affine map x -> x Wᵀ + b: (W (d_out, d_in), b or None)
+AffineMap = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def _float64_map(m: AffineMap) -> AffineMap:
+    """The map's tensors as detached float64 CPU copies."""
+    return tuple(None if t is None else t.detach().to("cpu", torch.float64) for t in m)
+
+
 def _folds(pos: np.ndarray, k: int):
     """(fold, row mask) for each fold holding some of the rows at `pos`; mask None: all rows."""
     if k == 1:
@@ -167,36 +176,39 @@ class GramStats:
                 out._xx, out._yy = self._xx[:, x_cols, x_cols].copy(), self._yy.copy()
         return out
 
-    def mapped(self, x_map: tuple, y_map: tuple) -> GramStats:
-        """The statistics of the rows (x W_xᵀ + b_x, y W_yᵀ + b_y), computed from these alone:
-        exact for any per-row affine maps, e.g. a linear layer's outputs from its inputs'
-        statistics (O(d³) once instead of O(N d²) per batch). Maps are (W (d_out, d_in),
-        bias or None), as tensors; gram=False statistics only.
+    def mapped(self, x_map: AffineMap, y_map: AffineMap) -> GramStats:
+        """The statistics of the rows (x W_xᵀ + b_x, y W_yᵀ + b_y), from these alone: exact for
+        any per-row affine maps, e.g. a linear layer's outputs from its inputs' statistics
+        (O(d³) once instead of O(N d²) per batch). Maps are (W (d_out, d_in), bias or None);
+        gram=False statistics only.
 
         Raises:
-            ValueError: gram=True statistics, or a W whose d_in is not these statistics'.
+            ValueError: gram=True or empty statistics, or a W whose d_in is not their width.
         """
         if self.gram or self._xy is None:
             raise ValueError("mapped() needs accumulated gram=False statistics (XᵀY and sums)")
-        f64 = lambda t: None if t is None else t.detach().to("cpu", torch.float64)  # noqa: E731
-        (wx, bx), (wy, by) = ((f64(w), f64(b)) for w, b in (x_map, y_map))
+        (wx, bx), (wy, by) = (_float64_map(m) for m in (x_map, y_map))
         if (wx.shape[1], wy.shape[1]) != self.dims:
-            raise ValueError(f"maps of inputs {wx.shape[1]}, {wy.shape[1]} for widths {self.dims}")
-        out = GramStats(folds=self.folds, gram=False, dtype=self.dtype)
-        out._n = self._n.copy()
-        xy, sx, sy = (torch.from_numpy(v).double() for v in (self._xy, self._sx, self._sy))
+            raise ValueError(
+                f"the maps read widths ({wx.shape[1]}, {wy.shape[1]}) but the rows have "
+                f"{self.dims}; pass each W as (d_out, d_in)"
+            )
         n = torch.from_numpy(self._n).double()[:, None]
-        # the cheaper association of Wx · XᵀY · Wyᵀ
-        first = wx.shape[0] * wx.shape[1] * wy.shape[1] + wx.shape[0] * wy.shape[1] * wy.shape[0]
-        second = wx.shape[1] * wy.shape[1] * wy.shape[0] + wx.shape[0] * wx.shape[1] * wy.shape[0]
-        prod = (wx @ xy) @ wy.T if first <= second else wx @ (xy @ wy.T)
-        msx, msy = sx @ wx.T, sy @ wy.T  # Σ x W_xᵀ, Σ y W_yᵀ per fold
+        xy = torch.from_numpy(self._xy).double()
+        msx = torch.from_numpy(self._sx) @ wx.T  # Σ x W_xᵀ per fold
+        sy = torch.from_numpy(self._sy) @ wy.T + (0 if by is None else n * by)  # the new Σy
+        (ox, ix), (oy, iy) = wx.shape, wy.shape
+        # Wx · XᵀY · Wyᵀ in the cheaper order, then the bias terms added in place:
+        # (Σ x W_xᵀ) b_yᵀ + b_x (Σ y W_yᵀ + n b_y)ᵀ
+        prod = (wx @ xy) @ wy.T if ox * iy * (ix + oy) <= ix * oy * (iy + ox) else wx @ (xy @ wy.T)
+        k = prod.shape[0]
         if by is not None:
-            prod = prod + msx[:, :, None] * by
+            prod.baddbmm_(msx[:, :, None], by.expand(k, 1, oy))
         if bx is not None:
-            prod = prod + bx[:, None] * (msy if by is None else msy + n * by)[:, None, :]
+            prod.baddbmm_(bx.expand(k, ox)[:, :, None], sy[:, None, :])
+        out = GramStats(folds=self.folds, gram=False, dtype=self.dtype)
+        out._n, out._sy = self._n.copy(), sy.numpy()
         out._sx = (msx if bx is None else msx + n * bx).numpy()
-        out._sy = (msy if by is None else msy + n * by).numpy()
         out._xy = prod.numpy().astype(self.dtype, copy=False)
         return out
 

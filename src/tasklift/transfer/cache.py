@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 
 FORMAT = 2  # bump when what a key means changes (2: keys carry the solver's revision)
 #: the modules whose code decides what a solved map is: any change to them is a cache miss
-SOLVER_MODULES = ("tasklift.solvers", "tasklift.maps", "tasklift.stats", "tasklift.transfer.solve",
+SOLVER_MODULES = ("tasklift.solvers", "tasklift.maps", "tasklift.stats", "tasklift.rows",
+                  "tasklift.qr", "tasklift.hooks", "tasklift.transfer.solve",
                   "tasklift.transfer.calibration", "tasklift.transfer.pairing")  # fmt: skip
 SHARD_BYTES = 1 << 30
 _SAMPLE = 256  # entries of each parameter read in order (a permuted model has the same sums)

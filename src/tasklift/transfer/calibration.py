@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distributed import all_reduce_stats, deal
+from ..distributed import all_reduce_stats, deal, everywhere
 from ..families import FIXED_ROLES, roles
 from ..hooks import capture
 from ..stats import GramStats
@@ -367,11 +367,10 @@ def calibrate(
             if name not in mods:
                 raise KeyError(f"{type(model).__name__} has no module {name!r}")
     sigs = _signals(target, pairs, signals)
-    derived = {}  # per-token affine modules: outputs' statistics follow from the inputs'
-    for b, a in pairs.items():
-        maps = affine_of(mods_a[a]), affine_of(mods_b[b])
-        if {"input", "output"} <= set(sigs[b]) and None not in maps:
-            derived[b] = maps
+    # affine per token on both sides, on every process: outputs' statistics from the inputs'
+    maps = {b: (affine_of(mods_a[a]), affine_of(mods_b[b])) for b, a in pairs.items()}
+    able = [{"input", "output"} <= set(sigs[b]) and None not in maps[b] for b in pairs]
+    derived = {b: maps[b] for b, ok in zip(pairs, everywhere(able), strict=True) if ok}
     sigs = {b: [s for s in got if not (s == "output" and b in derived)] for b, got in sigs.items()}
     backward = any(s.startswith("grad") for s in signals)
     proj_a = {n: InProj(m) for n, m in mods_a.items() if isinstance(m, nn.MultiheadAttention)}

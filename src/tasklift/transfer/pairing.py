@@ -72,10 +72,15 @@ def is_matrix(module: nn.Module) -> bool:
     return isinstance(module, _MATRIX)
 
 
+#: linear layers, exactly these classes (a subclass such as a quantised linear packs its weight;
+#: MHA's out_proj is torch's NonDynamicallyQuantizableLinear, a plain linear)
+_LINEARS = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
+
+
 def _affine_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
     """(W (d_out, d_in), bias) of an `is_affine` module, else None."""
     kind = type(module)
-    if kind is nn.Linear:
+    if kind in _LINEARS:
         return module.weight, module.bias
     if kind is Conv1D:
         return module.weight.T, module.bias
@@ -83,25 +88,31 @@ def _affine_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | Non
         return module.in_proj_weight, module.in_proj_bias
     if kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and module.groups == 1:
         ones = all(v == 1 for v in (*module.kernel_size, *module.stride, *module.dilation))
-        if ones and not any(module._reversed_padding_repeated_twice):
+        if ones and (module.padding == "valid" or not any(module.padding)):
             return module.weight.flatten(1), module.bias
     return None
 
 
 def is_affine(module: nn.Module) -> bool:
-    """True for modules that map each token's input row x to x Wᵀ + b (linear, GPT-2 Conv1D,
-    MultiheadAttention's fused q|k|v, 1x1 convolutions of stride 1 and no padding), so their
-    output statistics follow from their input's; not subclasses (a quantised linear packs W)."""
+    """True for modules whose class maps each token's input row x to x Wᵀ + b (linear, GPT-2
+    Conv1D, MultiheadAttention's fused q|k|v, 1x1 convolutions of stride 1 and no padding), so
+    their output statistics follow from their input's; not subclasses."""
     return _affine_weights(module) is not None
 
 
 def affine_of(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(W (d_out, d_in), bias) of an `is_affine` module, detached; None for other modules and
-    where the weights are not in memory (meta: offloaded by accelerate)."""
+    """(W (d_out, d_in), bias) of an `is_affine` module whose output is x Wᵀ + b with the
+    weights it holds now, detached; None where that may not hold: weights not in memory
+    (offloaded, sharded: empty or a tensor subclass), a forward replaced on the instance or
+    hooks that may change its output or weights."""
     got = _affine_weights(module)
-    if got is None or got[0].device.type == "meta":
+    if got is None or "forward" in vars(module):
+        return None
+    if module._forward_hooks or module._forward_pre_hooks:
         return None
     w, b = got
+    if w.device.type == "meta" or w.numel() == 0 or type(w.data) is not torch.Tensor:
+        return None
     return w.detach(), None if b is None else b.detach()
 
 
