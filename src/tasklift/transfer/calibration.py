@@ -345,7 +345,7 @@ def calibrate(
         {(target module, signal): GramStats(gram=False) of rows (x_A, x_B)}: `.xy` is
         X_Aᵀ X_B (d_A, d_B). The outputs of modules affine per token on both sides (linear
         layers: `pairing.affine_of`) are not captured: their statistics are mapped from the
-        inputs' (`GramStats.mapped`: exact, and a third of BiCo's products on MiniLM). A
+        inputs' (`GramStats.mapped`: exact but for a bf16 model's rounding of its outputs). A
         signal that never arrives (the input gradient of the first layer) is absent. Under
         torch.distributed each process calibrates its share of the batches
         (`distributed.deal`) and all return the statistics summed over all of them.
