@@ -5,15 +5,21 @@ over 8 decades (as MiniLM's FFN signals do, most of it under the 1e-3 cutoff): i
 the Gram's eigendecomposition (torch's LAPACK, what `solvers.procrustes` runs), its eigenvalues
 alone, LAPACK's partial solver for the directions above the cutoff (scipy's `subset_by_value`,
 the alternative that computes fewer eigenvectors), and a float32 eigendecomposition; and the
-float32 XᵀY of one calibration batch (16 x 64 tokens) with its achieved GFLOP/s.
+float32 XᵀY of one calibration batch (16 x 64 tokens) with its achieved GFLOP/s. With --real,
+also what float32 solves would do on the real MiniLM-L6 -> L3 BBC fit (draw 0, scale 1): the
+fit with every eigendecomposition of 1000 rows or more done in float32, beside today's, its
+solve seconds, τ_B's largest gap (relative to τ_B's largest entry) and test accuracy.
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_solve_floor.py [--width 1536] [--repeats 3]
+    OMP_NUM_THREADS=1 python benchmarks/bench_solve_floor.py [--width 1536] [--repeats 3] [--real]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -34,10 +40,55 @@ def best(fn, repeats: int) -> float:
     return min(times)
 
 
+@contextmanager
+def float32_eigh(min_rows: int = 1000):
+    """torch.linalg.eigh of float64 matrices of `min_rows` rows or more done in float32."""
+    real = torch.linalg.eigh
+
+    def eigh(a, *args, **kw):
+        if a.dtype != torch.float64 or a.shape[-1] < min_rows:
+            return real(a, *args, **kw)
+        lam, u = real(a.float(), *args, **kw)
+        return lam.double(), u.double()
+
+    torch.linalg.eigh = eigh
+    try:
+        yield
+    finally:
+        torch.linalg.eigh = real
+
+
+def real_pair() -> list[dict]:
+    """Today's fit and one with float32 eigendecompositions, on MiniLM-L6 -> L3 BBC."""
+    from bench_profile import tau_gap
+
+    from tasklift.data import calibration_split
+    from tasklift.transfer import Transfer
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from transfer_real import real_split
+
+    a_ft = "runs/real/minilm-l6_bbc_news_ft"
+    train, test = real_split("bbc_news", a_ft, "0.2")
+    calib, val, _ = calibration_split(train, calib=128, val=200, seed=0)
+    fits = {}
+    for name in ("float64 solves", "float32 eigendecompositions"):
+        t = Transfer("minilm-l6", a_ft, "minilm-l3", max_length=64, device="cpu", scales=[1.0])
+        with float32_eigh() if name.startswith("float32") else nullcontext():
+            t.fit(calib.X, calib.y, X_val=val.X, y_val=val.y)
+        fits[name] = t
+    ref = fits["float64 solves"].task_vector_
+    return [{"step": f"MiniLM-L6 -> L3 fit, {name}", "seconds": round(t.timings_["solve"], 2),
+             "τ_B gap": f"{tau_gap(t.task_vector_, ref):.1e}",
+             "test accuracy": round(t.score(test.X, test.y), 4)}
+            for name, t in fits.items()]  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--width", type=int, default=1536)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--real", action="store_true", help="also float32 solves on the real pair")
     args = ap.parse_args()
     d, r = args.width, args.repeats
     g = torch.Generator().manual_seed(0)
@@ -60,12 +111,16 @@ def main() -> None:
     flops = 2 * TOKENS * d * d / rows[-1][1] / 1e9
     out = [{"step": name, "seconds": round(s, 4)} for name, s in rows]
     out[-1]["GFLOP/s"] = round(flops, 1)
+    out += real_pair() if args.real else []
     notes = (
         f"d = {d}, threads = {torch.get_num_threads()}, best of {r}; the cross-covariance's "
-        "singular values fall from 1 to 1e-8 (float64), so the 1e-3 cutoff keeps part of them."
+        "singular values fall from 1 to 1e-8 (float64), so the 1e-3 cutoff keeps part of them. "
+        "Real-pair rows (--real): 'seconds' is the fit's solve phase; 'τ_B gap' is max |τ_B − "
+        "τ_B(float64 solves)| / max |τ_B(float64 solves)|."
     )
     title = f"The pieces of a {d}-wide solve and of a statistics update"
-    write("solve_floor", out, ["step", "seconds", "GFLOP/s"], title=title, notes=notes)
+    cols = ["step", "seconds", "GFLOP/s", "τ_B gap", "test accuracy"]
+    write("solve_floor", out, cols, title=title, notes=notes)
 
 
 if __name__ == "__main__":
