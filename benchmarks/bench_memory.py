@@ -61,7 +61,7 @@ CASES = {
     ),
     "minilm": dict(
         fit=dict(batch_size=16, max_length=128, scales=(0.5, 1.0), **PREVIOUS_DEFAULTS),
-        model=dict(stats_dtype="float64"),
+        model=dict(stats_dtype=PREVIOUS_DEFAULTS["stats_dtype"]),
     ),  # fmt: skip
 }
 #: the second run of each case: glibc with a fixed mmap threshold (blocks of 128 kB or more are

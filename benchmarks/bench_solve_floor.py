@@ -4,11 +4,13 @@ statistics phases can be read against them. A d x d cross-covariance with a spec
 over 8 decades (as MiniLM's FFN signals do, most of it under the 1e-3 cutoff): its float64 Gram,
 the Gram's eigendecomposition (torch's LAPACK, what `solvers.procrustes` runs), its eigenvalues
 alone, LAPACK's partial solver for the directions above the cutoff (scipy's `subset_by_value`,
-the alternative that computes fewer eigenvectors), and a float32 eigendecomposition; and the
-float32 XᵀY of one calibration batch (16 x 64 tokens) with its achieved GFLOP/s. With --real,
-also what float32 solves would do on the real MiniLM-L6 -> L3 BBC fit (draw 0, scale 1): the
-fit with every eigendecomposition of 1000 rows or more done in float32, beside today's, its
-solve seconds, τ_B's largest gap (relative to τ_B's largest entry) and test accuracy.
+the alternative that computes fewer eigenvectors, beside scipy's full solve as its control),
+and a float32 eigendecomposition; and the float32 XᵀY of one calibration batch (16 x 64 tokens)
+with its achieved GFLOP/s. With --real, also what naive float32 solves would do on the real
+MiniLM-L6 -> L3 BBC fit (draw 0, scale 1): the fit with every eigendecomposition of 1000 rows
+or more done in float32 (the Gram squares σ: float32 resolves σ only down to about 3.5e-4 of
+the largest, near the 1e-3 cutoff; no float64 refinement tried), beside today's, its solve
+seconds, τ_B's largest gap (relative to τ_B's largest entry) and test accuracy.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_solve_floor.py [--width 1536] [--repeats 3] [--real]
 """
@@ -16,10 +18,8 @@ solve seconds, τ_B's largest gap (relative to τ_B's largest entry) and test ac
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from contextlib import contextmanager, nullcontext
-from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -58,17 +58,14 @@ def float32_eigh(min_rows: int = 1000):
         torch.linalg.eigh = real
 
 
-def real_pair() -> list[dict]:
+def real_pair(runs: str) -> list[dict]:
     """Today's fit and one with float32 eigendecompositions, on MiniLM-L6 -> L3 BBC."""
-    from bench_profile import tau_gap
+    from bench_profile import real_split, tau_gap  # bench_profile puts scripts/ on the path
 
     from tasklift.data import calibration_split
     from tasklift.transfer import Transfer
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-    from transfer_real import real_split
-
-    a_ft = "runs/real/minilm-l6_bbc_news_ft"
+    a_ft = f"{runs}/minilm-l6_bbc_news_ft"
     train, test = real_split("bbc_news", a_ft, "0.2")
     calib, val, _ = calibration_split(train, calib=128, val=200, seed=0)
     fits = {}
@@ -89,6 +86,7 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=1536)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--real", action="store_true", help="also float32 solves on the real pair")
+    ap.add_argument("--runs", default="runs/real", help="where the fine-tuned A is")
     args = ap.parse_args()
     d, r = args.width, args.repeats
     g = torch.Generator().manual_seed(0)
@@ -96,13 +94,16 @@ def main() -> None:
     v, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
     xy = (u * torch.logspace(0, -8, d, dtype=torch.float64)) @ v.T
     gram = xy @ xy.T
-    floor = CUTOFF**2 * float(torch.linalg.eigvalsh(gram)[-1])  # σ > cutoff · σ_max
-    kept = int((torch.linalg.eigvalsh(gram) > floor).sum())
+    lam = torch.linalg.eigvalsh(gram)
+    floor = CUTOFF**2 * float(lam[-1])  # σ > cutoff · σ_max
+    kept = int((lam > floor).sum())
     x, y = (torch.randn(TOKENS, d, generator=g) for _ in range(2))
     rows = [
         ("Gram xy xyᵀ, float64", best(lambda: xy @ xy.T, r)),
         ("eigh of the Gram, float64 (the solve's)", best(lambda: torch.linalg.eigh(gram), r)),
         ("eigenvalues alone, float64", best(lambda: torch.linalg.eigvalsh(gram), r)),
+        ("eigh of the Gram, float64, scipy (the control for the next row)",
+         best(lambda: scipy.linalg.eigh(gram.numpy()), r)),
         (f"eigenpairs above the cutoff only (scipy subset_by_value, {kept} of {d})",
          best(lambda: scipy.linalg.eigh(gram.numpy(), subset_by_value=(floor, np.inf)), r)),
         ("eigh of the Gram, float32", best(lambda: torch.linalg.eigh(gram.float()), r)),
@@ -111,7 +112,7 @@ def main() -> None:
     flops = 2 * TOKENS * d * d / rows[-1][1] / 1e9
     out = [{"step": name, "seconds": round(s, 4)} for name, s in rows]
     out[-1]["GFLOP/s"] = round(flops, 1)
-    out += real_pair() if args.real else []
+    out += real_pair(args.runs) if args.real else []
     notes = (
         f"d = {d}, threads = {torch.get_num_threads()}, best of {r}; the cross-covariance's "
         "singular values fall from 1 to 1e-8 (float64), so the 1e-3 cutoff keeps part of them. "

@@ -16,6 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import WORDS, nudged, permuted, tiny_classifier, tiny_tokenizer, token_task
+from tasklift.distributed import everywhere
 from tasklift.maps import LeastSquaresMap, RidgeCVMap
 from tasklift.stats import GramStats
 from tasklift.taskmatrix import TaskMatrix
@@ -35,7 +36,9 @@ def _worker(rank, world, init_file, X, Y, out):
         s.all_reduce()
         both = GramStats(qr=True).update(*[(X[:45], Y[:45]), (X[45:], Y[45:])][rank])
         both.all_reduce()  # both ranks hold rows: their QR factors are merged
+        agreed = everywhere([True, rank == 0, False])  # what every process holds
         if rank == 1:
+            torch.save(torch.tensor(agreed), str(out) + ".agreed")
             torch.save(s.state_dict(), out)
             torch.save(both.state_dict(), str(out) + ".both")
     finally:
@@ -56,6 +59,7 @@ def test_all_reduce_equals_single_pass_even_with_an_empty_shard(tmp_path):
         RidgeCVMap(alphas=[0.0, 0.1]).fit_stats(ref).coef_,
         rtol=1e-10,
     )
+    assert torch.load(str(out) + ".agreed").tolist() == [True, False, False]
     both = GramStats.from_state_dict(torch.load(str(out) + ".both"))
     np.testing.assert_allclose(
         LeastSquaresMap(solver="qr").fit_stats(both).coef_,
@@ -306,8 +310,8 @@ def test_a_model_split_by_device_map_calibrates_as_a_whole_one(tmp_path):
     for key, s in whole.items():
         # the split layers' outputs are captured (their weights are on disk), the whole
         # model's mapped from its inputs' statistics: equal to float32 round-off
-        tol = dict(rtol=0, atol=1e-6 * np.abs(s.xy).max()) if key[1] == "output" else {}
-        np.testing.assert_allclose(parts[key].xy, s.xy, **(tol or dict(rtol=1e-6, atol=1e-9)),
-                                   err_msg=str(key))  # fmt: skip
+        out = key[1] == "output"
+        tol = dict(rtol=0, atol=1e-6 * np.abs(s.xy).max()) if out else dict(rtol=1e-6, atol=1e-9)
+        np.testing.assert_allclose(parts[key].xy, s.xy, **tol, err_msg=str(key))
     with pytest.raises(ValueError, match="offloaded to cpu or disk"):
         Transfer(tmp_path / "lm_a", tmp_path / "lm_ft", far, **kw).fit(PROMPTS, TARGETS)

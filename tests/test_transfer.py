@@ -919,8 +919,12 @@ def test_affine_of_reads_only_modules_that_compute_x_w_plus_b_with_their_weights
     hooked, patched, meta = nn.Linear(3, 4), nn.Linear(3, 4), nn.Linear(3, 4, device="meta")
     hooked.register_forward_hook(lambda m, i, o: o * 2)
     patched.forward = lambda t: t
+    sharded, restored = nn.Linear(3, 4), nn.Linear(3, 4)
+    sharded.weight = nn.Parameter(torch.empty(0))  # as ZeRO-3 leaves it between calls
+    restored.forward = restored.forward  # accelerate's hook removed: the class's own forward
     refused = [nn.Conv2d(3, 4, 3), nn.Conv2d(3, 4, 1, stride=2), nn.Conv2d(3, 4, 1, padding=1),
-               Packed(3, 4), nn.LayerNorm(4), hooked, patched, meta]  # fmt: skip
+               Packed(3, 4), nn.LayerNorm(4), hooked, patched, meta, sharded]  # fmt: skip
     assert [affine_of(m) for m in refused] == [None] * len(refused)
+    assert affine_of(restored) is not None and affine_of(nn.Conv2d(3, 4, 1, padding="same"))
     with pytest.raises(ValueError, match="gram=False"):
         GramStats().update(np.ones((3, 2)), np.ones((3, 2))).mapped((w, None), (w, None))

@@ -78,14 +78,12 @@ def all_reduce_stats(stats: dict, empty: Callable[[], GramStats]) -> dict:
     return stats
 
 
-def everywhere(flag: bool | Sequence[bool]) -> bool | list[bool]:
-    """Whether `flag` (or each of several) holds on every process, so all take the same
-    branch (e.g. a cache hit on one machine's disk but not another's)."""
-    flags = [flag] if isinstance(flag, bool) else list(flag)
-    t = {"flag": torch.tensor([float(f) for f in flags])}
+def everywhere(flags: Sequence[bool]) -> list[bool]:
+    """Which of `flags` hold on every process, so all take the same branch (e.g. a cache hit
+    on one machine's disk but not another's)."""
+    t = {"flags": torch.tensor([float(f) for f in flags])}
     all_reduce_tensors(t)
-    held = [bool(v == rank_world()[1]) for v in t["flag"]]
-    return held[0] if isinstance(flag, bool) else held
+    return [bool(v == rank_world()[1]) for v in t["flags"]]
 
 
 def all_reduce_tensors(tensors: dict[str, torch.Tensor]) -> None:

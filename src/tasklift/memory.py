@@ -144,7 +144,7 @@ def _pass(a, b, part: dict, signals, tokens: int, itemsize: int, alias: bool) ->
                 # product (biases added in place), and its copy in the statistics' precision
                 xy64 = ia * ib if itemsize != 8 else 0
                 update = 8 * (oa * ia + ob * ib + xy64 + max(oa * ib, ia * ob) + oa * ob)
-                update += oa * ob * itemsize
+                update += oa * ob * itemsize if itemsize != 8 else 0
             else:
                 if not (alias and sig == "input" and key in seen):
                     out["captures"] += tokens * (wa + wb) * 4

@@ -177,10 +177,8 @@ class GramStats:
         return out
 
     def mapped(self, x_map: AffineMap, y_map: AffineMap) -> GramStats:
-        """The statistics of the rows (x W_xᵀ + b_x, y W_yᵀ + b_y), from these alone: exact for
-        any per-row affine maps, e.g. a linear layer's outputs from its inputs' statistics
-        (O(d³) once instead of O(N d²) per batch). Maps are (W (d_out, d_in), bias or None);
-        gram=False statistics only.
+        """The gram=False statistics of the rows (x W_xᵀ + b_x, y W_yᵀ + b_y), from these alone:
+        a linear layer's outputs' from its inputs', in O(d³) once rather than O(N d²).
 
         Raises:
             ValueError: gram=True or empty statistics, or a W whose d_in is not their width.

@@ -154,7 +154,7 @@ def _shared(est, method: Method, adapters, tvs: list, X, y, cache: MapCache | No
     if cache is not None and method.signals:
         key = _key(est, method, prep, tok_a, pairs, X, y)
         found = cache.load(key)
-        found = found if everywhere(found is not None) else None  # all calibrate, or none
+        found = found if everywhere([found is not None])[0] else None  # all calibrate, or none
         note["map_cache"] = {"folder": str(cache.folder), "entry": cache.digest(key),
                              "hit": found is not None}  # fmt: skip
         about = {

@@ -15,6 +15,7 @@ from transformers.pytorch_utils import Conv1D
 
 from ..families import GENERIC, family_of, roles
 from ..models import blocks
+from ..stats import AffineMap
 
 __all__ = [
     "match_modules",
@@ -77,43 +78,47 @@ def is_matrix(module: nn.Module) -> bool:
 _LINEARS = (nn.Linear, nn.modules.linear.NonDynamicallyQuantizableLinear)
 
 
-def _affine_weights(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(W (d_out, d_in), bias) of an `is_affine` module, else None."""
+def _affine_params(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """The (weight, bias) parameters of an `is_affine` module as held, else None."""
     kind = type(module)
-    if kind in _LINEARS:
+    if kind in _LINEARS or kind is Conv1D:
         return module.weight, module.bias
-    if kind is Conv1D:
-        return module.weight.T, module.bias
     if kind is nn.MultiheadAttention and module._qkv_same_embed_dim:
         return module.in_proj_weight, module.in_proj_bias
     if kind in (nn.Conv1d, nn.Conv2d, nn.Conv3d) and module.groups == 1:
         ones = all(v == 1 for v in (*module.kernel_size, *module.stride, *module.dilation))
-        if ones and (module.padding == "valid" or not any(module.padding)):
-            return module.weight.flatten(1), module.bias
+        if ones and (module.padding in ("valid", "same") or not any(module.padding)):
+            return module.weight, module.bias
     return None
 
 
 def is_affine(module: nn.Module) -> bool:
-    """True for modules whose class maps each token's input row x to x Wᵀ + b (linear, GPT-2
-    Conv1D, MultiheadAttention's fused q|k|v, 1x1 convolutions of stride 1 and no padding), so
-    their output statistics follow from their input's; not subclasses."""
-    return _affine_weights(module) is not None
+    """True for modules whose class maps each token's row x to x Wᵀ + b (linear, Conv1D, MHA's
+    fused q|k|v, 1x1 stride-1 convolutions), so output statistics follow from input ones."""
+    return _affine_params(module) is not None
 
 
-def affine_of(module: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None] | None:
-    """(W (d_out, d_in), bias) of an `is_affine` module whose output is x Wᵀ + b with the
-    weights it holds now, detached; None where that may not hold: weights not in memory
-    (offloaded, sharded: empty or a tensor subclass), a forward replaced on the instance or
-    hooks that may change its output or weights."""
-    got = _affine_weights(module)
-    if got is None or "forward" in vars(module):
+def _plain_call(module: nn.Module) -> bool:
+    """True when calling the module runs its class's forward and no hooks of its own."""
+    forward = vars(module).get("forward")  # accelerate restores a bound copy of the class's
+    own = forward is None or getattr(forward, "__func__", None) is type(module).forward
+    return own and not (module._forward_hooks or module._forward_pre_hooks)
+
+
+def affine_of(module: nn.Module) -> AffineMap | None:
+    """(W (d_out, d_in), bias) of an `is_affine` module computing x Wᵀ + b with the weights it
+    holds, detached; else None (hooks, a replaced forward, weights offloaded or sharded)."""
+    got = _affine_params(module)
+    if got is None or not _plain_call(module):
         return None
-    if module._forward_hooks or module._forward_pre_hooks:
-        return None
+    plain = lambda t: t.device.type != "meta" and type(t.data) is torch.Tensor  # noqa: E731
     w, b = got
-    if w.device.type == "meta" or w.numel() == 0 or type(w.data) is not torch.Tensor:
+    if not all(plain(t) for t in got if t is not None) or w.dim() < 2:
         return None
-    return w.detach(), None if b is None else b.detach()
+    w = w.detach().T if type(module) is Conv1D else w.detach().flatten(1)
+    if tuple(w.shape[::-1]) != module_dims(module):  # a shard of the weight, not all of it
+        return None
+    return w, None if b is None else b.detach()
 
 
 def module_dims(module: nn.Module) -> tuple[int, int]:
