@@ -103,3 +103,12 @@ def test_mapped_statistics_equal_those_of_the_mapped_rows(bias):
             )
     with pytest.raises(ValueError, match=r"read widths \(4, 2\) but the rows have \(4, 3\)"):
         GramStats(gram=False).update(X, Y).mapped((t(wx), None), (t(wy[:, :2]), None))
+
+
+def test_a_batch_that_overflows_float32_statistics_changes_nothing():
+    """Finite float64 rows beyond float32's range are refused before the QR or sums move."""
+    s = GramStats(gram=False, qr=True, dtype=np.float32).update(np.ones((4, 2)), np.ones((4, 1)))
+    before = {k: v.clone() for k, v in s.state_dict().items()}
+    with pytest.raises(ValueError, match="NaN or inf"):
+        s.update(np.full((3, 2), 1e39), np.ones((3, 1)))
+    assert all(np.array_equal(v, before[k]) for k, v in s.state_dict().items())

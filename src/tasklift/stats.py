@@ -110,15 +110,15 @@ class GramStats:
         pos = self.n + np.arange(X.shape[0]) if index is None else np.asarray(index)
         if pos.shape != (X.shape[0],):
             raise ValueError(f"index has shape {pos.shape} but the batch has {X.shape[0]} rows")
-        if self.qr is not None:
-            self.qr.update(X, Y)
         prod = torch.float32 if self.dtype == np.float32 else torch.float64
-        X, Y = X.to(prod), Y.to(prod)  # sums too in the products' precision (float64 by default)
-        sums = finite_sums(X, "X"), finite_sums(Y, "Y")
+        xp, yp = X.to(prod), Y.to(prod)  # sums too in the products' precision (float64 default)
+        sums = finite_sums(xp, "X"), finite_sums(yp, "Y")  # refused before any state changes
         if self._xy is None:
             self._allocate(X.shape[1], Y.shape[1])
+        if self.qr is not None:
+            self.qr.update(X, Y)
         for k, rows in _folds(pos, self._k):
-            xk, yk = (X, Y) if rows is None else (X[rows], Y[rows])
+            xk, yk = (xp, yp) if rows is None else (xp[rows], yp[rows])
             sx, sy = sums if rows is None else (column_sums(xk), column_sums(yk))
             self._n[k] += xk.shape[0]
             self._sx[k] += sx

@@ -398,7 +398,7 @@ def calibrate(
                     out.setdefault((b, sig), GramStats(gram=False, dtype=dtype)).update(xa, xb)
     out = all_reduce_stats(out, lambda: GramStats(gram=False, dtype=dtype))
     with clock("statistics"):
-        for b, maps in derived.items():
+        for b, affine in derived.items():
             if (b, "input") in out:
-                out[(b, "output")] = out[(b, "input")].mapped(*maps)
+                out[(b, "output")] = out[(b, "input")].mapped(*affine)
     return out
