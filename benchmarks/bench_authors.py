@@ -39,6 +39,7 @@ from tasklift.models import encode
 from tasklift.report import markdown_table
 from tasklift.timing import Timings
 from tasklift.transfer import Transfer
+from tasklift.transfer.calibration import calibrate
 from tasklift.transfer.head import classifier_setup
 from tasklift.transfer.methods import SCALES, STATS_DTYPE, TIE_BREAK
 
@@ -138,6 +139,8 @@ def run_authors(au, args, pair: tuple[str, str, str], calib, val, test) -> dict:
         a_ft_model, proc_a = est._load(a_ft, head=True)
         prep = classifier_setup(est, a_ft_model, proc_a, calib.X, calib.y)
         del a_ft_model
+        calibrate(prep["source"], prep["target"], {}, est._batches(len(calib.X), "head"),
+                  prep["loss"], signals=(), head=prep["head_step"])  # fmt: skip
     source, target, pairs = prep["source"], prep["target"], prep["pairs"]
     mods_a = dict(source.named_modules())
     delta = {

@@ -27,7 +27,7 @@ def bert(width: int = 32, layers: int = 2):
 def test_components_add_up_to_phases_and_peak():
     m = transfer_memory(qwen(32), qwen(48, 3), tokens=16, batch_size=4, adapted=ATTN, rank=4)
     comp, phases = m["components"], m["phases"]
-    held = "source target task_vector statistics captures activations update".split()
+    held = "source target task_vector statistics captures kept activations update".split()
     assert phases["calibrate"] == sum(comp[k] for k in held)
     assert phases["load"] == sum(comp[k] for k in ("finetuned", "source", "target", "task_vector"))
     for p in phases:
@@ -56,6 +56,32 @@ def test_classifier_counts_heads_and_copies():
     backbones = sum(p.numel() for c in (real.bert, skeleton(bert(48), 3).bert)
                     for p in c.parameters())  # fmt: skip
     assert comp["copies"] == 4 * backbones
+
+
+def test_kept_gradient_rows_are_what_a_classifier_calibration_keeps(monkeypatch):
+    """A classifier's calibration keeps A's gradient rows from its first pass for its second
+    (`calibration.HeadStep`): the model's bytes are those calibrate counts (position
+    embeddings' counted per input, an upper bound), capped."""
+    from conftest import nudged
+    from tasklift.transfer import Transfer
+    from tasklift.transfer import calibration as cal
+
+    configs = [bert(32, 3), bert(48)]
+    for c in configs:
+        c.num_labels = 3
+    a, b = (tf.AutoModelForSequenceClassification.from_config(c).eval() for c in configs)
+    counted = []
+    real = cal._bytes
+    monkeypatch.setattr(cal, "_bytes", lambda got: counted.append(real(got)) or counted[-1])
+    X = {"input_ids": torch.randint(1, 60, (12, 8), generator=torch.Generator().manual_seed(0))}
+    Transfer(a, nudged(a), b.bert, batch_size=4).fit(X)
+    m = transfer_memory(configs[0], configs[1], tokens=8, inputs=12, num_labels=3)
+    # one gradient row per token of each input, but the position embeddings' (B = 1 for 4)
+    broadcast = 3 * (4 - 1) * 8 * 32 * 4  # batches x inputs a batch shares x tokens x width
+    assert m["components"]["kept"] == sum(counted) + broadcast > broadcast
+    capped = transfer_memory(configs[0], configs[1], tokens=2**20, inputs=2**10, num_labels=3)
+    assert capped["components"]["kept"] == cal.KEEP_BYTES
+    assert transfer_memory(qwen(32), qwen(48), tokens=8)["components"]["kept"] == 0  # no head
 
 
 def _stats(m: dict) -> int:

@@ -18,7 +18,7 @@ from torch import nn
 
 from .families import VOCAB_ROLES, roles
 from .models import backbone
-from .transfer.calibration import _signals, plan_passes
+from .transfer.calibration import KEEP_BYTES, _signals, plan_passes
 from .transfer.head import head_linears
 from .transfer.methods import STATS_DTYPE, get_method
 from .transfer.pairing import (
@@ -53,7 +53,7 @@ ON_DEVICE = ("finetuned", "copies", "source", "target", "activations", "validati
 #: at "load" unless loaded lazily, an adapter's factors (kept by `fit`) at "validate"
 _PHASES = {
     "load": "finetuned copies task_vector",
-    "calibrate": "source target task_vector statistics captures activations update",
+    "calibrate": "source target task_vector statistics captures kept activations update",
     "solve": "source target task_vector statistics moved solve",
     "validate": "target moved validation",
 }
@@ -126,6 +126,17 @@ def _pairs(a: nn.Module, b: nn.Module, adapted, num_labels) -> dict[str, str]:
     return pairs
 
 
+def _kept(a: nn.Module, b: nn.Module, part: dict, signals, rows: int) -> int:
+    """float32 bytes of A's gradient rows a classifier's calibration keeps from its first pass
+    for its second (`calibration.HeadStep`; at most `KEEP_BYTES`); position embeddings' rows
+    are counted per input, though one serves a batch (an upper bound)."""
+    mods_a = dict(a.named_modules())
+    grads = {(part[n], s) for n, sigs in _signals(b, part, signals).items() for s in sigs
+             if s.startswith("grad")}  # fmt: skip
+    width = sum(module_dims(mods_a[m])[0 if s.endswith("input") else 1] for m, s in grads)
+    return min(KEEP_BYTES, rows * width * 4)
+
+
 def _pass(a, b, part: dict, signals, tokens: int, itemsize: int, alias: bool) -> dict[str, int]:
     """Statistics, captures and the largest update and solve transients of one pass (`alias`:
     float32 models, whose captures are views, so modules reading one input share it). Affine
@@ -157,7 +168,7 @@ def _pass(a, b, part: dict, signals, tokens: int, itemsize: int, alias: bool) ->
 
 
 def transfer_memory(
-    source_config, target_config, *, tokens: int, batch_size: int = 16,
+    source_config, target_config, *, tokens: int, batch_size: int = 16, inputs: int = 128,
     adapted: Sequence[str] | None = None, rank: int | None = None, num_labels: int | None = None,
     model_dtype: str = "float32", stats_dtype: str = STATS_DTYPE, center: bool = False,
     max_stats_gb: float | None = None, method: str = "bico", lazy: bool = False,
@@ -167,7 +178,8 @@ def transfer_memory(
     names of `SHAPES`).
 
     Args:
-        tokens: tokens per calibration input (padded length); a batch is `batch_size` inputs.
+        tokens: tokens per calibration input (padded length); a batch is `batch_size` inputs,
+            the calibration set `inputs`.
         adapted: the module names τ_A changes (e.g. ("q_proj", "v_proj")); None: all.
         rank: A_ft is a LoRA adapter of this rank (τ_A, τ_B as factors); None: a dense A_ft.
         num_labels: classifiers of this many classes; None: causal LMs on the next-token loss.
@@ -207,6 +219,7 @@ def transfer_memory(
         "task_vector": _delta(a, changed, rank),
         "moved": _delta(b, list(pairs), rank),
         **{k: worst[k] for k in ("statistics", "captures", "update")},
+        "kept": 0 if lm else _kept(a, b, passes[0], signals, inputs * tokens),
         "solve": max(c["solve"] for c in costs),
         "activations": max(_activations(m, batch, size, lm, backward) for m in (a, b)),
         "validation": batch * (2 * (b.get_output_embeddings().out_features if lm else 0) * 4),

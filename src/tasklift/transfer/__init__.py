@@ -19,7 +19,7 @@ from .methods import METHODS, SCALES, TOKENS, Method, get_method
 _LAZY = {
     "Transfer": "estimator",
     "calibrate": "calibration",
-    "align_tokens": "calibration",
+    "align_tokens": "tokens",
     "match_modules": "pairing",
     "solve_maps": "solve",
     "transport": "solve",

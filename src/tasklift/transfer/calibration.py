@@ -5,10 +5,9 @@ dealt to the processes and the statistics all-reduced, so every process solves t
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -22,8 +21,9 @@ from ..stats import GramStats
 from ..timing import Timings
 from .methods import TOKENS
 from .pairing import affine_of, is_matrix, module_dims
+from .tokens import align_tokens
 
-__all__ = ["calibrate", "plan_passes", "align_tokens", "word_pooling", "SIGNALS"]
+__all__ = ["calibrate", "plan_passes", "HeadStep", "SIGNALS", "KEEP_BYTES"]
 
 #: what a hook can record per module
 SIGNALS = ("input", "output", "grad_input", "grad_output")
@@ -35,122 +35,6 @@ def _tokens(t: torch.Tensor, module: nn.Module) -> torch.Tensor:
     if isinstance(module, nn.modules.conv._ConvNd):
         return t.flatten(2).transpose(1, 2)
     return t[:, None] if t.ndim == 2 else t.reshape(t.shape[0], -1, t.shape[-1])
-
-
-def _grid(t: torch.Tensor) -> tuple[int, int] | None:
-    """(prefix tokens, grid side) when the tokens are 0 or 1 prefix tokens then a square grid."""
-    for prefix in (1, 0):
-        side = math.isqrt(t.shape[1] - prefix)
-        if side > 0 and side * side == t.shape[1] - prefix:
-            return prefix, side
-    return None
-
-
-#: what counts as a word when pairing tokens of two tokenizers: a run of letters/digits, or
-#: one punctuation mark (as BERT's pre-tokeniser splits; a token that spans both, as
-#: SentencePiece's "▁don't" can, counts for the word it starts in)
-WORD = re.compile(r"\w+|[^\w\s]")
-
-
-def _word_of_tokens(text: str, offsets: Sequence[tuple[int, int]]) -> list[int]:
-    """For each token, the index of the word its characters fall in; -1 for special and padding
-    tokens and for the tokens of a word that truncation cut short."""
-    char_word, ends = [-1] * len(text), []
-    for w, m in enumerate(WORD.finditer(text)):
-        char_word[m.start() : m.end()] = [w] * (m.end() - m.start())
-        ends.append(m.end())
-    out, reach = [], {}
-    for start, end in offsets:
-        words = [char_word[c] for c in range(start, end) if char_word[c] >= 0]
-        out.append(words[0] if words else -1)
-        if words:
-            reach[words[0]] = max(reach.get(words[0], 0), end)
-    return [w if w >= 0 and reach[w] >= ends[w] else -1 for w in out]
-
-
-def word_pooling(texts: Sequence[str], processors: Sequence, max_length: int) -> list[torch.Tensor]:
-    """Per tokenizer, a (B, W, T) matrix that averages each word's tokens, words in common.
-
-    Rows: the leading special token ([CLS] / <s>: the first attended position, whichever side
-    pads) when both tokenizers have one, then every word (see `WORD`) that both tokenizers
-    kept within `max_length` (truncation may cut them at different words); rows a text lacks
-    are zero. T is what `encode` gives the model for the same texts.
-
-    Raises:
-        ValueError: a tokenizer without character offsets (not a "fast" tokenizer).
-    """
-    maps, firsts = [], []
-    for proc in processors:
-        try:
-            enc = proc(
-                list(texts),
-                padding=True,
-                truncation=True,
-                max_length=max_length,
-                return_offsets_mapping=True,
-                return_special_tokens_mask=True,
-            )
-        except NotImplementedError:
-            raise ValueError(
-                f"token='word' needs character offsets, which {type(proc).__name__} does not "
-                "give; load a fast tokenizer (use_fast=True) or use token='cls' / 'mean'"
-            ) from None
-        maps.append(
-            [_word_of_tokens(t, o) for t, o in zip(texts, enc["offset_mapping"], strict=True)]
-        )
-        first = [mask.index(1) for mask in enc["attention_mask"]]
-        special = enc["special_tokens_mask"]
-        firsts.append([f if special[i][f] else None for i, f in enumerate(first)])
-    rows = 2 + max((w for m in maps for ws in m for w in ws), default=-1)  # first token + words
-    out = [torch.zeros(len(texts), rows, len(m[0])) for m in maps]
-    for i in range(len(texts)):
-        common = set.intersection(*(set(m[i]) - {-1} for m in maps))
-        lead = all(f[i] is not None for f in firsts)
-        for m, f, pool in zip(maps, firsts, out, strict=True):
-            if lead:
-                pool[i, 0, f[i]] = 1.0
-            for t, w in enumerate(m[i]):
-                if w in common:
-                    pool[i, w + 1, t] = 1.0
-    for pool in out:
-        pool /= pool.sum(-1, keepdim=True).clamp_min(1)
-    return out
-
-
-def align_tokens(
-    a: torch.Tensor, b: torch.Tensor, token: str, where: str, words=None, grids: bool = True
-):
-    """Pair token rows of A (B, T_a, d_a) with B's (B, T_b, d_b): (N, d_a), (N, d_b).
-
-    token: "cls" (token 0), "mean", "all" (one to one; patch grids of another size are
-    resampled onto A's grid), or "word" (each word's tokens averaged, words matched by their
-    characters; `words` = the two `word_pooling` matrices of this batch).
-    """
-    if token == "word":
-        pa, pb = words
-        if (pa.shape[-1], pb.shape[-1]) != (a.shape[1], b.shape[1]):
-            raise ValueError(
-                f"{where}: token='word' pairs text tokens, but the captured tensors have "
-                f"{a.shape[1]} and {b.shape[1]} tokens for {pa.shape[-1]} and {pb.shape[-1]}"
-            )
-        keep = pa.sum(-1) > 0  # the same rows in both: first token and words in common
-        return (pa @ a)[keep], (pb @ b)[keep]
-    if token == "cls":
-        return a[:, 0], b[:, 0]
-    if token == "mean":
-        return a.mean(1), b.mean(1)
-    if a.shape[1] != b.shape[1]:  # patch grids of another size: resample B's grid onto A's
-        ga, gb = (_grid(a), _grid(b)) if grids else (None, None)  # text: 9 and 16 are no grids
-        if ga is None or gb is None or ga[0] != gb[0]:
-            raise ValueError(
-                f"{where}: {a.shape[1]} tokens in A but {b.shape[1]} in B and they are not "
-                "square patch grids; use token='cls', 'mean' or (text) 'word'"
-            )
-        p, side = ga
-        grid = b[:, p:].transpose(1, 2).reshape(b.shape[0], b.shape[2], gb[1], gb[1])
-        grid = F.interpolate(grid, size=(side, side), mode="bilinear", align_corners=False)
-        b = torch.cat([b[:, :p], grid.flatten(2).transpose(1, 2)], 1)
-    return a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])
 
 
 class InProj(nn.Module):
@@ -311,6 +195,57 @@ def plan_passes(
     return passes + ([current] if current else [])
 
 
+def _grad(key: tuple) -> bool:
+    return key[1].startswith("grad")
+
+
+def _split(points: dict, wait: bool) -> tuple[dict, dict]:
+    """(points of the first pass, of the second): gradients wait for the head step, if any."""
+    later = {k: v for k, v in points.items() if wait and _grad(k)}
+    return {k: v for k, v in points.items() if k not in later}, later
+
+
+def _pairer(pairs, sigs, out: dict, token, words, grids, dtype, clock: Timings) -> Callable:
+    """(got_a, got_b, batch) -> None: pairs the rows of every signal both passes captured and
+    accumulates them into `out`."""
+
+    def pair(got_a: dict, got_b: dict, batch) -> None:
+        with clock("statistics"):
+            pools = words(batch) if token == "word" else None
+            for b, a in pairs.items():
+                for sig in sigs[b]:
+                    if (a, sig) not in got_a or (b, sig) not in got_b:
+                        continue  # another pass's, or no gradient reaches the model's inputs
+                    where = f"{a} -> {b} ({sig})"
+                    xa, xb = align_tokens(
+                        got_a[(a, sig)], got_b[(b, sig)], token, where, pools, grids
+                    )
+                    out.setdefault((b, sig), GramStats(gram=False, dtype=dtype)).update(xa, xb)
+
+    return pair
+
+
+def _bytes(got: Mapping) -> int:
+    return sum(t.numel() * t.element_size() for t in got.values())
+
+
+#: host memory for A's gradient rows kept from the first pass of a calibration with a head step
+#: (`HeadStep`), so A runs once; batches past it are run again in the second pass
+KEEP_BYTES = 2 * 2**30
+
+
+@dataclass(frozen=True)
+class HeadStep:
+    """A_ft's head carried onto B inside calibration: B's gradients flow through that head, so
+    they wait for it, but nothing else does. The first pass runs A forward and backward (its
+    head is A_ft's) and B forward, pairs every forward signal, and gives `align` the head
+    layers' input statistics (first token, float64) before B's backward pass."""
+
+    target: str  # B's first head layer
+    source: str  # A_ft's
+    align: Callable[[GramStats], None]
+
+
 def calibrate(
     source: nn.Module,
     target: nn.Module,
@@ -324,6 +259,8 @@ def calibrate(
     dtype=np.float64,
     grids: bool = True,
     timings: Timings | None = None,
+    head: HeadStep | None = None,
+    keep_bytes: int = KEEP_BYTES,
 ) -> dict[tuple[str, str], GramStats]:
     """Cross-covariance statistics A vs B of each calibration signal of every matched module.
 
@@ -338,8 +275,11 @@ def calibrate(
         dtype: precision of the cross-covariances (float32 halves them; see `GramStats`).
         grids: token counts that differ may be square patch grids, resampled (images); False
             for text, whose token counts are never grids.
-        timings: records the seconds of the passes ("calibrate") and of pairing and
-            accumulating the rows ("statistics").
+        timings: records the seconds of the passes ("calibrate"), of pairing and accumulating
+            the rows ("statistics") and of the head step ("head").
+        head: align B's head from the first pass (see `HeadStep`); B's gradients then come
+            from a second pass of B alone, paired with A's gradient rows kept from the first
+            (up to `keep_bytes`; A runs again for the batches past it).
 
     Returns:
         {(target module, signal): GramStats(gram=False) of rows (x_A, x_B)}: `.xy` is
@@ -362,7 +302,8 @@ def calibrate(
     if bad:
         raise ValueError(f"unknown calibration signal(s) {bad}; use of {SIGNALS}")
     mods_a, mods_b = dict(source.named_modules()), dict(target.named_modules())
-    for b, a in pairs.items():
+    named = dict(pairs) if head is None else {**pairs, head.target: head.source}
+    for b, a in named.items():
         for name, mods, model in ((a, mods_a, source), (b, mods_b, target)):
             if name not in mods:
                 raise KeyError(f"{type(model).__name__} has no module {name!r}")
@@ -372,30 +313,50 @@ def calibrate(
     able = [{"input", "output"} <= set(sigs[b]) and None not in maps[b] for b in pairs]
     derived = {b: maps[b] for b, ok in zip(pairs, everywhere(able), strict=True) if ok}
     sigs = {b: [s for s in got if not (s == "output" and b in derived)] for b, got in sigs.items()}
-    backward = any(s.startswith("grad") for s in signals)
     proj_a = {n: InProj(m) for n, m in mods_a.items() if isinstance(m, nn.MultiheadAttention)}
     proj_b = {n: InProj(m) for n, m in mods_b.items() if isinstance(m, nn.MultiheadAttention)}
     hook_a = lambda n: proj_a.get(n, mods_a[n])  # noqa: E731  (MHA: hook its q|k|v projection)
     hook_b = lambda n: proj_b.get(n, mods_b[n])  # noqa: E731
     pts_a = {(pairs[b], sig): (hook_a(pairs[b]), sig) for b in pairs for sig in sigs[b]}
     pts_b = {(b, sig): (hook_b(b), sig) for b in pairs for sig in sigs[b]}
+    early_a, late_a = _split(pts_a, head is not None)  # B's gradients wait for B's head
+    early_b, late_b = _split(pts_b, head is not None)
     out: dict[tuple[str, str], GramStats] = {}
     clock = Timings() if timings is None else timings
-    for batch in deal(batches):
+    pair = _pairer(pairs, sigs, out, token, words, grids, dtype, clock)
+    if head is not None:  # the head layers' inputs, keyed apart from every pair's signals
+        early_a[(head.source, "head")] = (hook_a(head.source), "input")
+        early_b[(head.target, "head")] = (hook_b(head.target), "input")
+        head_stats: dict[tuple[str, str], GramStats] = {}
+        pair_head = _pairer({head.target: head.source}, {head.target: ["head"]}, head_stats,
+                            "cls", None, grids, np.float64, clock)  # fmt: skip
+    mine, kept, room = list(deal(batches)), [], keep_bytes
+    for batch in mine:  # the first pass (the only one without a head step)
+        keep = bool(late_a) and room > 0  # A's gradients now, kept for the second pass
         with clock("calibrate"):
-            got_a = _capture_pass(source, pts_a, batch, loss_fn, backward, proj_a)
-            got_b = _capture_pass(target, pts_b, batch, loss_fn, backward, proj_b)
-        with clock("statistics"):
-            pools = words(batch) if token == "word" else None
-            for b, a in pairs.items():
-                for sig in sigs[b]:
-                    if (a, sig) not in got_a or (b, sig) not in got_b:
-                        continue  # e.g. no gradient reaches the model's raw inputs
-                    where = f"{a} -> {b} ({sig})"
-                    xa, xb = align_tokens(
-                        got_a[(a, sig)], got_b[(b, sig)], token, where, pools, grids
-                    )
-                    out.setdefault((b, sig), GramStats(gram=False, dtype=dtype)).update(xa, xb)
+            points = {**early_a, **(late_a if keep else {})}
+            got_a = _capture_pass(source, points, batch, loss_fn, any(map(_grad, points)), proj_a)
+            got_b = _capture_pass(target, early_b, batch, loss_fn, any(map(_grad, early_b)),
+                                  proj_b)  # fmt: skip
+        pair(got_a, got_b, batch)
+        if head is not None:
+            pair_head(got_a, got_b, batch)
+        rows = {k: got_a[k] for k in late_a if k in got_a} if keep else {}
+        room -= _bytes(rows)
+        kept.append(rows if keep and room >= 0 else None)
+        del got_a, got_b, rows
+    if head is not None:
+        with clock("head"):
+            head_stats = all_reduce_stats(head_stats, lambda: GramStats(gram=False))
+            head.align(head_stats[(head.target, "head")])
+    for batch, got_a in zip(mine, kept, strict=True):  # the second pass: B's gradients
+        if not late_b:
+            break
+        with clock("calibrate"):
+            if got_a is None:  # past `keep_bytes`: A again
+                got_a = _capture_pass(source, late_a, batch, loss_fn, True, proj_a)
+            got_b = _capture_pass(target, late_b, batch, loss_fn, True, proj_b)
+        pair(got_a, got_b, batch)
     out = all_reduce_stats(out, lambda: GramStats(gram=False, dtype=dtype))
     with clock("statistics"):
         for b, affine in derived.items():

@@ -21,7 +21,6 @@ from ..models import DEFAULT_MAX_LENGTH, encode, token_limit
 from ..taskvector import TaskVector
 from ..timing import Timings
 from . import saving
-from .calibration import word_pooling
 from .head import classifier_setup
 from .lm import greedy_targets, is_causal_lm, is_lm_checkpoint, lm_score, lm_setup, verbalise
 from .many import move_all, solved_maps, touched_pairs
@@ -39,6 +38,7 @@ from .methods import (
 from .pairing import token_refusal, unpaired
 from .scales import choose_scale
 from .solve import POST_STEPS, transport, zeroed
+from .tokens import word_pooling
 
 __all__ = ["Transfer"]
 
@@ -82,9 +82,10 @@ class Transfer(ClassifierMixin, BaseEstimator):
     carried head, made on demand), `scale_`, `val_scores_` {scale evaluated: score}, `pairs_`,
     `classes_`, `head_` (B's carried head layers), `adapter_config_` (A_ft's PEFT config, if
     an adapter), `timings_` {phase: seconds} of `fit`, never overlapping: "load", "setup" (τ_A,
-    pairs, copies; an LM's loads and targets), "labels" (A_ft's predictions), "head" (the head
-    alignment pass), "calibrate" (A's and B's forward-backward passes), "statistics" (pairing
-    and accumulating their rows), "solve", "transport", "post" (GradFix), "scale search";
+    pairs, copies; an LM's loads and targets), "labels" (A_ft's predictions), "calibrate" (A's
+    and B's forward-backward passes: a classifier's A once, B forward then, after "head"
+    carries A_ft's head onto B, backward), "statistics" (pairing and accumulating their
+    rows), "solve", "transport", "post" (GradFix), "scale search";
     `open_directions_` [zeroed, all]: the maps' directions no calibration signal determined,
     which carry none of τ_A (see `methods.TIE_BREAK`).
 

@@ -14,8 +14,9 @@ from .._estimator import as_labels
 from ..data import is_texts, num_items, take
 from ..maps import ProcrustesMap
 from ..models import backbone, classifier_like, encode, load_backbone
+from ..stats import GramStats
 from ..taskvector import TaskVector
-from .calibration import calibrate
+from .calibration import HeadStep
 from .pairing import head_pair, match_modules, owns_params
 
 __all__ = ["head_linears", "transport_head", "classifier_setup"]
@@ -91,10 +92,10 @@ def transport_head(
 
 def classifier_setup(est, a_ft: nn.Module, proc_a, X, y, tv: TaskVector | None = None) -> dict:
     """What `Transfer.fit` needs when A_ft is a classifier: A's weights under A_ft's head (the
-    calibration model), B as a classifier with A_ft's head carried onto its features (`head`:
-    B's head layers), τ_A without the head (`tv` when A_ft came as an adapter: its factors),
-    the module pairs and the task loss (labels y, or A_ft's predictions). Records its loads,
-    labelling and head alignment in `est.timings_`."""
+    calibration model), B as a classifier (`head`: B's head layers) with the step that carries
+    A_ft's head onto B's features inside calibration (`head_step`), τ_A without the head (`tv`
+    when A_ft came as an adapter: its factors), the module pairs and the task loss (labels y,
+    or A_ft's predictions). Records its loads and labelling in `est.timings_`."""
     clock = est.timings_
     head = head_linears(a_ft)
     with clock("load"):
@@ -126,13 +127,10 @@ def classifier_setup(est, a_ft: nn.Module, proc_a, X, y, tv: TaskVector | None =
         dev = next(model.parameters()).device
         return model(**{k: v.to(dev) for k, v in batch.items()}, labels=labels[idx].to(dev)).loss
 
-    # A_ft's head onto B first, so B's calibration gradients flow through the task's head
-    with clock("head"):
-        stats = calibrate(a_cal, b_cls, {head_b[0]: head[0]}, est._batches(n, "align head"),
-                          loss, signals=("input",), token="cls")  # fmt: skip
-        r_head = ProcrustesMap(null_rtol=est.tie_break).fit_stats(stats[(head_b[0], "input")])
-        r_head = r_head.coef_.T  # (d_A, d_B)
-        transport_head(a_ft, b_cls, torch.from_numpy(r_head).float(), head, head_b)
+    def align(stats: GramStats) -> None:  # before B's gradients, which flow through the head
+        r_head = ProcrustesMap(null_rtol=est.tie_break).fit_stats(stats).coef_.T  # (d_A, d_B)
+        transport_head(a_cal, b_cls, torch.from_numpy(r_head).float(), head, head_b)
+
     if tv is None:
         tv = TaskVector.from_state_dicts(a_cal.state_dict(), a_ft.state_dict())
     tv = TaskVector({k: v for k, v in tv.deltas.items() if k.rsplit(".", 1)[0] not in head})
@@ -143,5 +141,5 @@ def classifier_setup(est, a_ft: nn.Module, proc_a, X, y, tv: TaskVector | None =
     }
     texts = X if is_texts(X) else None
     return dict(source=a_cal, target=b_cls, processor=proc_b, source_processor=proc_a, tv=tv,
-                pairs=pairs, loss=loss,
-                texts=texts, head=head_b)  # fmt: skip
+                pairs=pairs, loss=loss, texts=texts, head=head_b,
+                head_step=HeadStep(head_b[0], head[0], align))  # fmt: skip

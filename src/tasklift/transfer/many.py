@@ -62,14 +62,16 @@ def solved_maps(
     a, b = prep["source"], prep["target"]
     dtype = np.dtype("float64" if est.center else est.stats_dtype)  # see `Transfer`: center
     budget = None if est.max_stats_gb is None else est.max_stats_gb * 2**30
-    passes = plan_passes(a, b, pairs, method.signals, budget, dtype.itemsize)
+    passes = plan_passes(a, b, pairs, method.signals, budget, dtype.itemsize) or [{}]
+    head = prep.get("head_step")  # a classifier's head: carried onto B in the first pass
     for i, part in enumerate(passes):
         desc = f"calibrate ({method.name}{f', pass {i + 1}/{len(passes)}' if i else ''})"
         stats = None
-        if method.signals:
+        if method.signals or (head and not i):
             stats = calibrate(
-                a, b, part, est._batches(n, desc), prep["loss"], signals=method.signals,
-                token=est.token, words=words, dtype=dtype, grids=images, timings=timings,
+                a, b, part if method.signals else {}, est._batches(n, desc), prep["loss"],
+                signals=method.signals, token=est.token, words=words, dtype=dtype, grids=images,
+                timings=timings, head=None if i else head,
             )  # fmt: skip
         yield from iter_maps(a, b, part, stats or {}, method, tie_break=est.tie_break,
                              center=est.center)  # fmt: skip

@@ -1,0 +1,98 @@
+"""Calibration's head step: A_ft's head carried onto B inside the calibration passes, A run once
+with its gradient rows kept, equal to carrying the head first and calibrating after."""
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import nudged, tiny_classifier
+from tasklift.timing import Timings
+from tasklift.transfer import Transfer, get_method
+from tasklift.transfer import calibration as cal
+from tasklift.transfer.head import classifier_setup
+
+N, BATCH = 24, 8
+
+
+def prepared():
+    """A classifier-transfer setup (A_ft's head not yet on B), as `Transfer.fit` makes it."""
+    a = nudged(tiny_classifier("bert"), seed=3, scale=0.2)
+    b = nudged(tiny_classifier("bert", seed=1), seed=4, scale=0.2).bert  # another base
+    X = {"input_ids": torch.randint(1, 50, (N, 8), generator=torch.Generator().manual_seed(1))}
+    est = Transfer(a, nudged(a), b)
+    est.timings_, est.max_length_ = Timings(), None
+    return classifier_setup(est, est.finetuned, None, X, None)
+
+
+def run(prep, head: bool, **kw) -> tuple[dict, int]:
+    """calibrate's BiCo statistics (with the head step, or after it) and A's forward count."""
+    a, b, loss = prep["source"], prep["target"], prep["loss"]
+    batches = [np.arange(i, i + BATCH) for i in range(0, N, BATCH)]
+    if not head:  # the head first, alone, as fit did before the step joined the passes
+        cal.calibrate(a, b, {}, batches, loss, signals=(), head=prep["head_step"])
+    calls = []
+    hook = a.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        stats = cal.calibrate(a, b, prep["pairs"], batches, loss,
+                              signals=get_method("bico").signals,
+                              head=prep["head_step"] if head else None, **kw)  # fmt: skip
+    finally:
+        hook.remove()
+    return stats, len(calls)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    prep = prepared()
+    stats, calls = run(prep, head=False)
+    assert calls == N // BATCH  # A once per batch here, after the head's own pass
+    return stats, {k: v.clone() for k, v in prep["target"].state_dict().items()}
+
+
+def one_batch(monkeypatch) -> int:
+    """Bytes of A's gradient rows of one batch, as calibrate counts them."""
+    seen = []
+    real = cal._bytes
+    monkeypatch.setattr(cal, "_bytes", lambda got: seen.append(real(got)) or seen[-1])
+    run(prepared(), head=True)
+    monkeypatch.undo()
+    assert len(set(seen)) == 1 and seen[0] > 0
+    return seen[0]
+
+
+@pytest.mark.parametrize("kept", [N // BATCH, 1, 0])
+def test_head_step_in_the_passes_equals_the_head_first(reference, kept, monkeypatch):
+    """With the head step A runs once per batch whose gradient rows fit `keep_bytes` (again
+    in the second pass for the others), and B's head and every statistic are those of
+    carrying the head first, then calibrating: B's gradients flow through the carried head."""
+    stats_ref, head_ref = reference
+    room = {N // BATCH: cal.KEEP_BYTES, 1: int(1.5 * one_batch(monkeypatch)), 0: 0}[kept]
+    prep = prepared()
+    stats, calls = run(prep, head=True, keep_bytes=room)
+    assert calls == 2 * N // BATCH - kept
+    for k, v in prep["target"].state_dict().items():
+        torch.testing.assert_close(v, head_ref[k], rtol=1e-6, atol=1e-7)
+    assert set(stats) == set(stats_ref) and any(sig == "grad_output" for _, sig in stats)
+    for key, s in stats.items():
+        assert s.n == stats_ref[key].n
+        np.testing.assert_allclose(s.xy, stats_ref[key].xy, rtol=1e-5, atol=1e-6 * abs(s.xy).max())
+
+
+def test_head_step_alone_runs_forward_passes_only(reference):
+    """Methods without calibration signals (naive, GradFix) still carry the head: A and B
+    forward once per batch, no backward, no statistics, B's head as the full calibration's."""
+    prep = prepared()
+    a, b = prep["source"], prep["target"]
+    before = b.classifier.weight.clone()
+    grads = []
+
+    def loss(model, idx):
+        grads.append(torch.is_grad_enabled())
+        return prep["loss"](model, idx)
+
+    batches = [np.arange(i, i + BATCH) for i in range(0, N, BATCH)]
+    got = cal.calibrate(a, b, {}, batches, loss, signals=(), head=prep["head_step"])
+    assert got == {} and grads == [False] * (2 * N // BATCH)
+    assert not torch.equal(b.classifier.weight, before)
+    for k, v in b.state_dict().items():
+        torch.testing.assert_close(v, reference[1][k], rtol=1e-6, atol=1e-7)
