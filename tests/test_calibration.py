@@ -29,7 +29,10 @@ def run(prep, head: bool, **kw) -> tuple[dict, int]:
     a, b, loss = prep["source"], prep["target"], prep["loss"]
     batches = [np.arange(i, i + BATCH) for i in range(0, N, BATCH)]
     if not head:  # the head first, alone, as fit did before the step joined the passes
-        cal.calibrate(a, b, {}, batches, loss, signals=(), head=prep["head_step"])
+        step = prep["head_step"]
+        first = {step.target: step.source}
+        stats = cal.calibrate(a, b, first, batches, loss, signals=("input",), token="cls")
+        step.align(stats[(step.target, "input")])
     calls = []
     hook = a.register_forward_hook(lambda *_: calls.append(1))
     try:
@@ -96,3 +99,36 @@ def test_head_step_alone_runs_forward_passes_only(reference):
     assert not torch.equal(b.classifier.weight, before)
     for k, v in b.state_dict().items():
         torch.testing.assert_close(v, reference[1][k], rtol=1e-6, atol=1e-7)
+
+
+class Encoder(torch.nn.Module):
+    """Token embeddings, one nn.TransformerEncoderLayer (an MHA inside), a linear head."""
+
+    def __init__(self, width: int, seed: int) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.emb = torch.nn.Embedding(50, width)
+        self.layer = torch.nn.TransformerEncoderLayer(width, 2, 2 * width, dropout=0.0,
+                                                      batch_first=True)  # fmt: skip
+        self.classifier = torch.nn.Linear(width, 3)
+
+    def forward(self, x):
+        return self.classifier(self.layer(self.emb(x))[:, 0])
+
+
+def test_attention_alone_is_calibrated_outside_torch_fast_path():
+    """An MHA paired alone, its layer run without gradients (B's first pass): torch's fused
+    encoder-layer path would skip MHA's forward and its statistics; it is switched off."""
+    a, b = Encoder(8, 0).eval(), Encoder(12, 1).eval()
+    X = torch.randint(0, 50, (16, 5), generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 3, (16,))
+    loss = lambda m, idx: torch.nn.functional.cross_entropy(m(X[idx]), y[idx])  # noqa: E731
+    batches = [np.arange(i, i + 4) for i in range(0, 16, 4)]
+    pairs, sigs = {"layer.self_attn": "layer.self_attn"}, get_method("bico").signals
+    step = cal.HeadStep("classifier", "classifier", lambda stats: None)
+    got = cal.calibrate(a, b, pairs, batches, loss, signals=sigs, head=step)
+    want = cal.calibrate(a, b, pairs, batches, loss, signals=sigs)
+    assert set(got) == set(want) == {("layer.self_attn", s) for s in sigs}
+    for key, s in got.items():
+        np.testing.assert_allclose(s.xy, want[key].xy, rtol=1e-5, atol=1e-7)
+    assert torch.backends.mha.get_fastpath_enabled()  # restored

@@ -81,6 +81,8 @@ def test_kept_gradient_rows_are_what_a_classifier_calibration_keeps(monkeypatch)
     assert m["components"]["kept"] == sum(counted) + broadcast > broadcast
     capped = transfer_memory(configs[0], configs[1], tokens=2**20, inputs=2**10, num_labels=3)
     assert capped["components"]["kept"] == cal.KEEP_BYTES
+    kw = dict(tokens=2**20, inputs=2**10, num_labels=3, max_stats_gb=0.5)
+    assert transfer_memory(*configs, **kw)["components"]["kept"] == 2**29  # max_stats_gb caps it
     assert transfer_memory(qwen(32), qwen(48), tokens=8)["components"]["kept"] == 0  # no head
 
 

@@ -128,13 +128,13 @@ def _pairs(a: nn.Module, b: nn.Module, adapted, num_labels) -> dict[str, str]:
 
 def _kept(a: nn.Module, b: nn.Module, part: dict, signals, rows: int) -> int:
     """float32 bytes of A's gradient rows a classifier's calibration keeps from its first pass
-    for its second (`calibration.HeadStep`; at most `KEEP_BYTES`); position embeddings' rows
-    are counted per input, though one serves a batch (an upper bound)."""
+    for its second (`calibration.HeadStep`), before the cap; position embeddings' rows are
+    counted per input, though one serves a batch (an upper bound)."""
     mods_a = dict(a.named_modules())
     grads = {(part[n], s) for n, sigs in _signals(b, part, signals).items() for s in sigs
              if s.startswith("grad")}  # fmt: skip
     width = sum(module_dims(mods_a[m])[0 if s.endswith("input") else 1] for m, s in grads)
-    return min(KEEP_BYTES, rows * width * 4)
+    return rows * width * 4
 
 
 def _pass(a, b, part: dict, signals, tokens: int, itemsize: int, alias: bool) -> dict[str, int]:
@@ -219,7 +219,12 @@ def transfer_memory(
         "task_vector": _delta(a, changed, rank),
         "moved": _delta(b, list(pairs), rank),
         **{k: worst[k] for k in ("statistics", "captures", "update")},
-        "kept": 0 if lm else _kept(a, b, passes[0], signals, inputs * tokens),
+        "kept": 0
+        if lm
+        else min(
+            _kept(a, b, passes[0], signals, inputs * tokens),
+            KEEP_BYTES if budget is None else budget,
+        ),
         "solve": max(c["solve"] for c in costs),
         "activations": max(_activations(m, batch, size, lm, backward) for m in (a, b)),
         "validation": batch * (2 * (b.get_output_embeddings().out_features if lm else 0) * 4),

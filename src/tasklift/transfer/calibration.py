@@ -1,6 +1,7 @@
-"""Calibration: one forward-backward pass of A and of B over the same inputs, recording each
+"""Calibration: a forward-backward pass of A and of B over the same inputs, recording each
 matched module's input, output and their gradients, with token rows paired between the models
-and the A-vs-B cross-covariances streamed into `GramStats`. Under torchrun the batches are
+and the A-vs-B cross-covariances streamed into `GramStats` (a classifier's B runs forward, then
+backward once A_ft's head is carried onto it: `HeadStep`). Under torchrun the batches are
 dealt to the processes and the statistics all-reduced, so every process solves the same maps."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 
 from ..distributed import all_reduce_stats, deal, everywhere
 from ..families import FIXED_ROLES, roles
@@ -98,9 +100,13 @@ def _capture_pass(
     store = lambda key, t: got.__setitem__(key, _tokens(t, modules[key[0]]).cpu())  # noqa: E731
     for name, in_proj in in_projs.items():  # MHA: its projections as hookable modules
         modules[name].forward = _unfused(modules[name], in_proj)
+    fast = torch.backends.mha.get_fastpath_enabled()
+    # a TransformerEncoderLayer's fused fast path (eval, no grad) never calls MHA's forward
+    torch.backends.mha.set_fastpath_enabled(fast and not in_projs)
     try:
         _run_pass(model, points, store, batch, loss_fn, backward)
     finally:
+        torch.backends.mha.set_fastpath_enabled(fast)
         for name in in_projs:
             del modules[name].forward  # back to the class's forward
     model.zero_grad(set_to_none=True)
@@ -211,11 +217,13 @@ def _pairer(pairs, sigs, out: dict, token, words, grids, dtype, clock: Timings) 
 
     def pair(got_a: dict, got_b: dict, batch) -> None:
         with clock("statistics"):
-            pools = words(batch) if token == "word" else None
+            pools = None
             for b, a in pairs.items():
                 for sig in sigs[b]:
                     if (a, sig) not in got_a or (b, sig) not in got_b:
                         continue  # another pass's, or no gradient reaches the model's inputs
+                    if token == "word" and pools is None:  # both tokenizers: only if needed
+                        pools = words(batch)
                     where = f"{a} -> {b} ({sig})"
                     xa, xb = align_tokens(
                         got_a[(a, sig)], got_b[(b, sig)], token, where, pools, grids
@@ -237,9 +245,11 @@ KEEP_BYTES = 2 * 2**30
 @dataclass(frozen=True)
 class HeadStep:
     """A_ft's head carried onto B inside calibration: B's gradients flow through that head, so
-    they wait for it, but nothing else does. The first pass runs A forward and backward (its
-    head is A_ft's) and B forward, pairs every forward signal, and gives `align` the head
-    layers' input statistics (first token, float64) before B's backward pass."""
+    they wait for it, but nothing else does. The first pass runs A forward (and backward, for
+    the gradient rows it keeps; its head is A_ft's) and B forward, pairs every forward signal,
+    and gives `align` the head layers' input statistics (first token, float64) before B's
+    backward pass. The calibrated pairs must not include B's head layers or anything after
+    them (they are read before `align` writes them)."""
 
     target: str  # B's first head layer
     source: str  # A_ft's
@@ -278,8 +288,9 @@ def calibrate(
         timings: records the seconds of the passes ("calibrate"), of pairing and accumulating
             the rows ("statistics") and of the head step ("head").
         head: align B's head from the first pass (see `HeadStep`); B's gradients then come
-            from a second pass of B alone, paired with A's gradient rows kept from the first
-            (up to `keep_bytes`; A runs again for the batches past it).
+            from a second pass of B alone, paired with A's gradient rows kept from the first.
+        keep_bytes: host memory for those rows; A runs again in the second pass for the
+            batches past it.
 
     Returns:
         {(target module, signal): GramStats(gram=False) of rows (x_A, x_B)}: `.xy` is
@@ -330,9 +341,9 @@ def calibrate(
         head_stats: dict[tuple[str, str], GramStats] = {}
         pair_head = _pairer({head.target: head.source}, {head.target: ["head"]}, head_stats,
                             "cls", None, grids, np.float64, clock)  # fmt: skip
-    mine, kept, room = list(deal(batches)), [], keep_bytes
-    for batch in mine:  # the first pass (the only one without a head step)
-        keep = bool(late_a) and room > 0  # A's gradients now, kept for the second pass
+    mine, kept, room, last = [], [], keep_bytes, 0
+    for batch in deal(batches):  # the first pass (the only one without a head step)
+        keep = bool(late_a) and 0 < room >= last  # A's gradients now, if this batch's fit
         with clock("calibrate"):
             points = {**early_a, **(late_a if keep else {})}
             got_a = _capture_pass(source, points, batch, loss_fn, any(map(_grad, points)), proj_a)
@@ -341,22 +352,29 @@ def calibrate(
         pair(got_a, got_b, batch)
         if head is not None:
             pair_head(got_a, got_b, batch)
-        rows = {k: got_a[k] for k in late_a if k in got_a} if keep else {}
-        room -= _bytes(rows)
-        kept.append(rows if keep and room >= 0 else None)
-        del got_a, got_b, rows
+            rows = {k: got_a[k] for k in late_a if k in got_a} if keep else {}
+            last = _bytes(rows) if keep else last
+            keep = keep and last <= room  # a longer batch than the last may not fit
+            room -= last if keep else 0
+            mine.append(batch)
+            kept.append(rows if keep else None)
+        del got_a, got_b
     if head is not None:
         with clock("head"):
             head_stats = all_reduce_stats(head_stats, lambda: GramStats(gram=False))
             head.align(head_stats[(head.target, "head")])
-    for batch, got_a in zip(mine, kept, strict=True):  # the second pass: B's gradients
-        if not late_b:
-            break
+    bar = tqdm(range(len(mine) if late_b else 0), desc="calibrate (B's gradients)",
+               disable=getattr(batches, "disable", True), leave=False)  # fmt: skip
+    for i in bar:  # the second pass: B's gradients through the carried head
         with clock("calibrate"):
-            if got_a is None:  # past `keep_bytes`: A again
-                got_a = _capture_pass(source, late_a, batch, loss_fn, True, proj_a)
-            got_b = _capture_pass(target, late_b, batch, loss_fn, True, proj_b)
-        pair(got_a, got_b, batch)
+            got_a = kept[i]
+            if got_a is None:  # not kept: A again
+                got_a = _capture_pass(source, late_a, mine[i], loss_fn, True, proj_a)
+            got_b = _capture_pass(target, late_b, mine[i], loss_fn, True, proj_b)
+        kept[i] = None  # freed once paired
+        pair(got_a, got_b, mine[i])
+        del got_a, got_b
+    del kept
     out = all_reduce_stats(out, lambda: GramStats(gram=False, dtype=dtype))
     with clock("statistics"):
         for b, affine in derived.items():

@@ -73,7 +73,9 @@ class Transfer(ClassifierMixin, BaseEstimator):
             (the likeliest choice after the prompt); y may be words or indices into them.
         max_new_tokens: label-free LM calibration: length of A_ft's greedy continuations.
         max_stats_gb: memory for the cross-covariances held at once; past it, calibration runs
-            in several passes over the same inputs, block by block (None: one pass).
+            in several passes over the same inputs, block by block (None: one pass). It caps
+            too the gradient rows of A a classifier's calibration keeps (2 GiB by default) so
+            that A runs once (`calibration.HeadStep`).
         stats_dtype: "float32" or "float64" (twice the memory and 3x slower to accumulate;
             solved in float64 either way; see `methods.STATS_DTYPE`).
         processor: tokenizer / image processor for both models (default: each model's own).
@@ -83,8 +85,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
     `classes_`, `head_` (B's carried head layers), `adapter_config_` (A_ft's PEFT config, if
     an adapter), `timings_` {phase: seconds} of `fit`, never overlapping: "load", "setup" (τ_A,
     pairs, copies; an LM's loads and targets), "labels" (A_ft's predictions), "calibrate" (A's
-    and B's forward-backward passes: a classifier's A once, B forward then, after "head"
-    carries A_ft's head onto B, backward), "statistics" (pairing and accumulating their
+    and B's forward-backward passes; a classifier's B forward, then backward once "head" has
+    carried A_ft's head onto it), "statistics" (pairing and accumulating their
     rows), "solve", "transport", "post" (GradFix), "scale search";
     `open_directions_` [zeroed, all]: the maps' directions no calibration signal determined,
     which carry none of τ_A (see `methods.TIE_BREAK`).

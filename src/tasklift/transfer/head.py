@@ -95,7 +95,8 @@ def classifier_setup(est, a_ft: nn.Module, proc_a, X, y, tv: TaskVector | None =
     calibration model), B as a classifier (`head`: B's head layers) with the step that carries
     A_ft's head onto B's features inside calibration (`head_step`), τ_A without the head (`tv`
     when A_ft came as an adapter: its factors), the module pairs and the task loss (labels y,
-    or A_ft's predictions). Records its loads and labelling in `est.timings_`."""
+    or A_ft's predictions). Records its loads and labelling in `est.timings_`. B's head stays
+    blank until `calibrate(..., head=prep["head_step"])` runs."""
     clock = est.timings_
     head = head_linears(a_ft)
     with clock("load"):
