@@ -184,6 +184,29 @@ def test_procrustes_tie_settles_only_the_open_directions(shape, tie_rank):
     np.testing.assert_allclose(np.trace(R.T @ xy), np.linalg.svd(xy, compute_uv=False).sum())
 
 
+@pytest.mark.parametrize("shape", [(20, 32), (32, 20), (300, 280)])
+@pytest.mark.parametrize("tie_rank", [4, 40], ids=["below-open", "above-open"])
+def test_procrustes_with_a_factored_tie_equals_the_dense_tie(shape, tie_rank):
+    """A tie given as Factors (left @ right, rank q) gives the dense tie's R, the full-SVD
+    definition's: solved at rank q where q is below the open directions' count, densified
+    otherwise; slicing and transposing the factors slice and transpose the matrix."""
+    from tasklift.solvers import Factors
+
+    xy, _ = _tie_case(shape, 0)
+    g = np.random.default_rng(11)
+    left, right = g.normal(size=(shape[0], tie_rank)), g.normal(size=(tie_rank, shape[1]))
+    f = Factors(torch.from_numpy(left), torch.from_numpy(right))
+    tie = left @ right
+    R, open_dims = procrustes(xy, f)
+    np.testing.assert_allclose(R, procrustes(xy, tie)[0], atol=1e-9)
+    np.testing.assert_allclose(R, procrustes_svd(xy, tie), atol=1e-9)
+    assert open_dims == min(shape) - 12
+    assert f.top() == pytest.approx(np.linalg.svd(tie, compute_uv=False)[0], rel=1e-12)
+    rows, cols = slice(2, 9), slice(1, 15)
+    np.testing.assert_allclose(f[rows, cols].dense().numpy(), tie[rows, cols], atol=1e-12)
+    np.testing.assert_allclose(f.T.dense().numpy(), tie.T, atol=1e-12)
+
+
 @pytest.mark.parametrize("case", ["random", "transposed", "orthogonal", "rank-1", "zero", "small"])
 def test_largest_singular_value_by_lanczos_equals_the_svds(case):
     """`_top` takes Lanczos from LANCZOS_MIN rows up: to round-off of numpy's SVD, also where

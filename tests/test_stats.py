@@ -105,6 +105,30 @@ def test_mapped_statistics_equal_those_of_the_mapped_rows(bias):
         GramStats(gram=False).update(X, Y).mapped((t(wx), None), (t(wy[:, :2]), None))
 
 
+@pytest.mark.parametrize("widths", [(4, 3), (3, 5)], ids=["y-side", "x-side"])
+@pytest.mark.parametrize("folds", [0, 3])
+def test_mapped_statistics_factor_at_the_inputs_rank(widths, folds):
+    """MappedStats.factors: L @ M is their XᵀY (centred: minus Σx Σyᵀ / n) with inner width the
+    smaller d_in + 1 per fold; they refuse new rows, and factors refuse a changed source."""
+    import torch
+
+    r = np.random.default_rng(5)
+    X, Y = r.normal(size=(40, widths[0])), r.normal(size=(40, widths[1]))
+    t = lambda *a: torch.from_numpy(r.normal(size=a))  # noqa: E731
+    src = GramStats(folds=folds, gram=False).update(X, Y)
+    got = src.mapped((t(7, widths[0]), t(7)), (t(6, widths[1]), t(6)))
+    for center in (False, True):
+        left, right = got.factors(center)
+        want = got.centred()[3] if center else got.xy
+        np.testing.assert_allclose((left @ right).numpy(), want, rtol=1e-10, atol=1e-10)
+        assert left.shape[1] == max(folds, 1) * (min(widths) + 1) + center
+    with pytest.raises(ValueError, match="derived"):
+        got.update(X[:, :1], Y[:, :1])
+    src.update(X, Y)
+    with pytest.raises(ValueError, match="changed; map them again"):
+        got.factors()
+
+
 def test_a_batch_that_overflows_float32_statistics_changes_nothing():
     """Finite float64 rows beyond float32's range are refused before the QR or sums move."""
     s = GramStats(gram=False, qr=True, dtype=np.float32).update(np.ones((4, 2)), np.ones((4, 1)))

@@ -899,6 +899,33 @@ def test_affine_outputs_are_mapped_from_input_statistics_not_captured(kind, monk
         assert got.n == s.n
 
 
+def test_a_wide_linear_layers_tie_break_is_solved_at_its_inputs_rank(monkeypatch):
+    """BiCo's output-side tie of a linear layer (its mapped outputs, `MappedStats.factors`) is
+    solved at rank d_in + 1 where more directions are open, with the maps of the dense tie."""
+    from tasklift import solvers
+
+    a, b = tiny_classifier("bert"), tiny_classifier("bert", seed=1)
+    x = torch.randint(1, 50, (16, 8), generator=torch.Generator().manual_seed(2))
+    labels = torch.arange(16) % 3
+    loss = lambda m, idx: m(input_ids=x[idx], labels=labels[idx]).loss  # noqa: E731
+    pairs = {k: v for k, v in match_modules(a, b).items() if not k.startswith("classifier")}
+    stats = calibrate(a, b, pairs, [np.arange(0, 8), np.arange(8, 16)], loss)
+    dense = {k: GramStats(gram=False).merge(s) for k, s in stats.items()}  # plain: no factors
+    calls = []
+    real = solvers._procrustes_factors
+    monkeypatch.setattr(solvers, "_procrustes_factors", lambda *a: calls.append(1) or real(*a))
+    got = solve_maps(a, b, pairs, stats, "bico")
+    assert calls  # the FFN's 64-wide output side (its tie of rank 33 = 32 + 1)
+    n = len(calls)
+    want = solve_maps(a, b, pairs, dense, "bico")
+    assert len(calls) == n
+    for name, (r_in, r_out) in want.items():
+        for g, w in zip(got[name], (r_in, r_out), strict=True):
+            assert (g is None) == (w is None)
+            if w is not None:
+                torch.testing.assert_close(g, w, rtol=0, atol=1e-6)
+
+
 def test_affine_of_reads_only_modules_that_compute_x_w_plus_b_with_their_weights():
     """Subclasses (a quantised linear packs W), strided or padded convolutions, norms,
     instance forwards, hooks and weights not in memory are left to capture."""

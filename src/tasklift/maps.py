@@ -20,7 +20,15 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from .io import load_tensors, save_tensors
 from .qr import QRStats
 from .rows import Array, as_float64
-from .solvers import NULL_RTOL, _moments, cv_errors, permutation, procrustes, ridge_path
+from .solvers import (
+    NULL_RTOL,
+    Factors,
+    _moments,
+    cv_errors,
+    permutation,
+    procrustes,
+    ridge_path,
+)
 from .stats import GramStats
 
 __all__ = [
@@ -70,8 +78,8 @@ class LinearMap(RegressorMixin, BaseEstimator):
     def fit_stats(self, stats: GramStats, *, tie: np.ndarray | None = None) -> LinearMap:
         """Fit from accumulated statistics; resets any earlier fit and returns self.
 
-        `tie`: a second signal's cross-covariance (d_in, d_out) that settles only what `stats`
-        leaves open (ProcrustesMap; the other maps refuse it).
+        `tie`: a second signal's cross-covariance (d_in, d_out), or its `solvers.Factors`,
+        that settles only what `stats` leaves open (ProcrustesMap; the other maps refuse it).
         """
         if stats.n == 0:
             raise ValueError("cannot fit a map on an empty dataset")
@@ -79,7 +87,8 @@ class LinearMap(RegressorMixin, BaseEstimator):
         if tie is None:
             W = self._solve(xx, xy, stats)  # (d_in, d_out)
         elif isinstance(self, ProcrustesMap):
-            W = self._solve(xx, xy, stats, tie=np.asarray(tie, dtype=np.float64))
+            tie = tie if isinstance(tie, Factors) else np.asarray(tie, dtype=np.float64)
+            W = self._solve(xx, xy, stats, tie=tie)
         else:
             raise ValueError(f"{type(self).__name__} takes no tie-break statistics")
         self.coef_ = W.T.copy()

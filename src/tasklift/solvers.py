@@ -10,13 +10,22 @@ against its definition.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .stats import GramStats
 
-__all__ = ["ridge_path", "cv_errors", "procrustes", "procrustes_svd", "permutation", "NULL_RTOL"]
+__all__ = [
+    "ridge_path",
+    "cv_errors",
+    "procrustes",
+    "procrustes_svd",
+    "permutation",
+    "Factors",
+    "NULL_RTOL",
+]
 
 
 def eigh(a: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -103,14 +112,50 @@ def _top(m: torch.Tensor) -> float:
     return size * float(torch.linalg.eigvalsh(m @ m.T)[-1].clamp_min(0.0).sqrt())
 
 
+@dataclass(frozen=True)
+class Factors:
+    """A matrix kept as left (m, q) @ right (q, n) in float64 (a linear layer's output
+    cross-covariance has rank q = d_in + 1): a tie-break `procrustes` then solves at rank q."""
+
+    left: torch.Tensor
+    right: torch.Tensor
+
+    @property
+    def T(self) -> Factors:
+        return Factors(self.right.T, self.left.T)
+
+    def __getitem__(self, index: tuple[slice, slice]) -> Factors:
+        rows, cols = index
+        return Factors(self.left[rows], self.right[:, cols])
+
+    def dense(self) -> torch.Tensor:
+        return self.left @ self.right
+
+    def top(self) -> float:
+        """The largest singular value, from the two triangular factors of their QRs."""
+        r = torch.linalg.qr(self.left, mode="r")[1] @ torch.linalg.qr(self.right.T, mode="r")[1].T
+        return float(torch.linalg.matrix_norm(r, ord=2)) if r.numel() else 0.0
+
+
+def _procrustes_factors(p: torch.Tensor, m: torch.Tensor, rtol: float, top: float):
+    """`procrustes` of p @ m (p (k, q), m (q, n)) without a tie, as factors (left, right):
+    with p = Q₁R₁ and mᵀ = Q₂R₂, p m = Q₁ (R₁R₂ᵀ) Q₂ᵀ, so the SVD of the q x q core serves."""
+    q1, r1 = torch.linalg.qr(p)
+    q2, r2 = torch.linalg.qr(m.T)
+    u, s, vt = torch.linalg.svd(r1 @ r2.T)
+    c = _cutoff(s.numpy(), rtol, top)
+    return q1 @ u[:, :c], vt[:c] @ q2.T
+
+
 def procrustes(
-    xy: np.ndarray, tie: np.ndarray | None = None, *, rtol: float = NULL_RTOL, top=None
+    xy: np.ndarray, tie: np.ndarray | Factors | None = None, *, rtol: float = NULL_RTOL, top=None
 ) -> tuple[np.ndarray, int]:
     """Orthogonal Procrustes: the R maximising tr(Rᵀ XᵀY) over ‖R‖₂ ≤ 1 with the least norm, and
     how many of its directions XᵀY left open (singular values ≤ rtol·σ_max, or rtol·`top`).
 
     Where XᵀY has full rank this is the (semi-)orthogonal U Vᵀ, argmin ‖X R − Y‖. Directions it
-    leaves open are settled by `tie` (a second signal's XᵀY, same shape), and only they: R keeps
+    leaves open are settled by `tie` (a second signal's XᵀY, same shape, dense or as `Factors`:
+    then solved at its rank without a Gram of the open directions), and only they: R keeps
     every direction XᵀY determines; the tie's part there counts only above rtol × the tie's own
     largest singular value. Directions that neither determines are mapped to zero (R is then a
     partial isometry, RRᵀR = R): any completion there would be a basis picked by round-off, so
@@ -124,8 +169,13 @@ def procrustes(
     """
     if rtol < GRAM_RTOL:  # the Gram squares σ: it cannot resolve directions this weak
         s = np.linalg.svd(xy, compute_uv=False)
+        tie = tie.dense().numpy() if isinstance(tie, Factors) else tie
         return procrustes_svd(xy, tie, rtol=rtol, top=top), min(xy.shape) - _cutoff(s, rtol, top)
-    R, open_dims = _procrustes_gram(_float64(xy), None if tie is None else _float64(tie), rtol, top)
+    if isinstance(tie, Factors):
+        tie = Factors(*(t.to(torch.float64) for t in (tie.left, tie.right)))
+    elif tie is not None:
+        tie = _float64(tie)
+    R, open_dims = _procrustes_gram(_float64(xy), tie, rtol, top)
     return R.numpy(), open_dims
 
 
@@ -135,7 +185,7 @@ def _float64(m: np.ndarray) -> torch.Tensor:
 
 
 def _procrustes_gram(
-    xy: torch.Tensor, tie: torch.Tensor | None, rtol: float, top: float | None
+    xy: torch.Tensor, tie: torch.Tensor | Factors | None, rtol: float, top: float | None
 ) -> tuple[torch.Tensor, int]:
     """`procrustes` by the Gram route, in torch float64: one library's threads (torch's
     LAPACK for the eigendecompositions, so its BLAS for the products too; numpy's OpenBLAS
@@ -152,9 +202,15 @@ def _procrustes_gram(
     R = u[:, :r] @ vt_r
     if r < k and tie is not None:  # the open directions: tie's best map between the null spaces
         un = u[:, r:]
-        d = un.T @ tie  # tie, seen from A's null space into B's (cheap when few are open)
-        d = d - (d @ vt_r.T) @ vt_r
-        R = R + un @ _procrustes_gram(d, None, rtol, _top(tie))[0]
+        if isinstance(tie, Factors) and tie.left.shape[1] < k - r:  # at the tie's low rank
+            p, m = un.T @ tie.left, tie.right - (tie.right @ vt_r.T) @ vt_r
+            left, right = _procrustes_factors(p, m, rtol, tie.top())
+            R = R + (un @ left) @ right
+        else:
+            tie = tie.dense() if isinstance(tie, Factors) else tie
+            d = un.T @ tie  # tie, seen from A's null space into B's (cheap when few are open)
+            d = d - (d @ vt_r.T) @ vt_r
+            R = R + un @ _procrustes_gram(d, None, rtol, _top(tie))[0]
     if rtol >= ISOMETRIC_RTOL and (top is None or top >= s[0]):
         return R, k - r
     return 1.5 * R - 0.5 * (R @ R.T) @ R, k - r

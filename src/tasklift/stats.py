@@ -13,7 +13,7 @@ import torch
 from .qr import QRStats
 from .rows import Array, as_float64, as_rows, column_sums, finite_sums
 
-__all__ = ["GramStats", "QRStats", "Array", "as_float64"]
+__all__ = ["GramStats", "MappedStats", "QRStats", "Array", "as_float64"]
 
 
 #: a per-row affine map x -> x Wᵀ + b: (W (d_out, d_in), b or None)
@@ -176,38 +176,52 @@ class GramStats:
                 out._xx, out._yy = self._xx[:, x_cols, x_cols].copy(), self._yy.copy()
         return out
 
-    def mapped(self, x_map: AffineMap, y_map: AffineMap) -> GramStats:
+    def _affine_factors(self, k: int, maps: tuple, left: bool) -> tuple:
+        """Fold k's statistics of the mapped rows (x W_xᵀ + b_x, y W_yᵀ + b_y) as float64
+        factors: XᵀY = L @ M of inner width d_in + 1 on the x side (`left`) or the y side, and
+        the new Σx, Σy (the bias terms ride on the extra column)."""
+        (wx, bx), (wy, by) = maps
+        n, xy = float(self._n[k]), torch.from_numpy(self._xy[k]).double()
+        sx, sy = torch.from_numpy(self._sx[k]), torch.from_numpy(self._sy[k])
+        sx_out = wx @ sx + (0 if bx is None else n * bx)
+        sy_out = wy @ sy + (0 if by is None else n * by)
+        if left:  # [W_x b_x] · [XᵀY W_yᵀ + Σx b_yᵀ; Σy_outᵀ]
+            m = xy @ wy.T + (0 if by is None else torch.outer(sx, by))
+            lf, rt = (wx, m) if bx is None else (torch.cat([wx, bx[:, None]], 1),
+                                                 torch.cat([m, sy_out[None]]))  # fmt: skip
+        else:  # [W_x XᵀY + b_x Σyᵀ  Σx_out] · [W_y b_y]ᵀ
+            m = wx @ xy + (0 if bx is None else torch.outer(bx, sy))
+            lf, rt = (m, wy.T) if by is None else (torch.cat([m, sx_out[:, None]], 1),
+                                                   torch.cat([wy, by[:, None]], 1).T)  # fmt: skip
+        return lf, rt, sx_out, sy_out
+
+    def mapped(self, x_map: AffineMap, y_map: AffineMap) -> MappedStats:
         """The gram=False statistics of the rows (x W_xᵀ + b_x, y W_yᵀ + b_y), from these alone:
-        a linear layer's outputs' from its inputs', in O(d³) once rather than O(N d²).
+        a linear layer's outputs' from its inputs', in O(d³) once rather than O(N d²). They
+        keep what made them, so XᵀY is also at hand as factors of rank d_in + 1
+        (`MappedStats.factors`).
 
         Raises:
             ValueError: gram=True or empty statistics, or a W whose d_in is not their width.
         """
         if self.gram or self._xy is None:
             raise ValueError("mapped() needs accumulated gram=False statistics (XᵀY and sums)")
-        (wx, bx), (wy, by) = (_float64_map(m) for m in (x_map, y_map))
+        maps = tuple(_float64_map(m) for m in (x_map, y_map))
+        (wx, _), (wy, _) = maps
         if (wx.shape[1], wy.shape[1]) != self.dims:
             raise ValueError(
                 f"the maps read widths ({wx.shape[1]}, {wy.shape[1]}) but the rows have "
                 f"{self.dims}; pass each W as (d_out, d_in)"
             )
-        n = torch.from_numpy(self._n).double()[:, None]
-        xy = torch.from_numpy(self._xy).double()
-        msx = torch.from_numpy(self._sx) @ wx.T  # Σ x W_xᵀ per fold
-        sy = torch.from_numpy(self._sy) @ wy.T + (0 if by is None else n * by)  # the new Σy
         (ox, ix), (oy, iy) = wx.shape, wy.shape
-        # Wx · XᵀY · Wyᵀ in the cheaper order, then the bias terms added in place:
-        # (Σ x W_xᵀ) b_yᵀ + b_x (Σ y W_yᵀ + n b_y)ᵀ
-        prod = (wx @ xy) @ wy.T if ox * iy * (ix + oy) <= ix * oy * (iy + ox) else wx @ (xy @ wy.T)
-        k = prod.shape[0]
-        if by is not None:
-            prod.baddbmm_(msx[:, :, None], by.expand(k, 1, oy))
-        if bx is not None:
-            prod.baddbmm_(bx.expand(k, ox)[:, :, None], sy[:, None, :])
-        out = GramStats(folds=self.folds, gram=False, dtype=self.dtype)
-        out._n, out._sy = self._n.copy(), sy.numpy()
-        out._sx = (msx if bx is None else msx + n * bx).numpy()
-        out._xy = prod.numpy().astype(self.dtype, copy=False)
+        left = ox * iy * (ix + oy) >= ix * oy * (iy + ox)  # the cheaper product
+        out = MappedStats(self, maps)
+        out._n = self._n.copy()
+        out._sx, out._sy = np.zeros((self._k, ox)), np.zeros((self._k, oy))
+        out._xy = np.zeros((self._k, ox, oy), dtype=self.dtype)
+        for k in range(self._k):
+            lf, rt, out._sx[k], out._sy[k] = self._affine_factors(k, maps, left)
+            out._xy[k] = (lf @ rt).numpy()
         return out
 
     def all_reduce(self, group=None) -> GramStats:
@@ -305,3 +319,38 @@ class GramStats:
         qr = {k[3:]: v for k, v in state.items() if k.startswith("qr.")}
         out.qr = QRStats.from_state_dict(qr) if qr else None
         return out
+
+
+class MappedStats(GramStats):
+    """`GramStats.mapped`'s result: the statistics of affinely mapped rows, which keep the
+    statistics and maps they came from (references), so `factors` gives XᵀY at its low rank.
+    Derived, not accumulated: they refuse new rows."""
+
+    def __init__(self, source: GramStats, maps: tuple) -> None:
+        super().__init__(folds=source.folds, gram=False, dtype=source.dtype)
+        self._source, self._maps, self._seen = source, maps, source._n.copy()
+
+    def update(self, *args, **kwargs):
+        raise ValueError("mapped statistics are derived: update the inputs' and map them again")
+
+    merge = all_reduce = update
+
+    def factors(self, center: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """float64 (L, M) with L @ M = XᵀY (centred with `center`), of inner width the smaller
+        d_in + 1 (+ 1 centred): what a Procrustes tie-break needs of a wide linear layer's
+        output without its d_out² Gram.
+
+        Raises:
+            ValueError: the source statistics took rows since the mapping.
+        """
+        if not np.array_equal(self._source._n, self._seen):
+            raise ValueError("the statistics these were mapped from changed; map them again")
+        (wx, _), (wy, _) = self._maps
+        lf = rt = None
+        for k in range(self._k):  # summed over folds: one more block of columns each
+            f = self._source._affine_factors(k, self._maps, wx.shape[1] <= wy.shape[1])[:2]
+            lf, rt = f if lf is None else (torch.cat([lf, f[0]], 1), torch.cat([rt, f[1]]))
+        if center:  # XᵀY − Σx Σyᵀ / n
+            sx, sy = torch.from_numpy(self.sx), torch.from_numpy(self.sy)
+            lf, rt = torch.cat([lf, -sx[:, None] / self.n], 1), torch.cat([rt, sy[None]])
+        return lf, rt

@@ -20,8 +20,8 @@ from transformers.pytorch_utils import Conv1D
 from ..distributed import all_reduce_tensors, deal
 from ..families import FIXED_ROLES, attention_blocks, family_of, head_counts, roles
 from ..maps import MAPS
-from ..solvers import NULL_RTOL, _assign
-from ..stats import GramStats
+from ..solvers import NULL_RTOL, Factors, _assign
+from ..stats import GramStats, MappedStats
 from ..taskvector import LowRank, TaskVector, dense
 from .calibration import SIGNALS
 from .methods import TIE_BREAK, Method, get_method
@@ -49,6 +49,16 @@ def _cross(stats: GramStats, center: bool) -> np.ndarray:
     return xy / max(float(np.linalg.norm(xy)), 1e-300)
 
 
+def _tie(later: list[GramStats], center: bool) -> np.ndarray | Factors | None:
+    """The later signals' cross-covariances, each at unit norm, summed: a linear layer's output
+    signal alone as its `Factors` (rank d_in + 1: a wide layer's tie-break solved at that)."""
+    if len(later) == 1 and isinstance(later[0], MappedStats):
+        left, right = later[0].factors(center)
+        xy = later[0].centred()[3] if center else later[0].xy
+        return Factors(left / max(float(np.linalg.norm(xy)), 1e-300), right)
+    return sum(_cross(s, center) for s in later) if later else None
+
+
 def _fit(
     method: Method,
     stats: list[GramStats],
@@ -61,8 +71,7 @@ def _fit(
     """R (d_A, d_B) by the method's solver from the first signal; later signals (summed, each at
     unit norm) settle only what it leaves open. Split in `chunks` parts (fused q|k|v, or the
     key/value head groups), A's part i is aligned only with B's part `order[i]` (default i)."""
-    first, later = stats[0], stats[1:]
-    tie = sum(_cross(s, center) for s in later) if later else None
+    first, tie = stats[0], _tie(stats[1:], center)
     kw = {"groups": groups} if method.heads_first else {}
     if method.solver == "ProcrustesMap":
         kw["null_rtol"] = rtol
