@@ -184,27 +184,54 @@ def test_procrustes_tie_settles_only_the_open_directions(shape, tie_rank):
     np.testing.assert_allclose(np.trace(R.T @ xy), np.linalg.svd(xy, compute_uv=False).sum())
 
 
-@pytest.mark.parametrize("shape", [(20, 32), (32, 20), (300, 280)])
-@pytest.mark.parametrize("tie_rank", [4, 40], ids=["below-open", "above-open"])
-def test_procrustes_with_a_factored_tie_equals_the_dense_tie(shape, tie_rank):
-    """A tie given as Factors (left @ right, rank q) gives the dense tie's R, the full-SVD
-    definition's: solved at rank q where q is below the open directions' count, densified
-    otherwise; slicing and transposing the factors slice and transpose the matrix."""
+def _factored(left: np.ndarray, right: np.ndarray, made: list | None = None):
     from tasklift.solvers import Factors
 
+    def make():
+        (made if made is not None else []).append(1)
+        return torch.from_numpy(left), torch.from_numpy(right)
+
+    return Factors(left @ right, left.shape[1], make)
+
+
+@pytest.mark.parametrize("shape", [(20, 32), (32, 20), (300, 280)])
+@pytest.mark.parametrize("tie_rank", [4, 40], ids=["q4", "q40"])
+def test_procrustes_with_a_factored_tie_equals_the_dense_tie(shape, tie_rank):
+    """A tie given as Factors (rank q) gives the dense tie's R, the full-SVD definition's:
+    solved at rank q where more directions are open than q (the factors are made), from the
+    dense matrix otherwise; slicing and transposing slice and transpose both."""
     xy, _ = _tie_case(shape, 0)
     g = np.random.default_rng(11)
     left, right = g.normal(size=(shape[0], tie_rank)), g.normal(size=(tie_rank, shape[1]))
-    f = Factors(torch.from_numpy(left), torch.from_numpy(right))
+    made = []
+    R, open_dims = procrustes(xy, _factored(left, right, made))
     tie = left @ right
-    R, open_dims = procrustes(xy, f)
     np.testing.assert_allclose(R, procrustes(xy, tie)[0], atol=1e-9)
     np.testing.assert_allclose(R, procrustes_svd(xy, tie), atol=1e-9)
-    assert open_dims == min(shape) - 12
-    assert f.top() == pytest.approx(np.linalg.svd(tie, compute_uv=False)[0], rel=1e-12)
-    rows, cols = slice(2, 9), slice(1, 15)
-    np.testing.assert_allclose(f[rows, cols].dense().numpy(), tie[rows, cols], atol=1e-12)
-    np.testing.assert_allclose(f.T.dense().numpy(), tie.T, atol=1e-12)
+    assert open_dims == min(shape) - 12 and len(made) == (tie_rank < open_dims)
+    f, rows, cols = _factored(left, right), slice(2, 9), slice(1, 15)
+    for part, want in ((f[rows, cols], tie[rows, cols]), (f.T, tie.T)):
+        np.testing.assert_allclose(part.dense, want)
+        np.testing.assert_allclose((part.make()[0] @ part.make()[1]).numpy(), want, atol=1e-12)
+
+
+def test_a_factored_tie_keeps_the_cutoff_relative_to_the_whole_tie():
+    """Most of the tie lies in the directions XᵀY determines (projected out); of the rest, the
+    open directions whose singular values fall between 1e-3 of the remainder's largest and 1e-3
+    of the whole tie's largest stay open (mapped to zero), as in the full-SVD definition; the
+    factors repeat a column (rank-deficient), which changes nothing."""
+    xy, _ = _tie_case((60, 80), 0)  # rank 12: 48 directions open, more than the tie's rank
+    u, _, vt = np.linalg.svd(xy)
+    inside = 100 * u[:, :12] @ np.diag(np.linspace(1, 2, 12)) @ vt[:12]
+    spread = np.array([1.0, 0.05, 0.02, 5e-4])  # 0.05 and 0.02: open by the whole tie's 0.2
+    left = np.hstack([u[:, :12] * 100, u[:, 12:16] * spread, u[:, 12:13]])
+    right = np.vstack([np.diag(np.linspace(1, 2, 12)) @ vt[:12], vt[12:16], 0 * vt[12:13]])
+    np.testing.assert_allclose(left @ right, inside + u[:, 12:16] @ np.diag(spread) @ vt[12:16])
+    made = []
+    R = procrustes(xy, _factored(left, right, made), rtol=1e-3)[0]
+    want = procrustes_svd(xy, left @ right, rtol=1e-3)
+    np.testing.assert_allclose(R, want, atol=1e-9)
+    assert made and np.linalg.matrix_rank(R, tol=1e-6) == 13  # 12 determined + 1 settled
 
 
 @pytest.mark.parametrize("case", ["random", "transposed", "orthogonal", "rank-1", "zero", "small"])

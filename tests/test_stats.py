@@ -105,27 +105,44 @@ def test_mapped_statistics_equal_those_of_the_mapped_rows(bias):
         GramStats(gram=False).update(X, Y).mapped((t(wx), None), (t(wy[:, :2]), None))
 
 
-@pytest.mark.parametrize("widths", [(4, 3), (3, 5)], ids=["y-side", "x-side"])
+@pytest.mark.parametrize("shapes", [((3, 2), (5, 9)), ((5, 9), (3, 2))], ids=["x", "y"])
+@pytest.mark.parametrize("bias", ["both", "x", "none"])
 @pytest.mark.parametrize("folds", [0, 3])
-def test_mapped_statistics_factor_at_the_inputs_rank(widths, folds):
-    """MappedStats.factors: L @ M is their XᵀY (centred: minus Σx Σyᵀ / n) with inner width the
-    smaller d_in + 1 per fold; they refuse new rows, and factors refuse a changed source."""
+def test_mapped_statistics_factor_at_the_inputs_rank(shapes, bias, folds):
+    """MappedStats.factors: L @ M is XᵀY of the mapped rows (centred: minus Σx Σyᵀ / n), of
+    inner width d_in (+ 1 with a bias) of the smaller side whatever side mapped() took; they
+    refuse new rows, factors a changed source or weight; alone, all_reduce is a no-op."""
     import torch
 
+    (ix, ox), (iy, oy) = shapes  # mapped() takes the other side (the cheaper product)
     r = np.random.default_rng(5)
-    X, Y = r.normal(size=(40, widths[0])), r.normal(size=(40, widths[1]))
-    t = lambda *a: torch.from_numpy(r.normal(size=a))  # noqa: E731
+    X, Y = r.normal(size=(40, ix)), r.normal(size=(40, iy))
+    wx, wy, bx, by = r.normal(size=(ox, ix)), r.normal(size=(oy, iy)), r.normal(size=ox), None
+    bx = None if bias == "none" else bx
+    by = r.normal(size=oy) if bias == "both" else None
+    t = lambda v: None if v is None else torch.from_numpy(v)  # noqa: E731
     src = GramStats(folds=folds, gram=False).update(X, Y)
-    got = src.mapped((t(7, widths[0]), t(7)), (t(6, widths[1]), t(6)))
+    got = src.mapped((t(wx), t(bx)), (t(wy), t(by)))
+    rows = GramStats(gram=False).update(X @ wx.T + (0 if bx is None else bx),
+                                        Y @ wy.T + (0 if by is None else by))  # fmt: skip
+    assert got.rank == min(ix + (bx is not None), iy + (by is not None))
     for center in (False, True):
         left, right = got.factors(center)
-        want = got.centred()[3] if center else got.xy
+        want = rows.centred()[3] if center else rows.xy
         np.testing.assert_allclose((left @ right).numpy(), want, rtol=1e-10, atol=1e-10)
-        assert left.shape[1] == max(folds, 1) * (min(widths) + 1) + center
+        assert left.shape[1] == got.rank + center
+    assert (
+        got.all_reduce() is got and type(GramStats.from_state_dict(got.state_dict())) is GramStats
+    )
     with pytest.raises(ValueError, match="derived"):
         got.update(X[:, :1], Y[:, :1])
+    w = t(wx.copy())
+    fresh = src.mapped((w, None), (t(wy), None))
+    w.mul_(2.0)  # a weight changed in place
+    with pytest.raises(ValueError, match="changed; map again"):
+        fresh.factors()
     src.update(X, Y)
-    with pytest.raises(ValueError, match="changed; map them again"):
+    with pytest.raises(ValueError, match="changed; map again"):
         got.factors()
 
 

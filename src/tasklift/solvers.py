@@ -9,7 +9,7 @@ against its definition.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -114,27 +114,33 @@ def _top(m: torch.Tensor) -> float:
 
 @dataclass(frozen=True)
 class Factors:
-    """A matrix kept as left (m, q) @ right (q, n) in float64 (a linear layer's output
-    cross-covariance has rank q = d_in + 1): a tie-break `procrustes` then solves at rank q."""
+    """A tie-break matrix of known low rank (a linear layer's output cross-covariance: d_in + 1):
+    `dense` (m, n) as given, and `make()` -> float64 (left (m, rank), right (rank, n)) with
+    left @ right = dense, made only where `procrustes` solves at that rank (more directions
+    open than it)."""
 
-    left: torch.Tensor
-    right: torch.Tensor
+    dense: np.ndarray | torch.Tensor
+    rank: int
+    make: Callable[[], tuple[torch.Tensor, torch.Tensor]]
 
     @property
     def T(self) -> Factors:
-        return Factors(self.right.T, self.left.T)
+        return Factors(self.dense.T, self.rank, lambda: tuple(t.T for t in self.make()[::-1]))
 
     def __getitem__(self, index: tuple[slice, slice]) -> Factors:
         rows, cols = index
-        return Factors(self.left[rows], self.right[:, cols])
 
-    def dense(self) -> torch.Tensor:
-        return self.left @ self.right
+        def make():
+            left, right = self.make()
+            return left[rows], right[:, cols]
 
-    def top(self) -> float:
-        """The largest singular value, from the two triangular factors of their QRs."""
-        r = torch.linalg.qr(self.left, mode="r")[1] @ torch.linalg.qr(self.right.T, mode="r")[1].T
-        return float(torch.linalg.matrix_norm(r, ord=2)) if r.numel() else 0.0
+        return Factors(self.dense[rows, cols], self.rank, make)
+
+
+def _top_factors(left: torch.Tensor, right: torch.Tensor) -> float:
+    """The largest singular value of left @ right, from the triangular factors of their QRs."""
+    r = torch.linalg.qr(left, mode="r")[1] @ torch.linalg.qr(right.T, mode="r")[1].T
+    return float(torch.linalg.matrix_norm(r, ord=2)) if r.numel() else 0.0
 
 
 def _procrustes_factors(p: torch.Tensor, m: torch.Tensor, rtol: float, top: float):
@@ -169,18 +175,20 @@ def procrustes(
     """
     if rtol < GRAM_RTOL:  # the Gram squares σ: it cannot resolve directions this weak
         s = np.linalg.svd(xy, compute_uv=False)
-        tie = tie.dense().numpy() if isinstance(tie, Factors) else tie
+        tie = tie.dense if isinstance(tie, Factors) else tie
         return procrustes_svd(xy, tie, rtol=rtol, top=top), min(xy.shape) - _cutoff(s, rtol, top)
     if isinstance(tie, Factors):
-        tie = Factors(*(t.to(torch.float64) for t in (tie.left, tie.right)))
+        tie = Factors(_float64(tie.dense), tie.rank, tie.make)
     elif tie is not None:
         tie = _float64(tie)
     R, open_dims = _procrustes_gram(_float64(xy), tie, rtol, top)
     return R.numpy(), open_dims
 
 
-def _float64(m: np.ndarray) -> torch.Tensor:
+def _float64(m: np.ndarray | torch.Tensor) -> torch.Tensor:
     """A float64 tensor of its own (a copy: any strides, read-only arrays too)."""
+    if isinstance(m, torch.Tensor):
+        return m.to(torch.float64, copy=True)
     return torch.from_numpy(np.array(m, dtype=np.float64))
 
 
@@ -202,12 +210,13 @@ def _procrustes_gram(
     R = u[:, :r] @ vt_r
     if r < k and tie is not None:  # the open directions: tie's best map between the null spaces
         un = u[:, r:]
-        if isinstance(tie, Factors) and tie.left.shape[1] < k - r:  # at the tie's low rank
-            p, m = un.T @ tie.left, tie.right - (tie.right @ vt_r.T) @ vt_r
-            left, right = _procrustes_factors(p, m, rtol, tie.top())
+        if isinstance(tie, Factors) and tie.rank < k - r:  # solved at the tie's low rank
+            left, right = (t.to(torch.float64) for t in tie.make())
+            p, m = un.T @ left, right - (right @ vt_r.T) @ vt_r
+            left, right = _procrustes_factors(p, m, rtol, _top_factors(left, right))
             R = R + (un @ left) @ right
         else:
-            tie = tie.dense() if isinstance(tie, Factors) else tie
+            tie = tie.dense if isinstance(tie, Factors) else tie
             d = un.T @ tie  # tie, seen from A's null space into B's (cheap when few are open)
             d = d - (d @ vt_r.T) @ vt_r
             R = R + un @ _procrustes_gram(d, None, rtol, _top(tie))[0]

@@ -25,6 +25,15 @@ def _float64_map(m: AffineMap) -> AffineMap:
     return tuple(None if t is None else t.detach().to("cpu", torch.float64) for t in m)
 
 
+def _world(group=None) -> int:
+    """How many torch.distributed processes take part (1 when not distributed)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    return dist.get_world_size(group)
+
+
 def _folds(pos: np.ndarray, k: int):
     """(fold, row mask) for each fold holding some of the rows at `pos`; mask None: all rows."""
     if k == 1:
@@ -147,9 +156,9 @@ class GramStats:
         if self.qr is not None:
             self.qr.merge(other.qr)
         if self._xy is None:
-            for k, v in other.__dict__.items():
-                if k != "qr":
-                    setattr(self, k, v.copy() if isinstance(v, np.ndarray) else v)
+            for k in ("folds", "gram", "dtype", "_k", *other._fields()):
+                v = getattr(other, k)
+                setattr(self, k, v.copy() if isinstance(v, np.ndarray) else v)
             return self
         for name in self._fields():
             getattr(self, name).__iadd__(getattr(other, name))
@@ -176,13 +185,14 @@ class GramStats:
                 out._xx, out._yy = self._xx[:, x_cols, x_cols].copy(), self._yy.copy()
         return out
 
-    def _affine_factors(self, k: int, maps: tuple, left: bool) -> tuple:
-        """Fold k's statistics of the mapped rows (x W_xᵀ + b_x, y W_yᵀ + b_y) as float64
-        factors: XᵀY = L @ M of inner width d_in + 1 on the x side (`left`) or the y side, and
-        the new Σx, Σy (the bias terms ride on the extra column)."""
+    def _affine_factors(self, k: int | None, maps: tuple, left: bool) -> tuple:
+        """Fold k's statistics (None: the totals) of the mapped rows (x W_xᵀ + b_x, y W_yᵀ +
+        b_y), float64 maps: XᵀY = L @ M with the bias terms on an extra inner column, of width
+        d_in (+ 1) of the x side (`left`) or the y side; and the new Σx, Σy."""
         (wx, bx), (wy, by) = maps
-        n, xy = float(self._n[k]), torch.from_numpy(self._xy[k]).double()
-        sx, sy = torch.from_numpy(self._sx[k]), torch.from_numpy(self._sy[k])
+        pick = (lambda a: a[k]) if k is not None else (lambda a: a.sum(0, dtype=np.float64))
+        n, xy = float(pick(self._n)), torch.from_numpy(pick(self._xy)).double()
+        sx, sy = torch.from_numpy(pick(self._sx)), torch.from_numpy(pick(self._sy))
         sx_out = wx @ sx + (0 if bx is None else n * bx)
         sy_out = wy @ sy + (0 if by is None else n * by)
         if left:  # [W_x b_x] · [XᵀY W_yᵀ + Σx b_yᵀ; Σy_outᵀ]
@@ -215,7 +225,7 @@ class GramStats:
             )
         (ox, ix), (oy, iy) = wx.shape, wy.shape
         left = ox * iy * (ix + oy) >= ix * oy * (iy + ox)  # the cheaper product
-        out = MappedStats(self, maps)
+        out = MappedStats(self, (x_map, y_map))
         out._n = self._n.copy()
         out._sx, out._sy = np.zeros((self._k, ox)), np.zeros((self._k, oy))
         out._xy = np.zeros((self._k, ox, oy), dtype=self.dtype)
@@ -234,7 +244,7 @@ class GramStats:
 
         from .distributed import collective_device
 
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size(group) == 1:
+        if _world(group) == 1:
             return self
         device = collective_device(group)
         dims = torch.tensor(self.dims or (0, 0), device=device)
@@ -312,7 +322,7 @@ class GramStats:
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> GramStats:
         """Inverse of `state_dict`."""
-        out = cls(folds=int(state["n"].shape[0]), gram="xx" in state)
+        out = GramStats(folds=int(state["n"].shape[0]), gram="xx" in state)
         for k, v in state.items():
             if not k.startswith("qr."):
                 setattr(out, "_" + k, v.numpy().copy())
@@ -323,34 +333,52 @@ class GramStats:
 
 class MappedStats(GramStats):
     """`GramStats.mapped`'s result: the statistics of affinely mapped rows, which keep the
-    statistics and maps they came from (references), so `factors` gives XᵀY at its low rank.
-    Derived, not accumulated: they refuse new rows."""
+    statistics and maps they came from (references, no copies), so `factors` gives XᵀY at
+    its low rank. Derived, not accumulated: they refuse new rows, and `factors` refuses a
+    source that took rows or weights changed in place since."""
 
     def __init__(self, source: GramStats, maps: tuple) -> None:
         super().__init__(folds=source.folds, gram=False, dtype=source.dtype)
-        self._source, self._maps, self._seen = source, maps, source._n.copy()
+        self._source, self._maps, self._seen = source, maps, self._stamp(source, maps)
+
+    @staticmethod
+    def _stamp(source: GramStats, maps: tuple) -> tuple:
+        return source._n.copy(), [None if t is None else t._version for m in maps for t in m]
 
     def update(self, *args, **kwargs):
         raise ValueError("mapped statistics are derived: update the inputs' and map them again")
 
-    merge = all_reduce = update
+    merge = update
+
+    def all_reduce(self, group=None) -> MappedStats:
+        """Mapped statistics are made from all-reduced ones: a no-op alone, refused across
+        processes (all-reduce the inputs' before mapping)."""
+        if _world(group) > 1:
+            self.update()
+        return self
+
+    @property
+    def rank(self) -> int:
+        """The inner width of `factors` (centred: one more): d_in (+ 1 with a bias) of the side
+        with the smaller input."""
+        (wx, bx), (wy, by) = self._maps
+        return min(wx.shape[1] + (bx is not None), wy.shape[1] + (by is not None))
 
     def factors(self, center: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """float64 (L, M) with L @ M = XᵀY (centred with `center`), of inner width the smaller
-        d_in + 1 (+ 1 centred): what a Procrustes tie-break needs of a wide linear layer's
-        output without its d_out² Gram.
+        """float64 (L, M) with L @ M = XᵀY (centred with `center`) of inner width `rank` (+ 1
+        centred): what a Procrustes tie-break needs of a wide linear layer's output without
+        its d_out² Gram.
 
         Raises:
-            ValueError: the source statistics took rows since the mapping.
+            ValueError: the source statistics took rows, or a weight changed, since.
         """
-        if not np.array_equal(self._source._n, self._seen):
-            raise ValueError("the statistics these were mapped from changed; map them again")
-        (wx, _), (wy, _) = self._maps
-        lf = rt = None
-        for k in range(self._k):  # summed over folds: one more block of columns each
-            f = self._source._affine_factors(k, self._maps, wx.shape[1] <= wy.shape[1])[:2]
-            lf, rt = f if lf is None else (torch.cat([lf, f[0]], 1), torch.cat([rt, f[1]]))
+        new, old = self._stamp(self._source, self._maps), self._seen
+        if not np.array_equal(new[0], old[0]) or new[1] != old[1]:
+            raise ValueError("the statistics or weights these were mapped from changed; map again")
+        (wx, bx), (wy, by) = self._maps
+        left = wx.shape[1] + (bx is not None) <= wy.shape[1] + (by is not None)
+        maps = tuple(_float64_map(m) for m in self._maps)
+        lf, rt, sx, sy = self._source._affine_factors(None, maps, left)
         if center:  # XᵀY − Σx Σyᵀ / n
-            sx, sy = torch.from_numpy(self.sx), torch.from_numpy(self.sy)
             lf, rt = torch.cat([lf, -sx[:, None] / self.n], 1), torch.cat([rt, sy[None]])
         return lf, rt

@@ -43,20 +43,30 @@ def _embed_scale(model: nn.Module, width: int) -> float:
     return float(np.sqrt(width)) if family_of(model).embed_scale else 1.0
 
 
-def _cross(stats: GramStats, center: bool) -> np.ndarray:
-    """XᵀY, or the centred cross-covariance, scaled to unit Frobenius norm."""
+def _cross(stats: GramStats, center: bool) -> tuple[np.ndarray, float]:
+    """XᵀY, or the centred cross-covariance, scaled to unit Frobenius norm; and that norm."""
     xy = stats.centred()[3] if center else stats.xy
-    return xy / max(float(np.linalg.norm(xy)), 1e-300)
+    norm = max(float(np.linalg.norm(xy)), 1e-300)
+    return xy / norm, norm
 
 
 def _tie(later: list[GramStats], center: bool) -> np.ndarray | Factors | None:
-    """The later signals' cross-covariances, each at unit norm, summed: a linear layer's output
-    signal alone as its `Factors` (rank d_in + 1: a wide layer's tie-break solved at that)."""
+    """The later signals' cross-covariances, each at unit norm, summed; a linear layer's output
+    signal alone of lower rank than its widths comes with its `Factors` (a wide layer's
+    tie-break is then solved at that rank)."""
+    if not later:
+        return None
     if len(later) == 1 and isinstance(later[0], MappedStats):
-        left, right = later[0].factors(center)
-        xy = later[0].centred()[3] if center else later[0].xy
-        return Factors(left / max(float(np.linalg.norm(xy)), 1e-300), right)
-    return sum(_cross(s, center) for s in later) if later else None
+        s = later[0]
+        (dense, norm), rank = _cross(s, center), s.rank + center
+        if rank < min(s.dims):
+
+            def make():
+                left, right = s.factors(center)
+                return left / norm, right
+
+            return Factors(dense, rank, make)
+    return sum(_cross(s, center)[0] for s in later)
 
 
 def _fit(
