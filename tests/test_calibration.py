@@ -132,3 +132,30 @@ def test_attention_alone_is_calibrated_outside_torch_fast_path():
     for key, s in got.items():
         np.testing.assert_allclose(s.xy, want[key].xy, rtol=1e-5, atol=1e-7)
     assert torch.backends.mha.get_fastpath_enabled()  # restored
+
+
+def test_rows_shared_by_several_signals_are_multiplied_once(monkeypatch):
+    """A block's q, k and v read one tensor (and a norm's output is the next layer's input):
+    their statistics are accumulated once per batch and merged into each, equal to
+    accumulating each alone."""
+    from tasklift.stats import GramStats
+
+    prep = prepared()
+    a, b, loss = prep["source"], prep["target"], prep["loss"]
+    batches = [np.arange(i, i + BATCH) for i in range(0, N, BATCH)]
+    sigs = get_method("bico").signals
+    calls = []
+    real = GramStats.update
+    monkeypatch.setattr(GramStats, "update", lambda s, *x, **k: calls.append(1) or real(s, *x, **k))
+    shared = cal.calibrate(a, b, prep["pairs"], batches, loss, signals=sigs)
+    n_shared = len(calls)
+    counter = iter(range(10**9))
+    monkeypatch.setattr(cal, "_ident", lambda t: next(counter))  # nothing shared
+    alone = cal.calibrate(a, b, prep["pairs"], batches, loss, signals=sigs)
+    saved = len(calls) - 2 * n_shared  # alone's products less shared's (both counted)
+    # per block and batch at least: k's and v's inputs (q's), the FFN's (the norm's output)
+    assert saved >= 3 * 2 * len(batches)  # tiny BERT: 2 blocks
+    assert set(shared) == set(alone)
+    for key, s in alone.items():
+        for name in ("xy", "sx", "sy", "n"):
+            np.testing.assert_array_equal(getattr(shared[key], name), getattr(s, name))

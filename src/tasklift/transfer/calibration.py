@@ -217,20 +217,35 @@ def _pairer(pairs, sigs, out: dict, token, words, grids, dtype, clock: Timings) 
 
     def pair(got_a: dict, got_b: dict, batch) -> None:
         with clock("statistics"):
-            pools = None
-            for b, a in pairs.items():
-                for sig in sigs[b]:
-                    if (a, sig) not in got_a or (b, sig) not in got_b:
-                        continue  # another pass's, or no gradient reaches the model's inputs
-                    if token == "word" and pools is None:  # both tokenizers: only if needed
-                        pools = words(batch)
-                    where = f"{a} -> {b} ({sig})"
-                    xa, xb = align_tokens(
-                        got_a[(a, sig)], got_b[(b, sig)], token, where, pools, grids
-                    )
-                    out.setdefault((b, sig), GramStats(gram=False, dtype=dtype)).update(xa, xb)
+            todo = [(b, a, sig) for b, a in pairs.items() for sig in sigs[b]
+                    if (a, sig) in got_a and (b, sig) in got_b]  # fmt: skip
+            # the same tensors on both sides (a block's q, k and v read one input, a norm's
+            # output is the next layer's input): their rows are paired and multiplied once
+            same = {k: (_ident(got_a[k[1:]]), _ident(got_b[(k[0], k[2])])) for k in todo}
+            shared = {v for v in same.values() if list(same.values()).count(v) > 1}
+            pools, once = None, {}
+            for b, a, sig in todo:
+                if token == "word" and pools is None:  # both tokenizers: only if needed
+                    pools = words(batch)
+                acc = out.setdefault((b, sig), GramStats(gram=False, dtype=dtype))
+                key = same[(b, a, sig)]
+                if key in once:
+                    acc.merge(once[key])
+                    continue
+                xa, xb = align_tokens(got_a[(a, sig)], got_b[(b, sig)], token,
+                                      f"{a} -> {b} ({sig})", pools, grids)  # fmt: skip
+                if key in shared:
+                    once[key] = GramStats(gram=False, dtype=dtype).update(xa, xb)
+                    acc.merge(once[key])
+                else:
+                    acc.update(xa, xb)
 
     return pair
+
+
+def _ident(t: torch.Tensor) -> tuple:
+    """What makes two live tensors hold the same numbers: memory, shape, strides, dtype."""
+    return t.data_ptr(), tuple(t.shape), t.stride(), t.dtype
 
 
 def _bytes(got: Mapping) -> int:
