@@ -159,3 +159,13 @@ def test_rows_shared_by_several_signals_are_multiplied_once(monkeypatch):
     for key, s in alone.items():
         for name in ("xy", "sx", "sy", "n"):
             np.testing.assert_array_equal(getattr(shared[key], name), getattr(s, name))
+
+
+def test_head_layers_in_the_calibrated_pairs_are_refused():
+    """The head step carries the head layers; calibrating them too would read B's blank head."""
+    prep = prepared()
+    step = prep["head_step"]
+    pairs = {**prep["pairs"], step.target: step.source}
+    with pytest.raises(ValueError, match="carried by the head step, not calibrated"):
+        cal.calibrate(prep["source"], prep["target"], pairs, [np.arange(4)], prep["loss"],
+                      head=step)  # fmt: skip

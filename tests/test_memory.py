@@ -61,7 +61,7 @@ def test_classifier_counts_heads_and_copies():
 def test_kept_gradient_rows_are_what_a_classifier_calibration_keeps(monkeypatch):
     """A classifier's calibration keeps A's gradient rows from its first pass for its second
     (`calibration.HeadStep`): the model's bytes are those calibrate counts (position
-    embeddings' counted per input, an upper bound), capped."""
+    embeddings' counted per input, a tensor two signals share twice: an upper bound), capped."""
     from conftest import nudged
     from tasklift.transfer import Transfer
     from tasklift.transfer import calibration as cal
@@ -76,13 +76,23 @@ def test_kept_gradient_rows_are_what_a_classifier_calibration_keeps(monkeypatch)
     X = {"input_ids": torch.randint(1, 60, (12, 8), generator=torch.Generator().manual_seed(0))}
     Transfer(a, nudged(a), b.bert, batch_size=4).fit(X)
     m = transfer_memory(configs[0], configs[1], tokens=8, inputs=12, num_labels=3)
-    # one gradient row per token of each input, but the position embeddings' (B = 1 for 4)
+    # a batch's gradient rows of A are among the kept ones: counted once (not when too few
+    # inputs are kept for one batch: 2 inputs, batches of 4)
+    few = transfer_memory(configs[0], configs[1], tokens=8, inputs=2, batch_size=4, num_labels=3)
+    mine = transfer_memory(configs[0], configs[1], tokens=8, inputs=12, batch_size=4, num_labels=3)
+    comps = few["components"], mine["components"]
+    assert comps[0]["captures"] - comps[1]["captures"] == comps[1]["kept"] * 4 // 12 > 0
+    # one gradient row per token of each input, but the position embeddings' (B = 1 for 4),
+    # and the token-type embeddings' gradient is the word embeddings' (one tensor, kept once)
     broadcast = 3 * (4 - 1) * 8 * 32 * 4  # batches x inputs a batch shares x tokens x width
-    assert m["components"]["kept"] == sum(counted) + broadcast > broadcast
+    shared = 3 * 4 * 8 * 32 * 4  # batches x inputs x tokens x width
+    assert m["components"]["kept"] == sum(counted) + broadcast + shared > broadcast + shared
     capped = transfer_memory(configs[0], configs[1], tokens=2**20, inputs=2**10, num_labels=3)
     assert capped["components"]["kept"] == cal.KEEP_BYTES
     kw = dict(tokens=2**20, inputs=2**10, num_labels=3, max_stats_gb=0.5)
     assert transfer_memory(*configs, **kw)["components"]["kept"] == 2**29  # max_stats_gb caps it
+    kw["max_stats_gb"] = 8  # above the default cap: the default holds
+    assert transfer_memory(*configs, **kw)["components"]["kept"] == cal.KEEP_BYTES
     assert transfer_memory(qwen(32), qwen(48), tokens=8)["components"]["kept"] == 0  # no head
 
 

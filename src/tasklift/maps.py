@@ -75,7 +75,7 @@ class LinearMap(RegressorMixin, BaseEstimator):
     def _needs_gram(self) -> bool:
         return True
 
-    def fit_stats(self, stats: GramStats, *, tie: np.ndarray | None = None) -> LinearMap:
+    def fit_stats(self, stats: GramStats, *, tie: np.ndarray | Factors | None = None) -> LinearMap:
         """Fit from accumulated statistics; resets any earlier fit and returns self.
 
         `tie`: a second signal's cross-covariance (d_in, d_out), or its `solvers.Factors`,

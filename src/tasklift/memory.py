@@ -18,7 +18,7 @@ from torch import nn
 
 from .families import VOCAB_ROLES, roles
 from .models import backbone
-from .transfer.calibration import KEEP_BYTES, _signals, plan_passes
+from .transfer.calibration import _signals, keep_budget, plan_passes
 from .transfer.head import head_linears
 from .transfer.methods import STATS_DTYPE, get_method
 from .transfer.pairing import (
@@ -129,7 +129,8 @@ def _pairs(a: nn.Module, b: nn.Module, adapted, num_labels) -> dict[str, str]:
 def _kept(a: nn.Module, b: nn.Module, part: dict, signals, rows: int) -> int:
     """float32 bytes of A's gradient rows a classifier's calibration keeps from its first pass
     for its second (`calibration.HeadStep`), before the cap; position embeddings' rows are
-    counted per input, though one serves a batch (an upper bound)."""
+    counted per input, though one serves a batch, and a gradient two modules share (a sum's
+    addends) twice: an upper bound."""
     mods_a = dict(a.named_modules())
     grads = {(part[n], s) for n, sigs in _signals(b, part, signals).items() for s in sigs
              if s.startswith("grad")}  # fmt: skip
@@ -138,11 +139,12 @@ def _kept(a: nn.Module, b: nn.Module, part: dict, signals, rows: int) -> int:
 
 
 def _pass(a, b, part: dict, signals, tokens: int, itemsize: int, alias: bool) -> dict[str, int]:
-    """Statistics, captures and the largest update and solve transients of one pass (`alias`:
-    float32 models, whose captures are views, so modules reading one input share it). Affine
-    modules' outputs are not captured: mapped from their inputs' statistics in float64."""
+    """Statistics, captures (of them A's gradients) and the largest update and solve transients
+    of one pass (`alias`: float32 models, whose captures are views, so modules reading one
+    input share it). Affine modules' outputs are not captured: mapped from their inputs'
+    statistics in float64."""
     mods_a, mods_b, role_b = dict(a.named_modules()), dict(b.named_modules()), roles(b)
-    out, seen = dict(statistics=0, captures=0, update=0, solve=0), set()
+    out, seen = dict(statistics=0, captures=0, a_grads=0, update=0, solve=0), set()
     for name, sigs in _signals(b, part, signals).items():
         (ia, oa), (ib, ob) = module_dims(mods_a[part[name]]), module_dims(mods_b[name])
         role, block = role_b.get(name, ("", -1))
@@ -159,6 +161,7 @@ def _pass(a, b, part: dict, signals, tokens: int, itemsize: int, alias: bool) ->
             else:
                 if not (alias and sig == "input" and key in seen):
                     out["captures"] += tokens * (wa + wb) * 4
+                out["a_grads"] += tokens * wa * 4 if sig.startswith("grad") else 0
                 # XᵀY of a batch, and float64 copies of its float32 rows for float64 statistics
                 update = wa * wb * itemsize + tokens * (wa + wb) * (8 if itemsize == 8 else 0)
             seen.add(key)
@@ -209,6 +212,9 @@ def transfer_memory(
     changed = [n for n, m in a.named_modules() if owns_params(m) and n not in head
                and (adapted is None or n.rsplit(".", 1)[-1] in adapted)]  # fmt: skip
     merged_only = lazy and rank is not None and lm
+    # a classifier keeps A's gradient rows (`calibration.HeadStep`): a batch's are among them
+    kept = 0 if lm else min(_kept(a, b, passes[0], signals, inputs * tokens), keep_budget(budget))
+    captures = worst["captures"] - (worst["a_grads"] if kept >= worst["a_grads"] else 0)
     comp = {
         "finetuned": 0
         if rank is not None and lm and not label_free
@@ -218,13 +224,9 @@ def transfer_memory(
         "target": size * _params(b),
         "task_vector": _delta(a, changed, rank),
         "moved": _delta(b, list(pairs), rank),
-        **{k: worst[k] for k in ("statistics", "captures", "update")},
-        "kept": 0
-        if lm
-        else min(
-            _kept(a, b, passes[0], signals, inputs * tokens),
-            KEEP_BYTES if budget is None else budget,
-        ),
+        **{k: worst[k] for k in ("statistics", "update")},
+        "captures": captures,
+        "kept": kept,
         "solve": max(c["solve"] for c in costs),
         "activations": max(_activations(m, batch, size, lm, backward) for m in (a, b)),
         "validation": batch * (2 * (b.get_output_embeddings().out_features if lm else 0) * 4),

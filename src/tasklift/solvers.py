@@ -112,12 +112,12 @@ def _top(m: torch.Tensor) -> float:
     return size * float(torch.linalg.eigvalsh(m @ m.T)[-1].clamp_min(0.0).sqrt())
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Factors:
-    """A tie-break matrix of known low rank (a linear layer's output cross-covariance: d_in + 1):
+    """A tie-break matrix of low rank (a linear layer's output cross-covariance: d_in + 1):
     `dense` (m, n) as given, and `make()` -> float64 (left (m, rank), right (rank, n)) with
-    left @ right = dense, made only where `procrustes` solves at that rank (more directions
-    open than it)."""
+    left @ right = dense, made only where `procrustes` solves at that inner width (more
+    directions open than it)."""
 
     dense: np.ndarray | torch.Tensor
     rank: int
@@ -125,9 +125,11 @@ class Factors:
 
     @property
     def T(self) -> Factors:
+        """The transpose, factors swapped and transposed."""
         return Factors(self.dense.T, self.rank, lambda: tuple(t.T for t in self.make()[::-1]))
 
     def __getitem__(self, index: tuple[slice, slice]) -> Factors:
+        """A block (rows, cols): the left factor's rows, the right one's columns."""
         rows, cols = index
 
         def make():

@@ -139,7 +139,7 @@ class GramStats:
         return self
 
     def merge(self, other: GramStats) -> GramStats:
-        """Add another accumulator's counts (e.g. from another shard); returns self."""
+        """Add another accumulator's counts and sums (e.g. from another shard); returns self."""
         if other._xy is None:
             return self
         if self.qr is not None and other.qr is None:
@@ -345,22 +345,24 @@ class MappedStats(GramStats):
     def _stamp(source: GramStats, maps: tuple) -> tuple:
         return source._n.copy(), [None if t is None else t._version for m in maps for t in m]
 
-    def update(self, *args, **kwargs):
+    def update(self, *args, **kwargs) -> GramStats:
+        """Refused: mapped statistics are derived."""
         raise ValueError("mapped statistics are derived: update the inputs' and map them again")
 
-    merge = update
+    def merge(self, other: GramStats) -> GramStats:
+        """Refused: mapped statistics are derived."""
+        raise ValueError("mapped statistics are derived: merge the inputs' and map them again")
 
     def all_reduce(self, group=None) -> MappedStats:
-        """Mapped statistics are made from all-reduced ones: a no-op alone, refused across
-        processes (all-reduce the inputs' before mapping)."""
+        """A no-op alone; refused across processes (they are made from all-reduced inputs)."""
         if _world(group) > 1:
-            self.update()
+            raise ValueError("all-reduce the input statistics before mapping them, not after")
         return self
 
     @property
     def rank(self) -> int:
-        """The inner width of `factors` (centred: one more): d_in (+ 1 with a bias) of the side
-        with the smaller input."""
+        """The inner width of `factors` (centred: one more), a bound on XᵀY's rank: d_in (+ 1
+        with a bias) of the side with the smaller input."""
         (wx, bx), (wy, by) = self._maps
         return min(wx.shape[1] + (bx is not None), wy.shape[1] + (by is not None))
 

@@ -2,7 +2,8 @@
 
 - `methods`: the registry of methods (which signals align each side, which solver, post-steps);
 - `pairing`: which module of A each module of B takes, across depths and fused projections;
-- `calibration`: one forward-backward pass of A and B, cross-covariances streamed into GramStats;
+- `calibration`: one forward-backward pass of A and B, cross-covariances streamed into GramStats
+  (`tokens`: how token rows pair; `mha`: MultiheadAttention's projections made hookable);
 - `solve`: per-module maps from those statistics, transport of τ_A, GradFix's mask;
 - `head`: carrying A_ft's classification head onto B;
 - `estimator`: `Transfer`, the scikit-learn estimator tying them together.

@@ -6,13 +6,13 @@ dealt to the processes and the statistics all-reduced, so every process solves t
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -22,10 +22,11 @@ from ..hooks import capture
 from ..stats import GramStats
 from ..timing import Timings
 from .methods import TOKENS
+from .mha import InProj, unfused
 from .pairing import affine_of, is_matrix, module_dims
 from .tokens import align_tokens
 
-__all__ = ["calibrate", "plan_passes", "HeadStep", "SIGNALS", "KEEP_BYTES"]
+__all__ = ["calibrate", "plan_passes", "HeadStep", "SIGNALS", "KEEP_BYTES", "keep_budget"]
 
 #: what a hook can record per module
 SIGNALS = ("input", "output", "grad_input", "grad_output")
@@ -39,58 +40,6 @@ def _tokens(t: torch.Tensor, module: nn.Module) -> torch.Tensor:
     return t[:, None] if t.ndim == 2 else t.reshape(t.shape[0], -1, t.shape[-1])
 
 
-class InProj(nn.Module):
-    """The fused q|k|v projection of an `nn.MultiheadAttention`, as a module of its own: MHA
-    applies it (and out_proj) functionally, so no hook would see them otherwise. It holds no
-    parameters: it reads the attention module's own."""
-
-    def __init__(self, mha: nn.MultiheadAttention) -> None:
-        super().__init__()
-        if not mha._qkv_same_embed_dim or mha.bias_k is not None or mha.add_zero_attn:
-            raise ValueError(
-                "tasklift aligns nn.MultiheadAttention with one fused q|k|v projection only "
-                "(no kdim/vdim, bias_k/bias_v or add_zero_attn)"
-            )
-        self.owner = [mha]  # a list, so it is not registered as a child
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mha = self.owner[0]
-        return F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
-
-
-def _unfused(mha: nn.MultiheadAttention, in_proj: InProj):
-    """A forward for self-attention `mha` that calls `in_proj` and `mha.out_proj` as modules
-    (so their hooks fire) and otherwise computes what MHA computes."""
-
-    def forward(query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
-                average_attn_weights=True, is_causal=False):  # fmt: skip
-        if not (query is key is value):
-            raise ValueError("tasklift calibrates self-attention (query is key is value) only")
-        x = query if mha.batch_first else query.transpose(0, 1)  # (B, T, d)
-        b, t, d = x.shape
-        h = mha.num_heads
-        q, k, v = in_proj(x).view(b, t, 3, h, d // h).permute(2, 0, 3, 1, 4)
-        mask = None
-        for m in (attn_mask, None if key_padding_mask is None else key_padding_mask[:, None, None]):
-            if m is not None:
-                m = (
-                    torch.zeros(m.shape, dtype=q.dtype, device=m.device).masked_fill(
-                        m, float("-inf")
-                    )
-                    if m.dtype == torch.bool
-                    else m
-                )
-                mask = m if mask is None else mask + m
-        p = mha.dropout if mha.training else 0.0
-        o = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=p, is_causal=is_causal
-        )
-        out = mha.out_proj(o.transpose(1, 2).reshape(b, t, d))
-        return (out if mha.batch_first else out.transpose(0, 1)), None
-
-    return forward
-
-
 def _capture_pass(
     model: nn.Module, points: dict, batch, loss_fn, backward: bool, in_projs: dict
 ) -> dict[tuple, torch.Tensor]:
@@ -99,7 +48,7 @@ def _capture_pass(
     got = {}
     store = lambda key, t: got.__setitem__(key, _tokens(t, modules[key[0]]).cpu())  # noqa: E731
     for name, in_proj in in_projs.items():  # MHA: its projections as hookable modules
-        modules[name].forward = _unfused(modules[name], in_proj)
+        modules[name].forward = unfused(modules[name], in_proj)
     fast = torch.backends.mha.get_fastpath_enabled()
     # a TransformerEncoderLayer's fused fast path (eval, no grad) never calls MHA's forward
     torch.backends.mha.set_fastpath_enabled(fast and not in_projs)
@@ -202,6 +151,7 @@ def plan_passes(
 
 
 def _grad(key: tuple) -> bool:
+    """Whether a (module, signal) key is a gradient (captured during a backward pass)."""
     return key[1].startswith("grad")
 
 
@@ -222,23 +172,22 @@ def _pairer(pairs, sigs, out: dict, token, words, grids, dtype, clock: Timings) 
             # the same tensors on both sides (a block's q, k and v read one input, a norm's
             # output is the next layer's input): their rows are paired and multiplied once
             same = {k: (_ident(got_a[k[1:]]), _ident(got_b[(k[0], k[2])])) for k in todo}
-            shared = {v for v in same.values() if list(same.values()).count(v) > 1}
+            left = Counter(same.values())  # uses of each pair of tensors still to come
             pools, once = None, {}
             for b, a, sig in todo:
                 if token == "word" and pools is None:  # both tokenizers: only if needed
                     pools = words(batch)
                 acc = out.setdefault((b, sig), GramStats(gram=False, dtype=dtype))
                 key = same[(b, a, sig)]
-                if key in once:
-                    acc.merge(once[key])
-                    continue
-                xa, xb = align_tokens(got_a[(a, sig)], got_b[(b, sig)], token,
-                                      f"{a} -> {b} ({sig})", pools, grids)  # fmt: skip
-                if key in shared:
+                left[key] -= 1
+                if key not in once:
+                    xa, xb = align_tokens(got_a[(a, sig)], got_b[(b, sig)], token,
+                                          f"{a} -> {b} ({sig})", pools, grids)  # fmt: skip
+                    if not left[key]:  # used once: straight in
+                        acc.update(xa, xb)
+                        continue
                     once[key] = GramStats(gram=False, dtype=dtype).update(xa, xb)
-                    acc.merge(once[key])
-                else:
-                    acc.update(xa, xb)
+                acc.merge(once[key] if left[key] else once.pop(key))  # freed after its last
 
     return pair
 
@@ -249,7 +198,15 @@ def _ident(t: torch.Tensor) -> tuple:
 
 
 def _bytes(got: Mapping) -> int:
-    return sum(t.numel() * t.element_size() for t in got.values())
+    """Bytes of the captured tensors, each counted once however many signals share it."""
+    seen = {_ident(t): t.numel() * t.element_size() for t in got.values()}
+    return sum(seen.values())
+
+
+def keep_budget(budget_bytes: float | None) -> int:
+    """Bytes of A's gradient rows a classifier's calibration keeps: `KEEP_BYTES`, or less under
+    a memory budget (`Transfer.max_stats_gb`)."""
+    return KEEP_BYTES if budget_bytes is None else int(min(KEEP_BYTES, budget_bytes))
 
 
 #: host memory for A's gradient rows kept from the first pass of a calibration with a head step
@@ -263,8 +220,8 @@ class HeadStep:
     they wait for it, but nothing else does. The first pass runs A forward (and backward, for
     the gradient rows it keeps; its head is A_ft's) and B forward, pairs every forward signal,
     and gives `align` the head layers' input statistics (first token, float64) before B's
-    backward pass. The calibrated pairs must not include B's head layers or anything after
-    them (they are read before `align` writes them)."""
+    backward pass. The calibrated pairs must not include the head layers (refused) or anything
+    after them (read before `align` writes them)."""
 
     target: str  # B's first head layer
     source: str  # A_ft's
@@ -326,8 +283,13 @@ def calibrate(
         raise ValueError("token='word' needs words=: batch -> the two word_pooling matrices")
     bad = [s for s in signals if s not in SIGNALS]
     if bad:
-        raise ValueError(f"unknown calibration signal(s) {bad}; use of {SIGNALS}")
+        raise ValueError(f"unknown calibration signal(s) {bad}; use one of {SIGNALS}")
     mods_a, mods_b = dict(source.named_modules()), dict(target.named_modules())
+    if head is not None and (head.target in pairs or head.source in pairs.values()):
+        raise ValueError(
+            f"the head layers {head.target!r} / {head.source!r} are carried by the head step, "
+            "not calibrated: leave them out of pairs"
+        )
     named = dict(pairs) if head is None else {**pairs, head.target: head.source}
     for b, a in named.items():
         for name, mods, model in ((a, mods_a, source), (b, mods_b, target)):
@@ -358,7 +320,7 @@ def calibrate(
                             "cls", None, grids, np.float64, clock)  # fmt: skip
     mine, kept, room, last = [], [], keep_bytes, 0
     for batch in deal(batches):  # the first pass (the only one without a head step)
-        keep = bool(late_a) and 0 < room >= last  # A's gradients now, if this batch's fit
+        keep = bool(late_a) and room > 0 and room >= last  # A's gradients now, if they fit
         with clock("calibrate"):
             points = {**early_a, **(late_a if keep else {})}
             got_a = _capture_pass(source, points, batch, loss_fn, any(map(_grad, points)), proj_a)

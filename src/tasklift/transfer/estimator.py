@@ -74,8 +74,8 @@ class Transfer(ClassifierMixin, BaseEstimator):
         max_new_tokens: label-free LM calibration: length of A_ft's greedy continuations.
         max_stats_gb: memory for the cross-covariances held at once; past it, calibration runs
             in several passes over the same inputs, block by block (None: one pass). It caps
-            too the gradient rows of A a classifier's calibration keeps (2 GiB by default) so
-            that A runs once (`calibration.HeadStep`).
+            too, apart, the gradient rows of A a classifier's calibration keeps (2 GiB by
+            default) so that A runs once (`calibration.HeadStep`): up to twice it in all.
         stats_dtype: "float32" or "float64" (twice the memory and 3x slower to accumulate;
             solved in float64 either way; see `methods.STATS_DTYPE`).
         processor: tokenizer / image processor for both models (default: each model's own).

@@ -25,7 +25,7 @@ from ..lora import head_state, is_classifier, read_adapter, write_moved
 from ..taskvector import TaskVector
 from ..timing import Timings
 from .cache import MapCache, Maps, data_fingerprint, default_dir, model_fingerprint
-from .calibration import KEEP_BYTES, calibrate, plan_passes
+from .calibration import calibrate, keep_budget, plan_passes
 from .lm import check_fits, lm_setup
 from .methods import Method
 from .scales import choose_scale
@@ -73,7 +73,7 @@ def solved_maps(
                 a, b, part if method.signals else {}, est._batches(n, desc), prep["loss"],
                 signals=method.signals, token=est.token, words=words, dtype=dtype, grids=images,
                 timings=timings, head=None if i else head,
-                keep_bytes=KEEP_BYTES if budget is None else min(KEEP_BYTES, budget),
+                keep_bytes=keep_budget(budget),
             )  # fmt: skip
         yield from iter_maps(a, b, part, stats or {}, method, tie_break=est.tie_break,
                              center=est.center)  # fmt: skip

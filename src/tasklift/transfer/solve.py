@@ -56,17 +56,18 @@ def _tie(later: list[GramStats], center: bool) -> np.ndarray | Factors | None:
     tie-break is then solved at that rank)."""
     if not later:
         return None
-    if len(later) == 1 and isinstance(later[0], MappedStats):
-        s = later[0]
-        (dense, norm), rank = _cross(s, center), s.rank + center
-        if rank < min(s.dims):
+    if len(later) > 1 or not isinstance(later[0], MappedStats):
+        return sum(_cross(s, center)[0] for s in later)
+    s = later[0]
+    (dense, norm), rank = _cross(s, center), s.rank + center
+    if rank >= min(s.dims):
+        return dense
 
-            def make():
-                left, right = s.factors(center)
-                return left / norm, right
+    def make():
+        left, right = s.factors(center)
+        return left / norm, right
 
-            return Factors(dense, rank, make)
-    return sum(_cross(s, center)[0] for s in later)
+    return Factors(dense, rank, make)
 
 
 def _fit(
