@@ -27,10 +27,10 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-def rank_world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) when not running distributed."""
+def rank_world(group=None) -> tuple[int, int]:
+    """(rank, world size) in `group` (default: all processes); (0, 1) when not distributed."""
     if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
+        return dist.get_rank(group), dist.get_world_size(group)
     return 0, 1
 
 

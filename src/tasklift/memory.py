@@ -126,25 +126,19 @@ def _pairs(a: nn.Module, b: nn.Module, adapted, num_labels) -> dict[str, str]:
     return pairs
 
 
-def _kept(a: nn.Module, b: nn.Module, part: dict, signals, rows: int) -> int:
-    """float32 bytes of A's gradient rows a classifier's calibration keeps from its first pass
-    for its second (`calibration.HeadStep`), before the cap; position embeddings' rows are
-    counted per input, though one serves a batch, and a gradient two modules share (a sum's
-    addends) twice: an upper bound."""
-    mods_a = dict(a.named_modules())
-    grads = {(part[n], s) for n, sigs in _signals(b, part, signals).items() for s in sigs
-             if s.startswith("grad")}  # fmt: skip
-    width = sum(module_dims(mods_a[m])[0 if s.endswith("input") else 1] for m, s in grads)
-    return rows * width * 4
-
-
 def _pass(a, b, part: dict, signals, tokens: int, itemsize: int, alias: bool) -> dict[str, int]:
-    """Statistics, captures (of them A's gradients) and the largest update and solve transients
-    of one pass (`alias`: float32 models, whose captures are views, so modules reading one
-    input share it). Affine modules' outputs are not captured: mapped from their inputs'
-    statistics in float64."""
+    """Statistics, captures and the largest update and solve transients of one pass (`alias`:
+    float32 models, whose captures are views, so modules reading one input share it), and
+    "a_grad_width": A's gradient elements per token, each module's once (what a classifier
+    keeps between its passes: `calibration.HeadStep`; position embeddings' are counted per
+    input though one serves a batch, and a gradient two modules share twice: an upper bound).
+    Affine modules' outputs are not captured: mapped from their inputs' statistics in float64."""
     mods_a, mods_b, role_b = dict(a.named_modules()), dict(b.named_modules()), roles(b)
-    out, seen = dict(statistics=0, captures=0, a_grads=0, update=0, solve=0), set()
+    out, seen, grads = (
+        dict(statistics=0, captures=0, a_grad_width=0, update=0, solve=0),
+        set(),
+        set(),
+    )
     for name, sigs in _signals(b, part, signals).items():
         (ia, oa), (ib, ob) = module_dims(mods_a[part[name]]), module_dims(mods_b[name])
         role, block = role_b.get(name, ("", -1))
@@ -161,7 +155,9 @@ def _pass(a, b, part: dict, signals, tokens: int, itemsize: int, alias: bool) ->
             else:
                 if not (alias and sig == "input" and key in seen):
                     out["captures"] += tokens * (wa + wb) * 4
-                out["a_grads"] += tokens * wa * 4 if sig.startswith("grad") else 0
+                if sig.startswith("grad") and (part[name], sig) not in grads:
+                    out["a_grad_width"] += wa
+                    grads.add((part[name], sig))
                 # XᵀY of a batch, and float64 copies of its float32 rows for float64 statistics
                 update = wa * wb * itemsize + tokens * (wa + wb) * (8 if itemsize == 8 else 0)
             seen.add(key)
@@ -213,8 +209,9 @@ def transfer_memory(
                and (adapted is None or n.rsplit(".", 1)[-1] in adapted)]  # fmt: skip
     merged_only = lazy and rank is not None and lm
     # a classifier keeps A's gradient rows (`calibration.HeadStep`): a batch's are among them
-    kept = 0 if lm else min(_kept(a, b, passes[0], signals, inputs * tokens), keep_budget(budget))
-    captures = worst["captures"] - (worst["a_grads"] if kept >= worst["a_grads"] else 0)
+    kept = 0 if lm else min(costs[0]["a_grad_width"] * inputs * tokens * 4, keep_budget(budget))
+    a_grads = worst["a_grad_width"] * batch * 4
+    captures = worst["captures"] - (a_grads if kept >= a_grads else 0)
     comp = {
         "finetuned": 0
         if rank is not None and lm and not label_free

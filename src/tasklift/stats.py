@@ -25,15 +25,6 @@ def _float64_map(m: AffineMap) -> AffineMap:
     return tuple(None if t is None else t.detach().to("cpu", torch.float64) for t in m)
 
 
-def _world(group=None) -> int:
-    """How many torch.distributed processes take part (1 when not distributed)."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1
-    return dist.get_world_size(group)
-
-
 def _folds(pos: np.ndarray, k: int):
     """(fold, row mask) for each fold holding some of the rows at `pos`; mask None: all rows."""
     if k == 1:
@@ -242,9 +233,9 @@ class GramStats:
         """
         import torch.distributed as dist
 
-        from .distributed import collective_device
+        from .distributed import collective_device, rank_world
 
-        if _world(group) == 1:
+        if rank_world(group)[1] == 1:
             return self
         device = collective_device(group)
         dims = torch.tensor(self.dims or (0, 0), device=device)
@@ -355,7 +346,9 @@ class MappedStats(GramStats):
 
     def all_reduce(self, group=None) -> MappedStats:
         """A no-op alone; refused across processes (they are made from all-reduced inputs)."""
-        if _world(group) > 1:
+        from .distributed import rank_world
+
+        if rank_world(group)[1] > 1:
             raise ValueError("all-reduce the input statistics before mapping them, not after")
         return self
 
