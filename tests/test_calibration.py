@@ -169,3 +169,25 @@ def test_head_layers_in_the_calibrated_pairs_are_refused():
     with pytest.raises(ValueError, match="carried by the head step, not calibrated"):
         cal.calibrate(prep["source"], prep["target"], pairs, [np.arange(4)], prep["loss"],
                       head=step)  # fmt: skip
+
+
+def test_gradient_rows_the_loss_never_reads_are_not_multiplied(monkeypatch):
+    """A classifier's last block reads its first token only: the other tokens' gradient rows
+    are zero and left out of the products, with the statistics unchanged."""
+    from tasklift import stats as st
+
+    prep = prepared()
+    a, b, loss = prep["source"], prep["target"], prep["loss"]
+    batches = [np.arange(i, i + BATCH) for i in range(0, N, BATCH)]
+    sigs = get_method("bico").signals
+    rows, real = [], st._live
+    monkeypatch.setattr(st, "_live", lambda x, y: rows.append(real(x, y)) or rows[-1])
+    skipped = cal.calibrate(a, b, prep["pairs"], batches, loss, signals=sigs)
+    live = [int(m.sum()) for m in rows if m is not None]
+    assert BATCH in live  # the last block's first tokens alone (one row per input)
+    monkeypatch.setattr(st, "_live", lambda x, y: None)  # every row multiplied
+    every = cal.calibrate(a, b, prep["pairs"], batches, loss, signals=sigs)
+    assert set(skipped) == set(every)
+    for key, s in every.items():
+        np.testing.assert_allclose(skipped[key].xy, s.xy, rtol=1e-5, atol=1e-6 * abs(s.xy).max())
+        np.testing.assert_array_equal(skipped[key].sy, s.sy)

@@ -153,3 +153,20 @@ def test_a_batch_that_overflows_float32_statistics_changes_nothing():
     with pytest.raises(ValueError, match="NaN or inf"):
         s.update(np.full((3, 2), 1e39), np.ones((3, 1)))
     assert all(np.array_equal(v, before[k]) for k, v in s.state_dict().items())
+
+
+@pytest.mark.parametrize("folds", [0, 3])
+def test_rows_zero_on_a_side_are_left_out_of_the_product_exactly(folds):
+    """zero_rows=True multiplies XᵀY over the rows live on both sides only: every statistic
+    equals the plain update's (an all-zero batch included)."""
+    r = np.random.default_rng(5)
+    X, Y = r.normal(size=(40, 4)), r.normal(size=(40, 3))
+    X[::3], Y[1::4], Y[30:] = 0.0, 0.0, 0.0
+    plain, skip = GramStats(folds=folds), GramStats(folds=folds)
+    for i in range(0, 40, 10):
+        plain.update(X[i : i + 10], Y[i : i + 10])
+        skip.update(X[i : i + 10], Y[i : i + 10], zero_rows=True)
+    for name in ("xx", "xy", "sx", "sy", "yy", "n"):
+        np.testing.assert_allclose(getattr(skip, name), getattr(plain, name), rtol=1e-13)
+    for k in range(max(folds, 1)):
+        np.testing.assert_allclose(skip.fold(k).xy, plain.fold(k).xy, rtol=1e-13)

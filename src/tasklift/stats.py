@@ -37,6 +37,16 @@ def _folds(pos: np.ndarray, k: int):
             yield i, torch.from_numpy(rows)
 
 
+def _live(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
+    """The rows where x and y both have a nonzero entry (any other row adds nothing to XᵀY),
+    or None when that is all of them."""
+    live = None
+    for t in (x, y):
+        some = (t.amax(1) != 0) | (t.amin(1) != 0)  # 10x aminmax's speed
+        live = some if live is None else live & some
+    return None if bool(live.all()) else live
+
+
 class GramStats:
     """Running n, Σx, Σy, XᵀX, XᵀY and Σ‖y‖², optionally split into k folds for cross-validation.
 
@@ -89,13 +99,19 @@ class GramStats:
         """(d_in, d_out), or None before the first update."""
         return None if self._xy is None else self._xy.shape[1:]
 
-    def update(self, X: Array, Y: Array, index: np.ndarray | None = None) -> GramStats:
+    def update(
+        self, X: Array, Y: Array, index: np.ndarray | None = None, *, zero_rows: bool = False
+    ) -> GramStats:
         """Add a batch of paired rows X (B, d_in), Y (B, d_out); returns self.
 
         Args:
             index: the rows' global positions in the dataset, which decide their folds; pass it
                 when batches arrive out of order or from several processes, so folds match a
                 single in-order pass. Default: the running row count.
+            zero_rows: rows may be all zero on a side (gradients of tokens the loss never
+                reads: padding, a classifier's last layer off its first token): XᵀY is then
+                multiplied over the other rows only. Exact (those rows add zero to it; counts,
+                sums and XᵀX take every row); the check costs a scan of both batches.
         """
         X, Y = as_rows(X, "X"), as_rows(Y, "Y")
         if X.shape[0] != Y.shape[0]:
@@ -123,7 +139,9 @@ class GramStats:
             self._n[k] += xk.shape[0]
             self._sx[k] += sx
             self._sy[k] += sy
-            self._xy[k] += (xk.T @ yk).numpy()
+            live = _live(xk, yk) if zero_rows else None
+            xl, yl = (xk, yk) if live is None else (xk[live], yk[live])
+            self._xy[k] += (xl.T @ yl).numpy()
             if self.gram:
                 self._xx[k] += (xk.T @ xk).numpy()
                 self._yy[k] += float(yk.double().square().sum())

@@ -183,10 +183,11 @@ def _pairer(pairs, sigs, out: dict, token, words, grids, dtype, clock: Timings) 
                 if key not in once:
                     xa, xb = align_tokens(got_a[(a, sig)], got_b[(b, sig)], token,
                                           f"{a} -> {b} ({sig})", pools, grids)  # fmt: skip
+                    zero = _grad((a, sig))  # gradients of tokens the loss never reads are 0
                     if not left[key]:  # used once: straight in
-                        acc.update(xa, xb)
+                        acc.update(xa, xb, zero_rows=zero)
                         continue
-                    once[key] = GramStats(gram=False, dtype=dtype).update(xa, xb)
+                    once[key] = GramStats(gram=False, dtype=dtype).update(xa, xb, zero_rows=zero)
                 acc.merge(once[key] if left[key] else once.pop(key))  # freed after its last
 
     return pair
