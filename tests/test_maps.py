@@ -352,3 +352,23 @@ def test_permutation_matches_heads_then_units():
     np.testing.assert_array_equal(permutation(X.T @ (X @ perm), groups=(2, 2)), perm)
     with pytest.raises(ValueError, match="groups"):
         permutation(np.eye(6), groups=(4, 2))
+
+
+@pytest.mark.parametrize("rows", [0, 1, 3, 7, 64])
+def test_the_blocked_gram_is_the_lower_triangle_eigh_reads(rows):
+    """`_lower_gram` (row blocks, nothing above the diagonal computed) has m mᵀ's lower
+    triangle, above it m mᵀ's entries or zeros (the blocks never computed), and m mᵀ's
+    eigendecomposition."""
+    import torch
+
+    from tasklift.solvers import _lower_gram
+
+    m = torch.from_numpy(np.random.default_rng(rows).normal(size=(rows, 5)))
+    got, full = _lower_gram(m), m @ m.T
+    torch.testing.assert_close(torch.tril(got), torch.tril(full), rtol=0, atol=1e-12)
+    upper = torch.triu(got, 1)
+    above = torch.triu(full, 1)
+    torch.testing.assert_close(torch.where(upper == 0, above, upper), above, rtol=0, atol=1e-12)
+    if rows >= 8:  # blocks of 2 rows and more: some never computed
+        assert (upper == 0).sum() > rows * (rows - 1) // 4
+    torch.testing.assert_close(torch.linalg.eigvalsh(got), torch.linalg.eigvalsh(full))
