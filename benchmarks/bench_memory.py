@@ -8,8 +8,10 @@ a classifier transfer of every module on 64 BBC News texts. A process that impor
 everything the transfer does but does not fit gives the baseline (interpreter, torch, data),
 subtracted from the transfer's peak. (c) Qwen2.5-Coder-0.5B -> 1.5B is not run: its peak RSS
 is read from reports/llm/run_llm.py's records (runs/llm/bbc/transfer_q05_q15_*_0.json) when
-they exist, and compared with the prediction plus the LM baseline. MiniLM's A_ft is L6 with a
-new 5-class head and weights nudged off A's (memory does not depend on how it was trained).
+they exist, and compared with the prediction plus the LM baseline ('record': run in this
+checkout, or restored from the committed reports/llm/results.json, an earlier run). MiniLM's
+A_ft is L6 with a new 5-class head and weights nudged off A's (memory does not depend on how it
+was trained).
 
 The projection: Qwen2.5-7B -> Llama-3.1-8B, Llama-3.1-8B -> 70B and 70B -> 70B (Llama-3.3-70B
 has 3.1's shapes) from their published config numbers, bf16 models, float32 statistics in
@@ -190,7 +192,8 @@ def checks(folder: Path) -> list[dict]:
         pred = transfer_memory(*configs, method=record["method"], lazy=True, **LLM)
         measured = record["peak_rss_gb"] * GB - base["tiny"]  # the LM process's own baseline
         case = f"qwen 0.5b -> 1.5b, {record['method']}"
-        extra = dict(baseline_gb=_gb(base["tiny"]), fit_seconds=record["fit_seconds"])
+        extra = dict(baseline_gb=_gb(base["tiny"]), fit_seconds=record["fit_seconds"],
+                     record=record.get("restored", "run_llm.py in this checkout"))  # fmt: skip
         rows.append(_row(case, pred, measured, **extra))
     return rows
 
@@ -241,7 +244,7 @@ def main() -> None:
     info = {"machine": machine(), "checks": rows, "projection": big}
     write_text(RESULTS / "memory.json", json.dumps(info, indent=2) + "\n")
     cols = ["case", "predicted_gb", "phase", "measured_gb", "ratio", "measured_gb, mmap",
-            "ratio, mmap", "passes", "baseline_gb", "before_fit_gb"]  # fmt: skip
+            "ratio, mmap", "passes", "baseline_gb", "before_fit_gb", "record"]  # fmt: skip
     parts = [
         "# Memory model vs measured peak RSS, and big pairs on one 80 GB GPU\n",
         (__doc__ or "").split("\n\n    ")[0].strip(),
