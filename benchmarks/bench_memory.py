@@ -193,7 +193,9 @@ def checks(folder: Path) -> list[dict]:
         measured = record["peak_rss_gb"] * GB - base["tiny"]  # the LM process's own baseline
         case = f"qwen 0.5b -> 1.5b, {record['method']}"
         extra = dict(baseline_gb=_gb(base["tiny"]), fit_seconds=record["fit_seconds"],
-                     record=record.get("restored", "run_llm.py in this checkout"))  # fmt: skip
+                     record=record.get("restored", "run_llm.py in this checkout"),
+                     peak_rss_gb=record["peak_rss_gb"], accuracy=record["accuracy"],
+                     scale=record["scale"])  # fmt: skip
         rows.append(_row(case, pred, measured, **extra))
     return rows
 
