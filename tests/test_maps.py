@@ -358,7 +358,7 @@ def test_permutation_matches_heads_then_units():
 def test_the_blocked_gram_is_the_lower_triangle_eigh_reads(rows):
     """`_lower_gram` (row blocks, nothing above the diagonal computed) has m mᵀ's lower
     triangle, above it m mᵀ's entries or zeros (the blocks never computed), and m mᵀ's
-    eigendecomposition."""
+    eigendecomposition; a transposed (strided) m too, as the tall-input route passes it."""
     import torch
 
     from tasklift.solvers import _lower_gram
@@ -371,4 +371,7 @@ def test_the_blocked_gram_is_the_lower_triangle_eigh_reads(rows):
     torch.testing.assert_close(torch.where(upper == 0, above, upper), above, rtol=0, atol=1e-12)
     if rows >= 8:  # blocks of 2 rows and more: some never computed
         assert (upper == 0).sum() > rows * (rows - 1) // 4
-    torch.testing.assert_close(torch.linalg.eigvalsh(got), torch.linalg.eigvalsh(full))
+    lam, u = torch.linalg.eigh(got)
+    torch.testing.assert_close((u * lam) @ u.T, full, rtol=0, atol=1e-10)
+    tall = torch.from_numpy(np.random.default_rng(rows).normal(size=(5, rows))).T  # strided
+    torch.testing.assert_close(torch.tril(_lower_gram(tall)), torch.tril(tall @ tall.T))

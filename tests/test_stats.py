@@ -162,6 +162,7 @@ def test_rows_zero_on_a_side_are_left_out_of_the_product_exactly(folds):
     r = np.random.default_rng(5)
     X, Y = r.normal(size=(40, 4)), r.normal(size=(40, 3))
     X[::3], Y[1::4], Y[30:] = 0.0, 0.0, 0.0
+    X[1], Y[2] = [0.0, -1.0, 0.0, -2.0], [0.0, 0.5, 0.0]  # live rows: no positive / one entry
     plain, skip = GramStats(folds=folds), GramStats(folds=folds)
     for i in range(0, 40, 10):
         plain.update(X[i : i + 10], Y[i : i + 10])
@@ -170,3 +171,18 @@ def test_rows_zero_on_a_side_are_left_out_of_the_product_exactly(folds):
         np.testing.assert_allclose(getattr(skip, name), getattr(plain, name), rtol=1e-13)
     for k in range(max(folds, 1)):
         np.testing.assert_allclose(skip.fold(k).xy, plain.fold(k).xy, rtol=1e-13)
+
+
+def test_live_rows_are_those_nonzero_on_both_sides():
+    """`_live` keeps a row with any nonzero entry (negative or single ones too) on both sides,
+    and compacts nothing when more than half of the rows are live."""
+    import torch
+
+    from tasklift.stats import _live
+
+    x = torch.tensor([[0.0, -1.0], [0.0, 0.0], [2.0, 0.0], [0.0, 0.0]])
+    y = torch.tensor([[0.0, 3.0], [1.0, 1.0], [0.0, 0.0], [0.0, 0.0]])
+    assert _live(x, y).tolist() == [True, False, False, False]
+    assert _live(x, torch.ones(4, 2)).tolist() == [True, False, True, False]
+    three = torch.tensor([[1.0, 0.0], [0.0, -1.0], [2.0, 2.0], [0.0, 0.0]])
+    assert _live(torch.ones(4, 2), three) is None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 import torch
@@ -235,9 +236,8 @@ def _lower_gram(m: torch.Tensor) -> torch.Tensor:
     """m mᵀ's lower triangle, by row blocks (the blocks above the diagonal are left zero, never
     computed: `torch.linalg.eigh` reads only the lower triangle)."""
     k = m.shape[0]
-    gram = torch.zeros((k, k), dtype=m.dtype)
-    ends = [k * i // GRAM_BLOCKS for i in range(GRAM_BLOCKS + 1)]
-    for lo, hi in zip(ends, ends[1:], strict=False):
+    gram = m.new_zeros((k, k))
+    for lo, hi in pairwise([k * i // GRAM_BLOCKS for i in range(GRAM_BLOCKS + 1)]):
         torch.mm(m[lo:hi], m[:hi].T, out=gram[lo:hi, :hi])
     return gram
 

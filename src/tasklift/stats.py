@@ -39,12 +39,12 @@ def _folds(pos: np.ndarray, k: int):
 
 def _live(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor | None:
     """The rows where x and y both have a nonzero entry (any other row adds nothing to XᵀY),
-    or None when that is all of them."""
+    or None when more than half are: copying nearly all rows would cost memory for little."""
     live = None
     for t in (x, y):
         some = (t.amax(1) != 0) | (t.amin(1) != 0)  # 10x aminmax's speed
         live = some if live is None else live & some
-    return None if bool(live.all()) else live
+    return None if 2 * int(live.sum()) > live.numel() else live
 
 
 class GramStats:
@@ -109,9 +109,10 @@ class GramStats:
                 when batches arrive out of order or from several processes, so folds match a
                 single in-order pass. Default: the running row count.
             zero_rows: rows may be all zero on a side (gradients of tokens the loss never
-                reads: padding, a classifier's last layer off its first token): XᵀY is then
-                multiplied over the other rows only. Exact (those rows add zero to it; counts,
-                sums and XᵀX take every row); the check costs a scan of both batches.
+                reads: padding, a classifier's last layer off its first token): where most
+                are, XᵀY is multiplied over the other rows only. Exact up to summation order
+                (those rows add zero to it; counts, sums and XᵀX take every row); the check
+                costs a row max and min of both batches.
         """
         X, Y = as_rows(X, "X"), as_rows(Y, "Y")
         if X.shape[0] != Y.shape[0]:

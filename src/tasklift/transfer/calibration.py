@@ -183,7 +183,8 @@ def _pairer(pairs, sigs, out: dict, token, words, grids, dtype, clock: Timings) 
                 if key not in once:
                     xa, xb = align_tokens(got_a[(a, sig)], got_b[(b, sig)], token,
                                           f"{a} -> {b} ({sig})", pools, grids)  # fmt: skip
-                    zero = _grad((a, sig))  # gradients of tokens the loss never reads are 0
+                    # gradients of tokens the loss never reads are 0 (pooled rows: never)
+                    zero = _grad((a, sig)) and token in ("all", "word")
                     if not left[key]:  # used once: straight in
                         acc.update(xa, xb, zero_rows=zero)
                         continue
