@@ -126,13 +126,13 @@ def main() -> None:
     print(base, flush=True)
     ft = finetune_seconds(MODELS[b], d["train"], t.max_length) if args.finetune else None
     print("fine-tune B", ft, flush=True)
+    recipe = {**LORA, "max_length": t.max_length, "rows": len(d["train"]["prompts"])}
     for r in runs:
         fl = base["fwd-bwd A"] + base["fwd-bwd B"] + sum(base["val forwards B"][: r["evaluations"]])
         r.update({"floor s": round(fl, 1), "fit / floor": round(r["fit s"] / fl, 2), "floor": base})
         if ft:
             r.update({"fine-tune B s": round(ft, 1), "fit / fine-tune B": round(r["fit s"] / ft, 2),
-                      "fine-tune recipe": {**LORA, "max_length": t.max_length,
-                                           "rows": len(d["train"]["prompts"])}})  # fmt: skip
+                      "fine-tune recipe": recipe})  # fmt: skip
         r.update({p: f"{r['timings'][p]:.1f} ({100 * r['timings'][p] / r['fit s']:.0f}%)"
                   for p in PHASES if p in r["timings"]})  # fmt: skip
     cols = ["pair", "draw", "setting", "evaluations", "scale", "fit s", "floor s", "fit / floor",
@@ -150,7 +150,7 @@ def main() -> None:
         "fit."
         + (
             f" 'fine-tune B': loading B and LoRA-fine-tuning it in the same run by reports/llm's "
-            f"recipe ({LORA}, {len(d['train']['prompts'])} training rows, {t.max_length} tokens)."
+            f"recipe {recipe} (rows: training rows; max_length: tokens)."
             if ft
             else ""
         )
