@@ -10,7 +10,9 @@ with its achieved GFLOP/s. With --real, also what naive float32 solves would do 
 MiniLM-L6 -> L3 BBC fit (draw 0, scale 1): the fit with every eigendecomposition of 1000 rows
 or more done in float32 (the Gram squares σ: float32 resolves σ only down to about 3.5e-4 of
 the largest, near the 1e-3 cutoff; no float64 refinement tried), beside today's, its solve
-seconds, τ_B's largest gap (relative to τ_B's largest entry) and test accuracy.
+seconds, τ_B's largest gap (relative to τ_B's largest entry) and test accuracy; and the
+float64 fit's eigendecompositions (how many, their seconds), its first wide Gram solved again
+alone by torch, by its eigenvalues alone and by scipy's LAPACK (OpenBLAS beside torch's MKL).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_solve_floor.py [--width 1536] [--repeats 3] [--real]
 """
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 import numpy as np
 import scipy.linalg
@@ -41,25 +43,33 @@ def best(fn, repeats: int) -> float:
 
 
 @contextmanager
-def float32_eigh(min_rows: int = 1000):
-    """torch.linalg.eigh of float64 matrices of `min_rows` rows or more done in float32."""
+def patched_eigh(calls: list, float32: bool = False, min_rows: int = 1000):
+    """torch.linalg.eigh recording (rows, seconds) of every call in `calls` and keeping the
+    float64 matrices of `min_rows` rows or more; with float32, those are solved in float32."""
     real = torch.linalg.eigh
 
     def eigh(a, *args, **kw):
-        if a.dtype != torch.float64 or a.shape[-1] < min_rows:
-            return real(a, *args, **kw)
-        lam, u = real(a.float(), *args, **kw)
-        return lam.double(), u.double()
+        wide = a.dtype == torch.float64 and a.shape[-1] >= min_rows
+        t0 = time.perf_counter()
+        if float32 and wide:
+            lam, u = real(a.float(), *args, **kw)
+            lam, u = lam.double(), u.double()
+        else:
+            lam, u = real(a, *args, **kw)
+        calls.append((a.shape[-1], time.perf_counter() - t0, a.clone() if wide else None))
+        return lam, u
 
     torch.linalg.eigh = eigh
     try:
-        yield
+        yield calls
     finally:
         torch.linalg.eigh = real
 
 
-def real_pair(runs: str) -> list[dict]:
-    """Today's fit and one with float32 eigendecompositions, on MiniLM-L6 -> L3 BBC."""
+def real_pair(runs: str, repeats: int) -> list[dict]:
+    """Today's fit and one with float32 eigendecompositions, on MiniLM-L6 -> L3 BBC; the
+    eigendecompositions of today's fit (how many, their seconds) and its first wide Gram solved
+    again alone by torch (the solve's), by its eigenvalues alone and by scipy's LAPACK."""
     from bench_profile import real_split, tau_gap  # bench_profile puts scripts/ on the path
 
     from tasklift.data import calibration_split
@@ -68,17 +78,39 @@ def real_pair(runs: str) -> list[dict]:
     a_ft = f"{runs}/minilm-l6_bbc_news_ft"
     train, test = real_split("bbc_news", a_ft, "0.2")
     calib, val, _ = calibration_split(train, calib=128, val=200, seed=0)
-    fits = {}
+    fits, calls = {}, {}
     for name in ("float64 solves", "float32 eigendecompositions"):
         t = Transfer("minilm-l6", a_ft, "minilm-l3", max_length=64, device="cpu", scales=[1.0])
-        with float32_eigh() if name.startswith("float32") else nullcontext():
+        with patched_eigh([], float32=name.startswith("float32")) as calls[name]:
             t.fit(calib.X, calib.y, X_val=val.X, y_val=val.y)
         fits[name] = t
     ref = fits["float64 solves"].task_vector_
-    return [{"step": f"MiniLM-L6 -> L3 fit, {name}", "seconds": round(t.timings_["solve"], 2),
-             "τ_B gap": f"{tau_gap(t.task_vector_, ref):.1e}",
-             "test accuracy": round(t.score(test.X, test.y), 4)}
-            for name, t in fits.items()]  # fmt: skip
+    out = [{"step": f"MiniLM-L6 -> L3 fit, {name}", "seconds": round(t.timings_["solve"], 2),
+            "τ_B gap": f"{tau_gap(t.task_vector_, ref):.1e}",
+            "test accuracy": round(t.score(test.X, test.y), 4)}
+           for name, t in fits.items()]  # fmt: skip
+    done = calls["float64 solves"]
+    wide = [c for c in done if c[2] is not None]
+    gram = wide[0][2]
+    for label, part in (
+        (f"{len(wide)} of {wide[0][0]} rows", wide),
+        (f"{len(done) - len(wide)} narrower", [c for c in done if c[2] is None]),
+    ):
+        out.append(
+            {
+                "step": f"  its eigendecompositions, {label}",
+                "seconds": round(sum(c[1] for c in part), 2),
+            }
+        )
+    out += [
+        {"step": f"  its first {len(gram)}-wide Gram again: eigh, torch (the solve's)",
+         "seconds": round(best(lambda: torch.linalg.eigh(gram), repeats), 4)},
+        {"step": "  the same, eigenvalues alone",
+         "seconds": round(best(lambda: torch.linalg.eigvalsh(gram), repeats), 4)},
+        {"step": "  the same, scipy's LAPACK (driver evd)",
+         "seconds": round(best(lambda: scipy.linalg.eigh(gram.numpy(), driver="evd"), repeats), 4)},
+    ]  # fmt: skip
+    return out
 
 
 def main() -> None:
@@ -112,12 +144,14 @@ def main() -> None:
     flops = 2 * TOKENS * d * d / rows[-1][1] / 1e9
     out = [{"step": name, "seconds": round(s, 4)} for name, s in rows]
     out[-1]["GFLOP/s"] = round(flops, 1)
-    out += real_pair(args.runs) if args.real else []
+    out += real_pair(args.runs, r) if args.real else []
     notes = (
         f"d = {d}, threads = {torch.get_num_threads()}, best of {r}; the cross-covariance's "
         "singular values fall from 1 to 1e-8 (float64), so the 1e-3 cutoff keeps part of them. "
         "Real-pair rows (--real): 'seconds' is the fit's solve phase; 'τ_B gap' is max |τ_B − "
-        "τ_B(float64 solves)| / max |τ_B(float64 solves)|."
+        "τ_B(float64 solves)| / max |τ_B(float64 solves)|; the indented rows: the float64 fit's "
+        "eigendecompositions (summed seconds) and its first wide Gram timed alone. "
+        f"torch's LAPACK: {'MKL' if torch.backends.mkl.is_available() else 'not MKL'}."
     )
     title = f"The pieces of a {d}-wide solve and of a statistics update"
     cols = ["step", "seconds", "GFLOP/s", "τ_B gap", "test accuracy"]
