@@ -250,9 +250,11 @@ def test_a_transfer_over_two_processes_equals_one_and_only_rank_0_writes(tmp_pat
 @needs_torchrun
 def test_torchrun_transfer_runs_and_rank_0_reports(text_task, tmp_path):
     """`tasklift transfer` under torchrun (2 gloo processes) writes one report and model, and
-    chooses the scale and scores as one process does, and the same τ_B to 1e-3 of its largest
-    entry (directions no calibration signal reaches, such as positions past the texts' length,
-    are mapped to zero, not to a basis that float summation order picks)."""
+    chooses the scale and scores as one process does, and the same τ_B to 1e-4 of its largest
+    entry at the default float32 statistics (6.7e-6 measured: the order of float32 summation;
+    float64 statistics hold 1e-6, the test above); directions no calibration signal reaches,
+    such as positions past the texts' length, are mapped to zero, not to a basis that float
+    summation order picks."""
     from safetensors.torch import load_file
 
     root, rows_of = text_task, ("two", "one")
@@ -268,7 +270,9 @@ def test_torchrun_transfer_runs_and_rank_0_reports(text_task, tmp_path):
     two, one = (load_file(tmp_path / n / "model" / "task_vector.safetensors") for n in rows_of)
     top = max(float(v.abs().max()) for v in one.values())
     assert two.keys() == one.keys() and one
-    assert max(float((two[k] - v).abs().max()) for k, v in one.items()) <= 1e-3 * top
+    gap = max(float((two[k] - v).abs().max()) for k, v in one.items()) / top
+    print("max |tau_B(2 processes) - tau_B(1 process)| / max |tau_B|:", gap)
+    assert gap <= 1e-4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]  # no rank's leftovers
 
 
