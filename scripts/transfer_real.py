@@ -26,6 +26,8 @@ from tasklift.report import markdown_table, plot_bars, write_json
 from tasklift.transfer.methods import PREVIOUS_DEFAULTS
 
 METHODS = "bico,activation,gradient,gradfix,gradfix-mean,permutation,naive"
+#: BiCo's settings by name: those before 2026-12-03 (every committed table) or today's defaults
+SETTINGS = {"previous": dict(PREVIOUS_DEFAULTS), "defaults": {}}
 
 
 def real_split(data: str, a_ft: str, test_size: str):
@@ -48,7 +50,7 @@ def run(args) -> None:
         rows = transfer_table(
             a, a_ft, b, calib, val, test, train=held, methods=args.methods.split(","),
             target_finetuned=b_ft if draw == 0 else None, max_length=args.max_length,
-            token=args.token, center=args.center, device="cpu", **PREVIOUS_DEFAULTS,
+            token=args.token, center=args.center, device="cpu", **SETTINGS[args.settings],
             scales=[float(v) for v in args.scales.split(",")],
         )  # fmt: skip
         draws.append({"draw": draw, "seconds": round(time.time() - t0, 1), "rows": rows})
@@ -137,6 +139,8 @@ def main() -> None:
     p.add_argument("--methods", default=METHODS)
     p.add_argument("--token", default="all")
     p.add_argument("--center", action="store_true", help="centred covariances")
+    p.add_argument("--settings", choices=sorted(SETTINGS), default="previous",
+                   help="BiCo's cutoff and statistics: before 2026-12-03 or today's")  # fmt: skip
     p.add_argument("--tag", default="", help="names a variant's file and marks its rows")
     p.add_argument("--scales", default="0,0.5,1,1.5,2", help="task-vector scales tried on val")
     p.add_argument("--test-size", default="0.2")
