@@ -186,7 +186,7 @@ def main() -> None:
     notes = (
         f"BiCo, {args.data}, 128 calibration + 200 validation inputs, {args.max_length} tokens, "
         f"each fit, the floor and the fine-tune run {args.repeats}x (fits and floor alternated), "
-        "the fastest counted, "
+        "the fastest counted (the floor: the fastest of each of its passes), "
         f"token={args.token!r}, CPU threads={machine()['threads']}. Settings: "
         + "; ".join(f"{k}: {v or 'the defaults'}" for k, v in chosen.items())
         + ". 'τ_B vs defaults': max |τ_B − τ_B(defaults)| / max |τ_B(defaults)|. "
