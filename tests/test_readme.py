@@ -9,6 +9,7 @@ cell by cell, with that file at the README's own rounding (a cell "0.922" matche
 - "Paper experiments"                           <- reports/experiments/report.md (Summary tables)
 - "Transfer experiments" (ViTs pretrained here) <- reports/transfer/report.md (its run tables)
 - "BiCo on real pretrained pairs"               <- reports/transfer_real/results.json
+- the benchmarks' headline figures (`HEADLINES`) <- benchmarks/results/*.md (their tables)
 
 No models, no torch: reads text and JSON only. `python tests/test_readme.py` prints every
 mismatch as README vs file (exit 1 if any), for fixing README after a re-run.
@@ -388,6 +389,79 @@ def test_transfer_real_table_matches_committed_results():
     transfer_real_diff().check()
 
 
+# -- the benchmarks' headline figures ---------------------------------------------------------
+def _rows(rel: str, column: str) -> list[dict[str, str]]:
+    """The rows of the table in a committed results .md that has `column`."""
+    path = ROOT / rel
+    assert path.is_file(), f"{rel}, which README quotes, is missing"
+    found = [t for t in tables(path.read_text()) if t and column in t[0]]
+    assert found, f"{rel} has no table with a column {column!r}"
+    return found[0]
+
+
+def _where(rel: str, column: str, **match: str) -> float:
+    """`column` of the one row of `rel` whose cells equal `match`."""
+    rows = [r for r in _rows(rel, column) if all(r[k] == v for k, v in match.items())]
+    assert len(rows) == 1, f"{rel}: {len(rows)} rows match {match}"
+    return float(rows[0][column])
+
+
+def _total_ratio(n: str) -> float:
+    """The authors' end-to-end seconds over tasklift's at N = n (bench_end_to_end)."""
+    at = {r["pipeline"]: float(r["total s"]) for r in _rows(E2E, "total s") if r["N"] == n}
+    return at["authors"] / at["tasklift"]
+
+
+PROFILE, E2E = "benchmarks/results/profile.md", "benchmarks/results/end_to_end.md"
+L63, L36 = "minilm-l6 -> minilm-l3", "minilm-l3 -> minilm-l6"
+#: README's wording (whitespace collapsed), each number group in it, and what the results say
+HEADLINES = [
+    (r"defaults a fit is \*\*([\d.]+) / ([\d.]+)× its floor on L6 → L3 and "
+     r"([\d.]+) / ([\d.]+)× on L3",
+     [lambda p=p, d=d: _where(PROFILE, "fit / floor", pair=p, draw=d, setting="defaults")
+      for p in (L63, L36) for d in ("0", "1")]),
+    (r"A_ft's recipe \(1 epoch, batch 16\) takes ([\d.]+) s \(L3\) and ([\d.]+) s \(L6\)",
+     [lambda: _where(PROFILE, "fine-tune B s", pair=L63, draw="0", setting="defaults"),
+      lambda: _where(PROFILE, "fine-tune B s", pair=L36, draw="0", setting="defaults")]),
+    (r"BiCo costs \*\*([\d.]+) / ([\d.]+) and ([\d.]+) / ([\d.]+) of that\*\*",
+     [lambda p=p, d=d: _where(PROFILE, "fit / fine-tune B", pair=p, draw=d, setting="defaults")
+      for p in (L63, L36) for d in ("0", "1")]),
+    (r"([\d.]+) s, \*\*([\d.]+)× its floor\*\* \(([\d.]+) s, each of the 8",
+     [lambda c=c: _where("benchmarks/results/profile_mpnet.md", c, setting="defaults")
+      for c in ("fit s", "fit / floor", "floor s")]),
+    (r"takes ([\d.]+) s, \*\*([\d.]+)× its floor\*\* \(([\d.]+) s:",
+     [lambda c=c: _where("benchmarks/results/profile_qwen.md", c, setting="defaults")
+      for c in ("fit s", "fit / floor", "floor s")]),
+    (r"against their [\d.]+ / [\d.]+ s \(([\d.]+)× / ([\d.]+)×\)\*\*",
+     [lambda r=r: _where("benchmarks/results/authors.md", "tasklift / authors", repeat=r)
+      for r in ("0", "1")]),
+    (r"\*\*([\d.]+)× as fast at N = 2k and ([\d.]+)× at N = 20k\*\*",
+     [lambda: _total_ratio("2000"), lambda: _total_ratio("20,000")]),
+]  # fmt: skip
+
+
+def headlines_diff() -> Diff:
+    text = re.sub(r"\s+", " ", README.read_text())
+    diff = Diff("benchmarks/results (headline figures)")
+    for pattern, values in HEADLINES:
+        m = re.search(pattern, text)
+        if m is None:
+            diff.rows.append((pattern[:40], "", "(not in README)", ""))
+            continue
+        for i, value in enumerate(values, 1):
+            diff.number(pattern[:40], str(i), m[i], value())
+    return diff
+
+
+def test_benchmark_headlines_match_committed_results():
+    headlines_diff().check()
+
+
+#: every README-vs-file comparison above
+DIFFS = (demo_diff, real_diff, experiments_diff, transfer_vit_diff, transfer_real_diff,
+         headlines_diff)  # fmt: skip
+
+
 # -- the parser itself ------------------------------------------------------------------------
 def test_tables_parse_rows_and_drop_bold():
     text = "x\n| a | b |\n|---|---|\n| **1** | 2 |\n| 3 |  |\n\nmore"
@@ -413,6 +487,8 @@ def test_tables_parse_rows_and_drop_bold():
         ("| 0.742 | 0.665 ridge-CV", "| 0.742 | 0.666 ridge-CV"),  # paper experiments
         ("| 0.453 | **0.669** |", "| 0.453 | **0.670** |"),  # ViT transfer
         ("**0.920 ± 0.015** (86%)", "**0.920 ± 0.015** (87%)"),  # BiCo on real pairs
+        ("(0.78× / 0.70×)**", "(0.78× / 0.71×)**"),  # a benchmark's headline
+        ("**1.24× its floor**", "**1.42× its floor**"),  # another
     ],
 )
 def test_a_changed_readme_number_is_caught(old, new, tmp_path, monkeypatch):
@@ -420,13 +496,12 @@ def test_a_changed_readme_number_is_caught(old, new, tmp_path, monkeypatch):
     assert old in text, f"README no longer holds {old!r}: update this test"
     (tmp_path / "README.md").write_text(text.replace(old, new, 1))
     monkeypatch.setattr(sys.modules[__name__], "README", tmp_path / "README.md")
-    makes = (demo_diff, real_diff, experiments_diff, transfer_vit_diff, transfer_real_diff)
-    assert sum(len(make().rows) for make in makes) >= 1
+    assert sum(len(make().rows) for make in DIFFS) >= 1
 
 
 if __name__ == "__main__":  # a readable diff of every table, for fixing README after a re-run
     failed = 0
-    for make in (demo_diff, real_diff, experiments_diff, transfer_vit_diff, transfer_real_diff):
+    for make in DIFFS:
         d = make()
         print(d.report() if d.rows else f"README agrees with {d.source}")
         failed += len(d.rows)
