@@ -43,10 +43,10 @@ def best(fn, repeats: int) -> float:
 
 
 @contextmanager
-def patched_eigh(calls: list, float32: bool = False, min_rows: int = 1000):
-    """torch.linalg.eigh recording (rows, seconds) of every call in `calls` and keeping the
-    float64 matrices of `min_rows` rows or more; with float32, those are solved in float32."""
-    real = torch.linalg.eigh
+def patched_eigh(float32: bool = False, min_rows: int = 1000):
+    """torch.linalg.eigh recording (rows, seconds, the matrix if float64 of `min_rows` rows or
+    more) of every call in the list it yields; with float32, those wide ones solved in float32."""
+    real, calls = torch.linalg.eigh, []
 
     def eigh(a, *args, **kw):
         wide = a.dtype == torch.float64 and a.shape[-1] >= min_rows
@@ -81,7 +81,7 @@ def real_pair(runs: str, repeats: int) -> list[dict]:
     fits, calls = {}, {}
     for name in ("float64 solves", "float32 eigendecompositions"):
         t = Transfer("minilm-l6", a_ft, "minilm-l3", max_length=64, device="cpu", scales=[1.0])
-        with patched_eigh([], float32=name.startswith("float32")) as calls[name]:
+        with patched_eigh(float32=name.startswith("float32")) as calls[name]:
             t.fit(calib.X, calib.y, X_val=val.X, y_val=val.y)
         fits[name] = t
     ref = fits["float64 solves"].task_vector_

@@ -109,19 +109,22 @@ class Diff:
         assert not self.rows, self.report()
 
 
-def load(rel: str):
+def read(rel: str) -> str:
+    """The text of a committed file README quotes (refused in one line if missing)."""
     path = ROOT / rel
     assert path.is_file(), f"{rel}, which README quotes, is not in the checkout"
-    return json.loads(path.read_text())
+    return path.read_text()
+
+
+def load(rel: str):
+    return json.loads(read(rel))
 
 
 def report_tables(rel: str) -> dict[str, dict[str, dict[str, str]]]:
     """Heading of each run in a merged report.md -> its first table after `### Summary` (or
     its first table), by the first column."""
-    path = ROOT / rel
-    assert path.is_file(), f"{rel}, which README quotes, is missing"
     out = {}
-    for part in re.split(r"^## ", path.read_text(), flags=re.M)[1:]:
+    for part in re.split(r"^## ", read(rel), flags=re.M)[1:]:
         head, _, body = part.partition("\n")
         body = body.split("### Summary", 1)[-1].split("###", 1)[0]
         first = tables(body)
@@ -392,9 +395,7 @@ def test_transfer_real_table_matches_committed_results():
 # -- the benchmarks' headline figures ---------------------------------------------------------
 def _rows(rel: str, column: str) -> list[dict[str, str]]:
     """The rows of the table in a committed results .md that has `column`."""
-    path = ROOT / rel
-    assert path.is_file(), f"{rel}, which README quotes, is missing"
-    found = [t for t in tables(path.read_text()) if t and column in t[0]]
+    found = [t for t in tables(read(rel)) if t and column in t[0]]
     assert found, f"{rel} has no table with a column {column!r}"
     return found[0]
 
